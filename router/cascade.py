@@ -1,0 +1,225 @@
+"""The cascade router: tiers cheapest first, each decides inside its band or passes the text on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from safecascade.router.config import RouterConfig, TierConfig, load_config
+from safecascade.router.decision import Decision, PolicyVerdict, TierTrace
+from safecascade.router.inputs import CleanInput, clean_input
+from safecascade.router.policy import Policy
+from safecascade.tiers.base import Tier, TierResult, TierSpec, create_tier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """Mutable per-text state while a batch walks down the cascade."""
+
+    clean: CleanInput
+    started: float
+    path: list[TierTrace]
+    decision: Decision | None = None
+
+
+class Router:
+    """An ordered list of tiers with a band per tier and policy.
+
+    For each tier in order, every policy gets a score ``s``: if any policy has
+    ``s >= block_above`` the text is blocked (blocking on one policy is enough); if every
+    policy has ``s <= allow_below`` it is allowed; otherwise it goes to the next tier. The last
+    tier always decides (block when any policy's score ``>= threshold``). A tier that fails
+    applies its ``on_error`` action, which is recorded on the Decision.
+
+    Build one with :meth:`Router.load`. A Router is safe to share between threads; tiers that
+    hold non-thread-safe state (llama.cpp contexts) serialise internally.
+    """
+
+    def __init__(self, *, config: RouterConfig, tiers: Sequence[Tier], policies: dict[str, Policy]):
+        if len(tiers) != len(config.tiers):
+            raise ValueError("one tier instance per tier config is required")
+        self.config = config
+        self.tiers = list(tiers)
+        self.policies = dict(policies)
+        self.config_hash = config.sha
+        self.policy_hashes = {name: p.sha for name, p in self.policies.items()}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, source: str | Path | RouterConfig | None = None) -> "Router":
+        """Load a router: ``None`` = embedded default, a YAML path, a RouterConfig, or a
+        ``models:/name@alias`` MLflow registry URI."""
+        if isinstance(source, str) and source.startswith("models:/"):
+            from safecascade.router.registry import load_registered_config  # needs mlflow
+
+            config = load_registered_config(source)
+        elif isinstance(source, RouterConfig):
+            config = source
+        else:
+            config = load_config(source)
+        policies = config.resolve_policies()
+        tiers = []
+        for tc in config.tiers:
+            spec = TierSpec(name=tc.name, type=tc.type, options=tc.options, policies=policies, base_dir=Path(config.base_dir))
+            tier = create_tier(spec)
+            missing = [p for p in getattr(tier, "policies", ()) if p not in policies]
+            if missing:
+                raise ValueError(f"tier {tc.name!r} scores policies not in the config: {missing}")
+            tiers.append(tier)
+        log.info("router %s (%s) loaded: %s", config.name, config.sha, " -> ".join(t.name for t in config.tiers))
+        return cls(config=config, tiers=tiers, policies=policies)
+
+    def close(self) -> None:
+        for tier in self.tiers:
+            closer = getattr(tier, "close", None)
+            if callable(closer):
+                closer()
+
+    # ------------------------------------------------------------------ public API
+    def classify(self, text: str | bytes) -> Decision:
+        """Classify one text. Raises ``TypeError`` for a non-text argument; every other input
+        gets a Decision (see :mod:`safecascade.router.inputs` for the rules)."""
+        return self.classify_batch([text])[0]
+
+    async def aclassify(self, text: str | bytes) -> Decision:
+        """Classify without blocking the event loop (the tiers run in a worker thread)."""
+        return await asyncio.to_thread(self.classify, text)
+
+    async def aclassify_batch(self, texts: Sequence[str | bytes]) -> list[Decision]:
+        return await asyncio.to_thread(self.classify_batch, texts)
+
+    def classify_batch(self, texts: Iterable[str | bytes]) -> list[Decision]:
+        """Classify many texts; each tier sees the still-undecided texts as one batch."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("classify_batch expects a list of texts, got a single text; use classify()")
+        items = list(texts)
+        started = time.perf_counter()
+        pending: list[_Pending] = []
+        for raw in items:
+            clean = clean_input(raw, max_chars=self.config.input.max_chars, on_oversize=self.config.input.on_oversize)
+            p = _Pending(clean=clean, started=started, path=[])
+            if clean.rule == "empty_input":
+                p.decision = self._input_decision(p, self.config.input.on_empty, "empty_input")
+            elif clean.rule == "input_too_large":
+                p.decision = self._input_decision(p, self.config.input.on_oversize, "input_too_large")
+            pending.append(p)
+
+        n_tiers = len(self.tiers)
+        for idx, (tier, tc) in enumerate(zip(self.tiers, self.config.tiers)):
+            todo = [p for p in pending if p.decision is None]
+            if not todo:
+                break
+            results, wall_ms = self._run_tier(tier, tc, [p.clean.text for p in todo])
+            per_text_ms = wall_ms / len(todo)
+            for p, res in zip(todo, results):
+                latency = res.latency_ms if res.latency_ms > 0 else per_text_ms
+                self._step(p, res, tc, latency, last=idx == n_tiers - 1)
+        return [p.decision for p in pending]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ internals
+    def _run_tier(self, tier: Tier, tc: TierConfig, texts: list[str]) -> tuple[list[TierResult], float]:
+        t0 = time.perf_counter()
+        try:
+            results = tier.classify(texts)
+            if len(results) != len(texts):
+                raise RuntimeError(f"tier returned {len(results)} results for {len(texts)} texts")
+        except Exception as exc:  # a tier crash must not lose the verdict: on_error applies
+            log.exception("tier %s failed on a batch of %d", tc.name, len(texts))
+            results = [TierResult(scores={}, error=f"{type(exc).__name__}: {exc}") for _ in texts]
+        return results, (time.perf_counter() - t0) * 1000.0
+
+    def _step(self, p: _Pending, res: TierResult, tc: TierConfig, latency_ms: float, *, last: bool) -> None:
+        if res.error is not None or not res.scores:
+            error = res.error or "tier returned no scores"
+            p.path.append(self._trace(tc, res, "error", latency_ms, error=error))
+            action = tc.on_error
+            if action == "next" and not last:
+                return
+            if action == "fast-verdict":
+                self._fast_verdict(p, tc)
+                return
+            self._finish(p, action, tier=tc.name, reason=f"fallback:{action}", scores={}, rule_ids={}, error=error)
+            return
+
+        outcomes = {pol: tc.band_for(pol).outcome(s) for pol, s in res.scores.items()}
+        covered_all = all(pol in res.scores for pol in self.policies)
+        if last:
+            action = "block" if any(s >= tc.threshold for s in res.scores.values()) else "allow"
+            reason = "last_tier"
+        elif any(o == "block" for o in outcomes.values()):
+            action, reason = "block", "band"
+        elif covered_all and all(o == "allow" for o in outcomes.values()):
+            action, reason = "allow", "band"
+        else:
+            p.path.append(self._trace(tc, res, "escalate", latency_ms))
+            return
+        p.path.append(self._trace(tc, res, action, latency_ms))
+        self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
+                     threshold=tc.threshold if last else None, tc=tc)
+
+    def _fast_verdict(self, p: _Pending, tc: TierConfig) -> None:
+        """Fallback for a failed last tier: the most recent tier that scored decides at 0.5."""
+        for trace in reversed(p.path):
+            if trace.scores:
+                action = "block" if any(s >= 0.5 for s in trace.scores.values()) else "allow"
+                self._finish(p, action, tier=trace.tier, reason="fallback:fast-verdict",
+                             scores=trace.scores, rule_ids=trace.rule_ids, threshold=0.5)
+                return
+        self._finish(p, "block", tier=tc.name, reason="fallback:fast-verdict-unavailable", scores={}, rule_ids={})
+
+    @staticmethod
+    def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:
+        return TierTrace(tier=tc.name, outcome=outcome, scores=dict(res.scores), rule_ids=dict(res.rule_ids),
+                         latency_ms=round(latency_ms, 4), error=error, warnings=tuple(res.warnings),
+                         info=dict(res.info), cost=dict(res.cost))
+
+    def _input_decision(self, p: _Pending, action: str, reason: str) -> Decision:
+        p.path.append(TierTrace(tier="input", outcome=action))
+        self._finish(p, action, tier="input", reason=reason, scores={}, rule_ids={})
+        return p.decision  # type: ignore[return-value]
+
+    def _finish(self, p: _Pending, action: str, *, tier: str, reason: str, scores: dict, rule_ids: dict,
+                threshold: float | None = None, tc: TierConfig | None = None, error: str | None = None) -> None:
+        verdicts: dict[str, PolicyVerdict] = {}
+        for pol in self.policies:
+            s = scores.get(pol)
+            if s is None:
+                flagged = False
+            elif threshold is not None:
+                flagged = s >= threshold
+            elif tc is not None:
+                flagged = tc.band_for(pol).outcome(s) == "block"
+            else:
+                flagged = action == "block"
+            verdicts[pol] = PolicyVerdict(score=None if s is None else float(s), flagged=flagged,
+                                          rule_ids=tuple(rule_ids.get(pol, ())))
+        warnings = list(p.clean.warnings)
+        for trace in p.path:
+            warnings.extend(trace.warnings)
+        if error:
+            warnings.append(f"{tier}_error")
+        p.decision = Decision(
+            action=action,  # type: ignore[arg-type]
+            tier=tier,
+            reason=reason,
+            score=float(max(scores.values())) if scores else (1.0 if action == "block" else 0.0),
+            policies=verdicts,
+            path=tuple(p.path),
+            latency_ms=round((time.perf_counter() - p.started) * 1000.0, 4),
+            text_hash=p.clean.text_hash,
+            config_name=self.config.name,
+            config_hash=self.config_hash,
+            policy_hashes=dict(self.policy_hashes),
+            warnings=tuple(dict.fromkeys(warnings)),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Config, hashes and tier order (for /healthz and the CLI)."""
+        return {"name": self.config.name, "config_hash": self.config_hash, "policies": self.policy_hashes,
+                "tiers": [t.name for t in self.config.tiers]}

@@ -1,0 +1,226 @@
+"""Router configuration: YAML in, frozen dataclasses out, validated with errors naming the bad key.
+
+Schema (``version: 1``)::
+
+    name: default
+    policies:                       # name -> builtin:<stem> | path (relative to this file)
+      jailbreak: builtin:jailbreak
+    input:
+      max_chars: 200000             # longer texts get ``on_oversize``
+      on_empty: allow               # allow | block
+      on_oversize: block            # allow | block | truncate
+    tiers:                          # cheapest first; the last tier always decides
+      - name: heuristic
+        type: heuristic             # a registered tier type
+        options: {}                 # passed to the tier
+        bands:                      # policy (or "default") -> [allow_below, block_above]; null = never
+          default: [null, 0.98]
+        on_error: next              # non-final tiers: next | allow | block
+      - name: fast
+        type: fast
+        threshold: 0.5              # final tier: block when score >= threshold
+        on_error: block             # final tier: allow | block | fast-verdict
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from safecascade.router.policy import Policy, builtin_policy_path
+
+_ON_ERROR_MID = ("next", "allow", "block")
+_ON_ERROR_LAST = ("allow", "block", "fast-verdict")
+
+
+class ConfigError(ValueError):
+    """A router config that cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Band:
+    """Scores ``<= allow_below`` allow, ``>= block_above`` block, in between escalate. None = never."""
+
+    allow_below: float | None
+    block_above: float | None
+
+    def outcome(self, score: float) -> str:
+        if self.block_above is not None and score >= self.block_above:
+            return "block"
+        if self.allow_below is not None and score <= self.allow_below:
+            return "allow"
+        return "escalate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierConfig:
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    bands: Mapping[str, Band] = field(default_factory=dict)
+    threshold: float = 0.5
+    on_error: str = "next"
+
+    def band_for(self, policy: str) -> Band:
+        return self.bands.get(policy) or self.bands.get("default") or Band(allow_below=None, block_above=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputConfig:
+    max_chars: int = 200_000
+    on_empty: str = "allow"
+    on_oversize: str = "block"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterConfig:
+    name: str
+    policies: Mapping[str, str]
+    tiers: tuple[TierConfig, ...]
+    input: InputConfig = field(default_factory=InputConfig)
+    base_dir: str = "."
+    version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("base_dir")
+        for t in d["tiers"]:
+            t["bands"] = {k: [b["allow_below"], b["block_above"]] for k, b in t["bands"].items()}
+        return d
+
+    @property
+    def sha(self) -> str:
+        """Hash of the semantic content (not of the YAML formatting)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def resolve_policies(self) -> dict[str, Policy]:
+        out = {}
+        for name, ref in self.policies.items():
+            if ref.startswith("builtin:"):
+                path = builtin_policy_path(ref.removeprefix("builtin:") + ".md")
+            else:
+                path = Path(self.base_dir) / ref
+            if not path.is_file():
+                raise ConfigError(f"policies.{name}: policy file not found: {path}")
+            out[name] = Policy.from_file(name, path)
+        return out
+
+
+def _expect(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _number(v: Any, key: str, *, allow_none: bool = False) -> float | None:
+    if v is None and allow_none:
+        return None
+    _expect(isinstance(v, (int, float)) and not isinstance(v, bool), key, f"expected a number, got {v!r}")
+    _expect(0.0 <= float(v) <= 1.0, key, f"must be in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    _expect(not extra, f"{where}.{extra[0]}" if extra else where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _parse_band(v: Any, key: str) -> Band:
+    _expect(isinstance(v, (list, tuple)) and len(v) == 2, key, f"expected [allow_below, block_above], got {v!r}")
+    lo = _number(v[0], f"{key}[0]", allow_none=True)
+    hi = _number(v[1], f"{key}[1]", allow_none=True)
+    if lo is not None and hi is not None:
+        _expect(lo < hi, key, f"allow_below ({lo}) must be < block_above ({hi})")
+    return Band(allow_below=lo, block_above=hi)
+
+
+def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>") -> RouterConfig:
+    """Validate a config mapping (as loaded from YAML) and return a :class:`RouterConfig`."""
+    from safecascade.tiers.base import available_tiers
+
+    _expect(isinstance(data, Mapping), source, "config must be a mapping")
+    _check_keys(data, {"version", "name", "policies", "input", "tiers"}, "config")
+    version = data.get("version", 1)
+    _expect(version == 1, "version", f"unsupported config version {version!r} (supported: 1)")
+    name = data.get("name", Path(source).stem)
+    _expect(isinstance(name, str) and bool(name), "name", "expected a non-empty string")
+
+    policies = data.get("policies")
+    _expect(isinstance(policies, Mapping) and len(policies) > 0, "policies", "expected a non-empty mapping name -> file")
+    for pname, ref in policies.items():
+        _expect(isinstance(ref, str) and bool(ref), f"policies.{pname}", f"expected a file path or builtin:<name>, got {ref!r}")
+
+    raw_input = data.get("input", {}) or {}
+    _expect(isinstance(raw_input, Mapping), "input", "expected a mapping")
+    _check_keys(raw_input, {"max_chars", "on_empty", "on_oversize"}, "input")
+    max_chars = raw_input.get("max_chars", 200_000)
+    _expect(isinstance(max_chars, int) and not isinstance(max_chars, bool) and max_chars > 0, "input.max_chars", f"expected a positive integer, got {max_chars!r}")
+    on_empty = raw_input.get("on_empty", "allow")
+    _expect(on_empty in ("allow", "block"), "input.on_empty", f"expected allow|block, got {on_empty!r}")
+    on_oversize = raw_input.get("on_oversize", "block")
+    _expect(on_oversize in ("allow", "block", "truncate"), "input.on_oversize", f"expected allow|block|truncate, got {on_oversize!r}")
+
+    raw_tiers = data.get("tiers")
+    _expect(isinstance(raw_tiers, list) and len(raw_tiers) > 0, "tiers", "expected a non-empty list")
+    tiers: list[TierConfig] = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw_tiers):
+        key = f"tiers[{i}]"
+        _expect(isinstance(t, Mapping), key, "expected a mapping")
+        _check_keys(t, {"name", "type", "options", "bands", "threshold", "on_error"}, key)
+        ttype = t.get("type")
+        _expect(isinstance(ttype, str), f"{key}.type", "missing tier type")
+        _expect(ttype in available_tiers(), f"{key}.type", f"unknown tier type {ttype!r} (known: {', '.join(available_tiers())})")
+        tname = t.get("name", ttype)
+        _expect(isinstance(tname, str) and tname not in seen, f"{key}.name", f"tier names must be unique strings, got {tname!r}")
+        seen.add(tname)
+        options = t.get("options", {}) or {}
+        _expect(isinstance(options, Mapping), f"{key}.options", "expected a mapping")
+        raw_bands = t.get("bands", {}) or {}
+        _expect(isinstance(raw_bands, Mapping), f"{key}.bands", "expected a mapping policy -> [allow_below, block_above]")
+        bands = {}
+        for pname, band in raw_bands.items():
+            _expect(pname == "default" or pname in policies, f"{key}.bands.{pname}", f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
+            bands[pname] = _parse_band(band, f"{key}.bands.{pname}")
+        last = i == len(raw_tiers) - 1
+        threshold = _number(t.get("threshold", 0.5), f"{key}.threshold")
+        on_error = t.get("on_error", "block" if last else "next")
+        allowed = _ON_ERROR_LAST if last else _ON_ERROR_MID
+        _expect(on_error in allowed, f"{key}.on_error", f"expected one of {'|'.join(allowed)}, got {on_error!r}")
+        if not last:
+            _expect(bool(bands), f"{key}.bands", "a non-final tier needs bands (it would never decide)")
+        tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), on_error=on_error))
+
+    return RouterConfig(
+        name=name,
+        policies=dict(policies),
+        tiers=tuple(tiers),
+        input=InputConfig(max_chars=max_chars, on_empty=on_empty, on_oversize=on_oversize),
+        base_dir=str(base_dir),
+    )
+
+
+def load_config(source: str | Path | None = None) -> RouterConfig:
+    """Load a YAML router config; ``None`` is the embedded default (``models/default.yaml``)."""
+    if source is None:
+        path = Path(str(resources.files("safecascade.models").joinpath("default.yaml")))
+    else:
+        path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read router config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    return parse_config(data, base_dir=path.parent, source=str(path))

@@ -1,0 +1,76 @@
+"""The one Decision type the router returns, and the per-tier trace it carries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Mapping
+
+Action = Literal["allow", "block"]
+Outcome = Literal["allow", "block", "escalate", "error", "skipped"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyVerdict:
+    """One policy's verdict inside a Decision: the deciding tier's score and cited rule ids."""
+
+    score: float | None
+    flagged: bool
+    rule_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierTrace:
+    """What one tier did for this text: its scores, latency and outcome."""
+
+    tier: str
+    outcome: Outcome
+    scores: Mapping[str, float] = field(default_factory=dict)
+    rule_ids: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    latency_ms: float = 0.0
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+    info: Mapping[str, Any] = field(default_factory=dict)
+    cost: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """The router's verdict on one text.
+
+    ``action`` is ``"allow"`` or ``"block"``; ``tier`` names the deciding tier (or ``"input"``
+    when an input rule decided, e.g. empty text); ``reason`` says why that tier decided
+    (``band``, ``last_tier``, ``empty_input``, ``input_too_large``, ``fallback:<action>``, ...);
+    ``path`` holds every tier that ran, in order, with its scores and latency.
+    """
+
+    action: Action
+    tier: str
+    reason: str
+    score: float
+    policies: Mapping[str, PolicyVerdict]
+    path: tuple[TierTrace, ...]
+    latency_ms: float
+    text_hash: str
+    config_name: str
+    config_hash: str
+    policy_hashes: Mapping[str, str]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def flagged(self) -> bool:
+        """True when the text is blocked."""
+        return self.action == "block"
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        """All rule ids cited for flagged policies by the deciding tier."""
+        out: list[str] = []
+        for verdict in self.policies.values():
+            out.extend(verdict.rule_ids)
+        return tuple(dict.fromkeys(out))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (what the CLI and the HTTP service print)."""
+        d = asdict(self)
+        d["flagged"] = self.flagged
+        return d

@@ -1,0 +1,1 @@
+"""Training and evaluation: benchmark datasets, baselines, the eval harness, fast-tier training."""
