@@ -1,0 +1,42 @@
+# safecascade — the two commands a new machine needs:
+#   make demo   set up everything, build missing default artifacts, run the default cascade on the benchmark
+#   make test   set up everything and run the whole test suite (what CI runs)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# CPU build of torch that lies on this machine's disk; anything else pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast setup clean-cache experiments bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	$(PIP) install -q "$(TORCH_SPEC)"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[all]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/safecascade -v demo
+
+# Artifacts built by the tests live in .cache/test-home (gitignored) and are reused across runs.
+test: setup
+	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Everything except tests marked slow (a quick loop for development; CI runs `make test`).
+test-fast: setup
+	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+bench: setup
+	$(PY) experiments/bench_heuristic.py
+	$(PY) experiments/bench_fast.py
+
+clean-cache:
+	rm -rf .cache

@@ -1,0 +1,17 @@
+"""Shared fixtures. Built artifacts go to a per-run cache dir, never into the repo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config):
+    # Reuse one artifact cache across the whole run (and across runs when SAFECASCADE_HOME is set,
+    # as `make test` does), so expensive artifacts are built once.
+    if not os.environ.get("SAFECASCADE_HOME"):
+        os.environ["SAFECASCADE_HOME"] = str(Path(config.rootpath) / ".cache" / "test-home")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,36 @@
+"""Unit-level fake tier: scores looked up from a table (text -> {policy: score}); sharpens router tests."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from safecascade.tiers.base import TierResult, TierSpec, register_tier
+
+CALLS: dict[str, list[str]] = {}
+
+
+class TableTier:
+    def __init__(self, name: str, policies: Sequence[str], table: Mapping[str, Mapping[str, float]], fail_on: Sequence[str] = ()):
+        self.name = name
+        self.policies = tuple(policies)
+        self.table = table
+        self.fail_on = set(fail_on)
+
+    def classify(self, texts: Sequence[str]) -> list[TierResult]:
+        CALLS.setdefault(self.name, []).extend(texts)
+        if "__crash__" in texts:
+            raise RuntimeError("tier crashed")
+        out = []
+        for t in texts:
+            if t in self.fail_on:
+                out.append(TierResult(scores={}, error="backend down"))
+            else:
+                out.append(TierResult(scores=dict(self.table.get(t, {p: 0.5 for p in self.policies})),
+                                      rule_ids={p: ("X1.a",) for p in self.policies}))
+        return out
+
+
+@register_tier("table")
+def _make(spec: TierSpec) -> TableTier:
+    return TableTier(spec.name, list(spec.options.get("policies", spec.policies)), spec.options.get("table", {}),
+                     spec.options.get("fail_on", ()))

@@ -1,0 +1,185 @@
+"""Router semantics: bands, last tier, multi-policy, errors, replay, batch and async."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from safecascade.router.cascade import Router
+from tests.router import fakes
+
+
+def _table(name, table, band=(0.1, 0.9), policies=None, fail_on=(), **extra):
+    opts = {"table": table, "fail_on": list(fail_on)}
+    if policies:
+        opts["policies"] = policies
+    t = {"name": name, "type": "table", "options": opts, "bands": {"default": list(band)}}
+    t.update(extra)
+    return t
+
+
+def _last(name, table, threshold=0.5, fail_on=(), **extra):
+    t = {"name": name, "type": "table", "options": {"table": table, "fail_on": list(fail_on)}, "threshold": threshold}
+    t.update(extra)
+    return t
+
+
+def test_band_allow_block_and_escalate(make_config):
+    table1 = {"low": {"a": 0.05}, "high": {"a": 0.95}, "mid": {"a": 0.5}}
+    table2 = {"mid": {"a": 0.7}}
+    router = Router.load(make_config([_table("t1", table1), _last("t2", table2)]))
+    low, high, mid = router.classify_batch(["low", "high", "mid"])
+    assert (low.action, low.tier, low.reason) == ("allow", "t1", "band")
+    assert (high.action, high.tier, high.reason) == ("block", "t1", "band")
+    assert (mid.action, mid.tier, mid.reason) == ("block", "t2", "last_tier")
+    assert [t.tier for t in mid.path] == ["t1", "t2"] and mid.path[0].outcome == "escalate"
+    assert mid.policies["a"].score == pytest.approx(0.7) and mid.policies["a"].flagged
+    assert mid.flagged and not low.flagged
+
+
+def test_band_edges_are_inclusive(make_config):
+    table = {"lo": {"a": 0.1}, "hi": {"a": 0.9}}
+    router = Router.load(make_config([_table("t1", table), _last("t2", {})]))
+    lo, hi = router.classify_batch(["lo", "hi"])
+    assert (lo.action, lo.tier) == ("allow", "t1")
+    assert (hi.action, hi.tier) == ("block", "t1")
+
+
+def test_last_tier_threshold(make_config):
+    router = Router.load(make_config([_last("only", {"x": {"a": 0.49}, "y": {"a": 0.5}})]))
+    x, y = router.classify_batch(["x", "y"])
+    assert x.action == "allow" and y.action == "block"
+    assert x.reason == y.reason == "last_tier"
+
+
+def test_null_allow_band_never_allows(make_config):
+    table = {"clean": {"a": 0.0}}
+    router = Router.load(make_config([_table("heur", table, band=(None, 0.98)), _last("t2", {"clean": {"a": 0.2}})]))
+    d = router.classify("clean")
+    assert d.tier == "t2" and d.action == "allow"
+
+
+def test_multi_policy_block_if_any_allow_only_if_all(make_config):
+    t1 = {
+        "one_bad": {"a": 0.02, "b": 0.97},
+        "both_ok": {"a": 0.02, "b": 0.03},
+        "one_unsure": {"a": 0.02, "b": 0.5},
+    }
+    t2 = {"one_unsure": {"a": 0.1, "b": 0.2}}
+    router = Router.load(make_config([_table("t1", t1), _last("t2", t2)], policies=("a", "b")))
+    one_bad, both_ok, one_unsure = router.classify_batch(["one_bad", "both_ok", "one_unsure"])
+    assert (one_bad.action, one_bad.tier) == ("block", "t1")
+    assert one_bad.policies["b"].flagged and not one_bad.policies["a"].flagged
+    assert (both_ok.action, both_ok.tier) == ("allow", "t1")
+    assert (one_unsure.action, one_unsure.tier) == ("allow", "t2")
+
+
+def test_tier_covering_one_policy_cannot_allow_alone(make_config):
+    t1 = {"x": {"a": 0.0}, "y": {"a": 0.99}}
+    router = Router.load(make_config([_table("t1", t1, policies=["a"]), _last("t2", {"x": {"a": 0.1, "b": 0.8}})],
+                                     policies=("a", "b")))
+    x, y = router.classify_batch(["x", "y"])
+    assert x.tier == "t2" and x.action == "block"  # t1 was sure about a only
+    assert y.tier == "t1" and y.action == "block"  # blocking on one policy is enough
+
+
+def test_per_policy_band_overrides_default(make_config):
+    t1 = {"x": {"a": 0.3, "b": 0.3}}
+    tier = _table("t1", t1, band=(0.1, 0.9))
+    tier["bands"]["b"] = [0.4, 0.95]
+    router = Router.load(make_config([tier, _last("t2", {"x": {"a": 0.9, "b": 0.9}})], policies=("a", "b")))
+    assert router.classify("x").tier == "t2"  # a=0.3 is inside a's default band
+    tier["bands"]["a"] = [0.35, 0.9]
+    router = Router.load(make_config([tier, _last("t2", {})], policies=("a", "b"), name="second"))
+    assert router.classify("x").tier == "t1"
+
+
+def test_non_final_error_goes_next_and_is_recorded(make_config):
+    router = Router.load(make_config([_table("t1", {}, fail_on=["e"]), _last("t2", {"e": {"a": 0.1}})]))
+    d = router.classify("e")
+    assert d.tier == "t2" and d.action == "allow"
+    assert d.path[0].outcome == "error" and d.path[0].error == "backend down"
+
+
+@pytest.mark.parametrize("on_error,expected", [("allow", "allow"), ("block", "block")])
+def test_last_tier_error_applies_configured_action(make_config, on_error, expected):
+    router = Router.load(make_config([_table("t1", {"e": {"a": 0.5}}), _last("t2", {}, fail_on=["e"], on_error=on_error)]))
+    d = router.classify("e")
+    assert d.action == expected and d.reason == f"fallback:{on_error}" and d.tier == "t2"
+    assert "t2_error" in d.warnings
+
+
+def test_fast_verdict_fallback_uses_previous_tier(make_config):
+    tiers = [_table("fast", {"e": {"a": 0.7}, "f": {"a": 0.3}}), _last("sg", {}, fail_on=["e", "f"], on_error="fast-verdict")]
+    router = Router.load(make_config(tiers))
+    e, f = router.classify_batch(["e", "f"])
+    assert (e.action, e.tier, e.reason) == ("block", "fast", "fallback:fast-verdict")
+    assert (f.action, f.tier) == ("allow", "fast")
+
+
+def test_crashing_tier_does_not_lose_the_batch(make_config):
+    router = Router.load(make_config([_table("t1", {}), _last("t2", {}, on_error="block")]))
+    decisions = router.classify_batch(["fine", "__crash__"])
+    assert len(decisions) == 2
+    # both tiers see the poisoned batch and crash: every text still gets its recorded fallback
+    assert all(d.path[0].outcome == "error" and d.path[1].outcome == "error" for d in decisions)
+    assert all(d.action == "block" and d.reason == "fallback:block" for d in decisions)
+    assert "RuntimeError: tier crashed" in decisions[0].path[0].error
+
+
+def test_batch_only_sends_undecided_texts_onward(make_config):
+    fakes.CALLS.clear()
+    t1 = {"a1": {"a": 0.0}, "b1": {"a": 1.0}, "m1": {"a": 0.5}, "m2": {"a": 0.6}}
+    router = Router.load(make_config([_table("t1", t1), _last("t2", {})]))
+    router.classify_batch(["a1", "b1", "m1", "m2"])
+    assert fakes.CALLS["t2"] == ["m1", "m2"]
+
+
+def test_decision_carries_hashes_latency_and_rules(make_config):
+    router = Router.load(make_config([_last("only", {"x": {"a": 0.9}})]))
+    d = router.classify("x")
+    assert len(d.config_hash) == 12 and set(d.policy_hashes) == {"a"}
+    assert d.latency_ms >= 0 and d.path[0].latency_ms >= 0
+    assert d.rule_ids == ("X1.a",)
+    as_dict = d.to_dict()
+    assert as_dict["flagged"] is True and as_dict["path"][0]["tier"] == "only"
+
+
+def test_config_hash_changes_with_bands(make_config):
+    r1 = Router.load(make_config([_table("t1", {}, band=(0.1, 0.9)), _last("t2", {})], name="one"))
+    r2 = Router.load(make_config([_table("t1", {}, band=(0.1, 0.8)), _last("t2", {})], name="one"))
+    assert r1.config_hash != r2.config_hash
+
+
+def test_aclassify_matches_classify(make_config):
+    router = Router.load(make_config([_last("only", {"x": {"a": 0.9}, "y": {"a": 0.1}})]))
+
+    async def go():
+        return await asyncio.gather(*(router.aclassify(t) for t in ["x", "y", "x"]))
+
+    out = asyncio.run(go())
+    assert [d.action for d in out] == ["block", "allow", "block"]
+
+
+def test_replay_tier_escalation(make_config, tmp_path):
+    from safecascade.router.inputs import text_hash
+
+    csv_path = tmp_path / "verdicts.csv"
+    csv_path.write_text(f"text_hash,a,a_rule_ids\n{text_hash('uncertain text')},0.93,A1.a;A1.b\n")
+    tiers = [
+        _table("fast", {"uncertain text": {"a": 0.5}, "clear": {"a": 0.01}}),
+        {"name": "replay", "type": "replay", "options": {"path": str(csv_path)}, "threshold": 0.5, "on_error": "block"},
+    ]
+    router = Router.load(make_config(tiers))
+    d, clear, unknown = router.classify_batch(["uncertain text", "clear", "never recorded"])
+    assert (d.action, d.tier) == ("block", "replay")
+    assert d.policies["a"].rule_ids == ("A1.a", "A1.b")
+    assert (clear.action, clear.tier) == ("allow", "fast")
+    assert unknown.reason == "fallback:block" and "no recorded verdict" in unknown.path[-1].error
+
+
+def test_replay_missing_file_fails_at_load(make_config, tmp_path):
+    tiers = [{"name": "replay", "type": "replay", "options": {"path": "nope.csv"}}]
+    with pytest.raises(ValueError, match="nope.csv"):
+        Router.load(make_config(tiers))

@@ -1,0 +1,79 @@
+"""Config validation: every bad key is named in the error."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from safecascade.router.cascade import Router
+from safecascade.router.config import ConfigError, load_config, parse_config
+
+LAST = {"name": "t", "type": "table", "options": {"table": {}}}
+
+
+def _cfg(**over):
+    cfg = {"name": "c", "policies": {"a": "a.md"}, "tiers": [dict(LAST)]}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "cfg,needle",
+    [
+        (_cfg(tiers=[{"name": "x", "type": "nonesuch"}]), "tiers[0].type: unknown tier type 'nonesuch'"),
+        (_cfg(tiers=[]), "tiers: expected a non-empty list"),
+        (_cfg(policies={}), "policies: expected a non-empty mapping"),
+        (_cfg(bogus=1), "config.bogus: unknown key"),
+        (_cfg(version=2), "version: unsupported"),
+        (_cfg(input={"max_chars": -5}), "input.max_chars"),
+        (_cfg(input={"on_empty": "maybe"}), "input.on_empty"),
+        (_cfg(tiers=[{"name": "x", "type": "table", "bands": {"zzz": [0.1, 0.9]}}, dict(LAST)]), "tiers[0].bands.zzz: unknown policy 'zzz'"),
+        (_cfg(tiers=[{"name": "x", "type": "table", "bands": {"a": [0.9, 0.1]}}, dict(LAST)]), "tiers[0].bands.a: allow_below"),
+        (_cfg(tiers=[{"name": "x", "type": "table", "bands": {"a": [0.1, 1.5]}}, dict(LAST)]), "tiers[0].bands.a[1]: must be in [0, 1]"),
+        (_cfg(tiers=[{"name": "x", "type": "table", "bands": {"a": "wide"}}, dict(LAST)]), "tiers[0].bands.a: expected [allow_below, block_above]"),
+        (_cfg(tiers=[{"name": "x", "type": "table"}, dict(LAST)]), "tiers[0].bands: a non-final tier needs bands"),
+        (_cfg(tiers=[{"name": "t", "type": "table", "bands": {"a": [0.1, 0.9]}}, dict(LAST)]), "tiers[1].name"),
+        (_cfg(tiers=[dict(LAST, on_error="next")]), "tiers[0].on_error"),
+        (_cfg(tiers=[dict(LAST, threshold="high")]), "tiers[0].threshold"),
+        (_cfg(tiers=[dict(LAST, colour="red")]), "tiers[0].colour: unknown key"),
+    ],
+)
+def test_bad_configs_name_the_key(cfg, needle):
+    import tests.router.fakes  # noqa: F401
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg)
+    assert needle in str(err.value)
+
+
+def test_unknown_policy_file_fails_at_load(tmp_path):
+    import tests.router.fakes  # noqa: F401
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_cfg(policies={"ghost": "ghost.md"})))
+    with pytest.raises(ConfigError, match="policies.ghost: policy file not found"):
+        Router.load(path)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read router config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_roundtrip_yaml_keeps_hash(make_config):
+    import tests.router.fakes  # noqa: F401
+
+    path = make_config([{"name": "t1", "type": "table", "bands": {"default": [None, 0.9]}}, dict(LAST)])
+    cfg = load_config(path)
+    again = parse_config(yaml.safe_load(cfg.to_yaml()), base_dir=cfg.base_dir)
+    assert again.sha == cfg.sha and again.tiers[0].bands["default"].allow_below is None
+
+
+def test_embedded_default_config_parses():
+    cfg = load_config(None)
+    assert cfg.tiers and cfg.policies
+    assert cfg.resolve_policies()  # shipped policy files exist and parse
