@@ -1,0 +1,232 @@
+"""Text folding and decoders for the heuristic tier.
+
+Everything here is on the hot path of the cheapest tier, so the expensive parts are
+precomputed once (the homoglyph fold table) and every decoder sits behind a cheap pre-filter:
+
+* :func:`fold` - the canonical view the rules match against: invisible (zero-width, bidi,
+  Unicode tag) characters removed, NFKC, Latin diacritics stripped, confusable homoglyphs
+  (Cyrillic ``і``/``о``, Greek ``ο``, ...) mapped to ASCII through a table built from the
+  ``confusable-homoglyphs`` data, and lower-cased. ASCII text takes a fast path (``lower()`` only).
+* :func:`leet_fold` - digits / symbols used as letters (``1gn0r3`` -> ``ignore``), tried only
+  when :func:`looks_leet` finds several letter-digit-letter runs.
+* :func:`decode_views` - base64 / hex blobs (candidate runs found by a length-bounded regex,
+  decoded, kept only when they decode to readable text), rot13 (only when the folded text
+  contains common rot13 words), and Unicode tag-character smuggling (U+E0020..U+E007E).
+
+The decoded texts are re-scanned with the same rules by :mod:`safecascade.tiers.heuristic`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- invisible characters
+#: zero-width characters that have no business inside a Latin word
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u180e\u00ad"
+#: bidi embedding / override / isolate controls ("Trojan Source"); LRM/RLM (U+200E/F) are
+#: normal in right-to-left text and are only removed, never flagged.
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_MARKS = "\u200e\u200f\u061c"
+_INVISIBLE_RE = re.compile(f"[{ZERO_WIDTH}{BIDI_CONTROLS}{_MARKS}\U000e0000-\U000e007f]")
+# zero-width char between two letters (possibly several in a row) = word splitting
+_ZW_IN_WORD_RE = re.compile(f"[A-Za-z][{ZERO_WIDTH}]+[A-Za-z]")
+_BIDI_RE = re.compile(f"[{BIDI_CONTROLS}]")
+# runs of tag characters, except the ones that spell a subdivision flag after U+1F3F4 (🏴)
+_TAG_RE = re.compile("(?<![\U0001f3f4\U000e0020-\U000e007e])[\U000e0020-\U000e007e]{4,}")
+_COMBINING_RE = re.compile("[\u0300-\u036f]")
+
+
+@functools.cache
+def fold_table() -> dict[str, str]:
+    """Map of non-ASCII confusable characters to a lower-case ASCII letter or digit.
+
+    Built once from the ``confusable-homoglyphs`` data file (no per-character API calls on
+    the hot path). Letters are preferred over digits (``О`` -> ``o``, not ``0``).
+    """
+    try:
+        path = resources.files("confusable_homoglyphs").joinpath("confusables.json")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ModuleNotFoundError, ValueError) as exc:  # pragma: no cover - packaging problem
+        log.warning("confusable-homoglyphs data unavailable (%s); homoglyph folding limited to NFKC", exc)
+        data = {}
+    table: dict[str, str] = {}
+    for ch, entries in data.items():
+        if len(ch) != 1 or ch.isascii():
+            continue
+        targets = [e.get("c", "") for e in entries]
+        ascii_targets = [t for t in targets if len(t) == 1 and t.isascii() and t.isalnum()]
+        if not ascii_targets:
+            continue
+        letters = [t for t in ascii_targets if t.isalpha()]
+        best = (letters or ascii_targets)[0].lower()
+        table[ch] = best
+    # A few common look-alikes the data set files under multi-character or symbol targets.
+    table.update({"ı": "i", "ȷ": "j", "ſ": "s"})
+    return table
+
+
+@dataclass(frozen=True, kw_only=True)
+class Folded:
+    """The folded view of a text plus what folding found on the way."""
+
+    text: str
+    zero_width_in_words: int = 0  #: zero-width characters splitting letters
+    bidi_controls: int = 0  #: bidi embedding/override/isolate controls
+    homoglyphs: int = 0  #: distinct confusable characters mapped to ASCII
+    tag_chars: int = 0  #: Unicode tag characters (U+E0000 block)
+
+
+def fold(text: str) -> Folded:
+    """Canonical matching view of ``text`` (see module docstring). Never raises for a str."""
+    if text.isascii():
+        return Folded(text=text.lower())
+    zw = bidi = tags = 0
+    if _INVISIBLE_RE.search(text) is not None:
+        zw = len(_ZW_IN_WORD_RE.findall(text))
+        bidi = len(_BIDI_RE.findall(text))
+        tags = sum(len(m) for m in _TAG_RE.findall(text))
+        text = _INVISIBLE_RE.sub("", text)
+    text = unicodedata.normalize("NFKD", text)
+    text = _COMBINING_RE.sub("", text)
+    text = unicodedata.normalize("NFKC", text)
+    homoglyphs = 0
+    if not text.isascii():
+        table = fold_table()
+        for ch in set(text):
+            rep = table.get(ch)
+            if rep is not None:
+                text = text.replace(ch, rep)
+                homoglyphs += 1
+    return Folded(text=text.lower(), zero_width_in_words=zw, bidi_controls=bidi, homoglyphs=homoglyphs, tag_chars=tags)
+
+
+# --------------------------------------------------------------------------- leetspeak
+_LEET_TABLE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s", "!": "i", "|": "l", "+": "t", "€": "e"})
+# a leet character glued between letters ("1gn0r3" has "gn0r" -> 0 between letters)
+_LEET_HINT_RE = re.compile(r"[a-z][013457@$][a-z]|\b[13457@$][a-z]{2,}[013457@$]")
+
+
+def looks_leet(folded: str, *, min_hits: int = 2) -> bool:
+    """Cheap check: at least ``min_hits`` leet characters sit inside words."""
+    n = 0
+    for _ in _LEET_HINT_RE.finditer(folded):
+        n += 1
+        if n >= min_hits:
+            return True
+    return False
+
+
+def leet_fold(folded: str) -> str:
+    """Map leetspeak characters to letters (apply to a folded, lower-case text)."""
+    return folded.translate(_LEET_TABLE)
+
+
+# --------------------------------------------------------------------------- decoders
+_B64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/]{24,}={0,2}|(?<![A-Za-z0-9_=-])[A-Za-z0-9_-]{24,}={0,2}")
+_HEX_RE = re.compile(r"(?:\\x[0-9a-fA-F]{2}){8,}|\b(?:0x)?(?:[0-9a-fA-F]{2}){12,}\b|\b(?:[0-9a-fA-F]{2}[ :,]){8,}[0-9a-fA-F]{2}\b")
+_ROT13_TABLE = str.maketrans("abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm")
+# rot13 of common English / jailbreak words; one of them in the folded text triggers a rot13 pass
+_ROT13_HINTS = tuple(
+    " " + w + " "
+    for w in ("gur", "naq", "lbh", "vtaber", "nyy", "cerivbhf", "vafgehpgvbaf", "lbhe", "jvgu", "guvf", "qna", "sbe", "ner", "vf")
+)
+
+
+def _readable(s: str) -> bool:
+    """Decoded bytes look like natural-language text (not binary, not a random id)."""
+    if len(s) < 8:
+        return False
+    printable = sum(1 for c in s if c.isprintable() or c in "\n\t\r")
+    if printable < 0.95 * len(s):
+        return False
+    letters = sum(1 for c in s if c.isalpha())
+    spaces = s.count(" ")
+    return letters >= 0.6 * len(s.replace(" ", "")) and spaces >= 1
+
+
+def _b64(run: str) -> str | None:
+    run = run.rstrip("=")
+    if len(run) % 4 == 1:
+        return None
+    padded = run + "=" * (-len(run) % 4)
+    try:
+        if "-" in run or "_" in run:
+            raw = base64.urlsafe_b64decode(padded)
+        else:
+            raw = base64.b64decode(padded, validate=True)
+        s = raw.decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    return s if _readable(s) else None
+
+
+def _hex(run: str) -> str | None:
+    digits = re.sub(r"\\x|0x|[ :,]", "", run)
+    if len(digits) % 2:
+        return None
+    try:
+        s = bytes.fromhex(digits).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return s if _readable(s) else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodedView:
+    """A decoded payload found in a text: which decoder found it and the decoded text."""
+
+    decoder: str  # base64 | hex | rot13 | unicode_tags
+    text: str
+
+
+def decode_views(raw: str, folded: str, *, max_blobs: int = 8, max_decoded_chars: int = 20_000) -> list[DecodedView]:
+    """Decoded payloads hidden in ``raw`` (original case) / ``folded``; cheap when there are none."""
+    views: list[DecodedView] = []
+    budget = max_decoded_chars
+    # base64: runs of >= 24 base64 characters (most English words are far shorter)
+    n = 0
+    for m in _B64_RE.finditer(raw):
+        if n >= max_blobs or budget <= 0:
+            break
+        run = m.group(0)
+        if run.isalpha() and (run.islower() or run.isupper()):
+            continue  # a long single-case word / identifier, not base64
+        n += 1
+        s = _b64(run)
+        if s:
+            views.append(DecodedView(decoder="base64", text=s[:budget]))
+            budget -= len(s)
+    # hex: \x41\x42..., 4142434445..., "41 42 43 ..."
+    n = 0
+    for m in _HEX_RE.finditer(raw):
+        if n >= max_blobs or budget <= 0:
+            break
+        n += 1
+        s = _hex(m.group(0))
+        if s:
+            views.append(DecodedView(decoder="hex", text=s[:budget]))
+            budget -= len(s)
+    # rot13 over the whole (already lower-case) text, only when rot13 words appear
+    padded = " " + folded[:max_decoded_chars] + " "
+    hits = sum(1 for h in _ROT13_HINTS if h in padded)
+    if hits >= 2 and budget > 0:
+        views.append(DecodedView(decoder="rot13", text=folded[:budget].translate(_ROT13_TABLE)))
+    # Unicode tag characters carry ASCII invisibly (U+E0041 = "A")
+    if raw and not raw.isascii():
+        for m in _TAG_RE.finditer(raw):
+            s = "".join(chr(ord(c) - 0xE0000) for c in m.group(0))
+            views.append(DecodedView(decoder="unicode_tags", text=s[:budget]))
+            budget -= len(s)
+            if budget <= 0:
+                break
+    return views
