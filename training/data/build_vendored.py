@@ -1,0 +1,73 @@
+"""Rebuild the vendored benchmark files in this folder from the shared raw CSVs.
+
+Usage (from the repository root)::
+
+    .venv/bin/python training/data/build_vendored.py [--src ../shared/data]
+
+Keeps only the columns the project uses, writes deterministic gzip (mtime 0) so a rebuild from
+the same inputs gives byte-identical files, and takes a fixed seeded sample of Alpaca. Not part
+of the installed package (this folder is data, not a Python package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+csv.field_size_limit(16 * 1024 * 1024)  # a few awesome-chatgpt-prompts rows exceed the 128 KiB default
+ALPACA_SAMPLE = 12_000
+ALPACA_SEED = 20240601
+
+# file stem -> (output name, columns kept)
+FILES = {
+    "jailbreakhub": ("jailbreakhub.csv.gz", ["text", "label", "date", "platform", "source", "community"]),
+    "openai_moderation_1680": ("openai_moderation.csv.gz",
+                               ["text", "label", "flagged_categories", "labels_complete",
+                                "S", "H", "V", "HR", "SH", "S3", "H2", "V2"]),
+    "xstest": ("xstest.csv.gz", ["text", "label", "xstest_id", "type", "focus"]),
+    "toxicchat0124_train_human_annotated": ("toxicchat_train.csv.gz", ["text", "label", "jailbreaking", "conv_id"]),
+    "awesome_chatgpt_prompts": ("awesome_chatgpt_prompts.csv.gz", ["text", "label", "label_note", "act", "type"]),
+    "alpaca_benign_instructions": ("alpaca_sample.csv.gz", ["text", "label", "split"]),
+}
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write(rows: list[dict[str, str]], columns: list[str], out: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: r.get(c, "") for c in columns})
+    with out.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+        gz.write(buf.getvalue().encode("utf-8"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", default=str(HERE.parents[2] / "shared" / "data"), help="folder with the raw CSVs")
+    args = ap.parse_args()
+    src = Path(args.src)
+    for stem, (out_name, cols) in FILES.items():
+        rows = _read(src / f"{stem}.csv")
+        if stem == "alpaca_benign_instructions":
+            idx = sorted(random.Random(ALPACA_SEED).sample(range(len(rows)), ALPACA_SAMPLE))
+            rows = [rows[i] for i in idx]
+        if stem == "openai_moderation_1680":
+            for r in rows:  # "1.0"/"0.0"/"" -> "1"/"0"/""
+                for c in ("S", "H", "V", "HR", "SH", "S3", "H2", "V2"):
+                    r[c] = r[c][:1] if r[c] else ""
+        _write(rows, cols, HERE / out_name)
+        print(f"{out_name}: {len(rows)} rows, {(HERE / out_name).stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()
