@@ -1,0 +1,165 @@
+"""The ``fast`` tier: one ONNX graph (encoder -> mean pooling -> L2 norm -> per-policy head ->
+calibrated probability) served with ``tokenizers`` + ``onnxruntime`` + numpy; no torch.
+
+Options::
+
+    model: default          # "default" (the cache's fast-default, built by `safecascade train fast`
+                            # or `make demo`), a path to an artifact dir (relative to the config),
+                            # or an MLflow model URI "models:/safecascade-fast/1" / "...@champion"
+    threads: 2              # onnxruntime intra-op threads
+    max_windows: 8          # cap on windows per text (beyond it: evenly spread windows, truncated=True)
+    window_tokens: 256      # default from the card
+    stride: 224             # default from the card
+    batch_size: 32
+    quantized: false        # use model.int8.onnx when the artifact offers one
+
+Long texts are cut into overlapping windows, each window is scored, and the maximum is the
+text's score; ``TierResult.info`` reports ``n_windows``, ``tokens`` and ``truncated``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from safecascade.tiers.base import TierResult, TierSpec
+from safecascade.tiers.onnx_encoder import (
+    MODEL_NAME,
+    TOKENIZER_NAME,
+    WindowConfig,
+    Windower,
+    make_session,
+    read_card,
+    run_windows,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMES = {"fast": "fast-default", "static": "static-default"}
+
+
+def resolve_model_dir(model: Any, *, base_dir: Path, kind: str, tier_name: str) -> Path:
+    """Turn the ``model`` option into an artifact directory (default / path / models:/ URI)."""
+    from safecascade.paths import artifact_dir
+
+    if model is None or model == "default":
+        d = artifact_dir("models") / DEFAULT_NAMES[kind]
+        if not (d / "card.json").is_file():
+            raise ValueError(f"{kind} tier {tier_name!r}: the default model is not built ({d} missing); "
+                             f"run `safecascade train {kind}` or `make demo` first")
+        return d
+    if not isinstance(model, (str, Path)):
+        raise ValueError(f"{kind} tier {tier_name!r}: options.model must be 'default', a path or a models:/ URI, got {model!r}")
+    s = str(model)
+    if s.startswith("models:/"):
+        from safecascade.training.mlflow_store import download_model_dir
+
+        return download_model_dir(s)
+    p = Path(s).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def _int_option(options: Mapping[str, Any], key: str, default: int, tier: str) -> int:
+    v = options.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"tier {tier!r}: options.{key} must be an integer, got {v!r}")
+    return v
+
+
+class FastTier:
+    """ONNX embedding classifier over windows of the text (see module doc)."""
+
+    kind = "fast"
+
+    def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
+                 threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
+                 stride: int | None = None, batch_size: int = 32, quantized: bool = False):
+        d = Path(model_dir)
+        self.model_dir = d
+        self.card = read_card(d)
+        onnx_path = d / (self.card.get("int8_model", "model.int8.onnx") if quantized else MODEL_NAME)
+        tok_path = d / TOKENIZER_NAME
+        if not tok_path.is_file():
+            raise ValueError(f"fast tier {name!r}: tokenizer missing: {tok_path}")
+        if not onnx_path.is_file():
+            raise ValueError(f"fast tier {name!r}: ONNX model missing: {onnx_path}")
+        win = self.card.get("window", {})
+        wt = int(window_tokens or win.get("window_tokens", 256))
+        cfg = WindowConfig(window_tokens=wt, stride=int(stride or min(win.get("stride", wt - 32), wt - 2)),
+                           max_windows=int(max_windows or win.get("max_windows", 8)))
+        self.windower = Windower(tok_path, cfg)
+        self.session = make_session(onnx_path, threads=threads)
+        outs = [o.name for o in self.session.get_outputs()]
+        if "probs" not in outs:
+            raise ValueError(f"fast tier {name!r}: {onnx_path} has no 'probs' output (outputs: {outs})")
+        card_pols = list(self.card["policies"])
+        if policies:
+            missing = [p for p in policies if p not in card_pols]
+            if missing:
+                raise ValueError(f"fast tier {name!r}: model {d} does not score policies {missing}; it scores {card_pols}")
+            self.policies = tuple(policies)
+        else:
+            self.policies = tuple(card_pols)
+        self._col = {p: card_pols.index(p) for p in self.policies}
+        self.name = name
+        self.batch_size = batch_size
+        self.quantized = quantized
+
+    @classmethod
+    def from_spec(cls, spec: TierSpec) -> "FastTier":
+        o = spec.options
+        d = resolve_model_dir(o.get("model", "default"), base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
+        return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None,
+                   threads=_int_option(o, "threads", 2, spec.name),
+                   max_windows=o.get("max_windows"), window_tokens=o.get("window_tokens"), stride=o.get("stride"),
+                   batch_size=_int_option(o, "batch_size", 32, spec.name), quantized=bool(o.get("quantized", False)))
+
+    def window_probs(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
+        """Windows of each text and the per-window probability matrix [n_windows, n_policies]."""
+        wins = self.windower.windows(texts)
+        flat = [w for ws in wins for w in ws.ids]
+        probs = run_windows(self.session, flat, batch_size=self.batch_size, output="probs") if flat else np.zeros((0, 1))
+        out, k = [], 0
+        for ws in wins:
+            out.append(probs[k : k + len(ws.ids)])
+            k += len(ws.ids)
+        return wins, out
+
+    def classify(self, texts: Sequence[str]) -> list[TierResult]:
+        """Score each text (max over its windows); a bad text gets ``error`` set, never an exception."""
+        t0 = time.perf_counter()
+        good_idx, good = [], []
+        results: list[TierResult | None] = [None] * len(texts)
+        for i, t in enumerate(texts):
+            if isinstance(t, str):
+                good_idx.append(i)
+                good.append(t.encode("utf-8", errors="replace").decode("utf-8"))
+            else:
+                results[i] = TierResult(scores={}, error=f"fast tier expects str, got {type(t).__name__}")
+        if good:
+            try:
+                wins, probs = self.window_probs(good)
+            except Exception as exc:  # e.g. onnxruntime failure: recorded per text, never raised
+                log.exception("fast tier %r failed on a batch", self.name)
+                for i in good_idx:
+                    results[i] = TierResult(scores={}, error=f"fast tier failed: {type(exc).__name__}: {exc}")
+                wins, probs = [], []
+            elapsed = (time.perf_counter() - t0) * 1000.0
+            per = elapsed / max(len(good), 1)
+            for i, ws, p in zip(good_idx, wins, probs):
+                scores = {pol: float(np.clip(p[:, c].max(), 0.0, 1.0)) for pol, c in self._col.items()}
+                info = ws.info()
+                if len(ws.ids) > 1:
+                    info["max_window"] = int(np.argmax(p.max(axis=1)))
+                warnings = ("truncated_windows",) if ws.truncated else ()
+                results[i] = TierResult(scores=scores, info=info, warnings=warnings, latency_ms=per,
+                                        cost={"windows": float(len(ws.ids)), "tokens": float(ws.tokens)})
+        return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
+
+    def close(self) -> None:
+        """Nothing to release beyond the session (kept for the router's close())."""
+        self.session = None  # type: ignore[assignment]

@@ -1,0 +1,205 @@
+"""Serving helpers shared by the ``fast`` tier and the trainer: tokenise, window, run ONNX.
+
+No torch here: only ``tokenizers``, ``onnxruntime`` and numpy (imported lazily).
+
+Windowing: a text is tokenised without special tokens; its content tokens are cut into windows
+of ``window_tokens - 2`` tokens (room for ``[CLS]``/``[SEP]``) whose starts are ``stride``
+tokens apart, so consecutive windows overlap by ``window_tokens - 2 - stride`` tokens. When a
+text needs more than ``max_windows`` windows, ``max_windows`` windows spread evenly over the
+text (first and last always included) are scored and the result says ``truncated=True``:
+nothing is cut silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CARD_NAME = "card.json"
+MODEL_NAME = "model.onnx"
+TOKENIZER_NAME = "tokenizer.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindowConfig:
+    """How texts are cut into encoder windows."""
+
+    window_tokens: int = 256
+    stride: int = 224
+    max_windows: int = 8
+
+    def __post_init__(self) -> None:
+        if self.window_tokens < 8:
+            raise ValueError(f"window_tokens must be >= 8, got {self.window_tokens}")
+        if not (1 <= self.stride <= self.window_tokens - 2):
+            raise ValueError(f"stride must be in [1, window_tokens-2={self.window_tokens - 2}], got {self.stride}")
+        if self.max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1, got {self.max_windows}")
+
+    def to_dict(self) -> dict[str, int]:
+        return {"window_tokens": self.window_tokens, "stride": self.stride, "max_windows": self.max_windows}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Windows:
+    """The windows of one text: token id arrays (with specials) and what happened."""
+
+    ids: list[np.ndarray]
+    tokens: int  # content tokens in the text
+    n_windows_total: int  # windows the whole text needs
+    truncated: bool  # True when the window cap dropped some windows
+    empty: bool  # True when the text has no tokens at all
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def info(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"n_windows": len(self.ids), "tokens": self.tokens, "truncated": self.truncated}
+        if self.truncated:
+            d["n_windows_needed"] = self.n_windows_total
+        if self.empty:
+            d["empty_after_tokenization"] = True
+        if self.notes:
+            d["notes"] = list(self.notes)
+        return d
+
+
+class Windower:
+    """Tokeniser + window cutter around a ``tokenizer.json`` (BERT-style ``[CLS]``/``[SEP]``)."""
+
+    def __init__(self, tokenizer_path: str | Path, config: WindowConfig):
+        from tokenizers import Tokenizer
+
+        p = Path(tokenizer_path)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(p))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise ValueError(f"cannot load tokenizer {p}: {exc}") from exc
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.config = config
+        cls_id = self.tokenizer.token_to_id("[CLS]")
+        sep_id = self.tokenizer.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            # Fall back to what the post-processor adds around an empty sequence.
+            enc = self.tokenizer.encode("", add_special_tokens=True).ids
+            cls_id = enc[0] if enc else 0
+            sep_id = enc[-1] if enc else 0
+        self.cls_id, self.sep_id = int(cls_id), int(sep_id)
+        self.unk_id = self.tokenizer.token_to_id("[UNK]")
+
+    def windows(self, texts: Sequence[str]) -> list[Windows]:
+        """Cut each text into windows (batch tokenisation, then numpy slicing)."""
+        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        cfg = self.config
+        body = cfg.window_tokens - 2
+        out: list[Windows] = []
+        for text, enc in zip(texts, encs):
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            n = int(ids.shape[0])
+            notes: list[str] = []
+            if n == 0:
+                starts = [0]
+                notes.append("no tokens after tokenisation: scored the empty window")
+            else:
+                starts = list(range(0, max(n - body, 0) + 1, cfg.stride))
+                if starts[-1] + body < n:
+                    starts.append(n - body)
+            total = len(starts)
+            truncated = False
+            if total > cfg.max_windows:
+                pick = np.unique(np.linspace(0, total - 1, cfg.max_windows).round().astype(int))
+                starts = [starts[i] for i in pick]
+                truncated = True
+            if n and self.unk_id is not None:
+                unk = float(np.mean(ids == self.unk_id))
+                if unk >= 0.5:
+                    notes.append(f"{unk:.0%} of tokens are unknown to the encoder's vocabulary (emoji / unsupported script)")
+            wins = [np.concatenate(([self.cls_id], ids[s : s + body], [self.sep_id])).astype(np.int64) for s in starts]
+            out.append(Windows(ids=wins, tokens=n, n_windows_total=total, truncated=truncated, empty=n == 0, notes=tuple(notes)))
+        return out
+
+
+def make_session(model_path: str | Path, *, threads: int = 2) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads and full graph optimisation."""
+    import onnxruntime as ort
+
+    p = Path(model_path)
+    if not p.is_file():
+        raise ValueError(f"ONNX model not found: {p}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+        raise ValueError(f"cannot load ONNX model {p}: {exc}") from exc
+
+
+def run_windows(session: Any, windows: Sequence[np.ndarray], *, batch_size: int = 32, output: str | None = None,
+                progress: bool = False, desc: str = "encoding") -> np.ndarray:
+    """Run ``session`` over token windows (length-sorted, padded per batch); returns rows in input order.
+
+    ``output`` names the graph output to return (default: the first).
+    """
+    n = len(windows)
+    names = [o.name for o in session.get_outputs()]
+    out_name = output or names[0]
+    if n == 0:
+        shape = session.get_outputs()[names.index(out_name)].shape
+        return np.zeros((0, shape[1] if isinstance(shape[1], int) else 0), dtype=np.float32)
+    input_names = {i.name for i in session.get_inputs()}
+    order = np.argsort([len(w) for w in windows], kind="stable")
+    result: np.ndarray | None = None
+    batches = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=desc, unit="batch", total=(n + batch_size - 1) // batch_size)
+    for start in batches:
+        idx = order[start : start + batch_size]
+        length = max(len(windows[i]) for i in idx)
+        ids = np.zeros((len(idx), length), dtype=np.int64)
+        mask = np.zeros((len(idx), length), dtype=np.int64)
+        for r, i in enumerate(idx):
+            w = windows[i]
+            ids[r, : len(w)] = w
+            mask[r, : len(w)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        vals = session.run([out_name], feeds)[0]
+        if result is None:
+            result = np.zeros((n,) + vals.shape[1:], dtype=vals.dtype)
+        result[idx] = vals
+    assert result is not None
+    return result
+
+
+def read_card(artifact_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``card.json`` of an artifact dir; ValueError naming the path and the reason."""
+    d = Path(artifact_dir)
+    p = d / CARD_NAME
+    if not d.is_dir():
+        raise ValueError(f"model artifact directory not found: {d}")
+    if not p.is_file():
+        raise ValueError(f"model card missing: {p}")
+    try:
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"model card {p} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ValueError(f"model card {p} must be a JSON object")
+    for key in ("policies", "kind"):
+        if key not in card:
+            raise ValueError(f"model card {p} lacks the required key {key!r}")
+    if not isinstance(card["policies"], list) or not card["policies"] or not all(isinstance(x, str) for x in card["policies"]):
+        raise ValueError(f"model card {p}: 'policies' must be a non-empty list of names")
+    return card

@@ -1,0 +1,176 @@
+"""The ``static`` tier: a model2vec static-embedding model (distilled from the fast tier's
+encoder) with its own per-policy head, served with ``tokenizers`` + numpy only.
+
+A text's tokens (no special tokens, unknown tokens dropped, as model2vec does) are cut into the
+same overlapping windows as the fast tier; each window's embedding is the mean of its token
+vectors (L2-normalised when the card says so), each window is scored by the head, and the text
+score is the max. Options: ``model`` (default / path / models:/ URI), ``max_windows``,
+``window_tokens``, ``stride`` (as for the ``fast`` tier).
+
+Artifact dir: ``static.npy`` (vocab x dim float32), ``tokenizer.json``, ``heads.npz``,
+``card.json`` (policies, calibration per policy, window config).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from safecascade.tiers.base import TierResult, TierSpec
+from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, WindowConfig, Windower, read_card
+
+log = logging.getLogger(__name__)
+
+STATIC_EMB = "static.npy"
+HEADS = "heads.npz"
+
+
+class StaticEncoder:
+    """Window embeddings from a static embedding matrix (numpy)."""
+
+    def __init__(self, *, embedding: np.ndarray, tokenizer_path: str | Path, window: WindowConfig, normalize: bool = True):
+        self.embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        self.windower = Windower(tokenizer_path, window)
+        vocab = self.windower.tokenizer.get_vocab_size()
+        if self.embedding.ndim != 2 or self.embedding.shape[0] < vocab:
+            raise ValueError(f"static embedding matrix {self.embedding.shape} does not cover the tokenizer's {vocab} tokens")
+        self.normalize = normalize
+        unk = self.windower.unk_id
+        self._drop = {i for i in (unk, self.windower.cls_id, self.windower.sep_id) if i is not None}
+
+    def embed_windows(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
+        wins = self.windower.windows(texts)
+        drop = np.array(sorted(self._drop), dtype=np.int64)
+        out = []
+        for ws in wins:
+            m = np.zeros((len(ws.ids), self.embedding.shape[1]), dtype=np.float32)
+            for k, ids in enumerate(ws.ids):
+                ids = ids[~np.isin(ids, drop)]
+                if ids.size:
+                    v = self.embedding[ids].mean(axis=0)
+                    if self.normalize:
+                        v = v / max(float(np.linalg.norm(v)), 1e-12)
+                    m[k] = v
+            out.append(m)
+        return wins, out
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False, batch: int = 512) -> list[np.ndarray]:
+        """Window-embedding matrix per text (progress bar over batches)."""
+        from tqdm.auto import tqdm
+
+        res: list[np.ndarray] = []
+        for s in tqdm(range(0, len(texts), batch), desc="static embedding", disable=not progress, unit="batch"):
+            res += self.embed_windows(texts[s : s + batch])[1]
+        return res
+
+
+class _NumpyHead:
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], calibration: dict[str, Any]):
+        self.layers = layers
+        self.cal = calibration
+        method = calibration.get("method")
+        if method not in ("platt", "isotonic", "none"):
+            raise ValueError(f"unknown calibration method {method!r}")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h = x.astype(np.float32)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        z = h[:, 0].astype(np.float64)
+        m = self.cal["method"]
+        if m == "platt":
+            return 1.0 / (1.0 + np.exp(-(self.cal["a"] * z + self.cal["b"])))
+        if m == "isotonic":
+            return np.interp(z, np.asarray(self.cal["x"]), np.asarray(self.cal["y"]))
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+class StaticTier:
+    """model2vec static embeddings + numpy head (see module doc)."""
+
+    kind = "static"
+
+    def __init__(self, *, model_dir: str | Path, name: str = "static", policies: Sequence[str] | None = None,
+                 max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None):
+        d = Path(model_dir)
+        self.model_dir = d
+        self.card = card = read_card(d)
+        for fname in (STATIC_EMB, TOKENIZER_NAME, HEADS):
+            if not (d / fname).is_file():
+                raise ValueError(f"static tier {name!r}: {d / fname} missing")
+        try:
+            emb = np.load(d / STATIC_EMB)
+            heads = np.load(d / HEADS)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"static tier {name!r}: cannot read arrays in {d}: {exc}") from exc
+        win = card.get("window", {})
+        wt = int(window_tokens or win.get("window_tokens", 256))
+        cfg = WindowConfig(window_tokens=wt, stride=int(stride or min(win.get("stride", wt - 32), wt - 2)),
+                           max_windows=int(max_windows or win.get("max_windows", 8)))
+        self.encoder = StaticEncoder(embedding=emb, tokenizer_path=d / TOKENIZER_NAME, window=cfg, normalize=bool(card.get("normalize", True)))
+        card_pols = list(card["policies"])
+        self.heads: dict[str, _NumpyHead] = {}
+        for k, pol in enumerate(card_pols):
+            layers, i = [], 0
+            while f"h{k}_W{i}" in heads:
+                layers.append((heads[f"h{k}_W{i}"].astype(np.float32), heads[f"h{k}_b{i}"].astype(np.float32)))
+                i += 1
+            if not layers:
+                raise ValueError(f"static tier {name!r}: {d / HEADS} has no head for policy {pol!r}")
+            cal = card.get("calibration", {}).get(pol, {"method": "none"})
+            self.heads[pol] = _NumpyHead(layers, cal)
+        if policies:
+            missing = [p for p in policies if p not in card_pols]
+            if missing:
+                raise ValueError(f"static tier {name!r}: model {d} does not score policies {missing}; it scores {card_pols}")
+            self.policies = tuple(policies)
+        else:
+            self.policies = tuple(card_pols)
+        self.name = name
+
+    @classmethod
+    def from_spec(cls, spec: TierSpec) -> "StaticTier":
+        from safecascade.tiers.fast import resolve_model_dir
+
+        o = spec.options
+        d = resolve_model_dir(o.get("model", "default"), base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
+        return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.get("max_windows"),
+                   window_tokens=o.get("window_tokens"), stride=o.get("stride"))
+
+    def classify(self, texts: Sequence[str]) -> list[TierResult]:
+        """Score each text (max over windows); bad items get ``error`` set."""
+        t0 = time.perf_counter()
+        results: list[TierResult | None] = [None] * len(texts)
+        idx = [i for i, t in enumerate(texts) if isinstance(t, str)]
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                results[i] = TierResult(scores={}, error=f"static tier expects str, got {type(t).__name__}")
+        if idx:
+            try:
+                good = [texts[i].encode("utf-8", errors="replace").decode("utf-8") for i in idx]
+                wins, embs = self.encoder.embed_windows(good)
+                flat = np.concatenate(embs)
+                probs = {p: self.heads[p](flat) for p in self.policies}
+                per = (time.perf_counter() - t0) * 1000.0 / len(idx)
+                k = 0
+                for i, ws, e in zip(idx, wins, embs):
+                    n = e.shape[0]
+                    scores = {p: float(np.clip(probs[p][k : k + n].max(), 0.0, 1.0)) for p in self.policies}
+                    k += n
+                    results[i] = TierResult(scores=scores, info=ws.info(), latency_ms=per,
+                                            warnings=("truncated_windows",) if ws.truncated else (),
+                                            cost={"windows": float(n), "tokens": float(ws.tokens)})
+            except Exception as exc:
+                log.exception("static tier %r failed on a batch", self.name)
+                for i in idx:
+                    results[i] = TierResult(scores={}, error=f"static tier failed: {type(exc).__name__}: {exc}")
+        return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
+
+    def close(self) -> None:
+        """Nothing to release."""

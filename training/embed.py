@@ -1,0 +1,109 @@
+"""Window embeddings for training, cached on disk by content hash.
+
+Cache layout: ``<root>/<encoder_key>/<hh>/<sha>.npy`` where ``encoder_key`` hashes the encoder
+id (file hash of its ONNX graph / weights) and the window config, and ``sha`` is the sha256 of
+the text. Each file is that text's window-embedding matrix ``[n_windows, dim]`` (float32).
+Re-training with the same encoder and window config re-embeds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from safecascade.tiers.onnx_encoder import WindowConfig, Windower, make_session, run_windows
+
+log = logging.getLogger(__name__)
+
+
+def file_sha(path: str | Path, n: int = 16) -> str:
+    """sha256 of a file's bytes (first ``n`` hex digits)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
+
+
+class WindowEmbedder:
+    """Embeds texts' windows through an ONNX encoder graph (output ``embedding``), with a disk cache."""
+
+    def __init__(self, *, onnx_path: str | Path, tokenizer_path: str | Path, window: WindowConfig,
+                 encoder_id: str, cache_root: str | Path | None = None, threads: int = 2, batch_size: int = 32):
+        self.window = window
+        self.windower = Windower(tokenizer_path, window)
+        self.onnx_path = Path(onnx_path)
+        self._session: Any = None
+        self.threads = threads
+        self.batch_size = batch_size
+        key = hashlib.sha256(f"{encoder_id}|{sorted(window.to_dict().items())}".encode()).hexdigest()[:16]
+        self.encoder_key = key
+        if cache_root is None:
+            from safecascade.paths import artifact_dir
+
+            cache_root = artifact_dir("embeddings")
+        self.cache = Path(cache_root) / key
+        self.cache.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            self._session = make_session(self.onnx_path, threads=self.threads)
+        return self._session
+
+    def _path(self, sha: str) -> Path:
+        return self.cache / sha[:2] / f"{sha}.npy"
+
+    def embed(self, texts: Sequence[str], *, progress: bool = True, desc: str = "embedding") -> list[np.ndarray]:
+        """Window embeddings of each text (``[n_windows, dim]``), from cache where present."""
+        shas = [text_sha(t) for t in texts]
+        out: list[np.ndarray | None] = [None] * len(texts)
+        todo: dict[str, list[int]] = {}
+        for i, s in enumerate(shas):
+            p = self._path(s)
+            if p.is_file():
+                try:
+                    out[i] = np.load(p)
+                    continue
+                except (OSError, ValueError):
+                    log.warning("unreadable cache entry %s; re-embedding", p)
+            todo.setdefault(s, []).append(i)
+        if todo:
+            first = [idx[0] for idx in todo.values()]
+            log.info("embedding %d texts (%d cached)", len(first), len(texts) - sum(len(v) for v in todo.values()))
+            wins = self.windower.windows([texts[i] for i in first])
+            flat = [w for ws in wins for w in ws.ids]
+            emb = run_windows(self.session, flat, batch_size=self.batch_size, output="embedding", progress=progress, desc=desc)
+            k = 0
+            for (sha, idxs), ws in zip(todo.items(), wins):
+                m = emb[k : k + len(ws.ids)]
+                k += len(ws.ids)
+                self._save(sha, m)
+                for i in idxs:
+                    out[i] = m
+        return [o for o in out if o is not None] if all(o is not None for o in out) else out  # type: ignore[return-value]
+
+    def _save(self, sha: str, m: np.ndarray) -> None:
+        p = self._path(sha)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, m.astype(np.float32))
+            os.replace(tmp, p)
+        except OSError:
+            log.warning("cannot write embedding cache %s", p, exc_info=True)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

