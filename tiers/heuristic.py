@@ -58,16 +58,13 @@ class ScanView:
 
 _MIXED_SCRIPT_RE = re.compile(r"[A-Za-z][\u0370-\u03ff\u0400-\u04ff]|[\u0370-\u03ff\u0400-\u04ff][A-Za-z]")
 _NORMAL_TAG = r"🔒\s*\w*|classic|normal(?: output| response)?|gpt|chatgpt|filtered|standard|censored|\(?🔒"
-_FREE_TAG = r"🔓\s*\w*|jailbreak|jailbroken|dan|developer mode(?: output)?|unfiltered|uncensored|evil\w*|anti-?\w+|\w+gpt"
+_FREE_TAG = r"🔓\s*\w*|jailbreak|jailbroken|dan|developer mode(?: output)?|unfiltered|uncensored|evil\w*|anti-?\w+|(?!chatgpt\b)\w+gpt"
 _TAG_FMT = r"(?:\[\s*(?:{t})\s*\]|\(\s*(?:{t})\s*\)|(?:^|\n|[\"'“])\s*(?:{t})\s*:)"
 _NORMAL_TAG_RE = re.compile(_TAG_FMT.format(t=_NORMAL_TAG))
 _FREE_TAG_RE = re.compile(_TAG_FMT.format(t=_FREE_TAG))
-_PERSONA_BIND_RE = re.compile(
-    r"\b(?:from now on|you (?:will|are going to|shall|must|are about to) (?:now )?(?:act|pretend|be|role-?play|respond|answer|reply|simulate|immerse)|"
+_PERSONA_BIND_RE = re.compile(  # no leading \\b: keeps re's first-character scan
+    r"(?:from now on|you (?:will|are going to|shall|must|are about to) (?:now )?(?:act|pretend|be|role-?play|respond|answer|reply|simulate|immerse)|"
     r"stay in character|you are now|pretend to be|act as|simulate|role of)\b"
-)
-_DIRECTIVE_RE = re.compile(
-    r"\b(?:always|never|must|will not|won't|cannot|can't|don't|do not|doesn't|does not|no (?:rules|limits|restrictions|filters|boundaries|morals|ethics))\b"
 )
 
 
@@ -94,22 +91,27 @@ def _homoglyph_mix(v: ScanView) -> bool:
     return False
 
 
+_FREE_TAG_HINTS = ("🔓", "jailbr", "developer mode", "unfiltered", "uncensored", "evil", "anti", "dan]", "dan)", "dan:", "gpt]", "gpt)", "gpt:")
+
+
 def _dual_response_tags(v: ScanView) -> bool:
     t = v.folded.text
+    if not any(h in t for h in _FREE_TAG_HINTS):
+        return False
     return _FREE_TAG_RE.search(t) is not None and _NORMAL_TAG_RE.search(t) is not None
+
+
+_DIRECTIVE_WORDS = (" always ", " never ", " must ", " will not ", " won't ", " cannot ", " can't ", " don't ", " do not ",
+                    " doesn't ", " does not ", " no rules", " no limits", " no restrictions", " no filters", " no morals")
 
 
 def _long_roleplay_setup(v: ScanView, *, min_chars: int = 400, min_directives: int = 12) -> bool:
     t = v.folded.text
     if len(t) < min_chars or _PERSONA_BIND_RE.search(t) is None:
         return False
-    n = 0
-    for _ in _DIRECTIVE_RE.finditer(t):
-        n += 1
-        if n >= min_directives:
-            # dense enough: at least one directive per ~250 characters
-            return n * 250 >= min(len(t), 20_000) or n >= 40
-    return False
+    n = sum(t.count(w) for w in _DIRECTIVE_WORDS)  # C-level counts, no regex scan
+    # enough directives, and dense: at least one per ~250 characters (or very many)
+    return n >= min_directives and (n * 250 >= len(t) or n >= 40)
 
 
 DETECTORS: dict[str, Callable[[ScanView], bool]] = {
@@ -166,6 +168,39 @@ class RuleSet:
         return tuple(dict.fromkeys(r.policy for r in self.rules))
 
 
+def relax_pattern(pattern: str) -> str:
+    """``pattern`` with every ``\\b`` word-boundary assertion removed.
+
+    Removing a zero-width assertion only widens what a pattern matches, so the relaxed regex is
+    a correct pre-filter: when it finds nothing, neither does the rule. Without a leading
+    ``\\b`` Python's ``re`` can use its literal / first-character prefix scan, which is 10-50x
+    faster than trying the full pattern at every position of a text that does not match.
+    """
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            if pattern[i + 1] == "b" and not in_class:
+                i += 2
+                continue
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _has_upper_literal(pattern: str) -> bool:
+    """True when an upper-case ASCII letter appears outside an escape (``\\S``, ``\\W``) or group name."""
+    stripped = re.sub(r"\\.|\(\?P<\w+>|\(\?P=\w+\)|\(\?[aiLmsux-]+[:)]", "", pattern)
+    return any("A" <= ch <= "Z" for ch in stripped)
+
+
 def _fail(path: str, where: str, msg: str) -> ValueError:
     return ValueError(f"heuristic rules file {path}: {where}: {msg}")
 
@@ -212,8 +247,11 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
                 raise _fail(path, where, "'pattern' must be a non-empty string")
             try:
                 rx = re.compile(pattern, re.IGNORECASE)
+                re.compile(relax_pattern(pattern))
             except re.error as exc:
                 raise _fail(path, where, f"bad regex: {exc}") from None
+            if _has_upper_literal(pattern):
+                raise _fail(path, where, "pattern has upper-case letters; rules match the lower-cased folded text, write them in lower case")
             if rx.search("") is not None:
                 raise _fail(path, where, "pattern matches the empty string (it would match every text)")
         if detector is not None and detector not in DETECTORS:
@@ -280,36 +318,81 @@ class ScanResult:
 class _Compiled:
     rule: Rule
     regex: re.Pattern[str] | None
+    prefilter: re.Pattern[str] | None
     detector: Callable[[ScanView], bool] | None
-    keywords: tuple[str, ...]
+    gate_words: frozenset[str]  # whole-word keywords
+    gate_literals: tuple[str, ...]  # substring keywords
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.gate_words or self.gate_literals)
+
+
+# ASCII punctuation (and common typographic quotes / dashes) -> space, for the word set
+_WORD_BREAKS = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~“”‘’«»…—–"})
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+def words_of(text: str) -> frozenset[str]:
+    """The whole words of a folded text (punctuation splits words, as ``\\b`` does)."""
+    return frozenset(text.translate(_WORD_BREAKS).split())
+
+
+class _View:
+    """A text being scanned, with its word set computed on first use."""
+
+    __slots__ = ("text", "_words")
+
+    def __init__(self, text: str):
+        self.text = text
+        self._words: frozenset[str] | None = None
+
+    @property
+    def words(self) -> frozenset[str]:
+        if self._words is None:
+            self._words = words_of(self.text)
+        return self._words
 
 
 class RuleScanner:
     """Compiled form of a :class:`RuleSet`; ``scan(text)`` finds every matching rule."""
 
-    def __init__(self, ruleset: RuleSet, *, decode_depth: int = 1, leetspeak: bool = True):
+    def __init__(self, ruleset: RuleSet, *, decode_depth: int = 1, leetspeak: bool = True, check_gates: bool = False):
         if not isinstance(decode_depth, int) or isinstance(decode_depth, bool) or not 0 <= decode_depth <= 3:
             raise ValueError(f"decode_depth must be an integer in 0..3, got {decode_depth!r}")
         self.ruleset = ruleset
         self.decode_depth = decode_depth
         self.leetspeak = bool(leetspeak)
+        #: with check_gates, rules are also run when their keywords are absent, and a match that
+        #: the keywords would have skipped is counted here (rule id -> count): keywords must be 0
+        self.check_gates = check_gates
+        self.gate_misses: dict[str, int] = {}
         self._compiled = tuple(
             _Compiled(
                 rule=r,
-                regex=re.compile(r.pattern, re.IGNORECASE) if r.pattern else None,
+                # lower-case patterns on lower-cased text: case-insensitive without re.IGNORECASE,
+                # which would disable the fast prefix scan
+                regex=re.compile(r.pattern) if r.pattern else None,
+                prefilter=re.compile(relax_pattern(r.pattern)) if r.pattern and relax_pattern(r.pattern) != r.pattern else None,
                 detector=DETECTORS[r.detector] if r.detector else None,
-                keywords=r.keywords,
+                gate_words=frozenset(k for k in r.keywords if _WORD_RE.fullmatch(k)),
+                gate_literals=tuple(k for k in r.keywords if not _WORD_RE.fullmatch(k)),
             )
             for r in ruleset.rules
         )
         fold_table()  # build the homoglyph table now, not on the first request
 
     def _scan_view(self, view: ScanView, text: str, via: str, found: dict[str, Match]) -> None:
+        tv = _View(text)
         for c in self._compiled:
             if c.rule.id in found:
                 continue
             if c.regex is not None:
-                if c.keywords and not any(k in text for k in c.keywords):
+                if c.gated and c.gate_words.isdisjoint(tv.words) and not any(k in text for k in c.gate_literals):
+                    if self.check_gates and c.regex.search(text) is not None:
+                        self.gate_misses[c.rule.id] = self.gate_misses.get(c.rule.id, 0) + 1
+                    continue
+                if c.prefilter is not None and c.prefilter.search(text) is None:
                     continue
                 if c.regex.search(text) is None:
                     continue

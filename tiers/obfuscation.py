@@ -116,8 +116,13 @@ _LEET_TABLE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "
 _LEET_HINT_RE = re.compile(r"[a-z][013457@$][a-z]|\b[13457@$][a-z]{2,}[013457@$]")
 
 
+_LEET_PRE_RE = re.compile(r"[013457@$][a-z]")  # starts with a rare character class: fast scan
+
+
 def looks_leet(folded: str, *, min_hits: int = 2) -> bool:
     """Cheap check: at least ``min_hits`` leet characters sit inside words."""
+    if _LEET_PRE_RE.search(folded) is None:
+        return False
     n = 0
     for _ in _LEET_HINT_RE.finditer(folded):
         n += 1
@@ -133,13 +138,13 @@ def leet_fold(folded: str) -> str:
 
 # --------------------------------------------------------------------------- decoders
 _B64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/]{24,}={0,2}|(?<![A-Za-z0-9_=-])[A-Za-z0-9_-]{24,}={0,2}")
-_HEX_RE = re.compile(r"(?:\\x[0-9a-fA-F]{2}){8,}|\b(?:0x)?(?:[0-9a-fA-F]{2}){12,}\b|\b(?:[0-9a-fA-F]{2}[ :,]){8,}[0-9a-fA-F]{2}\b")
+_HEX_RE = re.compile(r"(?:\\x[0-9a-fA-F]{2}){8,}|(?:0x)?(?:[0-9a-fA-F]{2}){12,}")
+_SPACED_HEX_RE = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :,]){8,}[0-9a-fA-F]{2}\b")
+#: a blob needs at least this many characters without whitespace to be tried as base64 / hex
+MIN_BLOB_CHARS = 24
 _ROT13_TABLE = str.maketrans("abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm")
 # rot13 of common English / jailbreak words; one of them in the folded text triggers a rot13 pass
-_ROT13_HINTS = tuple(
-    " " + w + " "
-    for w in ("gur", "naq", "lbh", "vtaber", "nyy", "cerivbhf", "vafgehpgvbaf", "lbhe", "jvgu", "guvf", "qna", "sbe", "ner", "vf")
-)
+_ROT13_HINTS = ("gur ", " naq ", " lbh", "vtaber", " nyy ", "cerivbhf", "vafgehpgvbaf", " lbhe ", " jvgu ", " guvf ", " vf ")
 
 
 def _readable(s: str) -> bool:
@@ -193,32 +198,55 @@ def decode_views(raw: str, folded: str, *, max_blobs: int = 8, max_decoded_chars
     """Decoded payloads hidden in ``raw`` (original case) / ``folded``; cheap when there are none."""
     views: list[DecodedView] = []
     budget = max_decoded_chars
-    # base64: runs of >= 24 base64 characters (most English words are far shorter)
-    n = 0
-    for m in _B64_RE.finditer(raw):
-        if n >= max_blobs or budget <= 0:
+    # Pre-filter: base64 / hex blobs are long runs without whitespace; str.split is a C loop,
+    # far cheaper than running the blob regexes over every position of a long text.
+    tokens = raw.split()
+    if not tokens or len(max(tokens, key=len)) < MIN_BLOB_CHARS:  # the common case: no long run at all
+        long_tokens: list[str] = []
+    else:
+        long_tokens = [w for w in tokens if len(w) >= MIN_BLOB_CHARS]
+    n_b64 = n_hex = 0
+    for tok in long_tokens:
+        if budget <= 0:
             break
-        run = m.group(0)
-        if run.isalpha() and (run.islower() or run.isupper()):
-            continue  # a long single-case word / identifier, not base64
-        n += 1
-        s = _b64(run)
-        if s:
-            views.append(DecodedView(decoder="base64", text=s[:budget]))
-            budget -= len(s)
-    # hex: \x41\x42..., 4142434445..., "41 42 43 ..."
-    n = 0
-    for m in _HEX_RE.finditer(raw):
-        if n >= max_blobs or budget <= 0:
-            break
-        n += 1
-        s = _hex(m.group(0))
-        if s:
-            views.append(DecodedView(decoder="hex", text=s[:budget]))
-            budget -= len(s)
+        for m in _HEX_RE.finditer(tok):
+            if n_hex >= max_blobs:
+                break
+            n_hex += 1
+            s = _hex(m.group(0))
+            if s:
+                views.append(DecodedView(decoder="hex", text=s[:budget]))
+                budget -= len(s)
+        for m in _B64_RE.finditer(tok):
+            if n_b64 >= max_blobs:
+                break
+            run = m.group(0)
+            if run.isalpha() and (run.islower() or run.isupper()):
+                continue  # a long single-case word / identifier, not base64
+            if _HEX_RE.fullmatch(run):
+                continue  # already tried as hex
+            n_b64 += 1
+            s = _b64(run)
+            if s:
+                views.append(DecodedView(decoder="base64", text=s[:budget]))
+                budget -= len(s)
+    # space-separated hex ("69 67 6e 6f ..."): encoded text has "20" (a space) between words
+    if budget > 0 and "20" in raw:
+        for m in _SPACED_HEX_RE.finditer(raw):
+            if n_hex >= max_blobs:
+                break
+            n_hex += 1
+            s = _hex(m.group(0))
+            if s:
+                views.append(DecodedView(decoder="hex", text=s[:budget]))
+                budget -= len(s)
     # rot13 over the whole (already lower-case) text, only when rot13 words appear
-    padded = " " + folded[:max_decoded_chars] + " "
-    hits = sum(1 for h in _ROT13_HINTS if h in padded)
+    hits = 0
+    for h in _ROT13_HINTS:
+        if h in folded:
+            hits += 1
+            if hits >= 2:
+                break
     if hits >= 2 and budget > 0:
         views.append(DecodedView(decoder="rot13", text=folded[:budget].translate(_ROT13_TABLE)))
     # Unicode tag characters carry ASCII invisibly (U+E0041 = "A")
