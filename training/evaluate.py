@@ -36,6 +36,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,18 +85,23 @@ class EvalReport:
     baseline: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
     limit: int | None = None
+    name: str = ""  # report title; default "<config> on <benchmark>/<split> (n=...)"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return asdict(self)
 
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write ``report.json`` and ``report.md`` into ``out_dir`` (created); returns the paths."""
+        return write_report(self, out_dir)
+
     def to_markdown(self) -> str:
         """The report as Markdown tables (quality vs baseline, per-tier cascade, confusion)."""
         m = self.metrics
         lim = f", limit {self.limit}" if self.limit else ""
+        title = self.name or f"{self.config_name} on {self.benchmark}/{self.split}"
         lines = [
-            f"### {self.config_name} on {self.benchmark}/{self.split} (n={self.n}, positives={self.positives}, "
-            f"policy={self.policy or 'any'}{lim})",
+            f"### {title} (n={self.n}, positives={self.positives}, policy={self.policy or 'any'}{lim})",
             "",
             "| system | precision | recall | F1 | FPR | ROC-AUC | R@1%FPR | p50 ms | p99 ms |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -163,17 +169,18 @@ def stratified_sample(examples: Sequence[Any], limit: int, *, seed: str = "eval-
 
 def evaluate_router(router: Any, examples: Sequence[Any], *, policy: str | None = None, batch_size: int = 64,
                     progress: bool = True, benchmark: str = "", split: str = "", baseline: bool = True,
-                    limit: int | None = None) -> EvalReport:
+                    limit: int | None = None, name: str = "") -> EvalReport:
     """Classify ``examples`` with ``router`` and return an :class:`EvalReport` (see
     :func:`evaluate_router_with_decisions`, which also returns the Decisions)."""
     return evaluate_router_with_decisions(router, examples, policy=policy, batch_size=batch_size, progress=progress,
-                                          benchmark=benchmark, split=split, baseline=baseline, limit=limit)[0]
+                                          benchmark=benchmark, split=split, baseline=baseline, limit=limit,
+                                          name=name)[0]
 
 
 def evaluate_router_with_decisions(router: Any, examples: Sequence[Any], *, policy: str | None = None,
                                    batch_size: int = 64, progress: bool = True, benchmark: str = "",
-                                   split: str = "", baseline: bool = True,
-                                   limit: int | None = None) -> tuple[EvalReport, list[Any]]:
+                                   split: str = "", baseline: bool = True, limit: int | None = None,
+                                   name: str = "") -> tuple[EvalReport, list[Any]]:
     """Classify ``examples`` (objects with ``.text`` and ``.label``) with ``router`` in batches
     and build an :class:`EvalReport`.
 
@@ -279,7 +286,7 @@ def evaluate_router_with_decisions(router: Any, examples: Sequence[Any], *, poli
         cascade_latency_ms=latency_summary([d.latency_ms for d in decisions]),
         decided_by=dict(sorted(decided_by.items())), reasons=dict(sorted(reasons.items())), fallbacks=fallbacks,
         errors=sum(errors.values()), batch_size=batch_size, wall_seconds=round(wall, 3), baseline=base,
-        notes=tuple(notes), limit=limit,
+        notes=tuple(notes), limit=limit, name=name,
     ), decisions
 
 
@@ -317,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
             split=args.split, baseline=not args.no_baseline, limit=args.limit)
     finally:
         router.close()
-    out = Path(args.out) if args.out else artifact_dir("eval", router.config.name, f"{args.benchmark}-{args.split}")
+    safe_name = re.sub(r"[^\w.-]+", "_", router.config.name) or "router"
+    out = Path(args.out) if args.out else artifact_dir("eval", safe_name, f"{args.benchmark}-{args.split}")
     paths = write_report(report, out, examples=examples, decisions=decisions)
     print(report.to_markdown())
     print(f"wrote {', '.join(str(p) for p in paths)}")

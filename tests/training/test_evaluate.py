@@ -198,3 +198,11 @@ def test_module_is_cheap_to_import():
             "if m in sys.modules]; print(heavy); assert not heavy")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_named_report_and_write(two_tier_router, tmp_path):
+    rep = evaluate_router(two_tier_router, _examples(), progress=False, baseline=False, name="my run")
+    assert rep.to_markdown().startswith("### my run (n=12, positives=6, policy=jailbreak)")
+    paths = rep.write(tmp_path / "w")
+    assert [p.name for p in paths] == ["report.json", "report.md"]
+    assert json.loads(paths[0].read_text(encoding="utf-8"))["name"] == "my run"
