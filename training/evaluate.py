@@ -275,9 +275,14 @@ def evaluate_router_with_decisions(router: Any, examples: Sequence[Any], *, poli
 
     base = None
     if baseline and benchmark:
-        from safecascade.training.baseline import evaluate_baseline
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            notes.append("TF-IDF baseline skipped: scikit-learn is not installed (pip install 'safecascade[train]')")
+        else:
+            from safecascade.training.baseline import evaluate_baseline
 
-        base = evaluate_baseline(benchmark, split or "test", examples=exs).to_dict()
+            base = evaluate_baseline(benchmark, split or "test", examples=exs).to_dict()
 
     return EvalReport(
         benchmark=benchmark or "examples", split=split, policy=policy, n=n, positives=sum(labels),

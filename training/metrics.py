@@ -89,9 +89,29 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     ys = _labels(labels)
     if len(set(ys)) < 2:
         return None
-    from sklearn.metrics import roc_auc_score
+    xs = [float(s) for s in scores]
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError:  # serving installs have no sklearn: the Mann-Whitney U form, ties counted half
+        return _rank_auc(ys, xs)
+    return float(roc_auc_score(ys, xs))
 
-    return float(roc_auc_score(ys, [float(s) for s in scores]))
+
+def _rank_auc(ys: list[int], xs: list[float]) -> float:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0 + 1.0  # average rank of the tie group
+        i = j + 1
+    n_pos = sum(ys)
+    n_neg = len(ys) - n_pos
+    rank_sum = sum(r for r, y in zip(ranks, ys) if y)
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def recall_at_fpr(labels: Sequence[int], scores: Sequence[float], max_fpr: float = 0.01) -> float | None:

@@ -69,6 +69,17 @@ def test_recall_at_fpr_ties_are_not_split():
     assert M.recall_at_fpr([1, 1], [0.5, 0.6]) is None
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_auc_fallback_matches_sklearn(seed):
+    from sklearn.metrics import roc_auc_score
+
+    rng = random.Random(seed)
+    labels = [1 if rng.random() < 0.3 else 0 for _ in range(300)]
+    scores = [round(rng.random() + 0.3 * y, 1) for y in labels]  # many ties
+    assert M._rank_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    assert M._rank_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_recall_at_fpr_matches_sklearn_roc_curve(seed):
     from sklearn.metrics import roc_curve
