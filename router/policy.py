@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 # A rule id is the first token of a list item: "- **JB1.a** ..." or "- `PI2.b`: ..." or "- JB0.a ...".
-_RULE_LINE = re.compile(r"^\s*[-*]\s+[*_`]*([A-Z][A-Z0-9]*\.[a-z0-9]+)\b", re.MULTILINE)
+_RULE_LINE = re.compile(r"^\s*[-*]\s+[*_`]*([A-Z][A-Z0-9]*\.[a-z0-9]+)(?![A-Za-z0-9.])", re.MULTILINE)
 RULE_ID = re.compile(r"\b[A-Z][A-Z0-9]*\.[a-z0-9]+\b")
 
 

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if args.limit and args.limit < len(examples):
             examples = stratified_sample(examples, args.limit, seed=0)
         report = evaluate_router(router, examples, policy=benchmark_policy(args.benchmark), progress=True,
-                                 name=f"{config.name} on {args.benchmark}/{args.split} (n={len(examples)})")
+                                 name=f"{config.name} on {args.benchmark}/{args.split}")
     finally:
         router.close()
     out = Path(args.out) if args.out else artifact_dir("eval", f"demo-{args.benchmark}-{args.split}")
