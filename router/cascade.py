@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from safecascade.router.config import RouterConfig, TierConfig, load_config
 from safecascade.router.decision import Decision, PolicyVerdict, TierTrace
@@ -16,6 +16,25 @@ from safecascade.router.policy import Policy
 from safecascade.tiers.base import Tier, TierResult, TierSpec, create_tier
 
 log = logging.getLogger(__name__)
+
+
+class DecisionCache(Protocol):
+    """Exact-match verdict cache (see :meth:`Router.cache_key`)."""
+
+    def get(self, key: str) -> Decision | None: ...
+
+    def put(self, key: str, decision: Decision) -> None: ...
+
+
+class EscalationBudget(Protocol):
+    """Limits calls to the last (expensive) tier: ``acquire(n)`` grants up to ``n`` calls now."""
+
+    def acquire(self, n: int) -> int: ...
+
+    def release(self, n: int) -> None: ...
+
+
+DecisionSink = Callable[[Decision, str], None]  # called with every decision and its cleaned text
 
 
 @dataclass
@@ -42,7 +61,9 @@ class Router:
     hold non-thread-safe state (llama.cpp contexts) serialise internally.
     """
 
-    def __init__(self, *, config: RouterConfig, tiers: Sequence[Tier], policies: dict[str, Policy]):
+    def __init__(self, *, config: RouterConfig, tiers: Sequence[Tier], policies: dict[str, Policy],
+                 cache: DecisionCache | None = None, sinks: Sequence[DecisionSink] = (),
+                 budget: EscalationBudget | None = None):
         if len(tiers) != len(config.tiers):
             raise ValueError("one tier instance per tier config is required")
         self.config = config
@@ -50,6 +71,14 @@ class Router:
         self.policies = dict(policies)
         self.config_hash = config.sha
         self.policy_hashes = {name: p.sha for name, p in self.policies.items()}
+        self.cache = cache
+        self.sinks = list(sinks)
+        self.budget = budget
+
+    def cache_key(self, text_hash: str) -> str:
+        """Exact-match key: normalised text hash + config hash + policy hashes."""
+        pol = ",".join(f"{k}={v}" for k, v in sorted(self.policy_hashes.items()))
+        return f"{text_hash}|{self.config_hash}|{pol}"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -109,6 +138,10 @@ class Router:
                 p.decision = self._input_decision(p, self.config.input.on_empty, "empty_input")
             elif clean.rule == "input_too_large":
                 p.decision = self._input_decision(p, self.config.input.on_oversize, "input_too_large")
+            elif self.cache is not None:
+                hit = self.cache.get(self.cache_key(clean.text_hash))
+                if hit is not None:
+                    p.decision = replace(hit, cache_hit=True, latency_ms=round((time.perf_counter() - started) * 1000.0, 4))
             pending.append(p)
 
         n_tiers = len(self.tiers)
@@ -116,12 +149,39 @@ class Router:
             todo = [p for p in pending if p.decision is None]
             if not todo:
                 break
+            if idx == n_tiers - 1 and idx > 0 and self.budget is not None:
+                granted = self.budget.acquire(len(todo))
+                for p in todo[granted:]:
+                    self._budget_refusal(p, tc)
+                todo = todo[:granted]
+                if not todo:
+                    break
             results, wall_ms = self._run_tier(tier, tc, [p.clean.text for p in todo])
             per_text_ms = wall_ms / len(todo)
             for p, res in zip(todo, results):
                 latency = res.latency_ms if res.latency_ms > 0 else per_text_ms
                 self._step(p, res, tc, latency, last=idx == n_tiers - 1)
-        return [p.decision for p in pending]  # type: ignore[misc]
+            if idx == n_tiers - 1 and idx > 0 and self.budget is not None:
+                self.budget.release(len(todo))
+        decisions: list[Decision] = [p.decision for p in pending]  # type: ignore[misc]
+        self._emit(pending, decisions)
+        return decisions
+
+    def _emit(self, pending: list[_Pending], decisions: list[Decision]) -> None:
+        """Cache fresh decisions and hand every decision to the sinks (verdict log, metrics)."""
+        for p, d in zip(pending, decisions):
+            if self.cache is not None and not d.cache_hit and d.tier != "input" and not d.reason.startswith(("fallback", "budget")):
+                self.cache.put(self.cache_key(d.text_hash), d)
+            for sink in self.sinks:
+                try:
+                    sink(d, p.clean.text)
+                except Exception:  # a sink must not take the verdict down with it
+                    log.exception("decision sink %r failed", sink)
+
+    def _budget_refusal(self, p: _Pending, tc: TierConfig) -> None:
+        """The escalation budget is spent: the previous tier's verdict stands, marked as such."""
+        p.path.append(TierTrace(tier=tc.name, outcome="skipped", error="budget_exhausted"))
+        self._fast_verdict(p, tc, reason="budget_exhausted")
 
     # ------------------------------------------------------------------ internals
     def _run_tier(self, tier: Tier, tc: TierConfig, texts: list[str]) -> tuple[list[TierResult], float]:
@@ -164,15 +224,16 @@ class Router:
         self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
                      threshold=tc.threshold if last else None, tc=tc)
 
-    def _fast_verdict(self, p: _Pending, tc: TierConfig) -> None:
-        """Fallback for a failed last tier: the most recent tier that scored decides at 0.5."""
+    def _fast_verdict(self, p: _Pending, tc: TierConfig, *, reason: str = "fallback:fast-verdict") -> None:
+        """The most recent tier that scored decides at 0.5 (failed or budget-refused last tier);
+        with no such tier, block (fail closed)."""
         for trace in reversed(p.path):
             if trace.scores:
                 action = "block" if any(s >= 0.5 for s in trace.scores.values()) else "allow"
-                self._finish(p, action, tier=trace.tier, reason="fallback:fast-verdict",
-                             scores=trace.scores, rule_ids=trace.rule_ids, threshold=0.5)
+                self._finish(p, action, tier=trace.tier, reason=reason, scores=trace.scores,
+                             rule_ids=trace.rule_ids, threshold=0.5)
                 return
-        self._finish(p, "block", tier=tc.name, reason="fallback:fast-verdict-unavailable", scores={}, rule_ids={})
+        self._finish(p, "block", tier=tc.name, reason=f"{reason}-unavailable", scores={}, rule_ids={})
 
     @staticmethod
     def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:

@@ -55,6 +55,7 @@ class Decision:
     config_hash: str
     policy_hashes: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    cache_hit: bool = False
 
     @property
     def flagged(self) -> bool:

@@ -183,3 +183,63 @@ def test_replay_missing_file_fails_at_load(make_config, tmp_path):
     tiers = [{"name": "replay", "type": "replay", "options": {"path": "nope.csv"}}]
     with pytest.raises(ValueError, match="nope.csv"):
         Router.load(make_config(tiers))
+
+
+class _DictCache:
+    def __init__(self):
+        self.data = {}
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, decision):
+        self.data[key] = decision
+
+
+class _Budget:
+    def __init__(self, n):
+        self.n = n
+        self.released = 0
+
+    def acquire(self, n):
+        granted = min(n, self.n)
+        self.n -= granted
+        return granted
+
+    def release(self, n):
+        self.released += n
+
+
+def test_cache_hits_skip_tiers_and_sinks_see_every_decision(make_config):
+    fakes.CALLS.clear()
+    seen = []
+    router = Router.load(make_config([_last("only", {"x": {"a": 0.9}})]))
+    router.cache = _DictCache()
+    router.sinks.append(lambda d, text: seen.append((d.action, d.cache_hit, text)))
+    first = router.classify("x")
+    second = router.classify("x")
+    assert fakes.CALLS["only"] == ["x"]  # the second call never reached the tier
+    assert not first.cache_hit and second.cache_hit and second.action == first.action
+    assert seen == [("block", False, "x"), ("block", True, "x")]
+    assert len(router.cache_key(first.text_hash).split("|")) == 3
+
+
+def test_escalation_budget_keeps_fast_verdict(make_config):
+    t1 = {"m1": {"a": 0.6}, "m2": {"a": 0.4}, "m3": {"a": 0.55}}
+    router = Router.load(make_config([_table("fast", t1), _last("sg", {"m1": {"a": 0.1}})]))
+    router.budget = _Budget(1)
+    d1, d2, d3 = router.classify_batch(["m1", "m2", "m3"])
+    assert (d1.tier, d1.action, d1.reason) == ("sg", "allow", "last_tier")
+    assert (d2.tier, d2.action, d2.reason) == ("fast", "allow", "budget_exhausted")
+    assert (d3.tier, d3.action, d3.reason) == ("fast", "block", "budget_exhausted")
+    assert d2.path[-1].outcome == "skipped" and router.budget.released == 1
+
+
+def test_failing_sink_does_not_lose_the_decision(make_config):
+    router = Router.load(make_config([_last("only", {"x": {"a": 0.9}})]))
+
+    def bad_sink(d, text):
+        raise OSError("disk full")
+
+    router.sinks.append(bad_sink)
+    assert router.classify("x").action == "block"
