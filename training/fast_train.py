@@ -111,6 +111,8 @@ class TrainResult:
     seconds: float
     test_scores: dict[str, list[float]] = field(default_factory=dict)
     test_labels: dict[str, list[int]] = field(default_factory=dict)
+    heads: tuple[Any, ...] = ()  # HeadSpec per policy (calibrated)
+    estimators: tuple[Any, ...] = ()  # the fitted sklearn heads (training-time reference)
 
 
 # --------------------------------------------------------------------------- data
@@ -451,7 +453,7 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         test_embs = embedder.embed([e.text for e in test], progress=progress, desc="embedding test") if test else []
         val_labels = {pol: [int(e.label) for e in val]} if val else {}
         test_labels = {pol: [int(e.label) for e in test]} if test else {}
-        heads, _ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
+        heads, ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
         attach_heads(enc_onnx, heads, out / MODEL_NAME)
         shutil.copyfile(tok, out / TOKENIZER_NAME)
     val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
@@ -484,7 +486,7 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
     secs = time.perf_counter() - t_start
     log.info("fast tier written to %s in %.0fs", out, secs)
     return TrainResult(out_dir=out, card=card, metrics=metrics, config=cfg, seconds=secs,
-                       test_scores=test_scores, test_labels=test_labels)
+                       test_scores=test_scores, test_labels=test_labels, heads=tuple(heads), estimators=tuple(ests))
 
 
 def _try_int8(out: Path, val: Sequence[Any], labels: list[int], f1_fp32: float, *, threads: int) -> dict[str, Any]:
@@ -559,7 +561,7 @@ def train_static(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] =
     test_embs = encoder.embed([e.text for e in test], progress=progress) if test else []
     val_labels = {pol: [int(e.label) for e in val]} if val else {}
     test_labels = {pol: [int(e.label) for e in test]} if test else {}
-    heads, _ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
+    heads, ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
     heads_to_npz(heads, out / "heads.npz")
     val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
     thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
@@ -586,7 +588,57 @@ def train_static(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] =
     _write_card(out, card)
     secs = time.perf_counter() - t_start
     return TrainResult(out_dir=out, card=card, metrics=metrics, config=cfg, seconds=secs,
-                       test_scores=test_scores, test_labels=test_labels)
+                       test_scores=test_scores, test_labels=test_labels, heads=tuple(heads), estimators=tuple(ests))
+
+
+def reference_scores(result: TrainResult, texts: Sequence[str], *, st_model: Any = None) -> dict[str, np.ndarray]:
+    """The training-time pipeline, without ONNX: sentence-transformers (torch) on the same token
+    windows -> the fitted sklearn head -> calibration -> max over windows. Used for parity checks."""
+    from safecascade.tiers.onnx_encoder import Windower
+    from safecascade.training.export_onnx import torch_embed_windows
+
+    st = st_model or load_st(result.config.encoder)
+    card = result.card
+    win = WindowConfig(**card["window"])
+    windower = Windower(Path(result.out_dir) / TOKENIZER_NAME, win)
+    wins = windower.windows(texts)
+    flat = [w for ws in wins for w in ws.ids]
+    emb = torch_embed_windows(st, flat)
+    out: dict[str, np.ndarray] = {}
+    for head, est in zip(result.heads, result.estimators):
+        p = head.calibration.apply(sklearn_logit(est, emb))
+        res, k = np.zeros(len(texts)), 0
+        for i, ws in enumerate(wins):
+            res[i] = p[k : k + len(ws.ids)].max()
+            k += len(ws.ids)
+        out[head.policy] = res
+    return out
+
+
+def build_tiny_models(out_root: str | Path, *, n_train: int = 160, n_eval: int = 80, kinds: Sequence[str] = ("fast", "static"),
+                      head: str = "lr", cache_root: str | Path | None = None, progress: bool = False) -> dict[str, TrainResult]:
+    """Small real artifacts from the jailbreak benchmark (for tests and smoke checks; ~30 s on 2 cores).
+
+    Uses the shortest texts of each split (cheap to embed) plus a few long jailbreaks.
+    """
+    from safecascade.training.datasets import load_benchmark
+
+    def pick(split: str, n: int) -> list[Any]:
+        ex = load_benchmark("jailbreak", split)
+        pos = sorted([e for e in ex if e.label == 1], key=lambda e: len(e.text))
+        neg = sorted([e for e in ex if e.label == 0], key=lambda e: (len(e.text) > 400, e.id))
+        k = max(4, n // 4)
+        return pos[: k - 2] + pos[-2:] + neg[: n - k]
+
+    train, val, test = pick("train", n_train), pick("val", n_eval), pick("test", n_eval)
+    root = Path(out_root)
+    out = {}
+    for kind in kinds:
+        cfg = TrainConfig(kind=kind, head=head, max_iter=200)
+        fn = train_fast if kind == "fast" else train_static
+        kw = {"cache_root": cache_root} if kind == "fast" else {}
+        out[kind] = fn(cfg, train=train, val=val, test=test, out_dir=root / kind, progress=progress, **kw)
+    return out
 
 
 # --------------------------------------------------------------------------- defaults
@@ -601,6 +653,8 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
     if cfg.policies != (pol,):
         cfg = replace(cfg, policies=(pol,))
     train, val, test = (load_benchmark(cfg.benchmark, s) for s in ("train", "val", "test"))
+    if cfg.limit is not None:  # quick runs: cap every split, keeping the positive share
+        val, test = _stratified_limit(list(val), cfg.limit), _stratified_limit(list(test), cfg.limit)
     fn = train_fast if cfg.kind == "fast" else train_static
     return fn(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)
 

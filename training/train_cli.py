@@ -1,0 +1,94 @@
+"""``safecascade train fast|static`` and ``safecascade export`` (cheap to import: work in run_*)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``safecascade train``."""
+    parser.add_argument("kind", choices=["fast", "static"], help="which tier to train")
+    parser.add_argument("--benchmark", default="jailbreak", help="labelled benchmark (train split; val calibrates; test reports)")
+    parser.add_argument("--from-log", dest="from_log", default=None, metavar="CSV",
+                        help="logged safeguard verdicts (replay CSV: text + a probability column per policy) used as soft targets")
+    parser.add_argument("--verdict-weight", type=float, default=1.0, help="weight of each verdict row relative to a labelled row")
+    parser.add_argument("--out", default=None, help="artifact dir (default: <cache>/models/<kind>-default)")
+    parser.add_argument("--head", choices=["lr", "mlp"], default="mlp", help="head on the embeddings")
+    parser.add_argument("--calibration", choices=["auto", "platt", "isotonic", "none"], default="auto")
+    parser.add_argument("--encoder", default="default", help="sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most N training examples (quick runs)")
+    parser.add_argument("--int8", action="store_true", help="also export int8 (kept only if val F1 drops < 0.005)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True, help="log the run and register the model")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, write the artifact dir, print metrics, log to MLflow."""
+    from safecascade.paths import artifact_dir
+    from safecascade.training.fast_train import TrainConfig, train_from_benchmark
+
+    cfg = TrainConfig(kind=args.kind, benchmark=args.benchmark, head=args.head, calibration=args.calibration,
+                      encoder=args.encoder, limit=args.limit, int8=args.int8, threads=args.threads,
+                      verdict_weight=args.verdict_weight)
+    out = Path(args.out) if args.out else artifact_dir("models") / f"{args.kind}-default"
+    res = train_from_benchmark(cfg, out_dir=out, verdicts=args.from_log, progress=not args.no_progress)
+    summary = {"out_dir": str(res.out_dir), "seconds": round(res.seconds, 1),
+               "test": {p: {k: m.get(k) for k in ("precision", "recall", "f1", "recall_at_1pct_fpr", "roc_auc")}
+                        for p, m in res.metrics.get("test", {}).items()}}
+    if "int8" in res.card:
+        summary["int8"] = res.card["int8"]
+    if args.mlflow:
+        from safecascade.training.mlflow_store import log_training_run
+
+        summary["mlflow"] = log_training_run(res)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``safecascade export``."""
+    parser.add_argument("source", help="artifact dir or models:/safecascade-fast/<version|@alias>")
+    parser.add_argument("out", help="directory to write (model.onnx or static.npy + heads, tokenizer.json, card.json)")
+    parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantisation; fast tier only)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Copy a trained tier's artifact dir (validated by loading it) to ``out``."""
+    import shutil
+
+    from safecascade.tiers.onnx_encoder import read_card
+
+    src = args.source
+    if src.startswith("models:/"):
+        from safecascade.training.mlflow_store import download_model_dir
+
+        src_dir = download_model_dir(src)
+    else:
+        src_dir = Path(src)
+    card = read_card(src_dir)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"export target {out} exists and is not empty")
+    shutil.copytree(src_dir, out, dirs_exist_ok=True)
+    if args.int8:
+        if card["kind"] != "fast":
+            raise ValueError("--int8 applies to the fast tier only")
+        from safecascade.training.export_onnx import quantize_int8
+
+        quantize_int8(out / "model.onnx", out / "model.int8.onnx")
+        card["int8_model"] = "model.int8.onnx"
+        (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True), encoding="utf-8")
+    # load it once so a broken export fails here, not in production
+    if card["kind"] == "fast":
+        from safecascade.tiers.fast import FastTier
+
+        FastTier(model_dir=out).classify(["export check"])
+    else:
+        from safecascade.tiers.static import StaticTier
+
+        StaticTier(model_dir=out).classify(["export check"])
+    print(f"exported {card['kind']} tier to {out}")
+    return 0
