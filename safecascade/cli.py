@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("safecascade.training.train_cli", "train the fast or static tier from labelled data and logged verdicts"),
     "export": ("safecascade.training.train_cli", "export a trained fast/static tier as ONNX + card"),
     "demo": ("safecascade.demo", "build missing default artifacts and evaluate the default cascade on the benchmark"),
+    "serve": ("safecascade.router.server", "run the HTTP service"),
 }
 
 

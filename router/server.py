@@ -1,0 +1,413 @@
+"""The HTTP service (``safecascade serve``): an ASGI app (FastAPI) around a Router.
+
+Endpoints::
+
+    POST /v1/moderations   OpenAI moderation request/response shape (the official client works)
+    POST /v1/classify      full Decision JSON for each input
+    GET  /healthz          router config/hashes, cache, budget and verdict-log state (no auth)
+    GET  /metrics          Prometheus text format
+
+Request body (both POST endpoints): ``{"input": "text" | ["text", ...], "model": "..."}``;
+list items may also be OpenAI multimodal text parts ``{"type": "text", "text": "..."}``
+(image parts are refused). Moderation results carry ``flagged``, ``categories`` and
+``category_scores`` keyed by the router's policies, plus the Decision summary under
+``"safecascade"``. A policy the deciding tier gave no score (an input rule or a fallback decided)
+reports score 0.0 and category false; ``flagged`` is always the Decision's action.
+
+Errors use the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``:
+401 (missing/wrong bearer token, when a token is configured), 413 (body over
+``max_body_bytes``), 400 (malformed JSON, wrong types, too many inputs), 429 (more than
+``max_pending`` requests already being classified; ``Retry-After`` set), 503 (the verdict log
+could not acknowledge a decision - no verdict is returned that the log did not record).
+The router runs in a thread pool, never on the event loop.
+"""
+
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from safecascade.router.cascade import Router
+from safecascade.router.decision import Decision
+from safecascade.router.metrics import CONTENT_TYPE, Metrics
+from safecascade.router.verdict_log import VerdictLog, VerdictLogError, _json_default
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 2 << 20
+DEFAULT_MAX_INPUTS = 256
+DEFAULT_MAX_PENDING = 64
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+
+def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None):
+    from fastapi.responses import Response
+
+    body = json.dumps(obj, default=_json_default, ensure_ascii=False).encode("utf-8")
+    return Response(content=body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _error_response(err: _HTTPError):
+    return _json_response({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}},
+                          err.status, err.headers)
+
+
+def parse_inputs(payload: Any, *, max_inputs: int) -> list[str]:
+    """Validate a request body (already JSON-decoded) and return its texts; raises a 400."""
+    if not isinstance(payload, dict):
+        raise _HTTPError(400, f"request body must be a JSON object, got {type(payload).__name__}")
+    if "input" not in payload:
+        raise _HTTPError(400, "'input' is required: a string or a list of strings", param="input")
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _HTTPError(400, f"'model' must be a string, got {type(model).__name__}", param="model")
+    raw = payload["input"]
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list):
+        raise _HTTPError(400, f"'input' must be a string or a list of strings, got {type(raw).__name__}", param="input")
+    if not raw:
+        raise _HTTPError(400, "'input' is an empty list", param="input")
+    if len(raw) > max_inputs:
+        raise _HTTPError(400, f"'input' has {len(raw)} items; at most {max_inputs} per request", param="input")
+    texts = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            texts.append(item["text"])
+        elif isinstance(item, dict) and item.get("type") in ("image_url", "image"):
+            raise _HTTPError(400, f"input[{i}]: only text inputs are supported", param=f"input[{i}]")
+        else:
+            raise _HTTPError(400, f"input[{i}] must be a string or a {{'type': 'text', 'text': ...}} object, "
+                                  f"got {type(item).__name__}", param=f"input[{i}]")
+    return texts
+
+
+def moderation_result(decision: Decision) -> dict[str, Any]:
+    """One OpenAI-shaped moderation result for a Decision."""
+    categories = {name: bool(v.flagged) for name, v in decision.policies.items()}
+    scores = {name: (0.0 if v.score is None else float(v.score)) for name, v in decision.policies.items()}
+    return {
+        "flagged": decision.flagged,
+        "categories": categories,
+        "category_scores": scores,
+        "category_applied_input_types": {name: ["text"] for name in decision.policies},
+        "safecascade": {
+            "action": decision.action, "tier": decision.tier, "reason": decision.reason, "score": decision.score,
+            "rule_ids": list(decision.rule_ids), "text_hash": decision.text_hash, "latency_ms": decision.latency_ms,
+            "cache_hit": decision.cache_hit, "warnings": list(decision.warnings), "config_hash": decision.config_hash,
+        },
+    }
+
+
+def create_app(router: Router, *, token: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_inputs: int = DEFAULT_MAX_INPUTS, max_pending: int = DEFAULT_MAX_PENDING, workers: int = 4,
+               model: str | None = None, metrics: Metrics | None = None, verdict_log: VerdictLog | None = None):
+    """Build the FastAPI app for ``router``.
+
+    ``token``: require ``Authorization: Bearer <token>`` on ``/v1/*`` and ``/metrics``.
+    ``max_body_bytes``: larger bodies get 413. ``max_inputs``: texts per request.
+    ``max_pending``: requests being classified at once before new ones get 429.
+    ``workers``: threads running the router. ``model``: the ``model`` field of responses
+    (default ``safecascade-<config name>``). ``metrics``: a :class:`Metrics` (created and added
+    to ``router.sinks`` when absent). ``verdict_log``: found in ``router.sinks`` when not given;
+    with one, responses wait until the log acknowledged their decisions.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+
+    if max_pending < 1 or workers < 1 or max_inputs < 1 or max_body_bytes < 1:
+        raise ValueError("max_pending, workers, max_inputs and max_body_bytes must be positive")
+    if metrics is None:
+        metrics = next((s for s in router.sinks if isinstance(s, Metrics)), None) or Metrics()
+    if metrics not in router.sinks:
+        router.sinks.append(metrics)
+    if verdict_log is None:
+        verdict_log = next((s for s in router.sinks if isinstance(s, VerdictLog)), None)
+    model_name = model or f"safecascade-{router.config.name}"
+    token_bytes = token.encode("utf-8") if token else None
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="safecascade-classify")
+    state = {"in_flight": 0}
+
+    _register_gauges(metrics, router, verdict_log, state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        executor.shutdown(wait=True)
+
+    app = FastAPI(title="safecascade", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.router = router
+    app.state.metrics = metrics
+    app.state.verdict_log = verdict_log
+
+    def check_auth(request: Request) -> None:
+        if token_bytes is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8"), token_bytes):
+            raise _HTTPError(401, "missing or invalid bearer token", type_="authentication_error",
+                             code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_json(request: Request) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                if int(length) > max_body_bytes:
+                    raise _HTTPError(413, f"request body is {int(length)} bytes; the limit is {max_body_bytes}",
+                                     code="request_too_large")
+            except ValueError:
+                raise _HTTPError(400, "invalid Content-Length header") from None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise _HTTPError(413, f"request body exceeds the limit of {max_body_bytes} bytes", code="request_too_large")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if not body.strip():
+            raise _HTTPError(400, "request body is empty; expected a JSON object with 'input'")
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting bombs
+            raise _HTTPError(400, f"request body is not valid JSON: {str(exc)[:200]}") from None
+
+    def classify_sync(texts: list[str]) -> list[Decision]:
+        if verdict_log is None:
+            return router.classify_batch(texts)
+        with verdict_log.deferred_ack():  # one fsync for the whole request, and nothing unlogged is returned
+            return router.classify_batch(texts)
+
+    async def classify(texts: list[str]) -> list[Decision]:
+        if state["in_flight"] >= max_pending:
+            raise _HTTPError(429, f"overloaded: {max_pending} requests already in progress; retry later",
+                             type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"})
+        state["in_flight"] += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, classify_sync, texts)
+        except VerdictLogError as exc:
+            log.error("verdict log refused a decision: %s", exc)
+            raise _HTTPError(503, "the verdict log could not record this decision; retry later",
+                             type_="server_error", code="verdict_log_unavailable") from None
+        except TypeError as exc:
+            raise _HTTPError(400, str(exc)) from None
+        finally:
+            state["in_flight"] -= 1
+
+    async def handle(request: Request, endpoint: str, respond) -> Response:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            check_auth(request)
+            texts = parse_inputs(await read_json(request), max_inputs=max_inputs)
+            decisions = await classify(texts)
+            resp = respond(decisions)
+            status = resp.status_code
+            return resp
+        except _HTTPError as err:
+            status = err.status
+            return _error_response(err)
+        except Exception:
+            log.exception("unhandled error in %s", endpoint)
+            return _error_response(_HTTPError(500, "internal error", type_="server_error"))
+        finally:
+            metrics.observe_request(endpoint, status, time.perf_counter() - t0)
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Response:
+        def respond(decisions: list[Decision]) -> Response:
+            return _json_response({"id": f"modr-{uuid.uuid4().hex}", "model": model_name,
+                                   "results": [moderation_result(d) for d in decisions]})
+
+        return await handle(request, "/v1/moderations", respond)
+
+    @app.post("/v1/classify")
+    async def classify_endpoint(request: Request) -> Response:
+        def respond(decisions: list[Decision]) -> Response:
+            return _json_response({"id": f"clf-{uuid.uuid4().hex}", "model": model_name,
+                                   "results": [d.to_dict() for d in decisions]})
+
+        return await handle(request, "/v1/classify", respond)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        body: dict[str, Any] = {"status": "ok", "model": model_name, "router": router.describe(),
+                                "in_flight": state["in_flight"], "max_pending": max_pending}
+        for key, obj in (("cache", router.cache), ("budget", router.budget), ("verdict_log", verdict_log)):
+            stats = getattr(obj, "stats", None)
+            body[key] = stats() if callable(stats) else None
+        return _json_response(body)
+
+    @app.get("/metrics")
+    async def metrics_endpoint(request: Request) -> Response:
+        try:
+            check_auth(request)
+        except _HTTPError as err:
+            return _error_response(err)
+        return Response(content=metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _register_gauges(metrics: Metrics, router: Router, verdict_log: VerdictLog | None, state: dict) -> None:
+    if getattr(metrics, "_server_gauges", False):
+        return
+    metrics._server_gauges = True  # type: ignore[attr-defined]
+    metrics.add_gauge("in_flight_requests", "Requests being classified now.", lambda: state["in_flight"])
+
+    def stat(obj_fn, key):
+        def read():
+            obj = obj_fn()
+            stats = getattr(obj, "stats", None)
+            return stats()[key] if callable(stats) else None
+        return read
+
+    metrics.add_gauge("cache_hit_rate", "Verdict cache hit rate since start.", stat(lambda: router.cache, "hit_rate"))
+    metrics.add_gauge("cache_size", "Entries in the verdict cache.", stat(lambda: router.cache, "size"))
+    metrics.add_gauge("budget_in_flight", "Escalations granted and not yet finished.", stat(lambda: router.budget, "in_flight"))
+    metrics.add_gauge("budget_granted", "Escalations granted by the budget since start.", stat(lambda: router.budget, "granted"))
+    metrics.add_gauge("verdict_log_acknowledged", "Verdict log records acknowledged since start.", stat(lambda: verdict_log, "acknowledged"))
+    metrics.add_gauge("verdict_log_rows_written", "Verdict log rows committed to SQLite since start.", stat(lambda: verdict_log, "rows_written"))
+    metrics.add_gauge("verdict_log_failed", "Verdict log records that could not be made durable.", stat(lambda: verdict_log, "failed"))
+
+
+class BackgroundServer:
+    """Run an ASGI app with uvicorn in a background thread (tests, load tests, embedding).
+
+    ``with BackgroundServer(app) as srv: httpx.get(srv.url + "/healthz")``; ``port=0`` picks a
+    free port (``srv.port`` after start).
+    """
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+        self.server = uvicorn.Server(self.config)
+        self.host = host
+        self.port = port
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+        self._thread = threading.Thread(target=self.server.run, name="safecascade-uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        sockets = [s for srv in (self.server.servers or []) for s in srv.sockets]
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------- CLI
+def build_router(config: str | None = None, *, log_path: str | None = None, store_text: bool = False,
+                 cache_size: int = 10_000, cache_ttl_s: float = 3600.0, budget_rps: float | None = None,
+                 budget_burst: float | None = None, budget_in_flight: int | None = None) -> tuple[Router, VerdictLog | None]:
+    """A Router with the serving components attached (cache, budget, verdict log)."""
+    from safecascade.router.budget import TokenBucketBudget
+    from safecascade.router.cache import LRUDecisionCache
+
+    router = Router.load(config)
+    if cache_size and cache_size > 0:
+        router.cache = LRUDecisionCache(cache_size, cache_ttl_s if cache_ttl_s and cache_ttl_s > 0 else None)
+    if budget_rps:
+        router.budget = TokenBucketBudget(budget_rps, budget_burst, budget_in_flight)
+    vlog = None
+    if log_path:
+        try:
+            vlog = VerdictLog(log_path, store_text=store_text)
+        except BaseException:
+            router.close()
+            raise
+        router.sinks.append(vlog)
+    return router, vlog
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``safecascade serve``."""
+    parser.add_argument("--config", default=None, help="router YAML or models:/name@alias (default: embedded)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log", default=None, metavar="DB", help="verdict log SQLite file (default: no log)")
+    parser.add_argument("--store-text", action="store_true", help="store the text in the verdict log (off: hash only)")
+    parser.add_argument("--cache-size", type=int, default=10_000, help="verdict cache entries (0 = no cache)")
+    parser.add_argument("--cache-ttl", type=float, default=3600.0, help="verdict cache TTL in seconds (0 = none)")
+    parser.add_argument("--budget-rps", type=float, default=None, help="max last-tier (safeguard) calls per second")
+    parser.add_argument("--budget-burst", type=float, default=None, help="token-bucket burst (default = rps)")
+    parser.add_argument("--budget-in-flight", type=int, default=None, help="max last-tier calls in flight")
+    parser.add_argument("--token-env", default="SAFECASCADE_API_TOKEN", metavar="NAME",
+                        help="environment variable holding the bearer token (unset = no auth)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--max-inputs", type=int, default=DEFAULT_MAX_INPUTS)
+    parser.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING, help="in-progress requests before 429")
+    parser.add_argument("--workers", type=int, default=4, help="router threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``safecascade serve`` (uvicorn, one process; the router is shared by its threads)."""
+    import uvicorn
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without authentication (set %s to require a bearer token)", args.host, args.token_env)
+    router, vlog = build_router(args.config, log_path=args.log, store_text=args.store_text, cache_size=args.cache_size,
+                                cache_ttl_s=args.cache_ttl, budget_rps=args.budget_rps, budget_burst=args.budget_burst,
+                                budget_in_flight=args.budget_in_flight)
+    try:
+        app = create_app(router, token=token or None, max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
+                         max_pending=args.max_pending, workers=args.workers)
+        print(f"safecascade serving {router.config.name} ({router.config_hash}) on http://{args.host}:{args.port}"
+              f"{' with bearer auth' if token else ''}{f', log {args.log}' if vlog else ''}")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                    access_log=bool(args.verbose))
+    finally:
+        if vlog is not None:
+            vlog.close()
+        router.close()
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """CLI entry (``safecascade serve``)."""
+    return run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
+    from safecascade.cli import main as cli_main
+
+    return cli_main(["serve", *(argv or [])])
