@@ -191,9 +191,10 @@ def _window_design(embs: Sequence[np.ndarray], rows: Sequence[TrainRow], policy:
     if len(set(y.tolist())) < 2:
         raise ValueError(f"policy {policy!r}: training data has a single class")
     # class balance on top of row weights
+    total = w.sum()
     for c in (0, 1):
         m = y == c
-        w[m] *= 0.5 * w.sum() / w[m].sum()
+        w[m] *= 0.5 * total / w[m].sum()
     return X.astype(np.float32), y, w
 
 
@@ -645,8 +646,8 @@ def build_tiny_models(out_root: str | Path, *, n_train: int = 160, n_eval: int =
 
 
 def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str | Path | None = None,
-                         progress: bool = True, **kw: Any) -> TrainResult:
-    """Train on ``cfg.benchmark``'s train split, calibrate on val, report on test."""
+                         progress: bool = True, with_test: bool = True, **kw: Any) -> TrainResult:
+    """Train on ``cfg.benchmark``'s train split, calibrate on val, report on test (``with_test``)."""
     from safecascade.training.datasets import benchmark_policy, load_benchmark
 
     pol = benchmark_policy(cfg.benchmark)
@@ -655,6 +656,8 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
     train, val, test = (load_benchmark(cfg.benchmark, s) for s in ("train", "val", "test"))
     if cfg.limit is not None:  # quick runs: cap every split, keeping the positive share
         val, test = _stratified_limit(list(val), cfg.limit), _stratified_limit(list(test), cfg.limit)
+    if not with_test:
+        test = []
     fn = train_fast if cfg.kind == "fast" else train_static
     return fn(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)
 
@@ -677,7 +680,8 @@ def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fas
         tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-default-", dir=root))
         try:
             t0 = time.perf_counter()
-            train_from_benchmark(TrainConfig(kind=kind), out_dir=tmp, progress=progress)
+            # the test split is the eval harness's job: skipping it here saves a third of the embedding time
+            train_from_benchmark(TrainConfig(kind=kind), out_dir=tmp, progress=progress, with_test=False)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)

@@ -96,20 +96,19 @@ def test_card_metrics_and_embedding_cache(tiny_models: dict, tmp_path_factory: p
     cache = tmp_path_factory.getbasetemp() / "emb-cache"
     files = list(cache.rglob("*.npy"))
     assert len(files) >= card["training_data"]["rows"]
-    # re-embedding hits the cache: no ONNX session is needed at all
+    # a second embedder over the same cache never needs its ONNX session (cache hit)
     from safecascade.tiers.onnx_encoder import WindowConfig
     from safecascade.training.embed import WindowEmbedder
-    from safecascade.training.fast_train import ENCODER_ID, default_encoder_dir, encoder_fingerprint
 
-    _, sha = encoder_fingerprint()
-    emb = WindowEmbedder(onnx_path="/nonexistent.onnx", tokenizer_path=default_encoder_dir() / "tokenizer.json",
-                         window=WindowConfig(**card["window"]), encoder_id=f"{ENCODER_ID}@{sha}", cache_root=cache)
-    from safecascade.training.datasets import load_benchmark
-
-    val = load_benchmark("jailbreak", "val")
-    some = [e.text for e in val if len(e.text) < 300][:5]
-    out = emb.embed(some, progress=False)  # would fail loading /nonexistent.onnx on a miss
-    assert len(out) == 5 and all(o.shape[1] == 384 for o in out)
+    own = tmp_path_factory.mktemp("own-cache")
+    texts = ["first text to embed", "second one, a bit longer than the first", "third"]
+    kw = dict(tokenizer_path=res.out_dir / "tokenizer.json", window=WindowConfig(**card["window"]), encoder_id="x@1", cache_root=own)
+    first = WindowEmbedder(onnx_path=res.out_dir / "model.onnx", **kw).embed(texts, progress=False)
+    assert len(list(own.rglob("*.npy"))) == 3
+    again = WindowEmbedder(onnx_path="/nonexistent.onnx", **kw).embed(texts + texts[:1], progress=False)
+    assert len(again) == 4 and all(np.array_equal(a, b) for a, b in zip(again, first + first[:1]))
+    with pytest.raises(ValueError, match="nonexistent"):
+        WindowEmbedder(onnx_path="/nonexistent.onnx", **kw).embed(["a new text"], progress=False)
 
 
 def test_mlflow_logging_and_models_uri(tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,7 +169,8 @@ def test_int8_quantisation_measured(tiny_models: dict, tmp_path: Path) -> None:
 
     src = tiny_models["fast"].out_dir
     q = quantize_int8(src / "model.onnx", tmp_path / "model.int8.onnx")
-    assert q.stat().st_size < (src / "model.onnx").stat().st_size / 2
+    # MatMul weights become int8 (the word-embedding Gather stays fp32)
+    assert q.stat().st_size < 0.75 * (src / "model.onnx").stat().st_size
     import shutil
 
     d = tmp_path / "m"
