@@ -1,1 +1,1 @@
-"""Router: the cascade, its YAML config, policies, decisions (and, later, cache, log, server)."""
+"""Router: the cascade, its YAML config, policies, inputs, decisions, verdict cache, escalation budget, verdict log, metrics and the HTTP server."""

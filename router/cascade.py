@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -172,11 +173,21 @@ class Router:
         for p, d in zip(pending, decisions):
             if self.cache is not None and not d.cache_hit and d.tier != "input" and not d.reason.startswith(("fallback", "budget")):
                 self.cache.put(self.cache_key(d.text_hash), d)
-            for sink in self.sinks:
-                try:
-                    sink(d, p.clean.text)
-                except Exception:  # a sink must not take the verdict down with it
-                    log.exception("decision sink %r failed", sink)
+        try:
+            with ExitStack() as stack:
+                # Sinks that can acknowledge a batch at once (the verdict log: one fsync per batch) do so.
+                for sink in self.sinks:
+                    deferred = getattr(sink, "deferred_ack", None)
+                    if callable(deferred):
+                        stack.enter_context(deferred())
+                for p, d in zip(pending, decisions):
+                    for sink in self.sinks:
+                        try:
+                            sink(d, p.clean.text)
+                        except Exception:  # a sink must not take the verdict down with it
+                            log.exception("decision sink %r failed", sink)
+        except Exception:
+            log.exception("a decision sink failed to acknowledge a batch of %d decisions", len(decisions))
 
     def _budget_refusal(self, p: _Pending, tc: TierConfig) -> None:
         """The escalation budget is spent: the previous tier's verdict stands, marked as such."""
