@@ -191,7 +191,8 @@ class SafeguardTier:
                 kind = getattr(exc, "kind", type(exc).__name__)
                 log.warning("safeguard tier %s: %s", self.name, exc)
                 self._bump(errors=1, fallbacks=1)
-                out.append(TierResult(scores={}, error=f"{kind}: {exc}", info={**self._backend_info(), "error_kind": kind}))
+                msg = str(exc) if str(exc).startswith(f"{kind}:") else f"{kind}: {exc}"
+                out.append(TierResult(scores={}, error=msg, info={**self._backend_info(), "error_kind": kind}))
         return out
 
     def _classify_one(self, text: str) -> TierResult:
@@ -262,6 +263,8 @@ class SafeguardTier:
         for attempt in range(attempts):
             kwargs: dict[str, Any] = {"max_tokens": int(self.opts["max_tokens"]), "temperature": float(self.opts["temperature"]),
                                       "grammar": grammar, "harmony": self.harmony}
+            if self.harmony:
+                kwargs["effort"] = self.opts["reasoning_effort"]
             if self.opts["call_timeout_s"] is not None:
                 kwargs["timeout_s"] = float(self.opts["call_timeout_s"])
             comp = self.backend.complete(prompt, **kwargs)

@@ -153,7 +153,8 @@ class LlamaCppBackend:
 
     # -- generation
     def complete(self, prompt: RenderedPrompt, *, max_tokens: int, temperature: float = 0.0,
-                 grammar: str | None = None, harmony: bool = True, timeout_s: float | None = None) -> Completion:
+                 grammar: str | None = None, harmony: bool = True, timeout_s: float | None = None,
+                 effort: str | None = None) -> Completion:
         import numpy as np
 
         llama_cpp = self._llama_cpp
@@ -308,7 +309,7 @@ class OpenAIBackend:
 
     def complete(self, prompt: RenderedPrompt, *, max_tokens: int, temperature: float = 0.0,
                  grammar: str | None = None, harmony: bool = True, timeout_s: float | None = None,
-                 json_schema: dict | None = None) -> Completion:
+                 json_schema: dict | None = None, effort: str | None = None) -> Completion:
         t0 = time.perf_counter()
         body: dict[str, Any] = {"max_tokens": int(max_tokens), "temperature": float(temperature)}
         if self.model:
@@ -329,10 +330,13 @@ class OpenAIBackend:
             tokens = _completion_logprobs(choice.get("logprobs"))
             reasoning = None
         else:
-            sys_text = "".join(s.text for s in prompt.segments[:1])
-            body.update(messages=[{"role": "system", "content": _strip_markup(sys_text)},
-                                  {"role": "user", "content": "".join(s.text for s in prompt.segments[1:2])}],
+            # The server applies the model's template (gpt-oss: the system message becomes the
+            # developer message); the content is already neutralised and delimited.
+            body.update(messages=[{"role": "system", "content": prompt.developer},
+                                  {"role": "user", "content": prompt.user}],
                         logprobs=True, top_logprobs=self.top_logprobs)
+            if harmony and effort:  # vLLM / OpenAI field, and llama-server's template kwargs
+                body.update(reasoning_effort=effort, chat_template_kwargs={"reasoning_effort": effort})
             data = self._post("/chat/completions", body)
             choice = (data.get("choices") or [{}])[0]
             msg = choice.get("message") or {}
@@ -352,12 +356,6 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _strip_markup(text: str) -> str:
-    import re
-
-    return re.sub(r"<\|[^|]*\|>", "", text)
 
 
 def _lp_pair(top: dict[str, float] | None) -> tuple[float | None, float | None]:

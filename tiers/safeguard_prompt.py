@@ -90,6 +90,8 @@ class RenderedPrompt:
     format: str = "harmony"  # harmony | chat
     renderer: str = ""  # openai-harmony | builtin-harmony | gguf-template | builtin-gemma | builtin-chatml
     neutralised: int = 0  # special-token look-alikes replaced in the content
+    developer: str = ""  # the developer (policy) message, for chat endpoints that template themselves
+    user: str = ""  # the user message (delimited, neutralised content)
 
     @property
     def text(self) -> str:
@@ -290,7 +292,8 @@ def render_harmony(developer: str, content: str, *, effort: str = "low",
         after = "<|end|><|start|>assistant"
         renderer = "builtin-harmony"
     segs = (Segment(text=before + head), Segment(text=clean, trusted=False), Segment(text=tail + after))
-    return RenderedPrompt(segments=segs, format="harmony", renderer=renderer, neutralised=n)
+    return RenderedPrompt(segments=segs, format="harmony", renderer=renderer, neutralised=n,
+                          developer=developer, user=head + clean + tail)
 
 
 # --------------------------------------------------------------------------- chat templates
@@ -340,7 +343,8 @@ def render_chat(developer: str, content: str, *, template: str | None = None, ar
     if not found:
         raise ValueError("chat template dropped the user message")
     segs = (Segment(text=before), Segment(text=clean, trusted=False), Segment(text=after))
-    return RenderedPrompt(segments=segs, prefill=prefill, format="chat", renderer=renderer, neutralised=n)
+    return RenderedPrompt(segments=segs, prefill=prefill, format="chat", renderer=renderer, neutralised=n,
+                          developer=developer, user=head + clean + tail)
 
 
 def is_harmony_model(metadata: Mapping[str, str]) -> bool:

@@ -177,6 +177,7 @@ class FakeBackend:
 
     def complete(self, prompt, **kw):
         self.calls += 1
+        self.kwargs = kw
         out = self.outputs.pop(0)
         if isinstance(out, Exception):
             raise out
@@ -196,6 +197,7 @@ def test_garbage_then_good_output_retries_once(policy):
     assert r.error is None and r.scores["violence"] == 0.95
     assert r.info["malformed_retried"] == ["assistantfinal_leak"]
     assert tier.stats["retries"] == 1 and tier.stats["malformed"] == 1 and r.cost["calls"] == 2
+    assert tier.backend.kwargs["effort"] == "low" and tier.harmony
 
 
 def test_garbage_twice_is_a_recorded_error(policy):
