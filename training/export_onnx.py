@@ -147,7 +147,8 @@ def torch_embed_windows(st_model: Any, windows: Sequence[np.ndarray], *, batch_s
     import torch
 
     st_model.eval()
-    res = np.zeros((len(windows), st_model.get_sentence_embedding_dimension()), dtype=np.float32)
+    dim_fn = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
+    res = np.zeros((len(windows), dim_fn()), dtype=np.float32)
     order = np.argsort([len(w) for w in windows], kind="stable")
     with torch.no_grad():
         for s in range(0, len(windows), batch_size):
