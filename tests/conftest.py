@@ -15,3 +15,12 @@ def pytest_configure(config):
         os.environ["SAFECASCADE_HOME"] = str(Path(config.rootpath) / ".cache" / "test-home")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny real fast + static artifacts, built once per session (shared by the tier/training tests)."""
+    from safecascade.training.fast_train import build_tiny_models
+
+    root = tmp_path_factory.getbasetemp() / "safecascade-tiny-models"
+    return build_tiny_models(root, cache_root=tmp_path_factory.getbasetemp() / "emb-cache")

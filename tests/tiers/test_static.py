@@ -16,14 +16,6 @@ from safecascade.tiers.static import StaticTier
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from safecascade.training.fast_train import build_tiny_models
-
-    root = tmp_path_factory.getbasetemp() / "safecascade-tiny-models"
-    return build_tiny_models(root, cache_root=tmp_path_factory.getbasetemp() / "emb-cache")
-
-
-@pytest.fixture(scope="session")
 def static_dir(tiny_models: dict) -> Path:
     return tiny_models["static"].out_dir
 

@@ -20,14 +20,6 @@ from safecascade.training.fast_train import (
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from safecascade.training.fast_train import build_tiny_models
-
-    root = tmp_path_factory.getbasetemp() / "safecascade-tiny-models"
-    return build_tiny_models(root, cache_root=tmp_path_factory.getbasetemp() / "emb-cache")
-
-
 def test_config_validation_and_to_dict() -> None:
     cfg = TrainConfig(head="lr", source_weights=(("alpaca", 0.5),))
     d = cfg.to_dict()
