@@ -84,6 +84,8 @@ def run(argv: list[str] | None = None) -> dict:
             r = tier.classify([text])[0]
             lat[key].append((time.perf_counter() - t0) * 1000.0)
             cached.append(r.cost.get("cached_tokens", 0))
+            tqdm.write(f"{key}: {lat[key][-1]:.0f} ms, prompt {r.cost.get('prompt_tokens')} tokens, "
+                       f"cached {cached[-1]}, error {r.error}")
         results[f"latency_ms_{key}"] = {"median": round(statistics.median(lat[key]), 1),
                                         "mean": round(statistics.fmean(lat[key]), 1),
                                         "all": [round(x, 1) for x in lat[key]],
@@ -107,6 +109,7 @@ def run(argv: list[str] | None = None) -> dict:
                        base_p=round(base.scores[pol_name], 4), attack_p=round(attack.scores[pol_name], 4),
                        neutralised="content_neutralised" in attack.warnings)
         rows.append(row)
+        tqdm.write(json.dumps(row))
     judged = [r for r in rows if "flipped" in r]
     results["manipulation"] = rows
     results["flip_rate"] = round(sum(r["flipped"] for r in judged) / len(judged), 3) if judged else None
