@@ -70,8 +70,18 @@ class Decision:
             out.extend(verdict.rule_ids)
         return tuple(dict.fromkeys(out))
 
+    @property
+    def cost(self) -> dict[str, float]:
+        """Costs summed over every tier that ran (tokens, calls, ... as each tier reports them)."""
+        total: dict[str, float] = {}
+        for trace in self.path:
+            for key, value in trace.cost.items():
+                total[key] = total.get(key, 0.0) + float(value)
+        return total
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (what the CLI and the HTTP service print)."""
         d = asdict(self)
         d["flagged"] = self.flagged
+        d["cost"] = self.cost
         return d

@@ -243,3 +243,14 @@ def test_failing_sink_does_not_lose_the_decision(make_config):
 
     router.sinks.append(bad_sink)
     assert router.classify("x").action == "block"
+
+
+def test_decision_sums_tier_costs():
+    from safecascade.router.decision import Decision, TierTrace
+
+    path = (TierTrace(tier="fast", outcome="escalate", cost={"windows": 2}),
+            TierTrace(tier="sg", outcome="block", cost={"prompt_tokens": 700, "completion_tokens": 40, "windows": 1}))
+    d = Decision(action="block", tier="sg", reason="last_tier", score=0.9, policies={}, path=path, latency_ms=1.0,
+                 text_hash="h", config_name="c", config_hash="x", policy_hashes={})
+    assert d.cost == {"windows": 3.0, "prompt_tokens": 700.0, "completion_tokens": 40.0}
+    assert d.to_dict()["cost"]["prompt_tokens"] == 700.0
