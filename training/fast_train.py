@@ -457,27 +457,10 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         heads, ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
         attach_heads(enc_onnx, heads, out / MODEL_NAME)
         shutil.copyfile(tok, out / TOKENIZER_NAME)
-    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
-    thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
-    test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr)
-    metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
-    card = {
-        "kind": "fast",
-        "format": 1,
-        "encoder": {"id": enc_name, "sha": enc_sha, "dim": int(train_embs[0].shape[1])},
-        "window": window.to_dict(),
-        "aggregate": "max",
-        "policies": list(cfg.policies),
-        "head": cfg.head,
-        "calibration": {h.policy: h.calibration.to_dict() | {"cv_log_loss": calinfo[h.policy]["cv_log_loss"]} for h in heads},
-        "val_best_f1_threshold": thr,
-        "training_data": {"hash": data_hash(rows), "rows": len(rows), "benchmark": cfg.benchmark,
-                          "verdicts": str(verdicts) if verdicts else None},
-        "metrics": metrics,
-        "config": cfg.to_dict(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model_sha": file_sha(out / MODEL_NAME),
-    }
+    card, metrics, val_metrics, test_scores = _evaluate_and_card(
+        cfg, heads, calinfo, rows, verdicts, window, val_embs, val_labels, test_embs, test_labels,
+        kind="fast", encoder={"id": enc_name, "sha": enc_sha, "dim": int(train_embs[0].shape[1])},
+        extra={"model_sha": file_sha(out / MODEL_NAME)})
     _write_card(out, card)
     if cfg.int8 and val:
         card["int8"] = _try_int8(out, val, val_labels[pol], val_metrics[pol]["f1"], threads=cfg.threads)
@@ -564,28 +547,11 @@ def train_static(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] =
     test_labels = {pol: [int(e.label) for e in test]} if test else {}
     heads, ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
     heads_to_npz(heads, out / "heads.npz")
-    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
-    thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
-    test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr)
-    metrics = {"val": val_metrics, "test": test_metrics}
-    card = {
-        "kind": "static",
-        "format": 1,
-        "encoder": {"id": f"model2vec-distill({enc_name})", "teacher_sha": enc_sha, "dim": int(train_embs[0].shape[1])},
-        "normalize": normalize,
-        "window": window.to_dict(),
-        "aggregate": "max",
-        "policies": list(cfg.policies),
-        "head": cfg.head,
-        "n_layers": {h.policy: len(h.layers) for h in heads},
-        "calibration": {h.policy: h.calibration.to_dict() | {"cv_log_loss": calinfo[h.policy]["cv_log_loss"]} for h in heads},
-        "val_best_f1_threshold": thr,
-        "training_data": {"hash": data_hash(rows), "rows": len(rows), "benchmark": cfg.benchmark,
-                          "verdicts": str(verdicts) if verdicts else None},
-        "metrics": metrics,
-        "config": cfg.to_dict(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    card, metrics, val_metrics, test_scores = _evaluate_and_card(
+        cfg, heads, calinfo, rows, verdicts, window, val_embs, val_labels, test_embs, test_labels,
+        kind="static",
+        encoder={"id": f"model2vec-distill({enc_name})", "teacher_sha": enc_sha, "dim": int(train_embs[0].shape[1])},
+        extra={"normalize": normalize, "n_layers": {h.policy: len(h.layers) for h in heads}})
     _write_card(out, card)
     secs = time.perf_counter() - t_start
     return TrainResult(out_dir=out, card=card, metrics=metrics, config=cfg, seconds=secs,
@@ -661,6 +627,33 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
     fn = train_fast if cfg.kind == "fast" else train_static
     return fn(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)
 
+
+
+def _evaluate_and_card(cfg, heads, calinfo, rows, verdicts, window, val_embs, val_labels, test_embs, test_labels,
+                       *, kind: str, encoder: dict, extra: dict) -> tuple[dict, dict, dict, dict]:
+    """Val/test metrics (test at the val-best-F1 threshold) and the model card shared by fast and static."""
+    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
+    thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
+    test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr)
+    metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
+    card = {
+        "kind": kind,
+        "format": 1,
+        "encoder": encoder,
+        "window": window.to_dict(),
+        "aggregate": "max",
+        "policies": list(cfg.policies),
+        "head": cfg.head,
+        "calibration": {h.policy: h.calibration.to_dict() | {"cv_log_loss": calinfo[h.policy]["cv_log_loss"]} for h in heads},
+        "val_best_f1_threshold": thr,
+        "training_data": {"hash": data_hash(rows), "rows": len(rows), "benchmark": cfg.benchmark,
+                          "verdicts": str(verdicts) if verdicts else None},
+        "metrics": metrics,
+        "config": cfg.to_dict(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+    return card, metrics, val_metrics, test_scores
 
 def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static"), force: bool = False) -> dict[str, Path]:
     """Build ``fast-default`` and ``static-default`` (jailbreak benchmark) into the cache if missing.
