@@ -1,0 +1,1 @@
+"""Evaluation programs that call the library (run as ``python -m experiments.exp_<name>``)."""
