@@ -40,3 +40,7 @@ bench: setup
 
 clean-cache:
 	rm -rf .cache
+
+# The evaluation programme (experiments/exp_*.py): Markdown + plots in experiments/results/, MLflow runs.
+experiments: setup
+	$(PY) -m experiments.run_all
