@@ -126,10 +126,15 @@ def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: 
 
 
 def rows_from_verdicts(path: str | Path, policies: Sequence[str], *, weight: float = 1.0) -> list[TrainRow]:
-    """Logged safeguard verdicts (replay CSV: ``text`` + a probability column per policy) -> soft rows."""
+    """Logged safeguard verdicts (replay CSV: ``text`` + a probability column per policy, or the
+    SQLite verdict log - see :mod:`safecascade.training.verdict_rows`) -> soft rows."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"verdict file not found: {p}")
+    from safecascade.training.verdict_rows import is_verdict_log, rows_from_log
+
+    if is_verdict_log(p):
+        return rows_from_log(p, policies, weight=weight)
     rows = []
     with p.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
