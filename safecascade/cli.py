@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("safecascade.training.train_cli", "export a trained fast/static tier as ONNX + card"),
     "demo": ("safecascade.demo", "build missing default artifacts and evaluate the default cascade on the benchmark"),
     "serve": ("safecascade.router.server", "run the HTTP service"),
+    "tune": ("safecascade.training.tune", "tune escalation bands on a cost / F1 Pareto front (MLflow run, tuned router YAML)"),
     "retrain": ("safecascade.training.retrain", "retrain the fast tier from the verdict log; promote in MLflow only if it does not regress"),
 }
 
