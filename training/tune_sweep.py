@@ -11,10 +11,11 @@ before any tier; the final tier decides from recorded verdicts where known, else
 assumed confusion matrix (:class:`~safecascade.training.tune_cost.SafeguardAssumption`), as
 expected counts.
 
-Search (:func:`search`): a grid per tier and policy (quantiles of the observed scores, denser in
-the tails, plus null), the config's own bands, ``max_candidates`` seeded random draws, then
-coordinate-wise refinement of the best candidate under the objective (every grid value of one
-threshold at a time, until no change). ``target-escalation`` adds RouteLLM-style candidates:
+Search (:func:`search`): a coarse grid per tier and policy (quantiles of the observed scores,
+denser in the tails, plus null), the config's own bands, ``max_candidates`` seeded random draws
+on that grid, then coordinate-wise refinement of the best candidate under the objective on a
+fine grid (every observed score, or 257 quantiles; one threshold at a time, every value, until
+a round changes nothing). ``target-escalation`` adds RouteLLM-style candidates:
 the last non-final tier's band is a window over the sorted scores of the texts reaching it that
 sends exactly the target share of all texts onward, slid along the score axis. Everything is
 seeded: a fixed seed and score table give the same candidates and the same choice.
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("max-f1", "min-cost", "target-escalation")
 TAIL_LEVELS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.95, 0.98, 0.99, 0.995, 0.998)
 CHUNK = 128
+FINE = 256
 
 
 class TuneInfeasible(ValueError):
@@ -245,21 +247,33 @@ def band_grid(scores: np.ndarray, size: int) -> np.ndarray:
     return np.unique(np.quantile(s, levels, method="inverted_cdf"))
 
 
+def fine_grid(scores: np.ndarray, size: int = FINE) -> np.ndarray:
+    """The refinement grid: every observed score when there are at most ``2 * size`` distinct
+    ones, else ``size + 1`` evenly spaced quantiles plus the tail levels."""
+    s = np.unique(scores[np.isfinite(scores)])
+    return s if len(s) <= 2 * size else band_grid(s, size + 1)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SearchSpace:
-    """Per (tier, policy) grids; ``active[k, p]`` is False where the tier never scores the policy."""
+    """Per (tier, policy) grids: ``grids`` (coarse, for the random draws) and ``fine`` (for the
+    coordinate-wise refinement); ``active[k, p]`` is False where the tier never scores the policy."""
 
     grids: tuple[tuple[np.ndarray, ...], ...]
+    fine: tuple[tuple[np.ndarray, ...], ...]
     active: np.ndarray
 
     @classmethod
     def build(cls, table: ScoreTable, size: int) -> "SearchSpace":
-        grids = tuple(tuple(band_grid(ts.scores[:, p], size) for p in range(len(table.policies))) for ts in table.tiers)
+        P = range(len(table.policies))
+        grids = tuple(tuple(band_grid(ts.scores[:, p], size) for p in P) for ts in table.tiers)
+        fine = tuple(tuple(fine_grid(ts.scores[:, p]) for p in P) for ts in table.tiers)
         active = np.array([[len(g) > 0 for g in row] for row in grids], dtype=bool).reshape(len(grids), len(table.policies))
-        return cls(grids=grids, active=active)
+        return cls(grids=grids, fine=fine, active=active)
 
     def describe(self) -> dict[str, Any]:
-        return {"grid_sizes": [[len(g) for g in row] for row in self.grids]}
+        return {"grid_sizes": [[len(g) for g in row] for row in self.grids],
+                "fine_grid_sizes": [[len(g) for g in row] for row in self.fine]}
 
 
 def _random_bands(space: SearchSpace, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -283,7 +297,7 @@ def _random_bands(space: SearchSpace, rng: np.random.Generator, count: int) -> t
 
 def _coordinate_variants(space: SearchSpace, lo: np.ndarray, hi: np.ndarray, k: int, p: int, which: str) -> tuple[np.ndarray, np.ndarray]:
     """Copies of one candidate with one threshold set to every valid grid value (and null)."""
-    vals = np.concatenate([[np.nan], space.grids[k][p]])
+    vals = np.concatenate([[np.nan], space.fine[k][p]])
     other = hi[k, p] if which == "lo" else lo[k, p]
     if not np.isnan(other):
         vals = vals[np.isnan(vals) | ((vals < other) if which == "lo" else (vals > other))]
@@ -322,8 +336,8 @@ def _refine(m: SweepModel, space: SearchSpace, cands: Candidates, obj: Objective
                 L, H = _coordinate_variants(space, lo, hi, int(k), int(p), which)
                 first = len(cands)
                 cands.add(m, L, H, f"refine{rnd}")
-                pick = obj.best(cands.metrics)
-                if pick is not None and pick != best and pick >= first:
+                pick = _pick(obj, cands.metrics)
+                if pick != best and pick >= first:
                     best, lo, hi, changed = pick, cands.lo[pick].copy(), cands.hi[pick].copy(), True
         if not changed:
             return
@@ -401,10 +415,7 @@ def search(m: SweepModel, obj: Objective, *, seed: int = 0, max_candidates: int 
             L, H = _window_bands(m, cands.lo[i], cands.hi[i], obj.target, window_positions)
             if len(L):
                 cands.add(m, L, H, "quantile-window")
-    start = obj.best(cands.metrics)
-    if start is None:  # refine toward feasibility from the closest candidate
-        start = int(np.argmin(_violation(obj, cands.metrics)))
-    _refine(m, space, cands, obj, start, max_rounds)
+    _refine(m, space, cands, obj, _pick(obj, cands.metrics), max_rounds)
     return cands, space
 
 
@@ -414,6 +425,17 @@ def _violation(obj: Objective, r: dict[str, np.ndarray]) -> np.ndarray:
     if obj.kind == "min-cost":
         return np.maximum(obj.min_f1 - r["f1"], 0.0)
     return np.abs(r["escalation"] - obj.target)
+
+
+def _pick(obj: Objective, r: dict[str, np.ndarray]) -> int:
+    """The best feasible candidate; while none is feasible, the least violating one (so the
+    refinement walks toward feasibility first)."""
+    best = obj.best(r)
+    if best is not None:
+        return best
+    v = np.round(_violation(obj, r), 12)
+    least = v == v.min()
+    return int(next(i for i in obj.order(r) if least[i]))
 
 
 def choose(cands: Candidates, obj: Objective) -> int:
