@@ -127,6 +127,14 @@ class Router:
 
     def classify_batch(self, texts: Iterable[str | bytes]) -> list[Decision]:
         """Classify many texts; each tier sees the still-undecided texts as one batch."""
+        pending = self._prepare(texts)
+        self._walk(pending)
+        decisions: list[Decision] = [p.decision for p in pending]  # type: ignore[misc]
+        self._emit(pending, decisions)
+        return decisions
+
+    def _prepare(self, texts: Iterable[str | bytes]) -> list[_Pending]:
+        """Input checks and cache lookups: one ``_Pending`` per text (decided when a rule or the cache did)."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("classify_batch expects a list of texts, got a single text; use classify()")
         items = list(texts)
@@ -144,9 +152,16 @@ class Router:
                 if hit is not None:
                     p.decision = replace(hit, cache_hit=True, latency_ms=round((time.perf_counter() - started) * 1000.0, 4))
             pending.append(p)
+        return pending
 
+    def _walk(self, pending: list[_Pending], *, start: int = 0, stop: int | None = None) -> None:
+        """Run ``tiers[start:stop]`` (default: all) over the still-undecided texts; the
+        escalation budget guards the last tier. Post-moderation walks the cheap tiers first
+        (``stop=-1``) and the last tier later in the background (``start=-1``)."""
         n_tiers = len(self.tiers)
-        for idx, (tier, tc) in enumerate(zip(self.tiers, self.config.tiers)):
+        lo, hi, _ = slice(start, stop).indices(n_tiers)
+        for idx in range(lo, hi):
+            tier, tc = self.tiers[idx], self.config.tiers[idx]
             todo = [p for p in pending if p.decision is None]
             if not todo:
                 break
@@ -157,21 +172,20 @@ class Router:
                 todo = todo[:granted]
                 if not todo:
                     break
-            results, wall_ms = self._run_tier(tier, tc, [p.clean.text for p in todo])
-            per_text_ms = wall_ms / len(todo)
-            for p, res in zip(todo, results):
-                latency = res.latency_ms if res.latency_ms > 0 else per_text_ms
-                self._step(p, res, tc, latency, last=idx == n_tiers - 1)
-            if idx == n_tiers - 1 and idx > 0 and self.budget is not None:
-                self.budget.release(len(todo))
-        decisions: list[Decision] = [p.decision for p in pending]  # type: ignore[misc]
-        self._emit(pending, decisions)
-        return decisions
+            try:
+                results, wall_ms = self._run_tier(tier, tc, [p.clean.text for p in todo])
+                per_text_ms = wall_ms / len(todo)
+                for p, res in zip(todo, results):
+                    latency = res.latency_ms if res.latency_ms > 0 else per_text_ms
+                    self._step(p, res, tc, latency, last=idx == n_tiers - 1)
+            finally:
+                if idx == n_tiers - 1 and idx > 0 and self.budget is not None:
+                    self.budget.release(len(todo))
 
     def _emit(self, pending: list[_Pending], decisions: list[Decision]) -> None:
         """Cache fresh decisions and hand every decision to the sinks (verdict log, metrics)."""
         for p, d in zip(pending, decisions):
-            if self.cache is not None and not d.cache_hit and d.tier != "input" and not d.reason.startswith(("fallback", "budget")):
+            if self.cache is not None and not d.cache_hit and d.tier != "input" and not d.reason.startswith(("fallback", "budget", "provisional", "postmod")):
                 self.cache.put(self.cache_key(d.text_hash), d)
         try:
             with ExitStack() as stack:

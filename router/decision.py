@@ -63,6 +63,13 @@ class Decision:
         return self.action == "block"
 
     @property
+    def provisional(self) -> bool:
+        """True for a post-moderation provisional verdict (reason ``provisional``): the cheaper
+        tiers' verdict, returned at once while the last tier runs in the background; the final
+        Decision follows (see :mod:`safecascade.router.postmod`)."""
+        return self.reason == "provisional"
+
+    @property
     def rule_ids(self) -> tuple[str, ...]:
         """All rule ids cited for flagged policies by the deciding tier."""
         out: list[str] = []
@@ -83,5 +90,6 @@ class Decision:
         """A JSON-serialisable dict (what the CLI and the HTTP service print)."""
         d = asdict(self)
         d["flagged"] = self.flagged
+        d["provisional"] = self.provisional
         d["cost"] = self.cost
         return d

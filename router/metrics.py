@@ -187,6 +187,8 @@ class Metrics:
         if decision.cache_hit:
             self.cache_hits.inc()
             return  # the path is the cached decision's: its tiers did not run now
+        if decision.reason == "provisional":
+            return  # post-moderation: its tiers are counted once, with the final decision's path
         if decision.reason == "budget_exhausted":
             self.budget_refusals.inc()
         for trace in decision.path:
