@@ -116,8 +116,9 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def pareto_png(metrics: Mapping[str, np.ndarray], front: Sequence[int], chosen: int, path: str | Path, *,
                title: str = "", cost_unit: str = "compute-seconds") -> Path:
-    """F1 vs expected cost per 1,000 texts: all candidates in grey, the Pareto front coloured by
-    escalation rate, the chosen point starred (matplotlib, Agg backend)."""
+    """F1 vs expected cost per 1,000 texts (log scale): all candidates in grey, the Pareto front
+    coloured by escalation rate, the chosen point starred; the F1 axis starts just below the
+    front, so much worse candidates fall off the bottom (matplotlib, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +134,11 @@ def pareto_png(metrics: Mapping[str, np.ndarray], front: Sequence[int], chosen: 
     ax.scatter([cost[chosen]], [f1[chosen]], marker="*", s=260, c="red", edgecolors="k", zorder=4,
                label=f"chosen: F1 {f1[chosen]:.3f}, esc {esc[chosen]:.3f}, cost {cost[chosen]:.1f}")
     fig.colorbar(sc, ax=ax, label="escalation rate (share reaching the final tier)")
-    ax.set_xlabel(f"expected cost per 1,000 texts ({cost_unit})")
+    lo_f1 = max(0.0, float(np.min(f1[fr])) - 0.05) if len(fr) else 0.0
+    ax.set_ylim(lo_f1, min(1.0, float(np.max(f1)) + 0.02) if len(f1) else 1.0)
+    if (cost > 0).all():
+        ax.set_xscale("log")
+    ax.set_xlabel(f"expected cost per 1,000 texts ({cost_unit}{', log scale' if (cost > 0).all() else ''})")
     ax.set_ylabel("F1 (expected)")
     ax.set_title(title or "safecascade tune: F1 vs cost")
     ax.legend(loc="lower right", fontsize=8)

@@ -1,0 +1,165 @@
+"""Threshold tuning against real routers: the vectorised sweep agrees with ``Router.classify_batch``,
+tuning from cached scores is reproducible (byte-identical YAML), the score cache follows tier
+content, and ``safecascade tune`` end to end (tiny real models, a real MLflow SQLite store, the
+registry when it is available)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from safecascade.router.config import load_config, parse_config
+from safecascade.router.inputs import text_hash
+from safecascade.training.tune import TuneOptions, tune
+from safecascade.training.tune_sweep import Objective, _random_bands, evaluate
+
+N = 240
+
+
+def _write_replay(path: Path, texts: list[str], scores: np.ndarray, keep: np.ndarray | None = None) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text_hash", "jailbreak"])
+        for i, (t, s) in enumerate(zip(texts, scores)):
+            if keep is None or keep[i]:
+                w.writerow([text_hash(t), repr(float(s))])
+
+
+@pytest.fixture()
+def replay_router(tmp_path: Path) -> dict:
+    """A three-tier router of replay tiers over synthetic texts (tier b misses some texts: errors)."""
+    rng = np.random.default_rng(11)
+    texts = [f"synthetic prompt number {i} " + "x" * (i % 7) for i in range(N)] + ["   "]  # + one empty text
+    y = np.r_[(rng.random(N) < 0.15).astype(int), 0]
+    a = np.round(np.clip(0.45 * y + rng.normal(0.25, 0.2, N + 1), 0, 1), 3)
+    b = np.round(np.clip(0.6 * y + rng.normal(0.2, 0.15, N + 1), 0, 1), 3)
+    c = np.round(np.clip(0.7 * y + rng.normal(0.15, 0.15, N + 1), 0, 1), 3)
+    _write_replay(tmp_path / "a.csv", texts, a)
+    _write_replay(tmp_path / "b.csv", texts, b, keep=rng.random(N + 1) > 0.1)
+    _write_replay(tmp_path / "c.csv", texts, c)
+    cfg = {"version": 1, "name": "synth", "policies": {"jailbreak": "builtin:jailbreak"},
+           "tiers": [{"name": "a", "type": "replay", "options": {"path": "a.csv"}, "bands": {"default": [0.1, 0.9]}},
+                     {"name": "b", "type": "replay", "options": {"path": "b.csv"}, "bands": {"default": [0.2, 0.8]}},
+                     {"name": "c", "type": "replay", "options": {"path": "c.csv"}, "threshold": 0.5}]}
+    path = tmp_path / "synth.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return {"path": path, "texts": texts, "labels": y.tolist(), "dir": tmp_path}
+
+
+def test_sweep_matches_the_real_router(replay_router, tmp_path):
+    from safecascade.router.cascade import Router
+    from safecascade.training.metrics import classification_summary
+
+    cfg = load_config(replay_router["path"])
+    opts = TuneOptions(objective=Objective(kind="max-f1"), max_candidates=50, grid=8, progress=False,
+                       cache_dir=tmp_path / "cache")
+    res = tune(cfg, replay_router["texts"], replay_router["labels"], opts)
+    assert res.table.final.type == "replay" and np.isfinite(res.model.final_score[:N]).all()
+    lo, hi = _random_bands(res.space, np.random.default_rng(4), 6)
+    lo, hi = np.concatenate([lo, res.candidates.lo[[res.chosen]]]), np.concatenate([hi, res.candidates.hi[[res.chosen]]])
+    r = evaluate(res.model, lo, hi)
+    from safecascade.training.tune_report import tuned_config_dict
+
+    for j in range(len(lo)):
+        d = tuned_config_dict(cfg, lo[j], hi[j], res.space.active, name=f"cand{j}")
+        router = Router.load(parse_config(d, base_dir=tmp_path, source="cand.yaml"))
+        decisions = router.classify_batch(replay_router["texts"])
+        preds = [d.flagged for d in decisions]
+        scores = [(d.policies["jailbreak"].score if d.policies["jailbreak"].score is not None else d.score) for d in decisions]
+        m = classification_summary(replay_router["labels"], preds, scores)
+        assert (r["tp"][j], r["fp"][j], r["fn"][j]) == (m["confusion"]["tp"], m["confusion"]["fp"], m["confusion"]["fn"])
+        assert r["f1"][j] == pytest.approx(m["f1"])
+        assert r["recall_at_1pct_fpr"][j] == pytest.approx(m["recall_at_1pct_fpr"])
+        for tier in ("a", "b", "c"):
+            reached = sum(any(t.tier == tier for t in d.path) for d in decisions) / len(decisions)
+            assert r[f"reach.{tier}"][j] == pytest.approx(reached)
+
+
+def test_tuning_from_cached_scores_reproduces_the_config(replay_router, tmp_path):
+    cfg = load_config(replay_router["path"])
+    opts = TuneOptions(objective=Objective(kind="max-f1", max_escalation=0.2), seed=3, max_candidates=300, grid=10,
+                       progress=False, cache_dir=tmp_path / "cache")
+    first = tune(cfg, replay_router["texts"], replay_router["labels"], opts)
+    second = tune(cfg, replay_router["texts"], replay_router["labels"], opts)
+    assert not any(t.cached for t in first.table.tiers) and all(t.cached for t in second.table.tiers)
+    y1, y2 = first.write_yaml(tmp_path / "one" / "router.yaml"), second.write_yaml(tmp_path / "two" / "router.yaml")
+    assert y1.read_bytes() == y2.read_bytes()
+    assert np.array_equal(first.candidates.lo[first.chosen], second.candidates.lo[second.chosen], equal_nan=True)
+    tuned = load_config(y1)  # a valid config, loadable from anywhere (paths absolute)
+    assert [t.name for t in tuned.tiers] == ["a", "b", "c"] and tuned.name == "synth-tuned"
+    assert Path(tuned.tiers[0].options["path"]).is_absolute()
+    # a tier's content changes -> only that tier is re-scored
+    (replay_router["dir"] / "b.csv").write_text((replay_router["dir"] / "b.csv").read_text() + "ffffffffffffffff,0.5\n")
+    third = tune(cfg, replay_router["texts"], replay_router["labels"], opts)
+    assert [t.cached for t in third.table.tiers] == [True, False]
+
+
+@pytest.mark.slow
+def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
+    """``safecascade tune`` on a small real run: heuristic -> static -> fast (tiny real models) ->
+    safeguard (assumed), into a real MLflow SQLite store; registered and promoted when the
+    registry module is available."""
+    from safecascade.cli import main
+
+    try:
+        from safecascade.router.registry import register_router  # noqa: F401  (part B of the issue)
+        registry = True
+    except ImportError:
+        registry = False
+    monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # a non-default tracking URI keeps artifacts under ./mlruns
+    cfg = {"version": 1, "name": "tiny", "policies": {"jailbreak": "builtin:jailbreak"},
+           "tiers": [{"name": "heuristic", "type": "heuristic", "bands": {"default": [None, 0.98]}},
+                     {"name": "static", "type": "static", "options": {"model": str(tiny_models["static"].out_dir)},
+                      "bands": {"default": [0.05, 0.95]}},
+                     {"name": "fast", "type": "fast", "options": {"model": str(tiny_models["fast"].out_dir), "threads": 1},
+                      "bands": {"default": [0.05, 0.95]}},
+                     {"name": "safeguard", "type": "safeguard", "options": {"backend": "llama_cpp", "model_path": "stand-in"},
+                      "on_error": "fast-verdict"}]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = tmp_path / "tuned" / "router.yaml"
+    argv = ["tune", "--config", str(tmp_path / "tiny.yaml"), "--limit", "60", "--objective", "max-f1",
+            "--max-escalation", "0.1", "--max-candidates", "400", "--grid", "10", "--out", str(out), "--no-progress"]
+    argv += ["--promote"] if registry else ["--no-register"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "chosen #" in printed and "Pareto front" in printed
+    tuned = load_config(out)
+    chosen = next(r for r in csv.DictReader((out.parent / "candidates.csv").open()) if r["chosen"] == "1")
+    for tc in tuned.tiers[:-1]:
+        band = tc.band_for("jailbreak")
+        for value, col in ((band.allow_below, "allow_below"), (band.block_above, "block_above")):
+            cell = chosen.get(f"{tc.name}.jailbreak.{col}")
+            if cell is not None:
+                assert (value is None and cell == "") or value == float(cell)
+    assert float(chosen["escalation"]) <= 0.1
+    summary = json.loads((out.parent / "tune_summary.json").read_text())
+    assert summary["final_tier"]["source"] == "none" and summary["safeguard_assumption"]["precision"] == 0.634
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("safecascade-tuning")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["objective_kind"] == "max-f1" and run.data.params["assume_precision"] == "0.634"
+    assert run.data.params["data_hash"] == summary["data"]["data_hash"]
+    assert run.data.metrics["f1"] == pytest.approx(float(chosen["f1"]), abs=1e-6)
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"pareto.csv", "pareto.png", "candidates.csv", "router.yaml", "tune_summary.json"} <= names
+    if registry:
+        mv = client.get_model_version_by_alias("safecascade-router", "champion")
+        assert mv.run_id == run.info.run_id
+        from safecascade.router.registry import load_registered_config
+
+        reg = load_registered_config("models:/safecascade-router@champion")
+        assert [t.band_for("jailbreak") for t in reg.tiers[:-1]] == [t.band_for("jailbreak") for t in tuned.tiers[:-1]]
