@@ -64,6 +64,10 @@ class WindowEmbedder:
     def _path(self, sha: str) -> Path:
         return self.cache / sha[:2] / f"{sha}.npy"
 
+    def missing(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` have no cached embedding yet."""
+        return sum(not self._path(text_sha(t)).is_file() for t in set(texts))
+
     def embed(self, texts: Sequence[str], *, progress: bool = True, desc: str = "embedding") -> list[np.ndarray]:
         """Window embeddings of each text (``[n_windows, dim]``), from cache where present."""
         shas = [text_sha(t) for t in texts]
@@ -107,3 +111,31 @@ class WindowEmbedder:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def benchmark_embeddings(benchmark: str = "jailbreak", splits: Sequence[str] = ("train", "val", "test"), *,
+                         encoder: str = "default", window: WindowConfig | None = None,
+                         cache_root: str | Path | None = None, threads: int = 2,
+                         progress: bool = True) -> dict[str, tuple[list[Any], list[np.ndarray]]]:
+    """``{split: (examples, window embeddings)}`` of a benchmark through the embedding cache.
+
+    The encoder is exported to ONNX (torch) only when some text is not cached yet, so experiments
+    that reuse a built tier's cache run in seconds. ``window`` defaults to the trainer's default.
+    """
+    from safecascade.training.datasets import load_benchmark
+    from safecascade.training.fast_train import default_encoder_dir, encoder_fingerprint
+
+    window = window or WindowConfig()
+    name, sha = encoder_fingerprint(encoder)
+    enc_dir = default_encoder_dir() if encoder in ("default", "", None) else Path(encoder)
+    data = {s: load_benchmark(benchmark, s) for s in splits}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "encoder.onnx"
+        emb = WindowEmbedder(onnx_path=onnx_path, tokenizer_path=enc_dir / "tokenizer.json", window=window,
+                             encoder_id=f"{name}@{sha}", cache_root=cache_root, threads=threads)
+        if emb.missing([e.text for ex in data.values() for e in ex]):
+            from safecascade.training.export_onnx import export_encoder
+            from safecascade.training.fast_train import load_st
+
+            export_encoder(load_st(encoder), onnx_path)
+        return {s: (ex, emb.embed([e.text for e in ex], progress=progress, desc=f"embedding {s}")) for s, ex in data.items()}

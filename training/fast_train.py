@@ -70,6 +70,12 @@ class TrainConfig:
     int8: bool = False  # also write model.int8.onnx when its val F1 drop < 0.005
     seed: int = 0
     threads: int = 2
+    # optional SetFit-style contrastive fine-tuning of the encoder before export (training/finetune.py)
+    finetune: bool = False
+    finetune_pairs: int = 4000
+    finetune_seq_len: int = 128
+    finetune_lr: float = 2e-5
+    finetune_max_seconds: float = 1200.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("fast", "static"):
@@ -80,6 +86,17 @@ class TrainConfig:
             raise ValueError(f"calibration must be auto|platt|isotonic|none, got {self.calibration!r}")
         if not self.policies:
             raise ValueError("at least one policy is required")
+        if self.finetune and self.kind != "fast":
+            raise ValueError("finetune applies to the fast tier only")
+        if self.finetune:
+            self.finetune_config()  # validates the finetune_* fields
+
+    def finetune_config(self) -> Any:
+        """The :class:`~safecascade.training.finetune.FinetuneConfig` these fields describe."""
+        from safecascade.training.finetune import FinetuneConfig
+
+        return FinetuneConfig(pairs=self.finetune_pairs, seq_len=self.finetune_seq_len, lr=self.finetune_lr,
+                              max_seconds=self.finetune_max_seconds, seed=self.seed, threads=self.threads)
 
     @property
     def window(self) -> WindowConfig:
@@ -441,9 +458,13 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
     out.mkdir(parents=True, exist_ok=True)
     pol = cfg.policies[0]
     rows = _prepare_rows(cfg, train, verdicts)
-    enc_dir = default_encoder_dir() if cfg.encoder == "default" else Path(cfg.encoder)
-    enc_name, enc_sha = encoder_fingerprint(cfg.encoder)
-    st = load_st(cfg.encoder)
+    ft_info: dict[str, Any] = {}
+    encoder = cfg.encoder
+    if cfg.finetune:
+        encoder, ft_info = _finetuned_encoder(cfg, rows, progress=progress)
+    enc_dir = default_encoder_dir() if encoder == "default" else Path(encoder)
+    enc_name, enc_sha = encoder_fingerprint(encoder)
+    st = load_st(encoder)
     window = replace(cfg.window, window_tokens=min(cfg.window_tokens, int(st.max_seq_length or cfg.window_tokens)))
     window = WindowConfig(window_tokens=window.window_tokens, stride=min(window.stride, window.window_tokens - 2), max_windows=window.max_windows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -464,7 +485,8 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         shutil.copyfile(tok, out / TOKENIZER_NAME)
     card, metrics, val_metrics, test_scores = _evaluate_and_card(
         cfg, heads, calinfo, rows, verdicts, window, val_embs, val_labels, test_embs, test_labels,
-        kind="fast", encoder={"id": enc_name, "sha": enc_sha, "dim": int(train_embs[0].shape[1])},
+        kind="fast", encoder={"id": enc_name, "sha": enc_sha, "dim": int(train_embs[0].shape[1]),
+                              **({"path": str(enc_dir), "finetune": ft_info} if cfg.finetune else {})},
         extra={"model_sha": file_sha(out / MODEL_NAME)})
     _write_card(out, card)
     if cfg.int8 and val:
@@ -476,6 +498,45 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
     log.info("fast tier written to %s in %.0fs", out, secs)
     return TrainResult(out_dir=out, card=card, metrics=metrics, config=cfg, seconds=secs,
                        test_scores=test_scores, test_labels=test_labels, heads=tuple(heads), estimators=tuple(ests))
+
+
+def _finetuned_encoder(cfg: TrainConfig, rows: Sequence[TrainRow], *, progress: bool) -> tuple[str, dict[str, Any]]:
+    """Contrastively tune the encoder on the hard-labelled rows (cached under ``<cache>/encoders``).
+
+    Rows with soft targets count as positive when their target is >= 0.5. The tuned model is keyed by
+    the base encoder's weights, the fine-tuning config and the training data hash, so a rebuild with
+    the same inputs reuses it.
+    """
+    from safecascade.paths import artifact_dir
+    from safecascade.training.finetune import finetune_encoder
+
+    pol = cfg.policies[0]
+    fcfg = cfg.finetune_config()
+    labelled = [r for r in rows if pol in r.targets]
+    _, base_sha = encoder_fingerprint(cfg.encoder)
+    key = hashlib.sha256(json.dumps([base_sha, fcfg.to_dict(), data_hash(labelled)], sort_keys=True).encode()).hexdigest()[:16]
+    target = artifact_dir("encoders") / f"finetuned-{key}"
+    summary_path = target / "finetune.json"
+    if summary_path.is_file():
+        log.info("reusing fine-tuned encoder %s", target)
+        return str(target), json.loads(summary_path.read_text(encoding="utf-8"))
+    base_dir = default_encoder_dir() if cfg.encoder == "default" else Path(cfg.encoder)
+    st = load_st(cfg.encoder)
+    tmp = Path(tempfile.mkdtemp(prefix=".finetune-", dir=target.parent))
+    try:
+        summary = finetune_encoder(st, [r.text for r in labelled], [int(r.targets[pol] >= 0.5) for r in labelled],
+                                   tokenizer_path=base_dir / TOKENIZER_NAME, cfg=fcfg, out_dir=tmp, progress=progress)
+        summary["base_encoder_sha"] = base_sha
+        if not (tmp / TOKENIZER_NAME).is_file():
+            shutil.copyfile(base_dir / TOKENIZER_NAME, tmp / TOKENIZER_NAME)
+        (tmp / "finetune.json").write_text(json.dumps(summary, indent=2, default=float), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target), summary
 
 
 def _try_int8(out: Path, val: Sequence[Any], labels: list[int], f1_fp32: float, *, threads: int) -> dict[str, Any]:
@@ -569,7 +630,7 @@ def reference_scores(result: TrainResult, texts: Sequence[str], *, st_model: Any
     from safecascade.tiers.onnx_encoder import Windower
     from safecascade.training.export_onnx import torch_embed_windows
 
-    st = st_model or load_st(result.config.encoder)
+    st = st_model or load_st(result.card.get("encoder", {}).get("path") or result.config.encoder)
     card = result.card
     win = WindowConfig(**card["window"])
     windower = Windower(Path(result.out_dir) / TOKENIZER_NAME, win)
