@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("safecascade.router.server", "run the HTTP service"),
     "tune": ("safecascade.training.tune", "tune escalation bands on a cost / F1 Pareto front (MLflow run, tuned router YAML)"),
     "retrain": ("safecascade.training.retrain", "retrain the fast tier from the verdict log; promote in MLflow only if it does not regress"),
+    "policy-test": ("safecascade.training.policy_test", "A/B a policy edit (McNemar), ablate rules, sweep length, detect regressions vs a stored result"),
     "export-sft": ("safecascade.training.export_sft", "write logged safeguard verdicts as harmony JSONL for fine-tuning gpt-oss-safeguard"),
 }
 
