@@ -158,16 +158,31 @@ def _finite_metrics(d: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return out
 
 
+def tuning_experiment_id(mlflow: Any) -> str:
+    """The ``safecascade-tuning`` experiment. With a SQLite store its artifacts go next to the
+    database (``<db dir>/artifacts``), never into ``./mlruns`` of the working directory; a
+    server chooses its own artifact root. (``mlflow.set_tracking_uri`` exports
+    ``MLFLOW_TRACKING_URI``, so the environment cannot tell a default store from a chosen one.)"""
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    uri = str(mlflow.get_tracking_uri())
+    loc = None
+    if uri.startswith("sqlite:///"):
+        loc = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=loc)
+
+
 def log_tuning_run(*, params: Mapping[str, Any], metrics: Mapping[str, Any], artifacts: Sequence[Path],
                    yaml_path: Path, run_name: str, tags: Mapping[str, str], register: bool, promote: bool,
                    model_name: str) -> dict[str, Any]:
     """One parent run in ``safecascade-tuning`` with the params, the chosen point's metrics and
     the artifacts; then (``register``) the tuned router is registered into that run through
     :func:`safecascade.router.registry.register_router` (alias ``champion`` with ``promote``)."""
-    from safecascade.training.mlflow_store import _experiment_id, _mlflow
+    from safecascade.training.mlflow_store import _mlflow
 
     mlflow = _mlflow()
-    exp_id = _experiment_id(mlflow, EXPERIMENT)
+    exp_id = tuning_experiment_id(mlflow)
     info: dict[str, Any] = {}
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})

@@ -113,7 +113,7 @@ def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
         registry = False
     monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)  # a non-default tracking URI keeps artifacts under ./mlruns
+    monkeypatch.chdir(tmp_path)
     cfg = {"version": 1, "name": "tiny", "policies": {"jailbreak": "builtin:jailbreak"},
            "tiers": [{"name": "heuristic", "type": "heuristic", "bands": {"default": [None, 0.98]}},
                      {"name": "static", "type": "static", "options": {"model": str(tiny_models["static"].out_dir)},
@@ -154,6 +154,8 @@ def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
     assert run.data.params["objective_kind"] == "max-f1" and run.data.params["assume_precision"] == "0.634"
     assert run.data.params["data_hash"] == summary["data"]["data_hash"]
     assert run.data.metrics["f1"] == pytest.approx(float(chosen["f1"]), abs=1e-6)
+    assert run.info.artifact_uri.startswith((tmp_path / "artifacts").as_uri())  # next to the DB, not ./mlruns
+    assert not (tmp_path / "mlruns").exists()
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"pareto.csv", "pareto.png", "candidates.csv", "router.yaml", "tune_summary.json"} <= names
     if registry:
