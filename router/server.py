@@ -20,6 +20,12 @@ Errors use the OpenAI error shape ``{"error": {"message", "type", "param", "code
 ``max_pending`` requests already being classified; ``Retry-After`` set), 503 (the verdict log
 could not acknowledge a decision - no verdict is returned that the log did not record).
 The router runs in a thread pool, never on the event loop.
+
+Post-moderation (``create_app(..., post_moderator=PostModerator(router))``, ``serve
+--post-moderation``): ``POST /v1/moderations?mode=post`` and ``/v1/classify?mode=post`` answer
+with the cheaper tiers' verdict (``reason: provisional`` for texts the last tier will judge);
+the last tier runs in the background and its final decision goes to the verdict log and
+metrics (see :mod:`safecascade.router.postmod`). Without a post-moderator, ``mode=post`` is 400.
 """
 
 
@@ -119,7 +125,8 @@ def moderation_result(decision: Decision) -> dict[str, Any]:
 
 def create_app(router: Router, *, token: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_inputs: int = DEFAULT_MAX_INPUTS, max_pending: int = DEFAULT_MAX_PENDING, workers: int = 4,
-               model: str | None = None, metrics: Metrics | None = None, verdict_log: VerdictLog | None = None):
+               model: str | None = None, metrics: Metrics | None = None, verdict_log: VerdictLog | None = None,
+               post_moderator: Any = None):
     """Build the FastAPI app for ``router``.
 
     ``token``: require ``Authorization: Bearer <token>`` on ``/v1/*`` and ``/metrics``.
@@ -128,7 +135,8 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
     ``workers``: threads running the router. ``model``: the ``model`` field of responses
     (default ``safecascade-<config name>``). ``metrics``: a :class:`Metrics` (created and added
     to ``router.sinks`` when absent). ``verdict_log``: found in ``router.sinks`` when not given;
-    with one, responses wait until the log acknowledged their decisions.
+    with one, responses wait until the log acknowledged their decisions. ``post_moderator``: a
+    :class:`~safecascade.router.postmod.PostModerator` around ``router``, enabling ``?mode=post``.
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
@@ -190,19 +198,28 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting bombs
             raise _HTTPError(400, f"request body is not valid JSON: {str(exc)[:200]}") from None
 
-    def classify_sync(texts: list[str]) -> list[Decision]:
+    def classify_sync(texts: list[str], mode: str = "sync") -> list[Decision]:
+        run = post_moderator.submit_batch if mode == "post" else router.classify_batch
         if verdict_log is None:
-            return router.classify_batch(texts)
+            return run(texts)
         with verdict_log.deferred_ack():  # one fsync for the whole request, and nothing unlogged is returned
-            return router.classify_batch(texts)
+            return run(texts)
 
-    async def classify(texts: list[str]) -> list[Decision]:
+    def request_mode(request: Request) -> str:
+        mode = request.query_params.get("mode", "sync")
+        if mode not in ("sync", "post"):
+            raise _HTTPError(400, f"mode must be 'sync' or 'post', got {mode[:40]!r}", param="mode")
+        if mode == "post" and post_moderator is None:
+            raise _HTTPError(400, "post-moderation is not enabled on this server (serve --post-moderation)", param="mode")
+        return mode
+
+    async def classify(texts: list[str], mode: str = "sync") -> list[Decision]:
         if state["in_flight"] >= max_pending:
             raise _HTTPError(429, f"overloaded: {max_pending} requests already in progress; retry later",
                              type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"})
         state["in_flight"] += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, classify_sync, texts)
+            return await asyncio.get_running_loop().run_in_executor(executor, classify_sync, texts, mode)
         except VerdictLogError as exc:
             log.error("verdict log refused a decision: %s", exc)
             raise _HTTPError(503, "the verdict log could not record this decision; retry later",
@@ -217,8 +234,9 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
         status = 500
         try:
             check_auth(request)
+            mode = request_mode(request)
             texts = parse_inputs(await read_json(request), max_inputs=max_inputs)
-            decisions = await classify(texts)
+            decisions = await classify(texts, mode)
             resp = respond(decisions)
             status = resp.status_code
             return resp
@@ -251,7 +269,8 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
     async def healthz() -> Response:
         body: dict[str, Any] = {"status": "ok", "model": model_name, "router": router.describe(),
                                 "in_flight": state["in_flight"], "max_pending": max_pending}
-        for key, obj in (("cache", router.cache), ("budget", router.budget), ("verdict_log", verdict_log)):
+        for key, obj in (("cache", router.cache), ("budget", router.budget), ("verdict_log", verdict_log),
+                         ("post_moderation", post_moderator)):
             stats = getattr(obj, "stats", None)
             body[key] = stats() if callable(stats) else None
         return _json_response(body)
@@ -376,6 +395,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inputs", type=int, default=DEFAULT_MAX_INPUTS)
     parser.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING, help="in-progress requests before 429")
     parser.add_argument("--workers", type=int, default=4, help="router threads")
+    parser.add_argument("--post-moderation", action="store_true",
+                        help="enable ?mode=post (provisional verdict now, last tier in the background)")
+    parser.add_argument("--postmod-queue", type=int, default=1000, help="post-moderation queue size")
+    parser.add_argument("--postmod-overflow", choices=("provisional", "block"), default="provisional",
+                        help="when the post-moderation queue is full (see docs/serving.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -388,14 +412,21 @@ def run(args: argparse.Namespace) -> int:
     router, vlog = build_router(args.config, log_path=args.log, store_text=args.store_text, cache_size=args.cache_size,
                                 cache_ttl_s=args.cache_ttl, budget_rps=args.budget_rps, budget_burst=args.budget_burst,
                                 budget_in_flight=args.budget_in_flight)
+    postmod = None
     try:
+        if getattr(args, "post_moderation", False):
+            from safecascade.router.postmod import PostModerator
+
+            postmod = PostModerator(router, max_queue=args.postmod_queue, overflow=args.postmod_overflow)
         app = create_app(router, token=token or None, max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
-                         max_pending=args.max_pending, workers=args.workers)
+                         max_pending=args.max_pending, workers=args.workers, post_moderator=postmod)
         print(f"safecascade serving {router.config.name} ({router.config_hash}) on http://{args.host}:{args.port}"
               f"{' with bearer auth' if token else ''}{f', log {args.log}' if vlog else ''}")
         uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                     access_log=bool(args.verbose))
     finally:
+        if postmod is not None:
+            postmod.close(timeout=60)  # drain: the final verdicts reach the log before it closes
         if vlog is not None:
             vlog.close()
         router.close()

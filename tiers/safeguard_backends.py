@@ -8,6 +8,7 @@ Both take a :class:`~safecascade.tiers.safeguard_prompt.RenderedPrompt` and retu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -52,7 +53,10 @@ class Completion:
 class LlamaCppBackend:
     """``llama_cpp.Llama`` in this process.
 
-    One context, guarded by a lock (llama.cpp contexts are not thread-safe). With
+    One context, guarded by a re-entrant lock (llama.cpp contexts are not thread-safe): every
+    generation and every tokeniser call (llama.cpp does not document tokenisation as
+    thread-safe) runs under it, so a Router sharing this backend between threads serialises
+    here. Use the ``openai`` backend (a server with parallel slots) for concurrency. With
     ``prefix_reuse`` (default) the KV state of the previous prompt is kept and llama.cpp's
     ``generate`` re-evaluates only the tokens after the longest common prefix - the system and
     developer messages are the same on every call, so only the content is evaluated. With
@@ -82,7 +86,7 @@ class LlamaCppBackend:
             raise ValueError(f"cannot load safeguard model {path}: {exc}") from exc
         self.model_path = str(path)
         self.prefix_reuse = prefix_reuse
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.metadata = dict(self.llm.metadata)
         self.n_ctx = self.llm.n_ctx()
         self.n_vocab = self.llm.n_vocab()
@@ -110,29 +114,37 @@ class LlamaCppBackend:
         return tuple(out)
 
     def token_text(self, token: int) -> str:
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+        with self.lock:
+            self._check_open()
+            return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def tokenize_prompt(self, prompt: RenderedPrompt) -> list[int]:
         toks: list[int] = []
         first = True
-        for seg in (*prompt.segments, Segment(text=prompt.prefill)):
-            if not seg.text:
-                continue
-            toks += self.llm.tokenize(seg.text.encode("utf-8"), add_bos=first, special=seg.trusted)
-            first = False
+        with self.lock:
+            self._check_open()
+            for seg in (*prompt.segments, Segment(text=prompt.prefill)):
+                if not seg.text:
+                    continue
+                toks += self.llm.tokenize(seg.text.encode("utf-8"), add_bos=first, special=seg.trusted)
+                first = False
         return toks
 
     def count_tokens(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        with self.lock:
+            self._check_open()
+            return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def split_tokens(self, text: str, size: int, overlap: int) -> list[str]:
-        toks = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        step = max(1, size - overlap)
-        out = []
-        for i in range(0, len(toks), step):
-            out.append(self.llm.detokenize(toks[i:i + size]).decode("utf-8", errors="replace"))
-            if i + size >= len(toks):
-                break
+        with self.lock:
+            self._check_open()
+            toks = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            step = max(1, size - overlap)
+            out = []
+            for i in range(0, len(toks), step):
+                out.append(self.llm.detokenize(toks[i:i + size]).decode("utf-8", errors="replace"))
+                if i + size >= len(toks):
+                    break
         return out
 
     def stop_ids(self, harmony: bool) -> set[int]:
@@ -159,6 +171,7 @@ class LlamaCppBackend:
 
         llama_cpp = self._llama_cpp
         with self.lock:
+            self._check_open()
             t0 = time.perf_counter()
             toks = self.tokenize_prompt(prompt)
             if len(toks) + max_tokens > self.n_ctx:
@@ -204,13 +217,22 @@ class LlamaCppBackend:
         return {"backend": self.name, "model": Path(self.model_path).name, "n_ctx": self.n_ctx,
                 "architecture": self.metadata.get("general.architecture", "")}
 
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise BackendError("unavailable", "the llama.cpp backend is closed")
+
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is not None and hasattr(llm, "close"):
-            try:
-                llm.close()
-            except Exception:  # pragma: no cover
-                pass
+        """Free the model; waits for a running generation (the lock) so it never frees a context in use.
+        Later calls fail with ``BackendError('unavailable')`` instead of touching freed memory."""
+        lock = getattr(self, "lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            self._closed = True
+            llm = getattr(self, "llm", None)
+            if llm is not None and hasattr(llm, "close"):
+                try:
+                    llm.close()
+                except Exception:  # pragma: no cover
+                    pass
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible

@@ -304,3 +304,36 @@ def test_real_safeguard_in_background(tmp_path, logged):
         assert ev.delay_ms > submit_ms  # the caller did not wait for the LLM
     rows = _rows(vlog)
     assert sorted(r["reason"] for r in rows) == sorted(["provisional", final.reason])
+
+
+# --------------------------------------------------------------------------- HTTP ?mode=post
+def test_http_mode_post(make_config, logged):
+    import httpx
+
+    from safecascade.router.server import BackgroundServer, create_app
+
+    router, vlog, metrics = logged(_cfg(make_config))
+    pm = PostModerator(router)
+    app = create_app(router, post_moderator=pm, metrics=metrics)
+    with BackgroundServer(app) as srv:
+        r = httpx.post(srv.url + "/v1/classify?mode=post", json={"input": ["low", "mid text"]})
+        assert r.status_code == 200
+        low, mid = r.json()["results"]
+        assert (low["reason"], low["provisional"]) == ("band", False)
+        assert (mid["reason"], mid["provisional"]) == ("provisional", True) and mid["path"][-1]["outcome"] == "skipped"
+        m = httpx.post(srv.url + "/v1/moderations?mode=post", json={"input": "ok3"}).json()["results"][0]
+        assert m["safecascade"]["reason"] == "provisional" and m["flagged"] is False
+        sync = httpx.post(srv.url + "/v1/classify", json={"input": "mid text"}).json()["results"][0]
+        assert sync["reason"] == "last_tier"  # the default mode waits for the last tier
+        bad = httpx.post(srv.url + "/v1/classify?mode=later", json={"input": "x"})
+        assert bad.status_code == 400 and "mode" in bad.json()["error"]["message"]
+        assert pm.drain(10)
+        health = httpx.get(srv.url + "/healthz").json()
+        assert health["post_moderation"]["delivered"] == 2 and health["post_moderation"]["queue_depth"] == 0
+    pm.close()
+    reasons = sorted(r["reason"] for r in _rows(vlog))
+    assert reasons == ["band", "last_tier", "last_tier", "last_tier", "provisional", "provisional"]
+    plain = create_app(router)
+    with BackgroundServer(plain) as srv:
+        r = httpx.post(srv.url + "/v1/classify?mode=post", json={"input": "x"})
+        assert r.status_code == 400 and "not enabled" in r.json()["error"]["message"]
