@@ -16,6 +16,7 @@ import yaml
 from safecascade.router.config import load_config, parse_config
 from safecascade.router.inputs import text_hash
 from safecascade.training.tune import TuneOptions, tune
+from safecascade.training.tune_cost import CostModel
 from safecascade.training.tune_sweep import Objective, _random_bands, evaluate
 
 N = 240
@@ -165,3 +166,69 @@ def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
 
         reg = load_registered_config("models:/safecascade-router@champion")
         assert [t.band_for("jailbreak") for t in reg.tiers[:-1]] == [t.band_for("jailbreak") for t in tuned.tiers[:-1]]
+
+
+def test_recorded_safeguard_verdicts_and_latency_from_a_replay_file(replay_router, tmp_path):
+    """A safeguard final tier is never run: --replay gives its verdicts (and latency_ms) where
+    recorded; the other escalated texts fall back to the logged assumption."""
+    texts, labels = replay_router["texts"], replay_router["labels"]
+    data = yaml.safe_load(replay_router["path"].read_text())
+    data["tiers"][-1] = {"name": "safeguard", "type": "safeguard", "options": {"backend": "llama_cpp", "model_path": "stand-in"},
+                         "on_error": "fast-verdict"}
+    cfg = parse_config(data, base_dir=replay_router["dir"], source="sg.yaml")
+    replay = tmp_path / "verdicts.csv"
+    with replay.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "jailbreak", "latency_ms"])
+        for i in range(0, N, 2):  # every other text has a recorded verdict
+            w.writerow([texts[i], "0.9" if labels[i] else "0.1", "1234.5"])
+    opts = TuneOptions(objective=Objective(kind="max-f1"), max_candidates=40, grid=6, progress=False, replay=replay,
+                       cache_dir=None, costs=CostModel(safeguard_ms=3000.0))
+    res = tune(cfg, texts, labels, opts)
+    recorded = np.isfinite(res.model.final_score)
+    assert recorded.sum() == N // 2 and recorded[:N:2].all() and not recorded[1:N:2].any()
+    assert res.table.final.source == "replay:verdicts.csv"
+    assert set(np.unique(res.model.latency[-1][:N])) == {1234.5, 3000.0}
+    nan = np.full((2, 1), np.nan)
+    r = evaluate(res.model, nan, nan)  # everything escalates: half recorded (perfect), half assumed
+    assert r["assumed_share"][0] == pytest.approx((N + 1 - N // 2 - 1) / (N + 1))  # the empty text is an input rule
+    a = res.model.assumption
+    y = np.asarray(labels)
+    odd = np.zeros(N + 1, dtype=bool)
+    odd[1:N:2] = True
+    assert r["tp"][0] == pytest.approx(y[:N:2].sum() + a.tpr * y[odd].sum())
+    assert r["fp"][0] == pytest.approx(a.fpr * (1 - y[odd]).sum())
+
+
+def test_cli_infeasible_constraint_exits_non_zero_naming_the_best_value(tmp_path, monkeypatch, capsys):
+    from safecascade.cli import main
+
+    monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
+    cfg = {"version": 1, "name": "h", "policies": {"jailbreak": "builtin:jailbreak"},
+           "tiers": [{"name": "heuristic", "type": "heuristic", "bands": {"default": [None, 0.98]}},
+                     {"name": "safeguard", "type": "safeguard", "options": {"model_path": "stand-in"}}]}
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    rc = main(["tune", "--config", str(tmp_path / "h.yaml"), "--limit", "60", "--objective", "min-cost", "--min-f1", "0.9999",
+               "--max-candidates", "50", "--no-mlflow", "--no-progress", "--out", str(tmp_path / "t.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "best achievable F1 is" in err
+    assert not (tmp_path / "t.yaml").exists()
+
+
+def test_objective_arguments():
+    import argparse
+
+    from safecascade.training.tune import add_arguments, objective_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    o = objective_from_args(p.parse_args(["--objective", "target-escalation", "0.05"]))
+    assert (o.kind, o.target) == ("target-escalation", 0.05)
+    o = objective_from_args(p.parse_args(["--objective", "max-f1", "--max-escalation", "0.03"]))
+    assert (o.kind, o.max_escalation) == ("max-f1", 0.03)
+    o = objective_from_args(p.parse_args(["--objective", "min-cost", "--min-f1", "0.92"]))
+    assert (o.kind, o.min_f1) == ("min-cost", 0.92)
+    with pytest.raises(ValueError, match="min-f1"):
+        objective_from_args(p.parse_args(["--objective", "min-cost"]))
+    with pytest.raises(ValueError, match="not a number"):
+        objective_from_args(p.parse_args(["--objective", "target-escalation", "lots"]))
