@@ -167,7 +167,7 @@ def tune(config: Any, texts: Sequence[str], labels: Sequence[int], opts: TuneOpt
 
 
 # ---------------------------------------------------------------------------- outputs
-def write_outputs(result: TuneResult, out_dir: Path, yaml_path: Path) -> dict[str, Path]:
+def write_outputs(result: TuneResult, out_dir: Path, yaml_path: Path, *, name: str | None = None) -> dict[str, Path]:
     """router YAML, pareto.csv, pareto.png, candidates.csv, tune_summary.json into ``out_dir``."""
     from safecascade.training.tune_report import (
         band_columns, candidate_rows, pareto_png, summary_json, write_csv)
@@ -179,7 +179,7 @@ def write_outputs(result: TuneResult, out_dir: Path, yaml_path: Path) -> dict[st
     reach = [f"reach.{n}" for n in names] + [f"reach.{t.final.name}"]
     front = set(int(i) for i in result.front)
     kw = dict(front=front, chosen=result.chosen)
-    paths = {"yaml": result.write_yaml(yaml_path)}
+    paths = {"yaml": result.write_yaml(yaml_path, name)}
     paths["pareto_csv"] = write_csv(candidate_rows(result.candidates, result.front, bands, reach, **kw), out_dir / "pareto.csv")
     paths["candidates_csv"] = write_csv(candidate_rows(result.candidates, range(len(result.candidates)), bands, reach, **kw),
                                         out_dir / "candidates.csv")
@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
     result = tune(config, [e.text for e in examples], [e.label for e in examples], opts)
     safe = re.sub(r"[^\w.-]+", "_", config.name) or "router"
     yaml_path = Path(args.out) if args.out else artifact_dir("tune", safe, f"{args.benchmark}-{args.split}") / "router.yaml"
-    paths = write_outputs(result, yaml_path.parent, yaml_path)
+    paths = write_outputs(result, yaml_path.parent, yaml_path, name=args.name)
     info: dict[str, Any] = {}
     if not args.no_mlflow:
         from safecascade.training.tune_report import log_tuning_run

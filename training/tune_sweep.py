@@ -25,6 +25,9 @@ scikit-learn: :func:`tune_final_threshold` picks the final tier's single thresho
 it: it tunes one cut-off of one estimator for an unconstrained score, while a band search is two
 cut-offs per tier and policy, coupled across tiers (which texts reach a tier depends on the
 bands before it) and judged on cascade-level cost and escalation constraints.
+``FixedThresholdClassifier`` is not used either: it wraps an estimator to apply one known
+threshold, while the evaluator applies thousands of candidate thresholds to cached score
+arrays at once.
 """
 
 from __future__ import annotations
