@@ -1,15 +1,22 @@
 """Load test of ``safecascade serve`` on loopback: throughput and latency at concurrency 1, 8, 32,
 and behaviour at 2x the escalation budget.
 
-The server runs in its own process (``python -m safecascade.cli serve``), with a real
-heuristic -> replay router (the replay tier stands in for the safeguard: recorded scores for the
-benchmark texts, so the numbers measure the service, the heuristic tier and the verdict log, not
-an LLM), the verdict log on (fsync'd journal) and the cache off (every request runs the cascade).
-The client is a bounded async httpx client (a fixed pool of ``concurrency`` workers). After each
-server stops, the log's row count must equal the number of acknowledged (200) decisions.
+The server runs in its own process (``python -m safecascade.cli serve``) with the verdict log on
+(fsync'd journal) and the cache off (every request runs the cascade).
 
-    python experiments/load_test.py                   # ~30 s on 2 cores
-    python experiments/load_test.py --requests 200 --budget-seconds 3 --json out.json
+* Concurrency phase: the heuristic + fast path by default (``experiments/configs/heuristic_fast.yaml``:
+  heuristic -> static -> fast, the embedded default router without the safeguard, default
+  models from the cache dir). ``--config replay`` uses heuristic -> replay instead (the replay
+  tier stands in for the safeguard with recorded scores: service + heuristic + log overhead only).
+* Budget phase: heuristic -> replay with ``--budget-rps``, offered at twice that rate (every
+  text that the heuristic does not block wants the last tier), open loop.
+
+The client is a bounded async httpx client (a fixed pool of ``concurrency`` workers, or a fixed
+offered rate with at most 32 outstanding). After each server stops, the log's row count must
+equal the number of acknowledged (200) decisions.
+
+    nice -n 10 python experiments/load_test.py                  # ~1-2 min on 2 cores
+    python experiments/load_test.py --config replay --requests 200 --budget-seconds 3 --json out.json
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "experiments" / "configs" / "heuristic_fast.yaml"
 
 
 def _texts(n: int) -> list[tuple[str, int]]:
@@ -117,62 +125,77 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q / 100.0 * len(s) + 0.5)) - 1))]
 
 
+class _Recorder:
+    """Sends moderation requests and records latency, status, reason and deciding tier
+    (shared by the closed- and open-loop clients)."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self.client = client
+        self.lat: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.reasons: dict[str, int] = {}
+        self.tiers: dict[str, int] = {}
+
+    async def send(self, text: str) -> None:
+        t0 = time.perf_counter()
+        r = None
+        try:
+            r = await self.client.post("/v1/moderations", json={"input": text})
+            code = r.status_code
+        except httpx.HTTPError:
+            code = -1
+        self.lat.append((time.perf_counter() - t0) * 1000)
+        self.statuses[code] = self.statuses.get(code, 0) + 1
+        if code == 200 and r is not None:
+            info = r.json()["results"][0]["safecascade"]
+            self.reasons[info["reason"]] = self.reasons.get(info["reason"], 0) + 1
+            self.tiers[info["tier"]] = self.tiers.get(info["tier"], 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        return {"ok": self.statuses.get(200, 0), "status": self.statuses, "reasons": self.reasons, "tiers": self.tiers,
+                "p50_ms": _pct(self.lat, 50), "p99_ms": _pct(self.lat, 99),
+                "mean_ms": statistics.fmean(self.lat) if self.lat else float("nan")}
+
+
+def _client(url: str, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=60)
+
+
 async def _closed_loop(url: str, texts: list[str], concurrency: int, n: int) -> dict[str, Any]:
     """``concurrency`` workers, each sending its next request when the previous one returns."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(texts[i % len(texts)])
-    lat, statuses, reasons = [], {}, {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async with _client(url, concurrency) as client:
+        rec = _Recorder(client)
+
         async def worker():
             while True:
                 try:
                     text = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post("/v1/moderations", json={"input": text})
-                    code = r.status_code
-                except httpx.HTTPError:
-                    code = -1
-                lat.append((time.perf_counter() - t0) * 1000)
-                statuses[code] = statuses.get(code, 0) + 1
-                if code == 200:
-                    reason = r.json()["results"][0]["safecascade"]["reason"]
-                    reasons[reason] = reasons.get(reason, 0) + 1
+                await rec.send(text)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, "requests": n, "ok": statuses.get(200, 0), "status": statuses,
-            "reasons": reasons, "wall_s": wall, "rps": n / wall, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
-            "mean_ms": statistics.fmean(lat) if lat else float("nan")}
+    return {"concurrency": concurrency, "requests": n, "wall_s": wall, "rps": n / wall, **rec.summary()}
 
 
 async def _open_loop(url: str, texts: list[str], rate: float, seconds: float, max_concurrency: int) -> dict[str, Any]:
     """Requests at a fixed offered rate (``rate`` per second) for ``seconds``, at most
     ``max_concurrency`` outstanding (a request that would exceed it is counted as dropped)."""
     n = int(rate * seconds)
-    lat, statuses, reasons = [], {}, {}
     dropped = 0
     sem = asyncio.Semaphore(max_concurrency)
-    limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async with _client(url, max_concurrency) as client:
+        rec = _Recorder(client)
+
         async def one(text):
             async with sem:
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post("/v1/moderations", json={"input": text})
-                    code = r.status_code
-                except httpx.HTTPError:
-                    code = -1
-                lat.append((time.perf_counter() - t0) * 1000)
-                statuses[code] = statuses.get(code, 0) + 1
-                if code == 200:
-                    reason = r.json()["results"][0]["safecascade"]["reason"]
-                    reasons[reason] = reasons.get(reason, 0) + 1
+                await rec.send(text)
 
         tasks = []
         start = time.perf_counter()
@@ -187,8 +210,7 @@ async def _open_loop(url: str, texts: list[str], rate: float, seconds: float, ma
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - start
     return {"offered_rps": rate, "seconds": seconds, "requests": n, "sent": n - dropped, "dropped_by_client": dropped,
-            "ok": statuses.get(200, 0), "status": statuses, "reasons": reasons, "wall_s": wall,
-            "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+            "wall_s": wall, **rec.summary()}
 
 
 def _metric(text: str, name: str) -> float:
@@ -196,6 +218,23 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def _print_concurrency(args: argparse.Namespace, results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    cfg = results["config"]
+    print(f"\nLoad test: safecascade serve --workers {args.workers} {' '.join(args.serve_arg)} "
+          f"(config {cfg['name']}: {cfg['tiers']}; verdict log fsync, cache off), loopback, "
+          f"{os.cpu_count()} CPUs shared by client and server, {results['texts']} distinct benchmark texts\n")
+    print("| concurrency | requests | 200 | other | throughput (req/s) | p50 ms | p99 ms | deciding tiers |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        other = sum(v for k, v in r["status"].items() if k != 200)
+        tiers = ", ".join(f"{k} {v}" for k, v in sorted(r["tiers"].items(), key=lambda kv: -kv[1]))
+        print(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other} | {r['rps']:.0f} | {r['p50_ms']:.1f} "
+              f"| {r['p99_ms']:.1f} | {tiers} |")
+    cl = results["concurrency_log"]
+    print(f"\nverdict log: {cl['rows']} rows for {cl['acknowledged']} acknowledged responses "
+          f"({'OK, nothing lost' if cl['rows'] == cl['acknowledged'] else 'MISMATCH'})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-rps", type=float, default=25.0, help="escalation budget for the budget phase")
     ap.add_argument("--budget-seconds", type=float, default=4.0, help="duration of the budget phase (max 30)")
     ap.add_argument("--workers", type=int, default=4, help="server router threads (serve --workers)")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG),
+                    help="router YAML for the concurrency phase, or 'replay' (heuristic -> replay); "
+                         "default: experiments/configs/heuristic_fast.yaml")
+    ap.add_argument("--skip-budget", action="store_true", help="only the concurrency phase")
+    ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for safecascade serve in the concurrency phase (repeatable)")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
     n = max(1, min(args.requests, 5000))
@@ -219,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"texts": len(texts), "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="safecascade-load-") as tmp:
         tmpdir = Path(tmp)
-        config = _write_config(tmpdir, data)
+        replay_config = _write_config(tmpdir, data)
+        config = replay_config if args.config == "replay" else Path(args.config).resolve()
+        config_name = yaml.safe_load(config.read_text()).get("name", config.stem)
+        tiers = " -> ".join(t["name"] for t in yaml.safe_load(config.read_text())["tiers"])
+        results["config"] = {"path": str(config), "name": config_name, "tiers": tiers}
 
         # --- throughput / latency by concurrency
         db = tmpdir / "verdicts.db"
-        server = Server(config, db, "--workers", str(args.workers))
+        server = Server(config, db, "--workers", str(args.workers), *args.serve_arg)
         acked = 0
         try:
             warm = asyncio.run(_closed_loop(server.url, texts, 4, 40))
@@ -239,7 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         results["concurrency"] = rows
         results["concurrency_log"] = {"acknowledged": acked, "rows": logged}
 
+        if args.skip_budget:
+            _print_concurrency(args, results, rows)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+            return 0 if logged == acked else 1
+
         # --- 2x the escalation budget (every escalated text wants the last tier)
+        config = replay_config
         escalating = [t for t, _ in data]
         rate = 2 * args.budget_rps
         db2 = tmpdir / "verdicts-budget.db"
@@ -254,16 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         b["log_rows"] = VerdictReader(db2).count()
         results["budget"] = b
 
-    print(f"\nLoad test: safecascade serve --workers {args.workers} (heuristic -> replay, verdict log fsync, cache off), loopback, "
-          f"{os.cpu_count()} CPUs shared by client and server, {len(texts)} distinct benchmark texts\n")
-    print("| concurrency | requests | 200 | other | throughput (req/s) | p50 ms | p99 ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        other = sum(v for k, v in r["status"].items() if k != 200)
-        print(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+    _print_concurrency(args, results, rows)
     cl = results["concurrency_log"]
-    print(f"\nverdict log: {cl['rows']} rows for {cl['acknowledged']} acknowledged responses "
-          f"({'OK, nothing lost' if cl['rows'] == cl['acknowledged'] else 'MISMATCH'})")
     print(f"\nEscalation budget {b['budget_rps']:g}/s (burst {b['budget_rps']:g}), offered {b['offered_rps']:g} req/s "
           f"for {b['seconds']:g} s (every text escalates past the heuristic unless a rule blocks it):\n")
     print("| sent | 200 | last tier (granted) | budget_exhausted | heuristic band | p50 ms | p99 ms | /metrics refusals | log rows |")
