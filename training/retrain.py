@@ -6,7 +6,8 @@
    ``--holdout`` fraction (at least ``--min-holdout`` rows) is **held back**; the rest become
    soft-target rows (the teacher's probability, weight ``--verdict-weight``) next to the
    labelled benchmark train split. Training rows whose text is in the benchmark's test split
-   are dropped (the test split stays unseen).
+   are dropped (the test split stays unseen), and val texts that are distillation rows are
+   left out of calibration.
 2. **Candidate.** A fast tier trained with the fast-tier pipeline
    (:func:`safecascade.training.fast_train.train_fast`; calibrated on the benchmark's val split).
 3. **Evaluation.** Candidate and champion, through the served ONNX path, on (a) the benchmark's
@@ -351,11 +352,15 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
     n_before = len(train_rows)
     train_rows = [r for r in train_rows if r.text_hash not in test_hashes]
     eval_test = stratified_sample(test, cfg.test_limit) if cfg.test_limit else test
-    val = load_benchmark(cfg.benchmark, "val")
+    # calibration (val) must not see the distillation texts either: in-sample logits would make it overconfident
+    distill_hashes = {r.text_hash for r in train_rows}
+    val_all = load_benchmark(cfg.benchmark, "val")
+    val = [e for e in val_all if text_hash(e.text) not in distill_hashes]
     if cfg.val_limit:
         val = stratified_sample(val, cfg.val_limit)
     data = {"log": str(log_path), "teacher_tier": cfg.teacher_tier, "policy": policy, **{f"log_{k}": v for k, v in stats.to_dict().items()},
             "distill_rows": len(train_rows), "dropped_test_overlap": n_before - len(train_rows),
+            "val_rows_dropped_distill_overlap": len(val_all) - len([e for e in val_all if text_hash(e.text) not in distill_hashes]),
             "holdout_rows": len(holdout), "holdout_positives": sum(r.labels[policy] for r in holdout),
             "holdout_from_ts": holdout[0].ts, "holdout_to_ts": holdout[-1].ts,
             "benchmark_test_rows": len(eval_test), "benchmark_val_rows": len(val)}

@@ -167,7 +167,6 @@ def test_retrain_loop_promotes_then_rejects(real_log, tmp_path, tmp_path_factory
     d = r1.data
     assert d["log_no_text"] >= 1 and d["log_usable"] == d["distill_rows"] + d["holdout_rows"] + d["dropped_test_overlap"]
     assert d["holdout_rows"] >= 10 and d["log_not_reached"] >= 1  # rows decided by heuristic/fast are not teacher rows
-    print("run 1 seconds", r1.seconds)
     cand = r1.candidate["slices"]
     assert cand["benchmark_test"]["n"] == 80 and cand["holdout"]["n"] == d["holdout_rows"]
     assert 0.0 <= cand["benchmark_test"]["f1"] <= 1.0
