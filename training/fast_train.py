@@ -63,6 +63,12 @@ class TrainConfig:
     window_tokens: int = 256
     stride: int = 224
     max_windows: int = 8
+    # "train": head on train, calibration on val. "train+val": hyper-parameters as chosen on val, then
+    # the head is refitted on train+val (val is the most recent data before test: date drift), with
+    # calibration fitted on out-of-fold val logits (heads trained on train + the other val folds);
+    # the card's val metrics are then out-of-fold too.
+    fit_on: str = "train"
+    refit_folds: int = 3
     limit: int | None = None  # cap on training examples (tests / quick runs)
     verdict_weight: float = 1.0
     source_weights: tuple[tuple[str, float], ...] = ()
@@ -82,6 +88,10 @@ class TrainConfig:
             raise ValueError(f"kind must be fast|static, got {self.kind!r}")
         if self.head not in ("lr", "mlp"):
             raise ValueError(f"head must be lr|mlp, got {self.head!r}")
+        if self.fit_on not in ("train", "train+val"):
+            raise ValueError(f"fit_on must be train|train+val, got {self.fit_on!r}")
+        if self.refit_folds < 2:
+            raise ValueError(f"refit_folds must be >= 2, got {self.refit_folds}")
         if self.calibration not in ("auto", "platt", "isotonic", "none"):
             raise ValueError(f"calibration must be auto|platt|isotonic|none, got {self.calibration!r}")
         if not self.policies:
@@ -383,29 +393,65 @@ def _train_heads(cfg: TrainConfig, train_embs: list[np.ndarray], train_rows: lis
 
     heads, ests, calinfo = [], [], {}
     for pol in tqdm(cfg.policies, desc="training heads", disable=not progress, unit="policy"):
-        X, y, w = _window_design(train_embs, train_rows, pol)
+        refit = cfg.fit_on == "train+val" and bool(val_embs) and pol in val_labels
+        oof = _oof_val_logits(cfg, train_embs, train_rows, val_embs, val_labels[pol], pol) if refit else None
+        fit_embs, fit_rows = train_embs, train_rows
+        if refit:
+            fit_embs = list(train_embs) + list(val_embs)
+            fit_rows = list(train_rows) + _val_rows(val_labels[pol], pol)
+        X, y, w = _window_design(fit_embs, fit_rows, pol)
         t0 = time.perf_counter()
         est, head = fit_head(X, y, w, cfg, pol)
-        log.info("policy %s: %s head on %d windows in %.1fs", pol, cfg.head, len(y), time.perf_counter() - t0)
+        log.info("policy %s: %s head on %d windows (%s) in %.1fs", pol, cfg.head, len(y), cfg.fit_on, time.perf_counter() - t0)
         if val_embs and pol in val_labels:
-            cal, losses = fit_calibration(_text_logits(val_embs, head), np.asarray(val_labels[pol]), cfg.calibration, seed=cfg.seed)
+            z_val = oof if oof is not None else _text_logits(val_embs, head)
+            cal, losses = fit_calibration(z_val, np.asarray(val_labels[pol]), cfg.calibration, seed=cfg.seed)
         else:
             from safecascade.training.export_onnx import Calibration
 
             cal, losses = Calibration(method="none"), {}
         head = replace(head, calibration=cal)
         calinfo[pol] = {"chosen": cal.method, "cv_log_loss": losses}
+        if oof is not None:
+            calinfo[pol]["val_logits_oof"] = oof
         heads.append(head)
         ests.append(est)
     return heads, ests, calinfo
 
 
-def _evaluate(heads: Sequence[Any], embs: list[np.ndarray], labels: dict[str, list[int]], thresholds: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+def _val_rows(labels: Sequence[int], pol: str) -> list[TrainRow]:
+    """Hard-target rows for the val split (the design matrix only needs targets and weights)."""
+    return [TrainRow(text="", targets={pol: float(v)}, source="val") for v in labels]
+
+
+def _oof_val_logits(cfg: TrainConfig, train_embs: list[np.ndarray], train_rows: list[TrainRow],
+                    val_embs: list[np.ndarray], labels: Sequence[int], pol: str) -> np.ndarray:
+    """Out-of-fold val logits: for each of ``cfg.refit_folds`` stratified val folds, a head trained on
+    train + the other folds scores the held-out fold (honest calibration data for a train+val head)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(labels, dtype=int)
+    n_splits = int(min(cfg.refit_folds, np.bincount(y, minlength=2).min()))
+    if n_splits < 2:
+        raise ValueError(f"fit_on=train+val needs at least 2 val examples of each class for policy {pol!r}")
+    oof = np.zeros(len(y))
+    for tr_idx, te_idx in StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed).split(np.zeros(len(y)), y):
+        rows = list(train_rows) + _val_rows(y[tr_idx].tolist(), pol)
+        X, yy, w = _window_design(list(train_embs) + [val_embs[i] for i in tr_idx], rows, pol)
+        _, head = fit_head(X, yy, w, cfg, pol)
+        oof[te_idx] = _text_logits([val_embs[i] for i in te_idx], head)
+    return oof
+
+
+def _evaluate(heads: Sequence[Any], embs: list[np.ndarray], labels: dict[str, list[int]], thresholds: dict[str, float] | None = None,
+              *, oof_logits: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Metrics of calibrated heads (``oof_logits``: out-of-fold logits to use instead of the heads')."""
     metrics, scores = {}, {}
     for h in heads:
         if h.policy not in labels:
             continue
-        s = h.calibration.apply(_text_logits(embs, h))
+        z = oof_logits[h.policy] if oof_logits and h.policy in oof_logits else _text_logits(embs, h)
+        s = h.calibration.apply(z)
         scores[h.policy] = s.tolist()
         m = score_metrics(labels[h.policy], s)
         if thresholds and h.policy in thresholds:
@@ -698,7 +744,8 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
 def _evaluate_and_card(cfg, heads, calinfo, rows, verdicts, window, val_embs, val_labels, test_embs, test_labels,
                        *, kind: str, encoder: dict, extra: dict) -> tuple[dict, dict, dict, dict]:
     """Val/test metrics (test at the val-best-F1 threshold) and the model card shared by fast and static."""
-    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels)
+    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels,
+                                        oof_logits={p: c["val_logits_oof"] for p, c in calinfo.items() if "val_logits_oof" in c})
     thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
     test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr)
     metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
@@ -711,6 +758,8 @@ def _evaluate_and_card(cfg, heads, calinfo, rows, verdicts, window, val_embs, va
         "policies": list(cfg.policies),
         "head": cfg.head,
         "calibration": {h.policy: h.calibration.to_dict() | {"cv_log_loss": calinfo[h.policy]["cv_log_loss"]} for h in heads},
+        "fit_on": cfg.fit_on,
+        "val_metrics_are": "out-of-fold (heads trained on train + other val folds)" if cfg.fit_on == "train+val" else "held-out",
         "val_best_f1_threshold": thr,
         "training_data": {"hash": data_hash(rows), "rows": len(rows), "benchmark": cfg.benchmark,
                           "verdicts": str(verdicts) if verdicts else None},

@@ -172,3 +172,42 @@ def test_int8_quantisation_measured(tiny_models: dict, tmp_path: Path) -> None:
     a = [r.scores["jailbreak"] for r in FastTier(model_dir=d, threads=1).classify(texts)]
     b = [r.scores["jailbreak"] for r in FastTier(model_dir=d, threads=1, quantized=True).classify(texts)]
     assert all(0 <= x <= 1 for x in b) and np.abs(np.array(a) - np.array(b)).max() < 0.5
+
+
+def test_refit_on_train_and_val_with_out_of_fold_calibration() -> None:
+    """fit_on=train+val: calibration sees only out-of-fold val logits, and on a drifted "future" the
+    refitted head beats the train-only head (the reason the default refits on the latest data)."""
+    from safecascade.training.fast_train import _evaluate, _text_logits, _train_heads, score_metrics
+
+    rng = np.random.default_rng(0)
+    dim = 8
+
+    def draw(n: int, shift: float) -> tuple[list[np.ndarray], list[int]]:
+        y = (rng.random(n) < 0.3).astype(int)
+        # the positive class drifts along dimension 1 over time
+        mu = np.where(y[:, None] == 1, np.r_[1.5, shift, np.zeros(dim - 2)], 0.0)
+        x = mu + rng.normal(size=(n, dim))
+        return [row[None, :].astype(np.float32) for row in x], y.tolist()
+
+    tr_e, tr_y = draw(600, -2.0)
+    va_e, va_y = draw(300, 2.0)
+    fu_e, fu_y = draw(600, 2.0)
+    rows = [TrainRow(text=str(i), targets={"jailbreak": float(v)}) for i, v in enumerate(tr_y)]
+    vl = {"jailbreak": va_y}
+    auc = {}
+    for fit_on in ("train", "train+val"):
+        cfg = TrainConfig(head="lr", fit_on=fit_on, calibration="platt")
+        heads, ests, cal = _train_heads(cfg, tr_e, rows, va_e, vl, False)
+        oof = cal["jailbreak"].get("val_logits_oof")
+        if fit_on == "train":
+            assert oof is None
+        else:
+            in_sample = _text_logits(va_e, heads[0])
+            assert oof.shape == (300,) and not np.allclose(oof, in_sample)
+            vm, _ = _evaluate(heads, va_e, vl, oof_logits={"jailbreak": oof})
+            vm_in, _ = _evaluate(heads, va_e, vl)
+            assert vm["jailbreak"]["log_loss"] > vm_in["jailbreak"]["log_loss"]  # out-of-fold is the harder, honest number
+        auc[fit_on] = score_metrics(fu_y, heads[0].predict(np.concatenate(fu_e)))["roc_auc"]
+    assert auc["train+val"] > auc["train"] + 0.02, auc
+    with pytest.raises(ValueError, match="fit_on"):
+        TrainConfig(fit_on="val")
