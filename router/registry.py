@@ -86,7 +86,7 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
     from ``options.model`` (``default``, a path, or a ``models:/`` URI) go to ``tiers/<tier>/``.
     The written ``router.yaml`` refers to them by relative paths. A llama.cpp safeguard tier's
     relative ``model_path`` is made absolute (the GGUF is not copied; see the module doc).
-    Raises :class:`ConfigError` / ``ValueError`` when a referenced file is missing.
+    Options of other tier types are kept as they are. Raises :class:`ConfigError` / ``ValueError`` when a referenced file is missing.
     """
     from safecascade.tiers.fast import resolve_model_dir
 
@@ -365,6 +365,8 @@ def download_router(uri: str) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp)))
         if _router_dir(local) is None:
             raise ValueError(f"{uri} (version {mv.version}) is not a safecascade router model: no {ARTIFACT_KEY}/{CONFIG_NAME} artifact")
+        if dest.exists() and _router_dir(dest) is None:  # a broken earlier download
+            shutil.rmtree(dest, ignore_errors=True)
         try:
             os.replace(local, dest)
         except OSError:  # another process got there first

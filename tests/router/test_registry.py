@@ -75,6 +75,7 @@ def test_register_then_load_by_alias_and_version(registered):
 
     cfg = load_registered_config(CHAMPION_URI)
     base = Path(cfg.base_dir)
+    assert load_registered_config(info["model_uri"]).base_dir == cfg.base_dir, "one cached download per version"
     assert str(base).startswith(str(registered["home"] / "mlflow" / "routers")), base
     packaged = yaml.safe_load((base / "router.yaml").read_text())
     assert packaged["policies"] == {"jailbreak": "policies/jailbreak.md"}
