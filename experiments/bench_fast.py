@@ -76,7 +76,8 @@ def main() -> int:
     from safecascade.training.export_onnx import torch_embed_windows
     from safecascade.training.fast_train import load_st
 
-    st = load_st(fast.card["config"].get("encoder", "default"))
+    # a fine-tuned encoder's directory is recorded in the card (encoder.path)
+    st = load_st(fast.card.get("encoder", {}).get("path") or fast.card["config"].get("encoder", "default"))
     import onnx
     from onnx import numpy_helper
 
