@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "grammar-constrained here.\n")
         rw.text(f"Cache: {judge.stats['hits']} hits, {judge.stats['misses']} model calls this run.\n")
         rw.text(sx.STAND_IN_NOTE)
+        rw.text(sx.BUDGET_NOTE)
     return 0
 
 

@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     **({"flip_rate": flip_rows[-1]["flip_rate"]} if flip_rows[-1]["flip_rate"] is not None else {})})
         rw.text(f"Cache: {judge.stats['hits']} hits, {judge.stats['misses']} model calls this run.\n")
         rw.text(sx.STAND_IN_NOTE)
+        rw.text(sx.BUDGET_NOTE)
     return 0
 
 

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k in ("all_labelled_right", "latency_mean_s", "prompt_tok") if r[k] is not None})
         rw.text(f"Cache: {judge.stats['hits']} hits, {judge.stats['misses']} model calls this run.\n")
         rw.text(sx.STAND_IN_NOTE)
+        rw.text(sx.BUDGET_NOTE)
     return 0
 
 

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({len(exs)} texts x {2 + len(abl) + len(lengths)} policy variants). With this few texts the test is "
                 "underpowered by design of the default size; raise `--n` for a real policy decision.\n")
         rw.text(sx.STAND_IN_NOTE)
+        rw.text(sx.BUDGET_NOTE)
     return 0
 
 

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         rw.text(f"Cache: {judge.stats['hits']} hits, {judge.stats['misses']} model calls this run. Default size: "
                 "40 texts (the issue's 200 with `--n 200`); cold on the stand-in ~40 calls x 3-10 s.\n")
         rw.text(sx.STAND_IN_NOTE)
+        rw.text(sx.BUDGET_NOTE)
     return 0
 
 

@@ -82,3 +82,11 @@ def balanced_sample(benchmark: str, split: str, n: int, *, max_chars: int = 0, s
     pos = sorted((e for e in exs if e.label == 1), key=key)[: (n + 1) // 2]
     neg = sorted((e for e in exs if e.label == 0), key=key)[: n - len(pos)]
     return sorted(pos + neg, key=key)
+
+BUDGET_NOTE = (
+    "**Run time.** The five safeguard experiments (reasoning effort, policy testing, multi-policy, hallucination, "
+    "instruction hierarchy) make about 310 distinct model calls cold at their default sizes: ~15-20 min on 2 idle "
+    "cores at the stand-in's ~3 s a call (one llama.cpp thread per process; `--threads`), about an hour on the "
+    "shared, oversubscribed machine these pages were produced on (8-18 s a call, 50-60 s for a three-policy joint "
+    "call). Every output is cached, so a rerun takes seconds per experiment."
+)
