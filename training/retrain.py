@@ -6,8 +6,8 @@
    ``--holdout`` fraction (at least ``--min-holdout`` rows) is **held back**; the rest become
    soft-target rows (the teacher's probability, weight ``--verdict-weight``) next to the
    labelled benchmark train split. Training rows whose text is in the benchmark's test split
-   are dropped (the test split stays unseen), and val texts that are distillation rows are
-   left out of calibration.
+   are dropped (the test split stays unseen); overlap with the val split (calibration) is
+   reported, not removed.
 2. **Candidate.** A fast tier trained with the fast-tier pipeline
    (:func:`safecascade.training.fast_train.train_fast`; calibrated on the benchmark's val split).
 3. **Evaluation.** Candidate and champion, through the served ONNX path, on (a) the benchmark's
@@ -89,7 +89,7 @@ class RetrainConfig:
 class RetrainResult:
     """Outcome of one retrain: the decision, both evaluations, the data used, MLflow ids."""
 
-    promoted: bool
+    promoted: bool  # the champion alias was moved to the candidate
     reasons: tuple[str, ...]
     metric: str
     tolerance: float
@@ -98,10 +98,13 @@ class RetrainResult:
     data: dict[str, Any]  # counts (log rows, teacher rows, no-text rows, holdout, ...)
     mlflow: dict[str, Any] = field(default_factory=dict)  # retrain_run_id, candidate version, ...
     seconds: dict[str, float] = field(default_factory=dict)
+    would_promote: bool | None = None  # the rule's outcome (differs from ``promoted`` only in a dry run)
 
     @property
     def decision(self) -> str:
-        return "promoted" if self.promoted else "rejected"
+        if self.promoted:
+            return "promoted"
+        return "dry-run-would-promote" if self.would_promote else "rejected"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -352,15 +355,19 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
     n_before = len(train_rows)
     train_rows = [r for r in train_rows if r.text_hash not in test_hashes]
     eval_test = stratified_sample(test, cfg.test_limit) if cfg.test_limit else test
-    # calibration (val) must not see the distillation texts either: in-sample logits would make it overconfident
+    # The val split stays whole: it is the calibration / threshold split of champion and candidate alike
+    # (removing logged texts from it would remove exactly the hard, escalated cases and move the
+    # candidate's operating point). Overlap is reported.
     distill_hashes = {r.text_hash for r in train_rows}
-    val_all = load_benchmark(cfg.benchmark, "val")
-    val = [e for e in val_all if text_hash(e.text) not in distill_hashes]
+    val = load_benchmark(cfg.benchmark, "val")
+    val_overlap = sum(1 for e in val if text_hash(e.text) in distill_hashes)
+    if val_overlap:
+        log.warning("%d distillation text(s) are also in the %s val split (calibration)", val_overlap, cfg.benchmark)
     if cfg.val_limit:
         val = stratified_sample(val, cfg.val_limit)
     data = {"log": str(log_path), "teacher_tier": cfg.teacher_tier, "policy": policy, **{f"log_{k}": v for k, v in stats.to_dict().items()},
             "distill_rows": len(train_rows), "dropped_test_overlap": n_before - len(train_rows),
-            "val_rows_dropped_distill_overlap": len(val_all) - len([e for e in val_all if text_hash(e.text) not in distill_hashes]),
+            "val_overlap": val_overlap,
             "holdout_rows": len(holdout), "holdout_positives": sum(r.labels[policy] for r in holdout),
             "holdout_from_ts": holdout[0].ts, "holdout_to_ts": holdout[-1].ts,
             "benchmark_test_rows": len(eval_test), "benchmark_val_rows": len(val)}
@@ -409,7 +416,7 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
                         tolerance=cfg.tolerance,
                         candidate={"model_dir": str(cand_dir), "slices": cand_eval},
                         champion=None if champ_eval is None else {**champ_info, "model_dir": str(champ_dir), "slices": champ_eval},
-                        data=data, seconds=secs)
+                        data=data, seconds=secs, would_promote=promoted)
     t0 = time.perf_counter()
     result = replace(result, metrics={**result.metrics, "test": {policy: cand_eval["benchmark_test"]}},
                      test_scores={policy: cand_test_scores}, test_labels={policy: test_labels})

@@ -204,3 +204,16 @@ def test_retrain_loop_promotes_then_rejects(real_log, tmp_path, tmp_path_factory
             assert f"{who}.{s}.f1" in rej.metrics
     assert "regressed" in rej.tags["safecascade.reasons"]
     assert client.list_artifacts(runs["rejected"].info.run_id)[0].path == "retrain_decision.json"
+
+
+def test_bad_arguments_and_missing_log_are_errors(tmp_path, unit_log):
+    from safecascade.cli import main
+    from safecascade.training.retrain import RetrainConfig, retrain
+
+    for bad in ({"holdout_fraction": 0.0}, {"holdout_fraction": 1.0}, {"metric": "accuracy"}, {"tolerance": 2.0},
+                {"min_holdout": 0}, {"test_limit": 1}):
+        with pytest.raises(ValueError):
+            RetrainConfig(log_path="x.db", **bad)
+    assert main(["retrain", "--from-log", str(tmp_path / "missing.db")]) == 2
+    with pytest.raises(ValueError, match="usable teacher row"):  # 4 usable rows cannot give 10 held back + 1
+        retrain(RetrainConfig(log_path=str(unit_log)), out_dir=tmp_path / "out", progress=False)
