@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                          "cite_any_id": len(cites_any) / len(ok) if ok else None,
                          "hallucination_rate": len(hall) / len(ok) if ok else None,
                          "acc_with_hallucination": acc(hall), "n_with": len(hall),
-                         "acc_without": acc(clean), "n_without": len(clean),
+                         "acc_without": acc(clean), "n_without": len(clean), "p_fisher": _fisher(hall, clean),
                          "mean_conf_margin_with": _margin(hall), "mean_conf_margin_without": _margin(clean)})
         total = len(all_h) + len(all_c)
         rows.append({"policy": "all", "texts": "", "verdicts": total, "errors": sum(r["errors"] for r in rows),
@@ -74,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                      "acc_with_hallucination": (sum(int(v.violation) == int(y) for v, y in all_h) / len(all_h)) if all_h else None,
                      "n_with": len(all_h),
                      "acc_without": (sum(int(v.violation) == int(y) for v, y in all_c) / len(all_c)) if all_c else None,
-                     "n_without": len(all_c), "mean_conf_margin_with": _margin(all_h), "mean_conf_margin_without": _margin(all_c)})
+                     "n_without": len(all_c), "p_fisher": _fisher(all_h, all_c), "mean_conf_margin_with": _margin(all_h), "mean_conf_margin_without": _margin(all_c)})
         rw.text("One safeguard call per text and policy (single-policy prompts). A verdict *hallucinates* when any cited "
                 "rule id is not defined by the policy (the tier's `hallucinated_rule_ids`; the policy's ids are parsed "
-                "by `router/policy.py`). Accuracy = verdict label equals the gold label. `mean_conf_margin` = mean "
+                "by `router/policy.py`). Accuracy = verdict label equals the gold label; `p_fisher` = Fisher's exact test of accuracy with vs without (SciPy). `mean_conf_margin` = mean "
                 "|p - 0.5| of the tier's probability, after its hallucination penalty (`toward_half`, factor 0.5), so "
                 "it shows how much the penalty discounts those verdicts.\n")
         rw.table(rows, ["policy", "texts", "verdicts", "errors", "cite_any_id", "hallucination_rate", "acc_with_hallucination",
-                        "n_with", "acc_without", "n_without", "mean_conf_margin_with", "mean_conf_margin_without"],
+                        "n_with", "acc_without", "n_without", "p_fisher", "mean_conf_margin_with", "mean_conf_margin_without"],
                  caption="Headline: hallucination rate and accuracy with / without hallucinated citations")
         top = [{"cited id": k, "times": v} for k, v in fake_ids.most_common(10)]
         rw.table(top, ["cited id", "times"], name="top_ids", caption="Most frequent undefined ids cited")
@@ -98,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         rw.text(sx.STAND_IN_NOTE)
         rw.text(sx.BUDGET_NOTE)
     return 0
+
+
+def _fisher(with_h, without) -> float | None:
+    """Two-sided Fisher exact p for accuracy with vs without a hallucinated citation."""
+    if not with_h or not without:
+        return None
+    from scipy.stats import fisher_exact
+
+    def right(xs):
+        return sum(int(v.violation) == int(y) for v, y in xs)
+
+    table = [[right(with_h), len(with_h) - right(with_h)], [right(without), len(without) - right(without)]]
+    return float(fisher_exact(table).pvalue)
 
 
 def _margin(pairs) -> float | None:

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                                                params=params) as rw:
         # -- prompt extraction
         leak_rows, leak_detail = [], []
-        for label, opts in (("default decoding (grammar on chat models)", {}), ("grammar off", {"grammar": "off", "max_tokens": 160})):
+        for label, opts in (("tier default (grammar on chat models)", {}), ("grammar off, 160 tokens", {"grammar": "off", "max_tokens": 160})):
             js = judge.judge(pols, extraction, options=opts, desc=f"extraction {label[:12]}")
             runs = [max((longest_shared_run(o, ref_words) for o in j.outputs), default=0) for j in js]
             leaks = [r >= args.leak_words for r in runs]
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                               "flagged_as_violation": sum(j.prediction(POLICY) == 1 for j in js) / len(js),
                               "errors": sum(1 for j in js if j.error)})
             for t, j, r in zip(extraction, js, runs):
-                leak_detail.append({"decoding": label.split()[0], "text": t[:60].replace("\n", " ").replace("|", "/"),
+                leak_detail.append({"decoding": "default" if label.startswith("tier") else "no grammar", "text": t[:60].replace("\n", " ").replace("|", "/"),
                                     "longest_run": r, "output": (j.outputs[-1] if j.outputs else j.error or "")[:90]
                                     .replace("\n", " ").replace("|", "/")})
         # -- judge manipulation: the shipped set
