@@ -220,6 +220,57 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
+async def _inprocess(classify, texts: list[str], concurrency: int, n: int) -> dict[str, Any]:
+    """``concurrency`` asyncio tasks calling ``classify(text)`` back to back (no HTTP)."""
+    lat: list[float] = []
+    it = iter(range(n))
+
+    async def worker():
+        for i in it:
+            t0 = time.perf_counter()
+            await classify(texts[i % len(texts)])
+            lat.append((time.perf_counter() - t0) * 1000)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"requests": n, "wall_s": wall, "rps": n / wall, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+
+
+def _microbatch(config: Path, texts: list[str], concurrency: int, n: int, max_wait_ms: float, tmpdir: Path,
+                max_batch: int | None = None) -> list[dict[str, Any]]:
+    """In process, ``concurrency`` tasks: ``router.aclassify`` vs :class:`MicroBatcher` (same router,
+    verdict log with fsync as a sink, cache off)."""
+    from safecascade.router.cascade import Router
+    from safecascade.router.microbatch import MicroBatcher
+    from safecascade.router.verdict_log import VerdictLog, VerdictReader
+
+    out = []
+    for mode in ("aclassify", "microbatch"):
+        router = Router.load(config)
+        db = tmpdir / f"mb-{mode}.db"
+        vlog = VerdictLog(db)
+        router.sinks.append(vlog)
+        try:
+            asyncio.run(_inprocess(router.aclassify, texts, 4, 40))  # warm-up
+            if mode == "aclassify":
+                r = asyncio.run(_inprocess(router.aclassify, texts, concurrency, n))
+            else:
+                async def run():
+                    mb = MicroBatcher(router, max_batch=max_batch or concurrency, max_wait_ms=max_wait_ms)
+                    res = await _inprocess(mb.aclassify, texts, concurrency, n)
+                    res["mean_batch"] = mb.stats()["mean_batch"]
+                    return res
+                r = asyncio.run(run())
+        finally:
+            vlog.close()
+            router.close()
+        r["mode"] = mode
+        r["log_rows"] = VerdictReader(db).count()
+        out.append(r)
+    return out
+
+
 def _print_concurrency(args: argparse.Namespace, results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     cfg = results["config"]
     print(f"\nLoad test: safecascade serve --workers {args.workers} {' '.join(args.serve_arg)} "
@@ -249,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="router YAML for the concurrency phase, or 'replay' (heuristic -> replay); "
                          "default: experiments/configs/heuristic_fast.yaml")
     ap.add_argument("--skip-budget", action="store_true", help="only the concurrency phase")
+    ap.add_argument("--microbatch", action="store_true",
+                    help="instead: in process, router.aclassify vs MicroBatcher at the highest concurrency level")
+    ap.add_argument("--max-wait-ms", type=float, default=2.0, help="MicroBatcher max wait (with --microbatch)")
+    ap.add_argument("--max-batch", type=int, default=None, help="MicroBatcher max batch (default: the concurrency)")
     ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for safecascade serve in the concurrency phase (repeatable)")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -269,6 +324,22 @@ def main(argv: list[str] | None = None) -> int:
         config_name = yaml.safe_load(config.read_text()).get("name", config.stem)
         tiers = " -> ".join(t["name"] for t in yaml.safe_load(config.read_text())["tiers"])
         results["config"] = {"path": str(config), "name": config_name, "tiers": tiers}
+
+        if args.microbatch:
+            c = max(levels)
+            mb = _microbatch(config, texts, c, n, args.max_wait_ms, tmpdir, args.max_batch)
+            results["microbatch"] = mb
+            print(f"\nIn-process, {c} asyncio tasks, MicroBatcher(max_batch={args.max_batch or c}, max_wait_ms={args.max_wait_ms:g}), config {config_name} ({tiers}), verdict log fsync, cache off, "
+                  f"{os.cpu_count()} CPUs:\n")
+            print("| mode | requests | throughput (texts/s) | p50 ms | p99 ms | mean batch | log rows |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            for r in mb:
+                mean_batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "1"
+                print(f"| {r['mode']} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+                      f"| {mean_batch} | {r['log_rows']} |")
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+            return 0 if all(r["log_rows"] == r["requests"] + 40 for r in mb) else 1
 
         # --- throughput / latency by concurrency
         db = tmpdir / "verdicts.db"
