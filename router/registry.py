@@ -212,20 +212,10 @@ def _mlflow() -> Any:
 
 
 def _experiment_id(mlflow: Any) -> str:
-    """The ``safecascade-routers`` experiment; for a local SQLite store its artifacts go next to the DB
-    (never into ``./mlruns`` of the working directory); a server chooses its own artifact root."""
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    from safecascade.training.mlflow_store import default_artifact_root, default_tracking_uri
+    """The ``safecascade-routers`` experiment (see :func:`mlflow_store.experiment_id`)."""
+    from safecascade.training.mlflow_store import experiment_id
 
-    uri = default_tracking_uri()
-    loc = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        loc = default_artifact_root()
-    elif uri.startswith("sqlite:///"):
-        loc = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=loc)
+    return experiment_id(mlflow, EXPERIMENT)
 
 
 def register_router(config: RouterConfig | str | Path, *, name: str = DEFAULT_MODEL_NAME, run_id: str | None = None,

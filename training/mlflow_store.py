@@ -54,12 +54,25 @@ def _mlflow() -> Any:
     return mlflow
 
 
-def _experiment_id(mlflow: Any, name: str) -> str:
+def experiment_id(mlflow: Any, name: str) -> str:
+    """The id of experiment ``name``, created on first use.
+
+    With a local SQLite store its artifacts go next to the database (``<db dir>/artifacts``),
+    never into ``./mlruns`` of the working directory; a server chooses its own artifact root.
+    (The tracking URI is read back from MLflow: ``mlflow.set_tracking_uri`` exports
+    ``MLFLOW_TRACKING_URI``, so the environment cannot tell the default store from a chosen one.)
+    """
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    loc = None if os.environ.get("MLFLOW_TRACKING_URI") else default_artifact_root()
+    uri = str(mlflow.get_tracking_uri())
+    loc = None
+    if uri.startswith("sqlite:///"):
+        loc = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=loc)
+
+
+_experiment_id = experiment_id  # the name older modules import
 
 
 def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

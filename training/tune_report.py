@@ -159,18 +159,10 @@ def _finite_metrics(d: Mapping[str, Any], prefix: str) -> dict[str, float]:
 
 
 def tuning_experiment_id(mlflow: Any) -> str:
-    """The ``safecascade-tuning`` experiment. With a SQLite store its artifacts go next to the
-    database (``<db dir>/artifacts``), never into ``./mlruns`` of the working directory; a
-    server chooses its own artifact root. (``mlflow.set_tracking_uri`` exports
-    ``MLFLOW_TRACKING_URI``, so the environment cannot tell a default store from a chosen one.)"""
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    uri = str(mlflow.get_tracking_uri())
-    loc = None
-    if uri.startswith("sqlite:///"):
-        loc = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=loc)
+    """The ``safecascade-tuning`` experiment (see :func:`mlflow_store.experiment_id`)."""
+    from safecascade.training.mlflow_store import experiment_id
+
+    return experiment_id(mlflow, EXPERIMENT)
 
 
 def log_tuning_run(*, params: Mapping[str, Any], metrics: Mapping[str, Any], artifacts: Sequence[Path],
