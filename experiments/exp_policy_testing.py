@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         headline = [ab.row()] + [c.row() for c in lengths]
         rw.table(headline, cols, name="headline", caption="Headline: A/B and length sweep against the full policy")
         rw.table([c.row() for c in abl], cols, name="ablation", caption="Rule ablation (each rule and the examples citing it dropped)")
+        variants = [ab] + lengths + abl
+        worse = sum(c.delta_accuracy < 0 for c in variants)
+        better = sum(c.delta_accuracy > 0 for c in variants)
+        rw.text(f"Of {len(variants)} variants, {worse} score lower than the full policy, {better} higher and "
+                f"{len(variants) - worse - better} the same; {sum(c.significant for c in variants)} of the differences are "
+                f"significant at alpha {args.alpha}.\n")
         rw.text(f"**Regression check** against the stored baseline, {base_note}:\n")
         rw.table(reg_rows, ["candidate", "n", "baseline_acc", "candidate_acc", "p_value", "regression", "policy-test exit"],
                  name="regression")
