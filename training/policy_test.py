@@ -404,8 +404,12 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache) if args.cache else artifact_dir("policy-test") / "safeguard-cache.sqlite"
     with SafeguardJudge(backend_options=backend_options_from_args(args), cache_path=cache,
                         tier_options=tier_options_from_args(args)) as judge:
-        report = run_suite(policy, examples, judge_scorer(judge), against=other, ablate=args.ablate, fractions=fractions,
-                           pool=pool, alpha=args.alpha, count_tokens=judge.backend.count_tokens, baseline=baseline)
+        try:
+            report = run_suite(policy, examples, judge_scorer(judge), against=other, ablate=args.ablate, fractions=fractions,
+                               pool=pool, alpha=args.alpha, count_tokens=judge.backend.count_tokens, baseline=baseline)
+        except ValueError as exc:  # e.g. a baseline without shared example ids, a cut that leaves no rule
+            print(f"policy-test: {exc}", file=sys.stderr)
+            return 2
         report["model"] = judge.fingerprint()
     if args.save:
         Path(args.save).write_text(json.dumps(report["reference"], indent=2), encoding="utf-8")
