@@ -201,3 +201,17 @@ def test_policy_test_cli_real_stand_in(tmp_path, capsys):
     assert main(common + ["--baseline", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "no significant regression" in out and "p = 1.0000" in out
+
+
+def test_cli_rejects_bad_input_before_loading_a_model(tmp_path, capsys):
+    from safecascade.cli import main
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhello,0\n", encoding="utf-8")
+    assert main(["policy-test", "--policy", str(tmp_path / "missing.md"), "--data", str(data)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["policy-test", "--policy", "jailbreak", "--data", str(data), "--baseline", str(tmp_path / "none.json")]) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,maybe\n", encoding="utf-8")
+    assert main(["policy-test", "--policy", "jailbreak", "--data", str(bad)]) == 2
+    assert "0/1 'label'" in capsys.readouterr().err
