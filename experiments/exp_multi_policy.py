@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 errs = sum(1 for i in range(len(its)) if any(sep[p][i].error for p in POLICIES))
                 calls = sum(sep[p][i].calls for p in POLICIES for i in range(len(its)))
             k = len(its)
+            row["flagged"] = sum(pred(i, p) == 1 for i in range(k) for p in POLICIES)
             row.update(latency_mean_s=sum(lat) / k / 1000.0, prompt_tok=sum(pt_) / k, completion_tok=sum(ct) / k,
                        calls_per_text=calls / k, error_rate=errs / k)
             rows.append(row)
@@ -125,11 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                 "chat models); *separate*: one call per policy (the prompts of `multi_policy: separate`). Latency and "
                 "tokens are per text (separate = the sum of its three calls).\n")
         rw.table(rows, ["mode", "acc_jailbreak", "acc_harmful_content", "acc_pii", "all_right_hand_set", "all_labelled_right",
-                        "latency_mean_s", "prompt_tok", "completion_tok", "calls_per_text", "error_rate"],
+                        "flagged", "latency_mean_s", "prompt_tok", "completion_tok", "calls_per_text", "error_rate"],
                  caption="Headline: joint vs separate")
         rw.text("`all_right_hand_set`: share of the hand-written texts where all three verdicts are right; "
                 "`all_labelled_right`: share of all texts where every policy with a known label is right. Agreement "
                 "between joint and separate verdicts: " + ", ".join(f"{p} {v:.2f}" for p, v in agree.items()) + ".\n")
+        rw.text(f"`flagged`: violation verdicts out of {3 * len(its)} (3 per text) - a model that answers 0 everywhere "
+                "scores the share of negatives. Latency is wall clock on shared cores: the two modes ran at different "
+                "times under different contention from other processes, so compare tokens and calls per text rather "
+                "than seconds unless the machine was otherwise idle.\n")
         rw.table(per_item, name="per_text", caption="Per text (label / joint / separate)")
         _plot(rw, rows)
         rw.metrics({f"{'joint' if r['mode'].startswith('joint') else 'separate'}_{k}": r[k] for r in rows
