@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     "GGUF or endpoint to see the real trade-off.\n")
         _plot(rw, lat_by_effort, rows)
         rw.text(f"Cache: {judge.stats['hits']} hits, {judge.stats['misses']} model calls this run. Default size: "
-                "40 texts (the issue's 200 with `--n 200`); cold on the stand-in ~40 calls x 3-10 s.\n")
+                "40 texts (the issue's 200 with `--n 200`); cold on the stand-in 40 calls (one per text; the efforts share them), about 3 s each on idle cores, 8-20 s on the shared machine this page was produced on.\n")
         rw.text(sx.STAND_IN_NOTE)
         rw.text(sx.BUDGET_NOTE)
     return 0
