@@ -67,7 +67,7 @@ class TrainConfig:
     # the head is refitted on train+val (val is the most recent data before test: date drift), with
     # calibration fitted on out-of-fold val logits (heads trained on train + the other val folds);
     # the card's val metrics are then out-of-fold too.
-    fit_on: str = "train"
+    fit_on: str = "train+val"
     refit_folds: int = 3
     limit: int | None = None  # cap on training examples (tests / quick runs)
     verdict_weight: float = 1.0

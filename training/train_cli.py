@@ -17,6 +17,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="artifact dir (default: <cache>/models/<kind>-default)")
     parser.add_argument("--head", choices=["lr", "mlp"], default="mlp", help="head on the embeddings")
     parser.add_argument("--calibration", choices=["auto", "platt", "isotonic", "none"], default="auto")
+    parser.add_argument("--fit-on", dest="fit_on", choices=["train", "train+val"], default="train+val",
+                        help="train+val (default): refit the head on train+val, calibrated on out-of-fold val logits")
     parser.add_argument("--encoder", default="default", help="sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
     parser.add_argument("--limit", type=int, default=None, help="use at most N training examples (quick runs)")
     parser.add_argument("--int8", action="store_true", help="also export int8 (kept only if val F1 drops < 0.005)")
@@ -37,7 +39,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(kind=args.kind, benchmark=args.benchmark, head=args.head, calibration=args.calibration,
                       encoder=args.encoder, limit=args.limit, int8=args.int8, threads=args.threads,
-                      verdict_weight=args.verdict_weight, finetune=args.finetune, finetune_pairs=args.finetune_pairs,
+                      verdict_weight=args.verdict_weight, fit_on=args.fit_on, finetune=args.finetune, finetune_pairs=args.finetune_pairs,
                       finetune_seq_len=args.finetune_seq_len, finetune_max_seconds=args.finetune_max_seconds)
     out = Path(args.out) if args.out else artifact_dir("models") / f"{args.kind}-default"
     res = train_from_benchmark(cfg, out_dir=out, verdicts=args.from_log, progress=not args.no_progress)
