@@ -12,6 +12,7 @@ directory under the run's ``model/`` artifact path, which is registered as a mod
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -164,7 +165,7 @@ def set_alias(name: str, alias: str, version: int) -> None:
 def download_model_dir(uri: str) -> Path:
     """Resolve ``models:/name/version`` or ``models:/name@alias`` to a local artifact directory.
 
-    Downloads are cached under ``<cache_dir>/mlflow/downloads/<name>-v<version>``.
+    Downloads are cached under ``<cache_dir>/mlflow/downloads/<name>-v<version>-<store hash>``.
     """
     m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_\-]+))", uri.strip())
     if not m:
@@ -182,7 +183,8 @@ def download_model_dir(uri: str) -> Path:
         raise ValueError(f"cannot resolve {uri} in MLflow registry {default_tracking_uri()}: {exc}") from exc
     from safecascade.paths import artifact_dir
 
-    dest = artifact_dir("mlflow", "downloads") / f"{name}-v{mv.version}"
+    store = hashlib.sha256(default_tracking_uri().encode()).hexdigest()[:8]  # same name/version in two stores differ
+    dest = artifact_dir("mlflow", "downloads") / f"{name}-v{mv.version}-{store}"
     if (dest / "card.json").is_file():
         return dest
     import mlflow
