@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="logistic head, sizes up to 1000, one seed")
     ap.add_argument("--seeds", type=int, default=2, help="teacher-noise / sampling seeds per point")
+    ap.add_argument("--head", choices=["mlp", "lr"], default=None,
+                    help="head type (default: the fast tier's default config; lr is ~20x cheaper on 2 cores)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -87,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # the student learns from verdicts only: val (gold) calibrates and thresholds, it is not refitted on
     cfg = replace(TrainConfig(), fit_on="train")
-    if args.quick:
-        cfg = replace(cfg, head="lr")
+    if args.quick or args.head:
+        cfg = replace(cfg, head=args.head or "lr")
     seeds = 1 if args.quick else max(1, args.seeds)
     data = benchmark_embeddings("jailbreak", ("train", "val", "test"), window=cfg.window)
     (pool, pool_embs), (val_ex, val_embs), (test_ex, test_embs) = data["train"], data["val"], data["test"]
@@ -130,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = _summarise(rows_out)
         rw.text(f"Teacher simulated from gold at TPR {tpr:.3f} / FPR {fpr:.4f} (pool prevalence "
                 f"{np.mean([e.label for e in pool]):.3f}), i.e. precision {TEACHER_PRECISION} / recall {TEACHER_RECALL} "
-                "as published for gpt-oss-safeguard-20b on JailbreakHub. Head: the default fast-tier training "
-                f"config (`{cfg.head}`), calibrated and thresholded on the gold val split; metrics on the gold "
+                "as published for gpt-oss-safeguard-20b on JailbreakHub. Head: the fast-tier training "
+                f"config with head `{cfg.head}`{' (the default is `' + TrainConfig().head + '`)' if cfg.head != TrainConfig().head else ''}, fitted on the verdicts only, calibrated and thresholded on the gold val split; metrics on the gold "
                 f"test split (n={len(test_ex)}, {sum(e.label for e in test_ex)} jailbreaks), mean over {seeds} seed(s). "
                 "`teacher P/R` is what the simulated teacher achieved on that sample.\n")
         rw.table(summary, ["teacher", "verdicts", "f1", "precision", "recall", "r_at_1fpr", "roc_auc", "val_f1",
