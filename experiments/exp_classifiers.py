@@ -41,6 +41,7 @@ log = logging.getLogger("experiments.classifiers")
 
 SAFEGUARD_PUBLISHED = {"precision": 0.634, "recall": 0.684}
 STAND_IN_P50_MS = 2743.0  # README / make demo: safeguard (stand-in GGUF) p50 on 2 CPU cores
+DEMO_FAST_P50_MS = 63.0  # the fast tier's p50 in the same make-demo run (the safeguard's cost ratio uses this pair)
 
 
 def _metrics(labels: Sequence[int], scores: Sequence[float], thr: float) -> dict[str, float]:
@@ -148,9 +149,17 @@ def main(argv: list[str] | None = None) -> int:
                      "recall": r, "f1": 2 * p * r / (p + r), "ms_per_text": STAND_IN_P50_MS, "train_s": 0.0})
         for row in rows:
             row["cost_vs_fast"] = row["ms_per_text"] / fast_ms
+        rows[-1]["cost_vs_fast"] = STAND_IN_P50_MS / DEMO_FAST_P50_MS  # both from one make-demo run, not this one
+        import os
+
+        load = os.getloadavg()
         rw.text(__doc__.split("How each number is obtained:")[1].split("    python -m")[0].strip() + "\n")
         rw.text(f"Embedding train+val once through the ONNX encoder ({n_windows} windows) costs about {embed_s:.0f} s on "
-                "this machine; it is cached by content hash, so the MiniLM heads' `train_s` excludes it.\n")
+                "this machine at this run's load; it is cached by content hash, so the MiniLM heads' `train_s` excludes it.\n")
+        rw.text(f"**Load:** load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) at the end of the run "
+                "on 2 cores that other jobs may share; when it is well above 2, absolute seconds and ms are inflated against an "
+                "idle machine, so compare rows of one run with each other. The safeguard's `cost_vs_fast` is the stand-in's "
+                "p50 over the fast tier's p50 (63 ms) from one `make demo` run.\n")
         rw.text("`val_f1` is on the held-out val split for models trained on train, and out-of-fold (heads trained on "
                 "train + the other val folds) for the MiniLM heads refitted on train+val; `f1_at_val_thr` uses the "
                 "threshold that maximises that val F1.\n")
@@ -168,15 +177,21 @@ def _when_wins(rows: list[dict[str, Any]]) -> str:
     static = next(r for r in rows if r["classifier"].startswith("static"))
     lines = ["**When does each win.** "]
     lines.append(f"The static tier is the cheapest by far ({static['ms_per_text']:.2f} ms/text, "
-                 f"{fast['ms_per_text'] / static['ms_per_text']:.0f}x cheaper than the fast tier) at F1 {static['f1']:.3f}: it wins as a "
-                 "pre-filter that decides the clear majority of traffic at a high-precision band. ")
+                 f"{fast['ms_per_text'] / static['ms_per_text']:.0f}x cheaper than the fast tier) at F1 {static['f1']:.3f} "
+                 f"(fast tier: {fast['f1']:.3f}): on this date split the frozen-MiniLM fast tier does not beat its own "
+                 "distilled static model, so the static tier should decide the bulk of the traffic and the fast tier's value "
+                 "is as a second opinion on the uncertain band, not better accuracy on its own. ")
     lines.append(f"TF-IDF word+char LR (F1 {tf['f1']:.3f}, R@1%FPR {tf['r_at_1fpr']:.3f}) is strong on this benchmark because "
                  "jailbreak templates share surface n-grams (\"DAN\", \"Developer Mode\", \"stay in character\"); it is cheap to "
-                 "train and serve, but it needs scikit-learn at serving time and is brittle to paraphrase and obfuscation. ")
-    lines.append(f"The fast tier (F1 {fast['f1']:.3f}, R@1%FPR {fast['r_at_1fpr']:.3f}) generalises by meaning and is the tier the "
-                 "cascade distils from safeguard verdicts; it is the right tier for the uncertain band the static tier passes on. ")
+                 "train and serve, but it needs scikit-learn at serving time, and n-gram overlap is exactly what paraphrased or "
+                 "obfuscated jailbreaks remove (not measured here; the heuristic tier's de-obfuscation covers part of it). ")
+    lines.append(f"The fast tier (F1 {fast['f1']:.3f}, R@1%FPR {fast['r_at_1fpr']:.3f}) is below TF-IDF on this split: its "
+                 "encoder is frozen and the test months bring template families the train months lack; it is the tier the "
+                 "cascade distils from safeguard verdicts, so it is the one that improves as verdicts accumulate "
+                 "(experiment 8), and refitting on the latest data (train+val) is what moved it here. ")
     lines.append("The safeguard (gpt-oss-safeguard) wins where the policy changes or must be explained: it reads a policy text, "
-                 "cites rule ids and needs no training data, at a cost several hundred times the fast tier's — which is why it "
+                 "cites rule ids and needs no training data, but its published JailbreakHub F1 (0.658) is below every trained "
+                 "classifier here and one call costs tens of fast-tier calls (the stand-in on CPU: ~44x) — which is why it "
                  "only sees the remainder the cheaper tiers cannot decide.\n")
     return "".join(lines)
 
