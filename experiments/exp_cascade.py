@@ -132,7 +132,7 @@ def tune_points(config_path: Path, benchmark: str, *, limit: int | None, points=
     out = []
     for name, (kind, value) in points:
         obj = Objective(kind=kind, target=value) if kind == "target-escalation" else Objective(kind=kind, max_escalation=value)
-        res = tune(config, [e.text for e in val], [e.label for e in val], TuneOptions(objective=obj, seed=0))
+        res = tune(config, [e.text for e in val], [e.label for e in val], TuneOptions(objective=obj, seed=0, cache_dir=work_dir("cascade", "tune_scores")))
         path = work_dir("cascade", "tuned") / f"{benchmark}_{name}.yaml"
         res.write_yaml(path, name=f"tuned-{name}")
         m = res.chosen_metrics
