@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -34,10 +35,12 @@ def write_index(status: dict[str, dict]) -> None:
     for name in discover():
         md = res / f"{name}.md"
         st = status.get(name, {})
+        head = md.read_text(encoding="utf-8").splitlines()[2] if md.is_file() else ""
+        m = re.match(r"Commit `([^`]+)`, written ([^,]+),", head)
         rows.append({"experiment": f"[{name}]({md.name})" if md.is_file() else name,
-                     "last run": st.get("outcome", "not run this time"),
-                     "seconds": st.get("seconds")})
-    lines.append(markdown_table(rows, ["experiment", "last run", "seconds"], digits=0))
+                     "page written": f"{m.group(2)} at `{m.group(1)}`" if m else "–",
+                     "this run": st.get("outcome", "not rerun"), "seconds": st.get("seconds")})
+    lines.append(markdown_table(rows, ["experiment", "page written", "this run", "seconds"], digits=0))
     for name in discover():
         md = res / f"{name}.md"
         if md.is_file():
@@ -51,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--skip", nargs="*", default=[])
     ap.add_argument("--quick", action="store_true", help="pass --quick to every experiment (smoke run)")
+    ap.add_argument("--index-only", action="store_true", help="only rebuild results/README.md from the existing pages")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.index_only:
+        write_index({})
+        return 0
     names = [n for n in discover() if (args.only is None or n in args.only) and n not in args.skip]
     status: dict[str, dict] = {}
     for name in names:
