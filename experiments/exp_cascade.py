@@ -222,8 +222,8 @@ COLS = ["system", "n", "precision", "recall", "F1", "FPR", "R@1%FPR", "escalatio
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=1000, help="jailbreak test texts (stratified)")
-    ap.add_argument("--n-safeguard", type=int, default=200, help="subset for the safeguard-alone rows")
+    ap.add_argument("--n", type=int, default=600, help="jailbreak test texts (stratified)")
+    ap.add_argument("--n-safeguard", type=int, default=100, help="subset for the safeguard-alone rows")
     ap.add_argument("--n-moderation", type=int, default=300)
     ap.add_argument("--tuned", nargs="*", type=Path, default=None,
                     help="tuned router YAMLs to evaluate (default: tune models/default.yaml on the val split at three points)")
