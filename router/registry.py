@@ -130,23 +130,13 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
 
             rules = opts.get("rules")
             src = default_rules_path() if rules is None else (Path(rules) if Path(rules).is_absolute() else base / str(rules))
-            if not Path(src).is_file():
-                raise ConfigError(f"tiers[{i}].options.rules: heuristic rules file not found: {src}")
-            rel = f"{tdir}/rules.yaml"
-            (root / tdir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, root / rel)
-            opts["rules"] = rel
+            opts["rules"] = _vendor_file(Path(src), root, f"{tdir}/rules.yaml", f"tiers[{i}].options.rules", "heuristic rules")
             entry.update(rules_source=str(src))
         elif tc.type == "replay":
             path = opts.get("path")
             if path:
                 src = Path(path) if Path(path).is_absolute() else base / str(path)
-                if not src.is_file():
-                    raise ConfigError(f"tiers[{i}].options.path: replay verdict file not found: {src}")
-                rel = f"{tdir}/{_safe(src.name)}"
-                (root / tdir).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, root / rel)
-                opts["path"] = rel
+                opts["path"] = _vendor_file(src, root, f"{tdir}/{_safe(src.name)}", f"tiers[{i}].options.path", "replay verdict")
                 entry.update(verdicts_source=str(src))
         elif tc.type == "safeguard":
             backend = opts.get("backend", "llama_cpp")
@@ -209,6 +199,15 @@ def _mlflow() -> Any:
         return configured()
     except ImportError as exc:
         raise ValueError("the router registry needs mlflow: pip install 'safecascade[mlflow]'") from exc
+
+
+def _vendor_file(src: Path, root: Path, rel: str, key: str, what: str) -> str:
+    """Copy ``src`` to ``root/rel`` inside the package; a missing file is a ConfigError naming ``key``."""
+    if not src.is_file():
+        raise ConfigError(f"{key}: {what} file not found: {src}")
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, root / rel)
+    return rel
 
 
 def _experiment_id(mlflow: Any) -> str:
