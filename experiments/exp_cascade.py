@@ -5,9 +5,11 @@
 Systems, each evaluated through the public Router API on the same seeded stratified samples:
 
 * jailbreak benchmark (date-split test): heuristic alone, static alone, fast alone, the safeguard alone
-  (stand-in GGUF, and a replay of its recorded verdicts), the default cascade (hand-set bands) and the
+  (stand-in GGUF, and a replay of its recorded verdicts), the default cascade (``models/default.yaml``, whose
+  bands were tuned out of sample with twin tiers fit on train only) and the
   tuned cascade at three operating points (bands chosen by ``safecascade tune``'s API on the val split: 2% and 5% escalation, and max F1 with escalation <= 10%;
-  the tuner assumes the safeguard's published confusion matrix, the evaluation runs the stand-in);
+  the tuner assumes the safeguard's published confusion matrix, the evaluation runs the stand-in; the shipped
+  static/fast tiers are refit on train+val, so these in-sample bands are optimistic by construction);
 * OpenAI moderation (policy ``harmful_content``; static and fast heads trained on its train split
   here, cascade bands tuned on its val split) and XSTest: over-blocking = share of XSTest's *safe* prompts that are blocked.
 
@@ -15,7 +17,9 @@ The safeguard tier is wrapped in :mod:`experiments.tier_cache`, so each text is 
 latency recorded when it was computed is kept, so costs are those of the real call. Cost per 1,000
 texts is the summed per-tier compute (ms) of every text's path; "escalation" is the share of texts
 that reach the safeguard. The stand-in (gemma3-270m) is not a safety model: its rows measure the
-harness and the cost structure, not gpt-oss-safeguard's quality.
+harness and the cost structure, not gpt-oss-safeguard's quality. With about 56 jailbreaks in the
+600-text sample, one text moves recall by almost 0.02: compare rows with each other, and use
+``safecascade eval`` on the whole test split for absolute figures.
 """
 
 from __future__ import annotations
@@ -152,7 +156,7 @@ def jailbreak_rows(n: int, n_sg: int, tuned: Sequence[Path]) -> list[dict[str, A
                      exs, base_dir=ROOT / "experiments/configs", benchmark="jailbreak"),
             evaluate("static alone", _single("static", "jailbreak"), exs, base_dir=MODELS, benchmark="jailbreak"),
             evaluate("fast alone", _single("fast", "jailbreak"), exs, base_dir=MODELS, benchmark="jailbreak"),
-            evaluate("default cascade (hand-set bands)", yaml.safe_load((MODELS / "default.yaml").read_text()), exs,
+            evaluate("default cascade (models/default.yaml)", yaml.safe_load((MODELS / "default.yaml").read_text()), exs,
                      base_dir=MODELS, benchmark="jailbreak")]
     for path in tuned:
         rows.append(evaluate(f"tuned cascade: {path.stem.split('_', 1)[-1]}", yaml.safe_load(path.read_text()), exs, base_dir=path.parent,
