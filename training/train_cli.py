@@ -11,8 +11,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``safecascade train``."""
     parser.add_argument("kind", choices=["fast", "static"], help="which tier to train")
     parser.add_argument("--benchmark", default="jailbreak", help="labelled benchmark (train split; val calibrates; test reports)")
-    parser.add_argument("--from-log", dest="from_log", default=None, metavar="CSV",
-                        help="logged safeguard verdicts (replay CSV: text + a probability column per policy) used as soft targets")
+    parser.add_argument("--from-log", dest="from_log", default=None, metavar="PATH",
+                        help="logged safeguard verdicts used as soft targets: the SQLite verdict log (rows stored with "
+                             "--store-text) or a replay CSV (text + a probability column per policy)")
     parser.add_argument("--verdict-weight", type=float, default=1.0, help="weight of each verdict row relative to a labelled row")
     parser.add_argument("--out", default=None, help="artifact dir (default: <cache>/models/<kind>-default)")
     parser.add_argument("--head", choices=["lr", "mlp"], default="mlp", help="head on the embeddings")
