@@ -194,6 +194,20 @@ class DecodedView:
     text: str
 
 
+def _hex_views(matches, views: list, n_hex: int, max_blobs: int, budget: int) -> tuple[int, int]:
+    """Decode hex runs from ``matches`` into ``views`` (at most ``max_blobs`` in all, within the
+    character ``budget``); returns the updated count and budget."""
+    for m in matches:
+        if n_hex >= max_blobs:
+            break
+        n_hex += 1
+        s = _hex(m.group(0))
+        if s:
+            views.append(DecodedView(decoder="hex", text=s[:budget]))
+            budget -= len(s)
+    return n_hex, budget
+
+
 def decode_views(raw: str, folded: str, *, max_blobs: int = 8, max_decoded_chars: int = 20_000) -> list[DecodedView]:
     """Decoded payloads hidden in ``raw`` (original case) / ``folded``; cheap when there are none."""
     views: list[DecodedView] = []
@@ -209,14 +223,7 @@ def decode_views(raw: str, folded: str, *, max_blobs: int = 8, max_decoded_chars
     for tok in long_tokens:
         if budget <= 0:
             break
-        for m in _HEX_RE.finditer(tok):
-            if n_hex >= max_blobs:
-                break
-            n_hex += 1
-            s = _hex(m.group(0))
-            if s:
-                views.append(DecodedView(decoder="hex", text=s[:budget]))
-                budget -= len(s)
+        n_hex, budget = _hex_views(_HEX_RE.finditer(tok), views, n_hex, max_blobs, budget)
         for m in _B64_RE.finditer(tok):
             if n_b64 >= max_blobs:
                 break
@@ -232,14 +239,7 @@ def decode_views(raw: str, folded: str, *, max_blobs: int = 8, max_decoded_chars
                 budget -= len(s)
     # space-separated hex ("69 67 6e 6f ..."): encoded text has "20" (a space) between words
     if budget > 0 and "20" in raw:
-        for m in _SPACED_HEX_RE.finditer(raw):
-            if n_hex >= max_blobs:
-                break
-            n_hex += 1
-            s = _hex(m.group(0))
-            if s:
-                views.append(DecodedView(decoder="hex", text=s[:budget]))
-                budget -= len(s)
+        n_hex, budget = _hex_views(_SPACED_HEX_RE.finditer(raw), views, n_hex, max_blobs, budget)
     # rot13 over the whole (already lower-case) text, only when rot13 words appear
     hits = 0
     for h in _ROT13_HINTS:
