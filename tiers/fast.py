@@ -15,6 +15,13 @@ Options::
 
 Long texts are cut into overlapping windows, each window is scored, and the maximum is the
 text's score; ``TierResult.info`` reports ``n_windows``, ``tokens`` and ``truncated``.
+
+When the card has a ``lexical`` section (the default since card format 2), the text's word-piece
+and character n-grams are also scored by a hashed TF-IDF linear model (``tiers/lexical.py``,
+numpy) and the two logits are stacked: ``p = calibration(a * max_window_logit + b * lexical_logit
++ c)`` with ``a, b, c`` and the calibration from the card's ``stack`` section. ``info`` then also
+holds ``embedding_logit`` and ``lexical_logit`` (and ``lexical_chars_cut`` when the text was
+longer than the lexical block's character cap).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from safecascade.tiers.base import TierResult, TierSpec
+from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
     TOKENIZER_NAME,
@@ -105,9 +113,33 @@ class FastTier:
         else:
             self.policies = tuple(card_pols)
         self._col = {p: card_pols.index(p) for p in self.policies}
+        self.lexical: LexicalModel | None = None
+        self.stacks: dict[str, Stack] = {}
+        if "lexical" in self.card:
+            self._load_lexical(d, name, outs, card_pols)
         self.name = name
         self.batch_size = batch_size
         self.quantized = quantized
+
+    def _load_lexical(self, d: Path, name: str, outs: list[str], card_pols: list[str]) -> None:
+        where = f"fast tier {name!r}: {d / 'card.json'}"
+        lc = self.card["lexical"]
+        if not isinstance(lc, dict) or "config" not in lc:
+            raise ValueError(f"{where}: 'lexical' must be an object with a 'config'")
+        if "logits" not in outs:
+            raise ValueError(f"{where}: the card has a lexical block but the ONNX graph has no 'logits' output (outputs: {outs})")
+        try:
+            cfg = LexicalConfig.from_dict(lc["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: bad lexical config {lc['config']!r}: {exc}") from exc
+        self.lexical = LexicalModel.load(d / lc.get("file", LEXICAL_NAME), cfg, len(card_pols))
+        stacks = self.card.get("stack")
+        if not isinstance(stacks, dict):
+            raise ValueError(f"{where}: a lexical block needs a 'stack' object")
+        for p in self.policies:
+            if p not in stacks:
+                raise ValueError(f"{where}: no stack entry for policy {p!r}")
+            self.stacks[p] = Stack.from_dict(stacks[p], where=where)
 
     @classmethod
     def from_spec(cls, spec: TierSpec) -> "FastTier":
@@ -119,10 +151,12 @@ class FastTier:
                    batch_size=_int_option(o, "batch_size", 32, spec.name), quantized=bool(o.get("quantized", False)))
 
     def window_probs(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
-        """Windows of each text and the per-window probability matrix [n_windows, n_policies]."""
+        """Windows of each text and the per-window matrix [n_windows, n_policies]: calibrated
+        probabilities, or the heads' raw logits when the model stacks a lexical block."""
         wins = self.windower.windows(texts)
         flat = [w for ws in wins for w in ws.ids]
-        probs = run_windows(self.session, flat, batch_size=self.batch_size, output="probs") if flat else np.zeros((0, 1))
+        output = "logits" if self.lexical is not None else "probs"
+        probs = run_windows(self.session, flat, batch_size=self.batch_size, output=output) if flat else np.zeros((0, 1))
         out, k = [], 0
         for ws in wins:
             out.append(probs[k : k + len(ws.ids)])
@@ -150,15 +184,34 @@ class FastTier:
                 wins, probs = [], []
             elapsed = (time.perf_counter() - t0) * 1000.0
             per = elapsed / max(len(good), 1)
-            for i, ws, p in zip(good_idx, wins, probs):
-                scores = {pol: float(np.clip(p[:, c].max(), 0.0, 1.0)) for pol, c in self._col.items()}
+            for i, t, ws, p in zip(good_idx, good, wins, probs):
                 info = ws.info()
+                if self.lexical is None:
+                    scores = {pol: float(np.clip(p[:, c].max(), 0.0, 1.0)) for pol, c in self._col.items()}
+                else:
+                    scores = self._stacked(t, ws, p, info)
                 if len(ws.ids) > 1:
                     info["max_window"] = int(np.argmax(p.max(axis=1)))
                 warnings = ("truncated_windows",) if ws.truncated else ()
                 results[i] = TierResult(scores=scores, info=info, warnings=warnings, latency_ms=per,
                                         cost={"windows": float(len(ws.ids)), "tokens": float(ws.tokens)})
         return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
+
+    def _stacked(self, text: str, ws: Any, z: np.ndarray, info: dict[str, Any]) -> dict[str, float]:
+        """Stack the max window logit with the lexical logit, per policy (fills ``info``)."""
+        assert self.lexical is not None
+        idx, tf, cut = features(ws.content, text, self.lexical.config)
+        z_lex = self.lexical.logits(idx, tf)
+        scores, z_e, z_l = {}, {}, {}
+        for pol, c in self._col.items():
+            ze = float(z[:, c].max())
+            p = self.stacks[pol].apply(np.array([ze]), np.array([z_lex[c]]))[0]
+            scores[pol] = float(np.clip(p, 0.0, 1.0))
+            z_e[pol], z_l[pol] = round(ze, 4), round(float(z_lex[c]), 4)
+        info["embedding_logit"], info["lexical_logit"] = z_e, z_l
+        if cut:
+            info["lexical_chars_cut"] = True
+        return scores
 
     def close(self) -> None:
         """Nothing to release beyond the session (kept for the router's close())."""

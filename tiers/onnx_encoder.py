@@ -57,6 +57,7 @@ class Windows:
     truncated: bool  # True when the window cap dropped some windows
     empty: bool  # True when the text has no tokens at all
     notes: tuple[str, ...] = field(default_factory=tuple)
+    content: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # all content token ids (no specials)
 
     def info(self) -> dict[str, Any]:
         d: dict[str, Any] = {"n_windows": len(self.ids), "tokens": self.tokens, "truncated": self.truncated}
@@ -121,7 +122,8 @@ class Windower:
                 if unk >= 0.5:
                     notes.append(f"{unk:.0%} of tokens are unknown to the encoder's vocabulary (emoji / unsupported script)")
             wins = [np.concatenate(([self.cls_id], ids[s : s + body], [self.sep_id])).astype(np.int64) for s in starts]
-            out.append(Windows(ids=wins, tokens=n, n_windows_total=total, truncated=truncated, empty=n == 0, notes=tuple(notes)))
+            out.append(Windows(ids=wins, tokens=n, n_windows_total=total, truncated=truncated, empty=n == 0, notes=tuple(notes),
+                               content=ids))
         return out
 
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from safecascade.tiers.base import TierResult, TierSpec
+from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, WindowConfig, Windower, read_card
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ class _NumpyHead:
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], calibration: dict[str, Any]):
         self.layers = layers
         self.cal = calibration
-        method = calibration.get("method")
-        if method not in ("platt", "isotonic", "none"):
-            raise ValueError(f"unknown calibration method {method!r}")
+        apply_calibration(calibration, np.zeros(1))  # an unknown method fails at load
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         h = x.astype(np.float32)
@@ -82,13 +81,7 @@ class _NumpyHead:
             h = h @ w + b
             if i < len(self.layers) - 1:
                 h = np.maximum(h, 0.0)
-        z = h[:, 0].astype(np.float64)
-        m = self.cal["method"]
-        if m == "platt":
-            return 1.0 / (1.0 + np.exp(-(self.cal["a"] * z + self.cal["b"])))
-        if m == "isotonic":
-            return np.interp(z, np.asarray(self.cal["x"]), np.asarray(self.cal["y"]))
-        return 1.0 / (1.0 + np.exp(-z))
+        return apply_calibration(self.cal, h[:, 0])
 
 
 class StaticTier:

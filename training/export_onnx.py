@@ -2,7 +2,8 @@
 
 The served graph (``model.onnx``) has inputs ``input_ids``, ``attention_mask`` (int64,
 [batch, seq]) and outputs ``probs`` ([batch, n_policies], calibrated probabilities, policy
-order as in the card) and ``embedding`` ([batch, dim], L2-normalised mean pooling).
+order as in the card), ``embedding`` ([batch, dim], L2-normalised mean pooling) and ``logits``
+([batch, n_policies], the heads' raw logits before calibration).
 
 Heads are described by a :class:`HeadSpec` (plain numpy arrays, no sklearn at serve time):
 dense layers (relu between, none after the last) producing one logit ``z`` per policy, then a
@@ -211,7 +212,8 @@ def _head_nodes(h: HeadSpec, k: int, inp: str) -> tuple[list[Any], list[Any], st
 
 
 def attach_heads(encoder_path: str | Path, heads: Sequence[HeadSpec], out_path: str | Path) -> Path:
-    """Append per-policy heads to an encoder graph: adds output ``probs`` [batch, n_policies]."""
+    """Append per-policy heads to an encoder graph: adds outputs ``probs`` [batch, n_policies]
+    (calibrated) and ``logits`` (the heads' raw logits, which the stacked lexical block uses)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -222,14 +224,17 @@ def attach_heads(encoder_path: str | Path, heads: Sequence[HeadSpec], out_path: 
         raise ValueError(f"{encoder_path}: encoder graph has no 'embedding' output")
     g.initializer.extend([numpy_helper.from_array(np.array(0.0, np.float32), "cal_zero"),
                           numpy_helper.from_array(np.array(1.0, np.float32), "cal_one")])
-    probs = []
+    probs, logits = [], []
     for k, h in enumerate(heads):
         nodes, inits, out = _head_nodes(h, k, emb)
         g.node.extend(nodes)
         g.initializer.extend(inits)
         probs.append(out)
+        logits.append(f"head{k}_z{len(h.layers) - 1}")
     g.node.append(helper.make_node("Concat", probs, ["probs"], axis=1))
+    g.node.append(helper.make_node("Concat", logits, ["logits"], axis=1))
     g.output.insert(0, helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", len(heads)]))
+    g.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(heads)]))
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return Path(out_path)

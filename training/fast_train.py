@@ -82,6 +82,11 @@ class TrainConfig:
     finetune_seq_len: int = 128
     finetune_lr: float = 2e-5
     finetune_max_seconds: float = 1200.0
+    # fast tier: hashed word-piece + character n-gram TF-IDF logit stacked with the embedding head
+    # (tiers/lexical.py, training/lexical_train.py); off = the embedding head alone (card format 1)
+    lexical: bool = True
+    lexical_C: float = 30.0
+    lexical_buckets: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.kind not in ("fast", "static"):
@@ -100,6 +105,8 @@ class TrainConfig:
             raise ValueError("finetune applies to the fast tier only")
         if self.finetune:
             self.finetune_config()  # validates the finetune_* fields
+        if not self.lexical_C > 0:
+            raise ValueError(f"lexical_C must be > 0, got {self.lexical_C}")
 
     def finetune_config(self) -> Any:
         """The :class:`~safecascade.training.finetune.FinetuneConfig` these fields describe."""
@@ -140,6 +147,7 @@ class TrainResult:
     test_labels: dict[str, list[int]] = field(default_factory=dict)
     heads: tuple[Any, ...] = ()  # HeadSpec per policy (calibrated)
     estimators: tuple[Any, ...] = ()  # the fitted sklearn heads (training-time reference)
+    lexical: Any = None  # training.lexical_train.LexicalBlock when the fast tier stacks one
 
 
 # --------------------------------------------------------------------------- data
@@ -444,14 +452,16 @@ def _oof_val_logits(cfg: TrainConfig, train_embs: list[np.ndarray], train_rows: 
 
 
 def _evaluate(heads: Sequence[Any], embs: list[np.ndarray], labels: dict[str, list[int]], thresholds: dict[str, float] | None = None,
-              *, oof_logits: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """Metrics of calibrated heads (``oof_logits``: out-of-fold logits to use instead of the heads')."""
+              *, oof_logits: Mapping[str, np.ndarray] | None = None, lexical: Any = None,
+              split: str = "val") -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Metrics of calibrated heads (``oof_logits``: out-of-fold logits to use instead of the heads';
+    ``lexical``: a LexicalBlock whose stacked scores on ``split`` replace the head's alone)."""
     metrics, scores = {}, {}
     for h in heads:
         if h.policy not in labels:
             continue
         z = oof_logits[h.policy] if oof_logits and h.policy in oof_logits else _text_logits(embs, h)
-        s = h.calibration.apply(z)
+        s = lexical.scores(split, h.policy, z) if lexical is not None else h.calibration.apply(z)
         scores[h.policy] = s.tolist()
         m = score_metrics(labels[h.policy], s)
         if thresholds and h.policy in thresholds:
@@ -527,13 +537,23 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         val_labels = {pol: [int(e.label) for e in val]} if val else {}
         test_labels = {pol: [int(e.label) for e in test]} if test else {}
         heads, ests, calinfo = _train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
+        lexical = None
+        if cfg.lexical and not val_labels:
+            log.warning("lexical block skipped: stacking it needs a labelled val split")
+        if cfg.lexical and val_labels:
+            from safecascade.training.lexical_train import train_lexical_block
+
+            emb_val = {h.policy: calinfo[h.policy].get("val_logits_oof", _text_logits(val_embs, h)) for h in heads if h.policy in val_labels}
+            emb_test = {h.policy: _text_logits(test_embs, h) for h in heads}
+            lexical = train_lexical_block(cfg, embedder.windower, rows, val, val_labels, test, heads, emb_val, emb_test, out,
+                                          progress=progress)
         attach_heads(enc_onnx, heads, out / MODEL_NAME)
         shutil.copyfile(tok, out / TOKENIZER_NAME)
     card, metrics, val_metrics, test_scores = _evaluate_and_card(
         cfg, heads, calinfo, rows, verdicts, window, val_embs, val_labels, test_embs, test_labels,
         kind="fast", encoder={"id": enc_name, "sha": enc_sha, "dim": int(train_embs[0].shape[1]),
                               **({"path": str(enc_dir), "finetune": ft_info} if cfg.finetune else {})},
-        extra={"model_sha": file_sha(out / MODEL_NAME)})
+        extra={"model_sha": file_sha(out / MODEL_NAME)}, lexical=lexical)
     _write_card(out, card)
     if cfg.int8 and val:
         card["int8"] = _try_int8(out, val, val_labels[pol], val_metrics[pol]["f1"], threads=cfg.threads)
@@ -543,7 +563,8 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
     secs = time.perf_counter() - t_start
     log.info("fast tier written to %s in %.0fs", out, secs)
     return TrainResult(out_dir=out, card=card, metrics=metrics, config=cfg, seconds=secs,
-                       test_scores=test_scores, test_labels=test_labels, heads=tuple(heads), estimators=tuple(ests))
+                       test_scores=test_scores, test_labels=test_labels, heads=tuple(heads), estimators=tuple(ests),
+                       lexical=lexical)
 
 
 def _finetuned_encoder(cfg: TrainConfig, rows: Sequence[TrainRow], *, progress: bool) -> tuple[str, dict[str, Any]]:
@@ -672,7 +693,8 @@ def train_static(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] =
 
 def reference_scores(result: TrainResult, texts: Sequence[str], *, st_model: Any = None) -> dict[str, np.ndarray]:
     """The training-time pipeline, without ONNX: sentence-transformers (torch) on the same token
-    windows -> the fitted sklearn head -> calibration -> max over windows. Used for parity checks."""
+    windows -> the fitted sklearn head -> max over windows -> (stacked with the sklearn lexical
+    model's logit) -> calibration. Used for parity checks."""
     from safecascade.tiers.onnx_encoder import Windower
     from safecascade.training.export_onnx import torch_embed_windows
 
@@ -684,13 +706,24 @@ def reference_scores(result: TrainResult, texts: Sequence[str], *, st_model: Any
     flat = [w for ws in wins for w in ws.ids]
     emb = torch_embed_windows(st, flat)
     out: dict[str, np.ndarray] = {}
-    for head, est in zip(result.heads, result.estimators):
-        p = head.calibration.apply(sklearn_logit(est, emb))
+    lex = result.lexical
+    z_lex = None
+    if lex is not None:
+        from safecascade.tiers.lexical import feature_matrix
+
+        z_lex = lex.fit.logits(feature_matrix([ws.content for ws in wins], texts, lex.fit.model.config))
+    for k_pol, (head, est) in enumerate(zip(result.heads, result.estimators)):
+        z = sklearn_logit(est, emb)
         res, k = np.zeros(len(texts)), 0
         for i, ws in enumerate(wins):
-            res[i] = p[k : k + len(ws.ids)].max()
+            res[i] = z[k : k + len(ws.ids)].max()  # calibration maps are monotone: max commutes
             k += len(ws.ids)
-        out[head.policy] = res
+        if z_lex is not None:
+            from safecascade.training.lexical_train import stacked_scores
+
+            out[head.policy] = stacked_scores(res, z_lex[:, k_pol], lex.stacks[head.policy])
+        else:
+            out[head.policy] = head.calibration.apply(res)
     return out
 
 
@@ -742,16 +775,16 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
 
 
 def _evaluate_and_card(cfg, heads, calinfo, rows, verdicts, window, val_embs, val_labels, test_embs, test_labels,
-                       *, kind: str, encoder: dict, extra: dict) -> tuple[dict, dict, dict, dict]:
+                       *, kind: str, encoder: dict, extra: dict, lexical: Any = None) -> tuple[dict, dict, dict, dict]:
     """Val/test metrics (test at the val-best-F1 threshold) and the model card shared by fast and static."""
-    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels,
+    val_metrics, val_scores = _evaluate(heads, val_embs, val_labels, lexical=lexical, split="val",
                                         oof_logits={p: c["val_logits_oof"] for p, c in calinfo.items() if "val_logits_oof" in c})
     thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
-    test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr)
+    test_metrics, test_scores = _evaluate(heads, test_embs, test_labels, thr, lexical=lexical, split="test")
     metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
     card = {
         "kind": kind,
-        "format": 1,
+        "format": 2 if lexical is not None else 1,
         "encoder": encoder,
         "window": window.to_dict(),
         "aggregate": "max",
@@ -767,8 +800,19 @@ def _evaluate_and_card(cfg, heads, calinfo, rows, verdicts, window, val_embs, va
         "config": cfg.to_dict(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
+        **(lexical.card() if lexical is not None else {}),
     }
     return card, metrics, val_metrics, test_scores
+
+DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults are built with
+
+
+def _card_format(d: Path) -> int:
+    try:
+        return int(json.loads((d / CARD_NAME).read_text(encoding="utf-8")).get("format", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
 
 def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static"), force: bool = False) -> dict[str, Path]:
     """Build ``fast-default`` and ``static-default`` (jailbreak benchmark) into the cache if missing.
@@ -783,8 +827,11 @@ def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fas
     for kind in kinds:
         target = root / f"{kind}-default"
         if (target / CARD_NAME).is_file() and not force:
-            out[kind] = target
-            continue
+            have = _card_format(target)
+            if have >= DEFAULT_FORMAT[kind]:
+                out[kind] = target
+                continue
+            log.info("%s was built by an older safecascade (card format %d < %d): rebuilding", target, have, DEFAULT_FORMAT[kind])
         tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-default-", dir=root))
         try:
             t0 = time.perf_counter()

@@ -23,6 +23,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", default="default", help="sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
     parser.add_argument("--limit", type=int, default=None, help="use at most N training examples (quick runs)")
     parser.add_argument("--int8", action="store_true", help="also export int8 (kept only if val F1 drops < 0.005)")
+    parser.add_argument("--lexical", action=argparse.BooleanOptionalAction, default=True,
+                        help="fast tier: stack a hashed word-piece + character n-gram TF-IDF logit with the embedding head")
+    parser.add_argument("--lexical-c", type=float, default=30.0, help="inverse regularisation of the lexical block's LR")
     parser.add_argument("--finetune", action="store_true",
                         help="SetFit-style contrastive fine-tuning of the encoder before export (fast tier; slow on CPU)")
     parser.add_argument("--finetune-pairs", type=int, default=4000, help="pairs sampled for fine-tuning (16 per step)")
@@ -41,7 +44,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(kind=args.kind, benchmark=args.benchmark, head=args.head, calibration=args.calibration,
                       encoder=args.encoder, limit=args.limit, int8=args.int8, threads=args.threads,
                       verdict_weight=args.verdict_weight, fit_on=args.fit_on, finetune=args.finetune, finetune_pairs=args.finetune_pairs,
-                      finetune_seq_len=args.finetune_seq_len, finetune_max_seconds=args.finetune_max_seconds)
+                      finetune_seq_len=args.finetune_seq_len, finetune_max_seconds=args.finetune_max_seconds,
+                      lexical=args.lexical, lexical_C=args.lexical_c)
     out = Path(args.out) if args.out else artifact_dir("models") / f"{args.kind}-default"
     res = train_from_benchmark(cfg, out_dir=out, verdicts=args.from_log, progress=not args.no_progress)
     summary = {"out_dir": str(res.out_dir), "seconds": round(res.seconds, 1),

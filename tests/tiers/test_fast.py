@@ -72,9 +72,14 @@ def test_batch_equals_single_and_max_over_windows(fast_tier: FastTier) -> None:
     batch = [r.scores["jailbreak"] for r in fast_tier.classify(texts)]
     single = [fast_tier.classify([t])[0].scores["jailbreak"] for t in texts]
     assert np.allclose(batch, single, atol=1e-5)
-    wins, probs = fast_tier.window_probs([texts[1]])
+    wins, logits = fast_tier.window_probs([texts[1]])
     assert len(wins[0].ids) > 1
-    assert batch[1] == pytest.approx(float(probs[0][:, 0].max()), abs=1e-6)
+    # the text's embedding logit is the max over its windows, stacked with the lexical logit
+    r = fast_tier.classify([texts[1]])[0]
+    assert r.info["embedding_logit"]["jailbreak"] == pytest.approx(float(logits[0][:, 0].max()), abs=1e-4)
+    st = fast_tier.stacks["jailbreak"]
+    assert batch[1] == pytest.approx(float(st.apply(np.array([logits[0][:, 0].max()]), np.array([r.info["lexical_logit"]["jailbreak"]]))[0]),
+                                     abs=1e-4)
 
 
 def test_threads_and_window_options_via_spec(fast_dir: Path, tmp_path: Path) -> None:
@@ -94,6 +99,18 @@ def test_threads_and_window_options_via_spec(fast_dir: Path, tmp_path: Path) -> 
 def test_load_errors_name_path_and_reason(fast_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path / "broken"
     shutil.copytree(fast_dir, d)
+    card = json.loads((d / "card.json").read_text())
+    (d / "lexical.npz").rename(d / "lexical.bak")
+    with pytest.raises(ValueError, match=r"lexical model missing: .*broken"):
+        FastTier(model_dir=d)
+    (d / "lexical.bak").rename(d / "lexical.npz")
+    (d / "card.json").write_text(json.dumps({**card, "stack": {}}))
+    with pytest.raises(ValueError, match=r"no stack entry for policy 'jailbreak'"):
+        FastTier(model_dir=d)
+    (d / "card.json").write_text(json.dumps({**card, "lexical": {**card["lexical"], "config": {"buckets": 7}}}))
+    with pytest.raises(ValueError, match=r"bad lexical config"):
+        FastTier(model_dir=d)
+    (d / "card.json").write_text(json.dumps(card))
     (d / "model.onnx").write_bytes(b"not an onnx graph")
     with pytest.raises(ValueError, match=r"cannot load ONNX model .*broken"):
         FastTier(model_dir=d)
