@@ -170,16 +170,21 @@ def feature_matrix(token_ids: Sequence[np.ndarray], texts: Sequence[str], cfg: L
     return sparse.csr_matrix((dat, ind, np.asarray(indptr)), shape=(len(texts), cfg.buckets))
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings for large |x|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
 def apply_calibration(cal: Mapping[str, Any], z: np.ndarray) -> np.ndarray:
     """A card's calibration map (platt | isotonic | none) applied to logits, numpy only."""
     z = np.asarray(z, dtype=np.float64)
     m = cal.get("method")
     if m == "platt":
-        return 1.0 / (1.0 + np.exp(-(float(cal["a"]) * z + float(cal["b"]))))
+        return sigmoid(float(cal["a"]) * z + float(cal["b"]))
     if m == "isotonic":
         return np.interp(z, np.asarray(cal["x"], np.float64), np.asarray(cal["y"], np.float64))
     if m == "none":
-        return 1.0 / (1.0 + np.exp(-z))
+        return sigmoid(z)
     raise ValueError(f"unknown calibration method {m!r}")
 
 

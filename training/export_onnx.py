@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from safecascade.tiers.lexical import sigmoid
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
@@ -42,11 +44,11 @@ class Calibration:
         """Reference (float64) implementation of the map."""
         z = np.asarray(z, dtype=np.float64)
         if self.method == "platt":
-            return 1.0 / (1.0 + np.exp(-(self.a * z + self.b)))
+            return sigmoid(self.a * z + self.b)
         if self.method == "isotonic":
             return np.interp(z, np.asarray(self.x), np.asarray(self.y))
         if self.method == "none":
-            return 1.0 / (1.0 + np.exp(-z))
+            return sigmoid(z)
         raise ValueError(f"unknown calibration method {self.method!r}")
 
     def to_dict(self) -> dict[str, Any]:

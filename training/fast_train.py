@@ -805,13 +805,24 @@ def _evaluate_and_card(cfg, heads, calinfo, rows, verdicts, window, val_embs, va
     return card, metrics, val_metrics, test_scores
 
 DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults are built with
+# The recipe of the embedded defaults (and of `safecascade train fast|static` without flags), chosen
+# on the val split: see docs/fast-tier.md. Fine-tuning runs on the train split only, so the val
+# split stays out of sample for the heads' out-of-fold calibration and for band tuning.
+DEFAULT_RECIPE: dict[str, dict[str, Any]] = {"fast": {"finetune": True, "finetune_pairs": 4000}, "static": {}}
 
 
-def _card_format(d: Path) -> int:
+def _default_is_current(kind: str, d: Path) -> tuple[bool, str]:
+    """Whether an artifact dir was built with the current default recipe (and why not)."""
     try:
-        return int(json.loads((d / CARD_NAME).read_text(encoding="utf-8")).get("format", 1))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0
+        card = json.loads((d / CARD_NAME).read_text(encoding="utf-8"))
+        fmt = int(card.get("format", 1))
+        cfg = dict(card.get("config") or {})
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        return False, f"unreadable card ({exc})"
+    if fmt < DEFAULT_FORMAT[kind]:
+        return False, f"card format {fmt} < {DEFAULT_FORMAT[kind]}"
+    stale = {k: cfg.get(k) for k, v in DEFAULT_RECIPE[kind].items() if cfg.get(k) != v}
+    return (not stale), f"built with {stale}, the default recipe is {DEFAULT_RECIPE[kind]}"
 
 
 def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static"), force: bool = False) -> dict[str, Path]:
@@ -827,16 +838,16 @@ def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fas
     for kind in kinds:
         target = root / f"{kind}-default"
         if (target / CARD_NAME).is_file() and not force:
-            have = _card_format(target)
-            if have >= DEFAULT_FORMAT[kind]:
+            current, why = _default_is_current(kind, target)
+            if current:
                 out[kind] = target
                 continue
-            log.info("%s was built by an older safecascade (card format %d < %d): rebuilding", target, have, DEFAULT_FORMAT[kind])
+            log.info("%s is out of date (%s): rebuilding", target, why)
         tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-default-", dir=root))
         try:
             t0 = time.perf_counter()
             # the test split is the eval harness's job: skipping it here saves a third of the embedding time
-            train_from_benchmark(TrainConfig(kind=kind), out_dir=tmp, progress=progress, with_test=False)
+            train_from_benchmark(TrainConfig(kind=kind, **DEFAULT_RECIPE[kind]), out_dir=tmp, progress=progress, with_test=False)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
