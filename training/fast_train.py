@@ -808,7 +808,10 @@ DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults a
 # The recipe of the embedded defaults (and of `safecascade train fast|static` without flags), chosen
 # on the val split: see docs/fast-tier.md. Fine-tuning runs on the train split only, so the val
 # split stays out of sample for the heads' out-of-fold calibration and for band tuning.
-DEFAULT_RECIPE: dict[str, dict[str, Any]] = {"fast": {"finetune": True, "finetune_pairs": 4000}, "static": {}}
+DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
+    "fast": {"finetune": True, "finetune_pairs": 8000, "finetune_max_seconds": 2400.0},  # 500 steps of 16 pairs
+    "static": {},
+}
 
 
 def _default_is_current(kind: str, d: Path) -> tuple[bool, str]:

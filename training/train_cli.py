@@ -29,9 +29,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                         help="SetFit-style contrastive fine-tuning of the encoder on the train split before export "
                              "(fast tier; on by default there: about 5-10 minutes on 2 cores)")
-    parser.add_argument("--finetune-pairs", type=int, default=None, help="pairs sampled for fine-tuning (16 per step; default 4000)")
+    parser.add_argument("--finetune-pairs", type=int, default=None, help="pairs sampled for fine-tuning (16 per step; default 8000)")
     parser.add_argument("--finetune-seq-len", type=int, default=128, help="tokens per window while fine-tuning")
-    parser.add_argument("--finetune-max-seconds", type=float, default=1200.0, help="wall-clock cap on fine-tuning")
+    parser.add_argument("--finetune-max-seconds", type=float, default=None,
+                        help="wall-clock cap on fine-tuning (default 2400; the card records the steps done)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True, help="log the run and register the model")
     parser.add_argument("--no-progress", action="store_true")
@@ -45,12 +46,13 @@ def run_train(args: argparse.Namespace) -> int:
     recipe = dict(DEFAULT_RECIPE[args.kind])
     if args.finetune is not None:
         recipe["finetune"] = args.finetune
-    if args.finetune_pairs is not None:
-        recipe["finetune_pairs"] = args.finetune_pairs
+    for key in ("finetune_pairs", "finetune_max_seconds"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
     cfg = TrainConfig(kind=args.kind, benchmark=args.benchmark, head=args.head, calibration=args.calibration,
                       encoder=args.encoder, limit=args.limit, int8=args.int8, threads=args.threads,
                       verdict_weight=args.verdict_weight, fit_on=args.fit_on, **recipe,
-                      finetune_seq_len=args.finetune_seq_len, finetune_max_seconds=args.finetune_max_seconds,
+                      finetune_seq_len=args.finetune_seq_len,
                       lexical=args.lexical, lexical_C=args.lexical_c)
     out = Path(args.out) if args.out else artifact_dir("models") / f"{args.kind}-default"
     res = train_from_benchmark(cfg, out_dir=out, verdicts=args.from_log, progress=not args.no_progress)
