@@ -145,9 +145,25 @@ def make_session(model_path: str | Path, *, threads: int = 2) -> Any:
         raise ValueError(f"cannot load ONNX model {p}: {exc}") from exc
 
 
+def _length_batches(sorted_lengths: Sequence[int], batch_size: int, *, growth: float = 1.5) -> list[tuple[int, int]]:
+    """Cut length-sorted windows into batches of at most ``batch_size`` that pad little: a batch
+    closes when the next window is more than ``growth`` times as long as its first one (so a
+    batch's padding is under a third of its tokens; short texts no longer pad to 256 tokens
+    because one long window shares their batch)."""
+    out, start = [], 0
+    for k, length in enumerate(sorted_lengths):
+        if k > start and (k - start >= batch_size or length > growth * max(sorted_lengths[start], 8)):
+            out.append((start, k))
+            start = k
+    if start < len(sorted_lengths):
+        out.append((start, len(sorted_lengths)))
+    return out
+
+
 def run_windows(session: Any, windows: Sequence[np.ndarray], *, batch_size: int = 32, output: str | None = None,
                 progress: bool = False, desc: str = "encoding") -> np.ndarray:
-    """Run ``session`` over token windows (length-sorted, padded per batch); returns rows in input order.
+    """Run ``session`` over token windows (length-sorted, padded per batch, batches cut by
+    :func:`_length_batches`); returns rows in input order.
 
     ``output`` names the graph output to return (default: the first).
     """
@@ -160,13 +176,13 @@ def run_windows(session: Any, windows: Sequence[np.ndarray], *, batch_size: int 
     input_names = {i.name for i in session.get_inputs()}
     order = np.argsort([len(w) for w in windows], kind="stable")
     result: np.ndarray | None = None
-    batches = range(0, n, batch_size)
+    batches = _length_batches([len(windows[i]) for i in order], batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc=desc, unit="batch", total=(n + batch_size - 1) // batch_size)
-    for start in batches:
-        idx = order[start : start + batch_size]
+        batches = tqdm(batches, desc=desc, unit="batch")
+    for lo, hi in batches:
+        idx = order[lo:hi]
         length = max(len(windows[i]) for i in idx)
         ids = np.zeros((len(idx), length), dtype=np.int64)
         mask = np.zeros((len(idx), length), dtype=np.int64)

@@ -161,3 +161,15 @@ def test_serving_never_imports_torch(fast_dir: Path, tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "HEAVY []" in p.stdout
+
+
+def test_length_batches_bound_padding() -> None:
+    from safecascade.tiers.onnx_encoder import _length_batches
+
+    lengths = [5, 6, 7, 20, 30, 31, 200, 256, 256]
+    batches = _length_batches(lengths, 4)
+    assert batches == [(0, 3), (3, 5), (5, 6), (6, 9)]
+    assert [i for lo, hi in batches for i in range(lo, hi)] == list(range(len(lengths)))  # every window once, in order
+    for lo, hi in batches:
+        assert hi - lo <= 4 and lengths[hi - 1] <= 1.5 * max(lengths[lo], 8)
+    assert _length_batches([], 4) == [] and _length_batches([10] * 10, 4) == [(0, 4), (4, 8), (8, 10)]
