@@ -211,3 +211,21 @@ def test_refit_on_train_and_val_with_out_of_fold_calibration() -> None:
     assert auc["train+val"] > auc["train"] + 0.02, auc
     with pytest.raises(ValueError, match="fit_on"):
         TrainConfig(fit_on="val")
+
+
+def test_default_artifacts_rebuild_when_built_with_another_recipe(tmp_path: Path) -> None:
+    from safecascade.training.fast_train import DEFAULT_FORMAT, DEFAULT_RECIPE, _default_is_current
+
+    d = tmp_path / "fast-default"
+    d.mkdir()
+    assert _default_is_current("fast", d)[0] is False  # no card
+    (d / "card.json").write_text(json.dumps({"format": 1, "config": dict(DEFAULT_RECIPE["fast"])}))
+    ok, why = _default_is_current("fast", d)
+    assert not ok and "card format 1" in why
+    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "finetune": False}}))
+    ok, why = _default_is_current("fast", d)
+    assert not ok and "finetune" in why
+    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "head": "mlp"}}))
+    assert _default_is_current("fast", d)[0] is True
+    (d / "card.json").write_text(json.dumps({"format": 1, "config": {}}))
+    assert _default_is_current("static", d)[0] is True  # the static recipe has no extra keys
