@@ -509,7 +509,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", default="default", help="sentence-transformers model dir (default: bundled MiniLM)")
     parser.add_argument("--finetune", action="store_true",
                         help="fine-tune the encoder contrastively before training the candidate's head (as the embedded "
-                             "default is built; adds 5-10 minutes on 2 cores)")
+                             "default is built; adds 10-17 minutes on 2 cores)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="candidate artifact dir (default: <cache>/models/retrain/<time>)")
     parser.add_argument("--dry-run", action="store_true", help="evaluate and log the decision; register nothing, move no alias")

@@ -28,7 +28,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lexical-c", type=float, default=30.0, help="inverse regularisation of the lexical block's LR")
     parser.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                         help="SetFit-style contrastive fine-tuning of the encoder on the train split before export "
-                             "(fast tier; on by default there: about 5-10 minutes on 2 cores)")
+                             "(fast tier; on by default there: 10-17 minutes on 2 cores)")
     parser.add_argument("--finetune-pairs", type=int, default=None, help="pairs sampled for fine-tuning (16 per step; default 8000)")
     parser.add_argument("--finetune-seq-len", type=int, default=128, help="tokens per window while fine-tuning")
     parser.add_argument("--finetune-max-seconds", type=float, default=None,
