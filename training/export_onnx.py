@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safecascade.tiers.lexical import sigmoid
+from safecascade.tiers.lexical import apply_calibration
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,8 @@ class Calibration:
     y: tuple[float, ...] = ()
 
     def apply(self, z: np.ndarray) -> np.ndarray:
-        """Reference (float64) implementation of the map."""
-        z = np.asarray(z, dtype=np.float64)
-        if self.method == "platt":
-            return sigmoid(self.a * z + self.b)
-        if self.method == "isotonic":
-            return np.interp(z, np.asarray(self.x), np.asarray(self.y))
-        if self.method == "none":
-            return sigmoid(z)
-        raise ValueError(f"unknown calibration method {self.method!r}")
+        """Reference (float64) implementation of the map (the served tiers' ``apply_calibration``)."""
+        return apply_calibration(self.to_dict(), z)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"method": self.method}

@@ -432,18 +432,24 @@ def _val_rows(labels: Sequence[int], pol: str) -> list[TrainRow]:
     return [TrainRow(text="", targets={pol: float(v)}, source="val") for v in labels]
 
 
+def val_folds(labels: Sequence[int], folds: int, seed: int, *, policy: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
+    """The stratified val folds every out-of-fold fit uses (embedding head and lexical block alike)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(labels, dtype=int)
+    n_splits = int(min(folds, np.bincount(y, minlength=2).min()))
+    if n_splits < 2:
+        raise ValueError(f"fit_on=train+val needs at least 2 val examples of each class for policy {policy!r}")
+    return list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
 def _oof_val_logits(cfg: TrainConfig, train_embs: list[np.ndarray], train_rows: list[TrainRow],
                     val_embs: list[np.ndarray], labels: Sequence[int], pol: str) -> np.ndarray:
     """Out-of-fold val logits: for each of ``cfg.refit_folds`` stratified val folds, a head trained on
     train + the other folds scores the held-out fold (honest calibration data for a train+val head)."""
-    from sklearn.model_selection import StratifiedKFold
-
     y = np.asarray(labels, dtype=int)
-    n_splits = int(min(cfg.refit_folds, np.bincount(y, minlength=2).min()))
-    if n_splits < 2:
-        raise ValueError(f"fit_on=train+val needs at least 2 val examples of each class for policy {pol!r}")
     oof = np.zeros(len(y))
-    for tr_idx, te_idx in StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed).split(np.zeros(len(y)), y):
+    for tr_idx, te_idx in val_folds(y, cfg.refit_folds, cfg.seed, policy=pol):
         rows = list(train_rows) + _val_rows(y[tr_idx].tolist(), pol)
         X, yy, w = _window_design(list(train_embs) + [val_embs[i] for i in tr_idx], rows, pol)
         _, head = fit_head(X, yy, w, cfg, pol)
@@ -543,7 +549,8 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         if cfg.lexical and val_labels:
             from safecascade.training.lexical_train import train_lexical_block
 
-            emb_val = {h.policy: calinfo[h.policy].get("val_logits_oof", _text_logits(val_embs, h)) for h in heads if h.policy in val_labels}
+            emb_val = {h.policy: calinfo[h.policy]["val_logits_oof"] if "val_logits_oof" in calinfo[h.policy] else _text_logits(val_embs, h)
+                       for h in heads if h.policy in val_labels}
             emb_test = {h.policy: _text_logits(test_embs, h) for h in heads}
             lexical = train_lexical_block(cfg, embedder.windower, rows, val, val_labels, test, heads, emb_val, emb_test, out,
                                           progress=progress)

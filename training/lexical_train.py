@@ -92,14 +92,14 @@ def fit_lexical(X: Any, targets: np.ndarray, weights: np.ndarray, cfg: LexicalCo
 
 def oof_logits(X_train: Any, t_train: np.ndarray, w_train: np.ndarray, X_val: Any, y_val: np.ndarray,
                cfg: LexicalConfig, *, C: float, folds: int, seed: int) -> np.ndarray:
-    """Out-of-fold val logits (one policy): folds as in ``fast_train._oof_val_logits``."""
+    """Out-of-fold val logits (one policy), on the same folds as the embedding head's."""
     from scipy import sparse
-    from sklearn.model_selection import StratifiedKFold
+
+    from safecascade.training.fast_train import val_folds
 
     y = np.asarray(y_val, dtype=int)
-    n_splits = int(min(folds, np.bincount(y, minlength=2).min()))
     out = np.zeros(len(y))
-    for tr, te in StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+    for tr, te in val_folds(y, folds, seed):
         X = sparse.vstack([X_train, X_val[tr]]).tocsr()
         fit = fit_lexical(X, np.r_[t_train, y[tr]], np.r_[w_train, np.ones(len(tr))], cfg, C=C)
         out[te] = fit.logits(X_val[te])[:, 0]
@@ -124,8 +124,10 @@ def fit_stack(z_emb: np.ndarray, z_lex: np.ndarray, y: np.ndarray, calibration: 
 
 
 def stacked_scores(z_emb: np.ndarray, z_lex: np.ndarray, stack: dict[str, Any]) -> np.ndarray:
-    """Calibrated probability of the stacked logit."""
-    return stack["calibration"].apply(stack["a"] * np.asarray(z_emb) + stack["b"] * np.asarray(z_lex) + stack["c"])
+    """Calibrated probability of the stacked logit (the served tier's :class:`Stack` formula)."""
+    from safecascade.tiers.lexical import Stack
+
+    return Stack(a=stack["a"], b=stack["b"], c=stack["c"], calibration=stack["calibration"].to_dict()).apply(z_emb, z_lex)
 
 
 def token_ids(windower: Any, texts: Sequence[str]) -> list[np.ndarray]:
