@@ -4,7 +4,8 @@
 
 1. Throughput on the same texts (a seeded sample of the jailbreak benchmark's test split):
    ONNX fast tier vs the same model through sentence-transformers/torch (same token windows,
-   same head) at batch 1 and 32; static tier vs ONNX fast tier.
+   same head) at batch 1 and 32, and the int8 graph when the model offers one; static tier vs ONNX
+   fast tier.
 2. Mean tier cost per prompt on the benchmark mix (ms, windows, tokens).
 3. Share of the test split the static tier can decide alone at the fast tier's precision (block
    side) and negative predictive value (allow side), with those bands tuned on the same sample.
@@ -27,6 +28,12 @@ def _throughput(fn, texts: list[str], batch: int) -> float:
     for s in range(0, len(texts), batch):
         fn(texts[s : s + batch])
     return len(texts) / (time.perf_counter() - t0)
+
+
+def _score_metrics(labels: list, scores: list) -> dict:
+    from safecascade.training.fast_train import score_metrics
+
+    return score_metrics(labels, scores)
 
 
 def _band_share(labels: np.ndarray, s: np.ndarray, precision: float, npv: float) -> dict[str, float]:
@@ -101,11 +108,14 @@ def main() -> int:
                 fast.lexical.logits(*features(ws.content, t, fast.lexical.config)[:2])
         return h[:, 0].tolist()
 
-    fast.classify(speed_texts[:4]); torch_pipeline(speed_texts[:4]); static.classify(speed_texts[:4])  # warm-up
+    fast8 = FastTier(model_dir=args.fast, threads=args.threads, quantized="auto")  # int8 when the card offers it
+    fast.classify(speed_texts[:4]); torch_pipeline(speed_texts[:4]); static.classify(speed_texts[:4]); fast8.classify(speed_texts[:4])  # warm-up
     for b in (1, 32):
         onnx_tp = _throughput(fast.classify, speed_texts, b)
         torch_tp = _throughput(torch_pipeline, speed_texts, b)
         res[f"batch{b}"] = {"onnx_texts_per_s": onnx_tp, "torch_texts_per_s": torch_tp, "speedup": onnx_tp / torch_tp}
+        if fast8.quantized:
+            res[f"batch{b}"]["int8_texts_per_s"] = _throughput(fast8.classify, speed_texts, b)
     static_tp = _throughput(static.classify, speed_texts, 32)
     res["static_texts_per_s"] = static_tp
     res["static_vs_fast_speedup"] = static_tp / res["batch32"]["onnx_texts_per_s"]
@@ -129,7 +139,14 @@ def main() -> int:
         for ws, t in zip(wins, texts):
             fast.lexical.logits(*features(ws.content, t, fast.lexical.config)[:2])
         lex_ms = (time.perf_counter() - t0) * 1000 / len(texts)
-    res["cost_per_prompt"] = {
+    int8_ms = None
+    if fast8.quantized:
+        t0 = time.perf_counter()
+        f8 = np.array([r.scores["jailbreak"] for r in fast8.classify(texts)])
+        int8_ms = (time.perf_counter() - t0) * 1000 / len(texts)
+        res["int8_metrics"] = {k: v for k, v in _score_metrics(y.tolist(), f8.tolist()).items()
+                               if k in ("precision", "recall", "f1", "recall_at_1pct_fpr")}
+    res["cost_per_prompt"] = {"fast_int8_ms": int8_ms,
         "fast_ms": fast_ms, "static_ms": static_ms, "fast_lexical_block_ms": lex_ms,
         "fast_windows": float(np.mean([r.info["n_windows"] for r in fr])),
         "tokens": float(np.mean([r.info["tokens"] for r in fr])),
@@ -151,10 +168,14 @@ def main() -> int:
     print(f"| measure | value |\n|---|---|\n"
           f"| fast ONNX batch 1 (texts/s) | {b1['onnx_texts_per_s']:.1f} |\n| same model, torch batch 1 | {b1['torch_texts_per_s']:.1f} (ONNX x{b1['speedup']:.2f}) |\n"
           f"| fast ONNX batch 32 (texts/s) | {b32['onnx_texts_per_s']:.1f} |\n| same model, torch batch 32 | {b32['torch_texts_per_s']:.1f} (ONNX x{b32['speedup']:.2f}) |\n"
+          + "".join(f"| fast ONNX int8 batch {b} (texts/s) | {res[f'batch{b}']['int8_texts_per_s']:.1f} (x{res[f'batch{b}']['int8_texts_per_s'] / res[f'batch{b}']['onnx_texts_per_s']:.2f} vs fp32) |\n"
+                    for b in (1, 32) if "int8_texts_per_s" in res[f"batch{b}"]) +
           f"| static batch 32 (texts/s) | {static_tp:.0f} (x{res['static_vs_fast_speedup']:.0f} vs ONNX fast) |\n"
           f"| cost/prompt fast, static (ms) | {fast_ms:.2f}, {static_ms:.3f} |\n"
           f"| of which the fast tier's lexical block (ms) | {'-' if lex_ms is None else f'{lex_ms:.2f}'} |\n"
           f"| windows/prompt, tokens/prompt, truncated | {res['cost_per_prompt']['fast_windows']:.2f}, {res['cost_per_prompt']['tokens']:.0f}, {res['cost_per_prompt']['truncated_share']:.3f} |\n"
+          + (f"| cost/prompt fast int8 (ms) | {int8_ms:.2f} |\n| fast int8 P/R/F1/R@1%FPR | " + "/".join(f"{res['int8_metrics'][k]:.3f}" for k in ("precision", "recall", "f1", "recall_at_1pct_fpr")) + " |\n"
+             if int8_ms is not None else "") +
           f"| fast P/R/F1/R@1%FPR (n={len(texts)}) | {fm['precision']:.3f}/{fm['recall']:.3f}/{fm['f1']:.3f}/{fm['recall_at_1pct_fpr']:.3f} |\n"
           f"| static P/R/F1/R@1%FPR | {sm['precision']:.3f}/{sm['recall']:.3f}/{sm['f1']:.3f}/{sm['recall_at_1pct_fpr']:.3f} |\n"
           f"| static decides alone at fast precision/NPV | {res['static_alone']['decided_share']:.3f} (allow {res['static_alone']['allow_share']:.3f}, block {res['static_alone']['block_share']:.3f}) |")

@@ -11,7 +11,8 @@ Options::
     window_tokens: 256      # default from the card
     stride: 224             # default from the card
     batch_size: 32
-    quantized: false        # use model.int8.onnx when the artifact offers one
+    quantized: false        # true: serve model.int8.onnx (an error if the artifact has none);
+                            # auto: serve it when the card offers one (it passed the val F1 gate), else fp32
 
 Long texts are cut into overlapping windows, each window is scored, and the maximum is the
 text's score; ``TierResult.info`` reports ``n_windows``, ``tokens`` and ``truncated``.
@@ -85,11 +86,16 @@ class FastTier:
 
     def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
                  threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
-                 stride: int | None = None, batch_size: int = 32, quantized: bool = False):
+                 stride: int | None = None, batch_size: int = 32, quantized: bool | str = False):
         d = Path(model_dir)
         self.model_dir = d
         self.card = read_card(d)
-        onnx_path = d / (self.card.get("int8_model", "model.int8.onnx") if quantized else MODEL_NAME)
+        if quantized not in (True, False, "auto"):
+            raise ValueError(f"fast tier {name!r}: quantized must be true, false or auto, got {quantized!r}")
+        int8_name = self.card.get("int8_model")
+        if quantized == "auto":
+            quantized = bool(int8_name) and (d / str(int8_name)).is_file()
+        onnx_path = d / (str(int8_name or "model.int8.onnx") if quantized else MODEL_NAME)
         tok_path = d / TOKENIZER_NAME
         if not tok_path.is_file():
             raise ValueError(f"fast tier {name!r}: tokenizer missing: {tok_path}")
@@ -119,7 +125,7 @@ class FastTier:
             self._load_lexical(d, name, outs, card_pols)
         self.name = name
         self.batch_size = batch_size
-        self.quantized = quantized
+        self.quantized = bool(quantized)  # True when the int8 graph is served
 
     def _load_lexical(self, d: Path, name: str, outs: list[str], card_pols: list[str]) -> None:
         where = f"fast tier {name!r}: {d / 'card.json'}"
@@ -148,7 +154,7 @@ class FastTier:
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None,
                    threads=_int_option(o, "threads", 2, spec.name),
                    max_windows=o.get("max_windows"), window_tokens=o.get("window_tokens"), stride=o.get("stride"),
-                   batch_size=_int_option(o, "batch_size", 32, spec.name), quantized=bool(o.get("quantized", False)))
+                   batch_size=_int_option(o, "batch_size", 32, spec.name), quantized=o.get("quantized", False))
 
     def window_probs(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
         """Windows of each text and the per-window matrix [n_windows, n_policies]: calibrated

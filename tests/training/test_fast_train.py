@@ -156,6 +156,9 @@ def test_cli_export_and_parser(tiny_models: dict, tmp_path: Path) -> None:
 
 
 def test_int8_quantisation_measured(tiny_models: dict, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
     from safecascade.tiers.fast import FastTier
     from safecascade.training.export_onnx import quantize_int8
 
@@ -163,6 +166,10 @@ def test_int8_quantisation_measured(tiny_models: dict, tmp_path: Path) -> None:
     q = quantize_int8(src / "model.onnx", tmp_path / "model.int8.onnx")
     # MatMul weights become int8 (the word-embedding Gather stays fp32)
     assert q.stat().st_size < 0.75 * (src / "model.onnx").stat().st_size
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(q)).graph.initializer}
+    scales = [v for k, v in inits.items() if k.endswith("_scale") and "MatMul" in k]
+    assert scales and all(v.ndim == 1 and v.size > 1 for v in scales)  # one scale per output channel
+    assert inits["head0_W0"].dtype == np.float32  # the head (Gemm) stays fp32
     import shutil
 
     d = tmp_path / "m"
@@ -172,6 +179,70 @@ def test_int8_quantisation_measured(tiny_models: dict, tmp_path: Path) -> None:
     a = [r.scores["jailbreak"] for r in FastTier(model_dir=d, threads=1).classify(texts)]
     b = [r.scores["jailbreak"] for r in FastTier(model_dir=d, threads=1, quantized=True).classify(texts)]
     assert all(0 <= x <= 1 for x in b) and np.abs(np.array(a) - np.array(b)).max() < 0.5
+
+
+def _small_val(n: int = 24) -> list:
+    from safecascade.training.datasets import load_benchmark
+
+    val = load_benchmark("jailbreak", "val")
+    pos = sorted((e for e in val if e.label == 1), key=lambda e: len(e.text))[: n // 3]
+    neg = sorted((e for e in val if e.label == 0), key=lambda e: len(e.text))[: n - n // 3]
+    return pos + neg
+
+
+def test_int8_gate_keeps_or_drops_and_auto_serving_follows(tiny_models: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from safecascade.tiers.fast import FastTier
+    from safecascade.training.fast_train import int8_gate, record_int8
+
+    val = _small_val()
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    for d in (kept, dropped):
+        shutil.copytree(tiny_models["fast"].out_dir, d)
+    g = int8_gate(kept, val, threads=1, max_drop=1.0)  # any drop passes
+    assert g["offered"] and (kept / "model.int8.onnx").is_file() and g["n_val"] == len(val)
+    assert 0 <= g["val_f1_int8"] <= 1 and g["f1_drop"] == pytest.approx(g["val_f1_fp32"] - g["val_f1_int8"])
+    assert g["size_mb"]["int8"] < g["size_mb"]["fp32"]
+    card = json.loads((kept / "card.json").read_text())
+    record_int8(card, g)
+    (kept / "card.json").write_text(json.dumps(card))
+    assert card["int8_model"] == "model.int8.onnx" and FastTier(model_dir=kept, threads=1, quantized="auto").quantized
+
+    g = int8_gate(dropped, val, threads=1, max_drop=-1.0)  # nothing passes: the file is removed
+    assert not g["offered"] and not (dropped / "model.int8.onnx").exists()
+    card = json.loads((dropped / "card.json").read_text())
+    card["int8_model"] = "model.int8.onnx"  # a stale entry is removed too
+    record_int8(card, g)
+    (dropped / "card.json").write_text(json.dumps(card))
+    assert "int8_model" not in card and card["int8"]["offered"] is False
+    assert FastTier(model_dir=dropped, threads=1, quantized="auto").quantized is False  # falls back to fp32
+    with pytest.raises(ValueError, match="ONNX model missing"):
+        FastTier(model_dir=dropped, threads=1, quantized=True)
+    with pytest.raises(ValueError, match="quantized must be true, false or auto"):
+        FastTier(model_dir=dropped, threads=1, quantized="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs a labelled val split"):
+        int8_gate(dropped, [], threads=1)
+    # a model refitted on train+val is judged by its train-only twin's drop, not its own in-sample one
+    g = int8_gate(dropped, val, threads=1, max_drop=1.0, twin={"f1_drop": 2.0})
+    assert not g["offered"] and g["twin"] == {"f1_drop": 2.0} and "twin" in g["decided_on"]
+    assert not (dropped / "model.int8.onnx").exists()
+    g = int8_gate(dropped, val, threads=1, max_drop=-1.0, twin={"f1_drop": -2.0})
+    assert g["offered"] and (dropped / "model.int8.onnx").is_file()
+
+
+def test_cli_export_int8_runs_the_gate(tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safecascade.cli import main
+    from safecascade.training import datasets
+
+    val = _small_val()
+    monkeypatch.setattr(datasets, "load_benchmark", lambda name, split: val)  # a short val split keeps the test quick
+    out = tmp_path / "exported"
+    assert main(["export", str(tiny_models["fast"].out_dir), str(out), "--int8"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["int8"]["n_val"] == len(val) and card["int8"]["max_drop"] == 0.005
+    assert (out / "model.int8.onnx").is_file() == card["int8"]["offered"] == ("int8_model" in card)
+    assert main(["export", str(tiny_models["static"].out_dir), str(tmp_path / "s"), "--int8"]) == 2  # fast tier only
 
 
 def test_refit_on_train_and_val_with_out_of_fold_calibration() -> None:
