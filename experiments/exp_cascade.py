@@ -43,7 +43,9 @@ MODELS = ROOT / "models"
 
 def _single(kind: str, policy: str, *, model: str = "default", threshold: float = 0.5) -> dict[str, Any]:
     return {"version": 1, "name": f"{kind}-only", "policies": {policy: f"builtin:{policy}"},
-            "tiers": [{"name": kind, "type": kind, "options": {"model": model}, "threshold": threshold}]}
+            "tiers": [{"name": kind, "type": kind, "threshold": threshold,
+                       # the fast tier as the default router serves it: int8 when the model offers one
+                       "options": {"model": model, **({"quantized": "auto"} if kind == "fast" else {})}}]}
 
 
 def _safeguard_only(policy: str) -> dict[str, Any]:

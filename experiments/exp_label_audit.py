@@ -15,7 +15,7 @@ reading. The program checks that the file holds exactly the seeded sample, score
 texts with the fast tier (calibrated probability >= 0.5, as ``experiments/configs/fast_only.yaml``)
 and reports recall per verdict with Wilson 95% intervals.
 
-    python -m experiments.exp_label_audit [--model default|DIR] [--quantized false|true|auto]
+    python -m experiments.exp_label_audit [--model default|DIR] [--quantized auto|false|true]
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def recall_by_verdict(verdicts: Mapping[str, str], flagged: Mapping[str, bool]) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default", help="fast tier artifact dir (default: the cache's fast-default)")
-    ap.add_argument("--quantized", default="false", choices=["false", "true", "auto"])
+    ap.add_argument("--quantized", default="auto", choices=["false", "true", "auto"],
+                    help="auto (default, as the default router serves it): the int8 graph when the model offers one")
     ap.add_argument("--quick", action="store_true", help="accepted for run_all; the audit is small either way")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = Counter(verdicts.values())
         missed = {v: r["texts"] - r["flagged"] for v, r in zip(VERDICTS, rows)}
         rw.text(f"Of the {sum(missed.values())} sampled positives the fast tier misses, {missed['not']} are texts read as "
-                f"not violating the policy, {missed['ambiguous']} ambiguous and {missed['real']} real jailbreaks. "
+                f"not violating the policy, {missed['ambiguous']} ambiguous and {missed['real']} real (a jailbreak by the policy). "
                 f"Scaled to the {n_pos} test positives, about {round(counts['not'] / N * n_pos)} are not jailbreaks by the "
                 f"policy: the benchmark's F1 ceiling for a policy-following classifier is well under 1, and the way to a "
                 f"higher benchmark F1 is to flag more benign texts written in the jailbreak communities' style "

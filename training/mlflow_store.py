@@ -127,8 +127,9 @@ def log_training_run(result: Any, *, register: bool = True, run_name: str | None
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics(_flat_metrics(result.metrics))
         mlflow.log_metric("train_seconds", float(result.seconds))
-        if "int8" in result.card:
-            mlflow.log_metric("int8_val_f1_drop", float(result.card["int8"]["f1_drop"]))
+        if "int8" in result.card:  # the drop the gate decided on (a train-only twin's for a train+val refit)
+            gate = result.card["int8"]
+            mlflow.log_metrics({"int8_val_f1_drop": float(gate.get("twin", gate)["f1_drop"]), "int8_offered": float(gate["offered"])})
         mlflow.log_artifact(str(out / "card.json"))
         if (out / "model.onnx").is_file():
             mlflow.log_artifact(str(out / "model.onnx"))
