@@ -36,12 +36,6 @@ def _throughput(fn, texts: list[str], batch: int, min_seconds: float = 2.0) -> f
             return done / elapsed
 
 
-def _score_metrics(labels: list, scores: list) -> dict:
-    from safecascade.training.fast_train import score_metrics
-
-    return score_metrics(labels, scores)
-
-
 def _band_share(labels: np.ndarray, s: np.ndarray, precision: float, npv: float) -> dict[str, float]:
     """Widest static band whose block side keeps ``precision`` and allow side keeps ``npv``."""
     order = np.unique(s)
@@ -88,7 +82,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from safecascade.training.export_onnx import torch_embed_windows
-    from safecascade.training.fast_train import load_st
+    from safecascade.training.fast_train import load_st, score_metrics
 
     # a fine-tuned encoder's directory is recorded in the card (encoder.path)
     st = load_st(fast.card.get("encoder", {}).get("path") or fast.card["config"].get("encoder", "default"))
@@ -150,7 +144,7 @@ def main() -> int:
         t0 = time.perf_counter()
         f8 = np.array([r.scores["jailbreak"] for r in fast8.classify(texts)])
         int8_ms = (time.perf_counter() - t0) * 1000 / len(texts)
-        res["int8_metrics"] = {k: v for k, v in _score_metrics(y.tolist(), f8.tolist()).items()
+        res["int8_metrics"] = {k: v for k, v in score_metrics(y.tolist(), f8.tolist()).items()
                                if k in ("precision", "recall", "f1", "recall_at_1pct_fpr")}
     res["cost_per_prompt"] = {"fast_int8_ms": int8_ms,
         "fast_ms": fast_ms, "static_ms": static_ms, "fast_lexical_block_ms": lex_ms,
@@ -158,7 +152,6 @@ def main() -> int:
         "tokens": float(np.mean([r.info["tokens"] for r in fr])),
         "truncated_share": float(np.mean([r.info["truncated"] for r in fr])),
     }
-    from safecascade.training.fast_train import score_metrics
 
     fm = score_metrics(y.tolist(), fs.tolist())
     sm = score_metrics(y.tolist(), ss.tolist())
