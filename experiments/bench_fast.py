@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -119,6 +120,20 @@ def main() -> int:
     static_tp = _throughput(static.classify, speed_texts, 32)
     res["static_texts_per_s"] = static_tp
     res["static_vs_fast_speedup"] = static_tp / res["batch32"]["onnx_texts_per_s"]
+    if fast8.quantized:
+        res["static_vs_int8_speedup"] = static_tp / res["batch32"]["int8_texts_per_s"]
+    # tokenizers' own thread pool: on few cores its idle workers spin against the numpy work that
+    # follows each batch, so the static tier may run faster with it off (an operator's setting; the
+    # variable is read at each call, so it is set here only around this one measurement)
+    prev = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        res["static_texts_per_s_tokenizers_sequential"] = _throughput(static.classify, speed_texts, 32)
+    finally:
+        if prev is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = prev
 
     # cost per prompt + static coverage on a stratified test sample
     share = test if args.n_share >= len(test) else rng.sample(test, args.n_share)
@@ -169,11 +184,13 @@ def main() -> int:
           f"| fast ONNX batch 32 (texts/s) | {b32['onnx_texts_per_s']:.1f} |\n| same model, torch batch 32 | {b32['torch_texts_per_s']:.1f} (ONNX x{b32['speedup']:.2f}) |\n"
           + "".join(f"| fast ONNX int8 batch {b} (texts/s) | {res[f'batch{b}']['int8_texts_per_s']:.1f} (x{res[f'batch{b}']['int8_texts_per_s'] / res[f'batch{b}']['onnx_texts_per_s']:.2f} vs fp32) |\n"
                     for b in (1, 32) if "int8_texts_per_s" in res[f"batch{b}"]) +
-          f"| static batch 32 (texts/s) | {static_tp:.0f} (x{res['static_vs_fast_speedup']:.0f} vs ONNX fast) |\n"
+          f"| static batch 32 (texts/s) | {static_tp:.0f} (x{res['static_vs_fast_speedup']:.0f} vs ONNX fast"
+          + (f", x{res['static_vs_int8_speedup']:.0f} vs int8" if "static_vs_int8_speedup" in res else "") + ") |\n"
+          f"| static batch 32, TOKENIZERS_PARALLELISM=false (texts/s) | {res['static_texts_per_s_tokenizers_sequential']:.0f} |\n"
           f"| cost/prompt fast, static (ms) | {fast_ms:.2f}, {static_ms:.3f} |\n"
           f"| of which the fast tier's lexical block (ms) | {'-' if lex_ms is None else f'{lex_ms:.2f}'} |\n"
           f"| windows/prompt, tokens/prompt, truncated | {res['cost_per_prompt']['fast_windows']:.2f}, {res['cost_per_prompt']['tokens']:.0f}, {res['cost_per_prompt']['truncated_share']:.3f} |\n"
-          + (f"| cost/prompt fast int8 (ms) | {int8_ms:.2f} |\n| fast int8 P/R/F1/R@1%FPR | " + "/".join(f"{res['int8_metrics'][k]:.3f}" for k in ("precision", "recall", "f1", "recall_at_1pct_fpr")) + " |\n"
+          + (f"| cost/prompt fast int8 (ms) | {int8_ms:.2f} (x{int8_ms / static_ms:.0f} the static tier's) |\n| fast int8 P/R/F1/R@1%FPR | " + "/".join(f"{res['int8_metrics'][k]:.3f}" for k in ("precision", "recall", "f1", "recall_at_1pct_fpr")) + " |\n"
              if int8_ms is not None else "") +
           f"| fast P/R/F1/R@1%FPR (n={len(texts)}) | {fm['precision']:.3f}/{fm['recall']:.3f}/{fm['f1']:.3f}/{fm['recall_at_1pct_fpr']:.3f} |\n"
           f"| static P/R/F1/R@1%FPR | {sm['precision']:.3f}/{sm['recall']:.3f}/{sm['f1']:.3f}/{sm['recall_at_1pct_fpr']:.3f} |\n"

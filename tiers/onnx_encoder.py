@@ -51,16 +51,17 @@ class WindowConfig:
 class Windows:
     """The windows of one text: token id arrays (with specials) and what happened."""
 
-    ids: list[np.ndarray]
+    ids: list[np.ndarray]  # empty when cut with ``with_ids=False`` (the static tier needs only ``starts``)
     tokens: int  # content tokens in the text
     n_windows_total: int  # windows the whole text needs
     truncated: bool  # True when the window cap dropped some windows
     empty: bool  # True when the text has no tokens at all
     notes: tuple[str, ...] = field(default_factory=tuple)
     content: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # all content token ids (no specials)
+    starts: tuple[int, ...] = ()  # where each window's content starts in ``content`` (window k = content[s : s + body])
 
     def info(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"n_windows": len(self.ids), "tokens": self.tokens, "truncated": self.truncated}
+        d: dict[str, Any] = {"n_windows": len(self.starts), "tokens": self.tokens, "truncated": self.truncated}
         if self.truncated:
             d["n_windows_needed"] = self.n_windows_total
         if self.empty:
@@ -94,13 +95,16 @@ class Windower:
         self.cls_id, self.sep_id = int(cls_id), int(sep_id)
         self.unk_id = self.tokenizer.token_to_id("[UNK]")
 
-    def windows(self, texts: Sequence[str]) -> list[Windows]:
-        """Cut each text into windows (batch tokenisation, then numpy slicing)."""
-        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    def windows(self, texts: Sequence[str], *, with_ids: bool = True) -> list[Windows]:
+        """Cut each text into windows (batch tokenisation, then numpy slicing); ``with_ids=False``
+        skips building the encoder's ``[CLS] … [SEP]`` id arrays."""
+        # encode_batch_fast: the same ids without computing character offsets (nothing here uses them)
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encs = encode(list(texts), add_special_tokens=False)
         cfg = self.config
         body = cfg.window_tokens - 2
         out: list[Windows] = []
-        for text, enc in zip(texts, encs):
+        for enc in encs:
             ids = np.asarray(enc.ids, dtype=np.int64)
             n = int(ids.shape[0])
             notes: list[str] = []
@@ -118,12 +122,12 @@ class Windower:
                 starts = [starts[i] for i in pick]
                 truncated = True
             if n and self.unk_id is not None:
-                unk = float(np.mean(ids == self.unk_id))
+                unk = enc.ids.count(self.unk_id) / n
                 if unk >= 0.5:
                     notes.append(f"{unk:.0%} of tokens are unknown to the encoder's vocabulary (emoji / unsupported script)")
-            wins = [np.concatenate(([self.cls_id], ids[s : s + body], [self.sep_id])).astype(np.int64) for s in starts]
+            wins = [np.concatenate(([self.cls_id], ids[s : s + body], [self.sep_id])).astype(np.int64) for s in starts] if with_ids else []
             out.append(Windows(ids=wins, tokens=n, n_windows_total=total, truncated=truncated, empty=n == 0, notes=tuple(notes),
-                               content=ids))
+                               content=ids, starts=tuple(starts)))
         return out
 
 

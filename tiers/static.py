@@ -34,30 +34,46 @@ class StaticEncoder:
     """Window embeddings from a static embedding matrix (numpy)."""
 
     def __init__(self, *, embedding: np.ndarray, tokenizer_path: str | Path, window: WindowConfig, normalize: bool = True):
-        self.embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        emb = np.asarray(embedding, dtype=np.float32)
         self.windower = Windower(tokenizer_path, window)
         vocab = self.windower.tokenizer.get_vocab_size()
-        if self.embedding.ndim != 2 or self.embedding.shape[0] < vocab:
-            raise ValueError(f"static embedding matrix {self.embedding.shape} does not cover the tokenizer's {vocab} tokens")
+        if emb.ndim != 2 or emb.shape[0] < vocab:
+            raise ValueError(f"static embedding matrix {emb.shape} does not cover the tokenizer's {vocab} tokens")
         self.normalize = normalize
-        unk = self.windower.unk_id
-        self._drop = {i for i in (unk, self.windower.cls_id, self.windower.sep_id) if i is not None}
+        # Dropped tokens (unknown, [CLS], [SEP]: model2vec skips them) get a zero row and a zero
+        # count, so a window's mean is one gather of the text's tokens and a slice sum per window.
+        self._keep = np.ones(emb.shape[0], dtype=np.int64)
+        drop = [i for i in (self.windower.unk_id, self.windower.cls_id, self.windower.sep_id) if i is not None]
+        self._keep[drop] = 0
+        self.embedding = emb * self._keep[:, None].astype(np.float32)  # a copy: the caller's matrix is not touched
+
+    def window_matrix(self, texts: Sequence[str]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """The texts' windows, one embedding row per window of the whole batch, and each text's
+        first row (``offsets[i]:offsets[i + 1]`` are text i's rows)."""
+        wins = self.windower.windows(texts, with_ids=False)
+        body = self.windower.config.window_tokens - 2
+        offsets = np.zeros(len(wins) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(ws.starts) for ws in wins])
+        m = np.zeros((int(offsets[-1]), self.embedding.shape[1]), dtype=np.float32)
+        count = np.zeros(int(offsets[-1]), dtype=np.float32)
+        for ws, r in zip(wins, offsets[:-1]):
+            if not ws.tokens:
+                continue  # the empty window stays a zero row
+            rows = np.take(self.embedding, ws.content, axis=0)  # each token gathered once, also where windows overlap
+            kept = self._keep[ws.content]
+            for k, start in enumerate(ws.starts):
+                end = min(start + body, ws.tokens)
+                m[r + k] = rows[start:end].sum(axis=0)
+                count[r + k] = kept[start:end].sum()
+        m /= np.maximum(count, 1.0)[:, None]  # mean of the kept tokens; a window with none stays zero
+        if self.normalize:
+            m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+        return wins, m, offsets
 
     def embed_windows(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
-        wins = self.windower.windows(texts)
-        drop = np.array(sorted(self._drop), dtype=np.int64)
-        out = []
-        for ws in wins:
-            m = np.zeros((len(ws.ids), self.embedding.shape[1]), dtype=np.float32)
-            for k, ids in enumerate(ws.ids):
-                ids = ids[~np.isin(ids, drop)]
-                if ids.size:
-                    v = self.embedding[ids].mean(axis=0)
-                    if self.normalize:
-                        v = v / max(float(np.linalg.norm(v)), 1e-12)
-                    m[k] = v
-            out.append(m)
-        return wins, out
+        """The texts' windows and each text's window-embedding matrix."""
+        wins, m, offsets = self.window_matrix(texts)
+        return wins, [m[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
     def embed(self, texts: Sequence[str], *, progress: bool = False, batch: int = 512) -> list[np.ndarray]:
         """Window-embedding matrix per text (progress bar over batches)."""
@@ -147,16 +163,13 @@ class StaticTier:
         if idx:
             try:
                 good = [texts[i].encode("utf-8", errors="replace").decode("utf-8") for i in idx]
-                wins, embs = self.encoder.embed_windows(good)
-                flat = np.concatenate(embs)
-                probs = {p: self.heads[p](flat) for p in self.policies}
+                wins, flat, offsets = self.encoder.window_matrix(good)
+                # every text has at least one window (an empty text scores its empty window)
+                top = {p: np.clip(np.maximum.reduceat(self.heads[p](flat), offsets[:-1]), 0.0, 1.0) for p in self.policies}
                 per = (time.perf_counter() - t0) * 1000.0 / len(idx)
-                k = 0
-                for i, ws, e in zip(idx, wins, embs):
-                    n = e.shape[0]
-                    scores = {p: float(np.clip(probs[p][k : k + n].max(), 0.0, 1.0)) for p in self.policies}
-                    k += n
-                    results[i] = TierResult(scores=scores, info=ws.info(), latency_ms=per,
+                for j, (i, ws) in enumerate(zip(idx, wins)):
+                    n = int(offsets[j + 1] - offsets[j])
+                    results[i] = TierResult(scores={p: float(top[p][j]) for p in self.policies}, info=ws.info(), latency_ms=per,
                                             warnings=("truncated_windows",) if ws.truncated else (),
                                             cost={"windows": float(n), "tokens": float(ws.tokens)})
             except Exception as exc:
