@@ -122,9 +122,9 @@ def main() -> int:
     res["static_vs_fast_speedup"] = static_tp / res["batch32"]["onnx_texts_per_s"]
     if fast8.quantized:
         res["static_vs_int8_speedup"] = static_tp / res["batch32"]["int8_texts_per_s"]
-    # tokenizers' own thread pool: on few cores its idle workers spin against the numpy work that
-    # follows each batch, so the static tier may run faster with it off (an operator's setting; the
-    # variable is read at each call, so it is set here only around this one measurement)
+    # tokenizers' own thread pool, on and off: on few cores its idle workers can spin against the
+    # threaded work that follows each batch (an operator's setting; the variable is read at each
+    # call, so it is set here only around this one measurement)
     prev = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
