@@ -53,35 +53,41 @@ class StaticEncoder:
         """Width of a token vector."""
         return int(self.embedding.shape[1])
 
-    def window_sums(self, wins: Sequence[Windows], table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def window_sums(self, wins: Sequence[Windows], table: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """For every window of the batch: the sum of ``table``'s rows over its tokens, and how many
-        of its tokens are kept; and each text's first window row (``offsets[i]:offsets[i + 1]``
-        are text i's rows). ``table`` has one row per token id, zero for the dropped ones, as
-        :attr:`embedding` has."""
+        of its tokens are kept (``None`` when ``normalize``: L2 normalisation cancels the count);
+        and each text's first window row (``offsets[i]:offsets[i + 1]`` are text i's rows).
+        ``table`` has one row per token id, zero for the dropped ones, as :attr:`embedding` has."""
         body = self.windower.config.window_tokens - 2
         offsets = np.zeros(len(wins) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(ws.starts) for ws in wins])
         sums = np.zeros((int(offsets[-1]), table.shape[1]), dtype=np.float32)
-        count = np.zeros(int(offsets[-1]), dtype=np.float32)
+        count = None if self.normalize else np.zeros(int(offsets[-1]), dtype=np.float32)
         for ws, r in zip(wins, offsets[:-1]):
             if not ws.tokens:
                 continue  # the empty window stays a zero row
             rows = np.take(table, ws.content, axis=0)  # each token gathered once, also where windows overlap
-            kept = self._keep[ws.content]
+            kept = None if count is None else self._keep[ws.content]
             for k, start in enumerate(ws.starts):
                 end = min(start + body, ws.tokens)
                 sums[r + k] = rows[start:end].sum(axis=0)
-                count[r + k] = kept[start:end].sum()
+                if kept is not None:
+                    count[r + k] = kept[start:end].sum()
         return sums, count, offsets
+
+    def window_scale(self, emb_sums: np.ndarray, count: np.ndarray | None) -> np.ndarray:
+        """Per window, what its sum is divided by: the sum's norm when ``normalize`` (the mean's
+        direction), else the kept-token count (the mean); a window with no kept token stays zero."""
+        if count is None:
+            return np.maximum(np.linalg.norm(emb_sums, axis=1), 1e-12)
+        return np.maximum(count, 1.0)
 
     def window_matrix(self, texts: Sequence[str]) -> tuple[list[Any], np.ndarray, np.ndarray]:
         """The texts' windows, one embedding row per window of the whole batch (the mean of its
         kept token vectors, L2-normalised when ``normalize``), and each text's first row."""
         wins = self.windower.windows(texts, with_ids=False)
         m, count, offsets = self.window_sums(wins, self.embedding)
-        m /= np.maximum(count, 1.0)[:, None]  # a window with no kept token stays zero
-        if self.normalize:
-            m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+        m /= self.window_scale(m, count)[:, None]
         return wins, m, offsets
 
     def embed_windows(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
@@ -200,9 +206,7 @@ class StaticTier:
                 good = [texts[i].encode("utf-8", errors="replace").decode("utf-8") for i in idx]
                 wins = self.encoder.windower.windows(good, with_ids=False)
                 sums, count, offsets = self.encoder.window_sums(wins, self._table)
-                emb = sums[:, : self.encoder.dim]
-                # the window mean is sums / count; normalised, the count cancels: sums / |sums|
-                scale = np.maximum(np.linalg.norm(emb, axis=1), 1e-12) if self.encoder.normalize else np.maximum(count, 1.0)
+                scale = self.encoder.window_scale(sums[:, : self.encoder.dim], count)
                 top = {}
                 for p in self.policies:
                     lo, hi = self._first[p]
