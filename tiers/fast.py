@@ -124,8 +124,16 @@ class FastTier:
         if "lexical" in self.card:
             self._load_lexical(d, name, outs, card_pols)
         self.name = name
-        self.batch_size = batch_size
         self.quantized = bool(quantized)  # True when the int8 graph is served
+        # Windows per ONNX call. The int8 graph quantises activations dynamically, with one scale
+        # per call computed over the whole input tensor, so windows sharing a call (and their
+        # padding) would change each other's scores: by up to 0.08 in probability on the benchmark's
+        # test split, enough to flip decisions with the traffic a text is batched with. One window per
+        # call makes a text's int8 score depend on the text alone (and costs nothing on long texts,
+        # which no longer pay for padding); fp32 batches are batch-invariant (1e-9) and keep batching.
+        self.batch_size = 1 if self.quantized else batch_size
+        if self.quantized and batch_size != 1:
+            log.debug("fast tier %r: int8 graph served one window per call (batch_size %d ignored)", name, batch_size)
 
     def _load_lexical(self, d: Path, name: str, outs: list[str], card_pols: list[str]) -> None:
         where = f"fast tier {name!r}: {d / 'card.json'}"
