@@ -1,30 +1,57 @@
-"""The label audit's bookkeeping: the committed verdicts cover exactly the seeded random sample of
-test positives, and recall per verdict / Wilson intervals are computed right."""
+"""The label audit's bookkeeping: the committed verdicts cover exactly the test positives (the
+seeded random sample first), the second reading re-reads sampled texts only, and recall per
+verdict, Wilson intervals, agreement and the policy-labelled views are computed right."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from experiments.exp_label_audit import AUDIT, N, VERDICTS, read_audit, recall_by_verdict, sample_ids, wilson
+from experiments.exp_label_audit import (AUDIT, N, SECOND, VERDICTS, VIEWS, agreement, check_coverage, read_audit,
+                                         read_readings, recall_by_verdict, relabel, sample_ids, view_metrics, wilson)
 
 
-def test_audit_file_is_the_seeded_sample_of_test_positives() -> None:
+@pytest.fixture(scope="module")
+def positives() -> list:
     from safecascade.training.datasets import load_benchmark
 
-    positives = [e for e in load_benchmark("jailbreak", "test") if e.label == 1]
-    verdicts = read_audit()
-    assert list(verdicts) == sample_ids(positives) and len(verdicts) == N
-    assert set(verdicts.values()) <= set(VERDICTS)
-    # a different seed is a different sample: the file is not just any 120 positives
-    assert sample_ids(positives, seed=1) != list(verdicts)
+    return [e for e in load_benchmark("jailbreak", "test") if e.label == 1]
 
 
-def test_read_audit_rejects_unknown_verdicts(tmp_path: Path) -> None:
+def test_audit_covers_every_test_positive_with_the_seeded_sample_first(positives: list) -> None:
+    verdicts, readings = read_audit(), read_readings()
+    check_coverage(verdicts, readings, positives)  # raises on any gap
+    assert len(verdicts) == len(positives) and list(verdicts)[:N] == sample_ids(positives)
+    assert set(verdicts.values()) <= set(VERDICTS) and sum(r == "sample" for r in readings.values()) == N
+    # a different seed is a different sample: the first reading is not just any 120 positives
+    assert sample_ids(positives, seed=1) != list(verdicts)[:N]
+
+
+def test_second_reading_re_reads_sampled_texts_only() -> None:
+    second, readings = read_audit(SECOND), read_readings()
+    assert len(second) >= 20 and all(readings[i] == "sample" for i in second)
+
+
+def test_check_coverage_rejects_gaps_and_a_reordered_sample(positives: list) -> None:
+    verdicts, readings = read_audit(), read_readings()
+    gap = dict(list(verdicts.items())[:-1])
+    with pytest.raises(ValueError, match="1 missing"):
+        check_coverage(gap, readings, positives)
+    items = list(verdicts.items())
+    swapped = dict([items[1], items[0]] + items[2:])
+    with pytest.raises(ValueError, match="seeded sample"):
+        check_coverage(swapped, readings, positives)
+
+
+def test_read_audit_rejects_unknown_verdicts_and_repeats(tmp_path: Path) -> None:
     p = tmp_path / "a.csv"
     p.write_text("id,verdict,reason\nx-1,maybe,unsure\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unknown verdicts"):
+        read_audit(p)
+    p.write_text("id,verdict,reason\nx-1,real,a\nx-1,not,b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="read twice"):
         read_audit(p)
     assert AUDIT.is_file()
 
@@ -37,3 +64,30 @@ def test_wilson_and_recall_by_verdict() -> None:
     rows = {r["verdict"]: r for r in recall_by_verdict(verdicts, {"a": True, "b": False, "c": True, "d": False})}
     assert rows["real"]["recall"] == 0.5 and rows["not"]["recall"] == 1.0 and rows["ambiguous"]["flagged"] == 0
     assert rows["real"]["share of positives"] == 0.5 and rows["real"]["texts"] == 2
+
+
+def test_agreement_counts_and_kappa() -> None:
+    first = {"a": "real", "b": "real", "c": "not", "d": "not", "e": "ambiguous", "z": "real"}
+    second = {"a": "real", "b": "not", "c": "not", "d": "not", "e": "real"}
+    ag = agreement(first, second)
+    assert ag["n"] == 5 and ag["agree"] == pytest.approx(3 / 5) and ag["agree_binary"] == pytest.approx(4 / 5)
+    # binary: first [1,1,0,0,1], second [1,0,0,0,1]: po 0.8, pe 0.6*0.4 + 0.4*0.6 = 0.48
+    assert ag["kappa_binary"] == pytest.approx((0.8 - 0.48) / (1 - 0.48))
+    assert ag["pairs"][("real", "not")] == 1
+    with pytest.raises(ValueError, match="no ids"):
+        agreement(first, {"q": "real"})
+
+
+def test_policy_views_relabel_positives_and_keep_negatives() -> None:
+    ex = [SimpleNamespace(id=i, label=lab) for i, lab in (("p1", 1), ("p2", 1), ("p3", 1), ("n1", 0), ("n2", 0))]
+    verdicts = {"p1": "real", "p2": "not", "p3": "ambiguous"}
+    assert relabel(ex, verdicts, VIEWS["benchmark (as collected)"]) == [(0, 1), (1, 1), (2, 1), (3, 0), (4, 0)]
+    assert relabel(ex, verdicts, VIEWS["policy, ambiguous left out"]) == [(0, 1), (1, 0), (3, 0), (4, 0)]
+    # a scorer that flags p1 and p2: a hit on p2 counts for the benchmark and against it by the policy
+    scores = [0.9, 0.8, 0.1, 0.2, 0.0]
+    bench = view_metrics(ex, verdicts, VIEWS["benchmark (as collected)"], scores)
+    pol = view_metrics(ex, verdicts, VIEWS["policy, ambiguous left out"], scores)
+    assert bench["precision"] == 1.0 and bench["recall"] == pytest.approx(2 / 3)
+    assert pol["precision"] == 0.5 and pol["recall"] == 1.0 and pol["FPR"] == pytest.approx(1 / 3) and pol["texts"] == 4
+    with pytest.raises(ValueError, match="no verdict"):
+        relabel(ex, {"p1": "real"}, VIEWS["benchmark (as collected)"])
