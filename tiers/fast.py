@@ -10,7 +10,8 @@ Options::
     max_windows: 8          # cap on windows per text (beyond it: evenly spread windows, truncated=True)
     window_tokens: 256      # default from the card
     stride: 224             # default from the card
-    batch_size: 32
+    batch_size: 32          # windows per ONNX call for the fp32 graph (the int8 graph always runs one:
+                            # its dynamic quantisation would let batch-mates change a text's score)
     quantized: false        # true: serve model.int8.onnx (an error if the artifact has none);
                             # auto: serve it when the card offers one (it passed the val F1 gate), else fp32
 
