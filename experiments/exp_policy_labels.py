@@ -17,7 +17,7 @@ verdicts would (``safecascade train fast --from-log``):
   ``--finetune`` tunes the encoder on the policy's labels too (about 17 minutes more).
 
 Both models are scored on the whole test split, fp32, at calibrated probability 0.5, under the
-benchmark's labels and under the policy's (test positives relabelled by the audit).
+benchmark's labels and under the policy's (the test texts relabelled by the audit).
 
     python -m experiments.exp_policy_labels [--finetune] [--out DIR] [--quick]
 
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from experiments.exp_label_audit import VIEWS, _metric_name, read_audit, view_metrics
+    from experiments.exp_label_audit import VIEWS, _metric_name, view_metrics
+    from experiments.exp_label_audit import split_verdicts
     from safecascade.tiers.fast import FastTier
     from safecascade.training.datasets import load_benchmark
     from safecascade.training.fast_train import DEFAULT_RECIPE, TrainConfig, ensure_default_models, train_fast
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         replay = _write_replay(train_soft, Path(tmp) / "ambiguous.csv")
         res = train_fast(cfg, train=train_hard, val=val_hard, verdicts=replay, out_dir=out)
     texts = [e.text for e in test]
-    test_verdicts = read_audit()
+    test_verdicts = split_verdicts(test)
     models = {"default (benchmark labels)": default_dir, "policy labels": out}
     rows, scores = [], {}
     for name, d in models.items():

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.exp_label_audit import (AUDIT, N, SECOND, VERDICTS, VIEWS, agreement, check_coverage, read_audit,
-                                         read_readings, recall_by_verdict, relabel, sample_ids, view_metrics, wilson)
+from experiments.exp_label_audit import (AUDIT, N, NEG_AUDIT, NEG_SOURCES, SECOND, VERDICTS, VIEWS, agreement,
+                                         check_coverage, check_negatives, read_audit, read_readings, recall_by_verdict,
+                                         relabel, sample_ids, split_verdicts, view_metrics, wilson)
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +79,35 @@ def test_agreement_counts_and_kappa() -> None:
         agreement(first, {"q": "real"})
 
 
-def test_policy_views_relabel_positives_and_keep_negatives() -> None:
+def test_policy_views_relabel_what_was_read_and_keep_the_rest() -> None:
     ex = [SimpleNamespace(id=i, label=lab) for i, lab in (("p1", 1), ("p2", 1), ("p3", 1), ("n1", 0), ("n2", 0))]
-    verdicts = {"p1": "real", "p2": "not", "p3": "ambiguous"}
+    verdicts = {"p1": "real", "p2": "not", "p3": "ambiguous", "n2": "real"}
     assert relabel(ex, verdicts, VIEWS["benchmark (as collected)"]) == [(0, 1), (1, 1), (2, 1), (3, 0), (4, 0)]
-    assert relabel(ex, verdicts, VIEWS["policy, ambiguous left out"]) == [(0, 1), (1, 0), (3, 0), (4, 0)]
+    # n1 was not read and stays benign; n2, a jailbreak the source labelled benign, becomes a violation
+    assert relabel(ex, verdicts, VIEWS["policy, ambiguous left out"]) == [(0, 1), (1, 0), (3, 0), (4, 1)]
+    assert relabel(ex, verdicts, VIEWS["policy, ambiguous = violation"]) == [(0, 1), (1, 0), (2, 1), (3, 0), (4, 1)]
     # a scorer that flags p1 and p2: a hit on p2 counts for the benchmark and against it by the policy
     scores = [0.9, 0.8, 0.1, 0.2, 0.0]
     bench = view_metrics(ex, verdicts, VIEWS["benchmark (as collected)"], scores)
     pol = view_metrics(ex, verdicts, VIEWS["policy, ambiguous left out"], scores)
     assert bench["precision"] == 1.0 and bench["recall"] == pytest.approx(2 / 3)
-    assert pol["precision"] == 0.5 and pol["recall"] == 1.0 and pol["FPR"] == pytest.approx(1 / 3) and pol["texts"] == 4
+    assert pol["precision"] == 0.5 and pol["recall"] == 0.5 and pol["FPR"] == 0.5 and pol["texts"] == 4
     with pytest.raises(ValueError, match="no verdict"):
-        relabel(ex, {"p1": "real"}, VIEWS["benchmark (as collected)"])
+        relabel(ex, {"p1": "real"}, VIEWS["policy, ambiguous left out"])
+
+
+def test_negatives_audit_covers_the_hard_negatives_only() -> None:
+    from safecascade.training.datasets import load_benchmark
+
+    test = load_benchmark("jailbreak", "test")
+    if not NEG_AUDIT.is_file():
+        pytest.skip("no negatives' audit committed")
+    neg = read_audit(NEG_AUDIT)
+    check_negatives(neg, test)  # raises on any gap
+    assert {e.source for e in test if e.id in neg} == set(NEG_SOURCES)
+    allv = split_verdicts(test)
+    assert len(allv) == len(neg) + sum(e.label for e in test)
+    with pytest.raises(ValueError, match="1 missing"):
+        check_negatives(dict(list(neg.items())[1:]), test)
+    with pytest.raises(ValueError, match="1 extra"):
+        check_negatives({**neg, "alpaca-0": "not"}, test)
