@@ -214,7 +214,7 @@ def recall_by_verdict(verdicts: Mapping[str, str], flagged: Mapping[str, bool]) 
     return rows
 
 
-def _metric_name(*parts: str) -> str:
+def metric_name(*parts: str) -> str:
     """An MLflow-safe metric name: ``fast_tier.policy_ambiguous_left_out.F1``."""
     import re
 
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         scorers[name] = [float(allv.get(e.id) in allowed) for e in test]
     flagged = {e.id: s >= 0.5 for e, s in zip(test, fast)}
     n_pos = len(positives)
-    with ResultWriter("label_audit", title="Label audit of the jailbreak test positives",
+    with ResultWriter("label_audit", title="Label audit of the jailbreak test split",
                       params={"seed": SEED, "n_sample": N, "n_audited": len(verdicts), "model": str(model),
                               "int8": tier.quantized}) as rw:
         rw.text(f"All {n_pos} test positives were read against the jailbreak policy and given one verdict each; see the "
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             rw.text(f"Disagreements (first → second): {pairs}.")
             rw.metrics({"kappa": ag["kappa"], "kappa_binary": ag["kappa_binary"]})
         rw.metrics({f"recall_{r['verdict']}": r["recall"] for r in all_rows} | {f"share_{r['verdict']}": r["share of positives"] for r in all_rows}
-                   | {_metric_name(r["classifier"], r["labels"], k): r[k] for r in view_rows for k in ("F1", "R@1%FPR")
+                   | {metric_name(r["classifier"], r["labels"], k): r[k] for r in view_rows for k in ("F1", "R@1%FPR")
                       if isinstance(r[k], (int, float))})
     print(rw.render())
     return 0

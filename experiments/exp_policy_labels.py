@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from experiments.exp_label_audit import VIEWS, _metric_name, view_metrics
-    from experiments.exp_label_audit import split_verdicts
+    from experiments.exp_label_audit import VIEWS, metric_name, split_verdicts, view_metrics
     from safecascade.tiers.fast import FastTier
     from safecascade.training.datasets import load_benchmark
     from safecascade.training.fast_train import DEFAULT_RECIPE, TrainConfig, ensure_default_models, train_fast
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if vm:
             rw.text(f"Val (policy labels, out of fold): F1 {vm.get('f1', float('nan')):.3f}, "
                     f"R@1%FPR {vm.get('recall_at_1pct_fpr', float('nan')):.3f}.")
-        rw.metrics({_metric_name(r["trained on"], r["test labels"], k): r[k] for r in rows for k in ("F1", "R@1%FPR")
+        rw.metrics({metric_name(r["trained on"], r["test labels"], k): r[k] for r in rows for k in ("F1", "R@1%FPR")
                     if isinstance(r[k], (int, float))})
     print(rw.render())
     return 0
