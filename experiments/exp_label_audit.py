@@ -78,8 +78,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     bad = sorted({r["verdict"] for r in rows} - set(VERDICTS))
     if bad:
         raise ValueError(f"{path}: unknown verdicts {bad}; expected {VERDICTS}")
-    ids = [r["id"] for r in rows]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
+    dup = sorted(i for i, k in Counter(r["id"] for r in rows).items() if k > 1)
     if dup:
         raise ValueError(f"{path}: ids read twice: {dup[:5]}")
     return rows

@@ -38,17 +38,8 @@ from typing import Any, Mapping, Sequence
 
 from experiments.common import ROOT, ResultWriter, work_dir
 
-log = logging.getLogger("experiments.policy_labels")
-
 TRAINVAL_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_audit.csv"
 POLICY_TARGET = {"real": 1.0, "not": 0.0, "ambiguous": 0.5}
-
-
-def read_trainval_audit(path: Path = TRAINVAL_AUDIT) -> dict[str, str]:
-    """``id -> verdict`` of the train and val positives; unknown verdicts or repeated ids are an error."""
-    from experiments.exp_label_audit import read_audit
-
-    return read_audit(path)
 
 
 def policy_rows(examples: Sequence[Any], verdicts: Mapping[str, str]) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -89,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from experiments.exp_label_audit import VIEWS, metric_name, split_verdicts, view_metrics
+    from experiments.exp_label_audit import VIEWS, metric_name, read_audit, split_verdicts, view_metrics
     from safecascade.tiers.fast import FastTier
     from safecascade.training.datasets import load_benchmark
     from safecascade.training.fast_train import DEFAULT_RECIPE, TrainConfig, ensure_default_models, train_fast
 
     train, val, test = (load_benchmark("jailbreak", s) for s in ("train", "val", "test"))
-    tv = read_trainval_audit()
+    tv = read_audit(TRAINVAL_AUDIT)
     want = {e.id for e in (*train, *val) if e.label == 1}
     if set(tv) != want:
         raise SystemExit(f"{TRAINVAL_AUDIT}: covers {len(tv)} ids, the train and val positives are {len(want)}")

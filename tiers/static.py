@@ -170,10 +170,13 @@ class StaticTier:
         # rescales it. One gather of [E | E @ W0 per policy] then replaces a (windows x dim) @
         # (dim x hidden) product per batch, whose BLAS threads contend with the tokenizer's on few
         # cores (the static tier ran about 1.4x faster this way on 2 cores; docs/fast-tier.md).
+        # The embedding's own columns are kept only where the scale needs them (the sum's norm
+        # when normalising; otherwise the kept-token count scales and they would be summed for nothing).
         dim = self.encoder.dim
-        parts = [self.encoder.embedding]
+        self._emb_cols = dim if self.encoder.normalize else 0
+        parts = [self.encoder.embedding[:, : self._emb_cols]]
         self._first: dict[str, tuple[int, int]] = {}  # policy -> its columns of the table
-        col = dim
+        col = self._emb_cols
         for pol in self.policies:
             w0, _ = self.heads[pol].layers[0]
             if w0.shape[0] != dim:
@@ -206,7 +209,7 @@ class StaticTier:
                 good = [texts[i].encode("utf-8", errors="replace").decode("utf-8") for i in idx]
                 wins = self.encoder.windower.windows(good, with_ids=False)
                 sums, count, offsets = self.encoder.window_sums(wins, self._table)
-                scale = self.encoder.window_scale(sums[:, : self.encoder.dim], count)
+                scale = self.encoder.window_scale(sums[:, : self._emb_cols], count)
                 top = {}
                 for p in self.policies:
                     lo, hi = self._first[p]

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.exp_policy_labels import TRAINVAL_AUDIT, policy_rows, read_trainval_audit
+from experiments.exp_label_audit import read_audit
+from experiments.exp_policy_labels import TRAINVAL_AUDIT, policy_rows
 
 
 def test_trainval_audit_covers_exactly_the_train_and_val_positives() -> None:
@@ -15,7 +16,7 @@ def test_trainval_audit_covers_exactly_the_train_and_val_positives() -> None:
 
     from safecascade.training.datasets import load_benchmark
 
-    verdicts = read_trainval_audit()
+    verdicts = read_audit(TRAINVAL_AUDIT)
     splits = {s: {e.id for e in load_benchmark("jailbreak", s) if e.label == 1} for s in ("train", "val")}
     assert set(verdicts) == splits["train"] | splits["val"]
     with TRAINVAL_AUDIT.open(newline="", encoding="utf-8") as fh:
