@@ -16,12 +16,21 @@ verdicts would (``safecascade train fast --from-log``):
   so only the heads, the lexical block and the calibration learn the new labels;
   ``--finetune`` tunes the encoder on the policy's labels too (about 17 minutes more).
 
+Two more sources of policy-following labels can be added:
+
+* ``--read-negatives``: the 2,710 train and val hard negatives (ToxicChat, awesome-chatgpt-prompts)
+  were read against the policy too (``experiments/data/jailbreak_trainval_negatives_audit.csv``:
+  13 ``real``, 31 ``ambiguous``); they are relabelled like the positives;
+* ``--toxicchat-jailbreaks``: the ToxicChat prompts its human annotators flagged as jailbreaking,
+  which the benchmark leaves out (41 train, 9 val after duplicates and benchmark texts are
+  dropped; :func:`safecascade.training.datasets.toxicchat_jailbreaks`), as positives.
+
 Both models are scored on the whole test split, fp32, at calibrated probability 0.5, under the
 benchmark's labels and under the policy's (the test texts relabelled by the audit).
 
-    python -m experiments.exp_policy_labels [--finetune] [--out DIR] [--quick]
+    python -m experiments.exp_policy_labels [--finetune] [--read-negatives] [--toxicchat-jailbreaks] [--out DIR]
 
-Results: ``experiments/results/policy_labels.md`` (``policy_labels_finetune.md`` with ``--finetune``).
+Results: ``experiments/results/policy_labels[_finetune][_negatives][_toxicchat].md``.
 """
 
 from __future__ import annotations
@@ -39,19 +48,20 @@ from typing import Any, Mapping, Sequence
 from experiments.common import ROOT, ResultWriter, work_dir
 
 TRAINVAL_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_audit.csv"
+TRAINVAL_NEGATIVES_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_negatives_audit.csv"
 POLICY_TARGET = {"real": 1.0, "not": 0.0, "ambiguous": 0.5}
 
 
 def policy_rows(examples: Sequence[Any], verdicts: Mapping[str, str]) -> tuple[list[Any], list[dict[str, Any]]]:
     """Split ``examples`` into hard-labelled examples and soft replay rows by the policy's verdicts.
 
-    Negatives pass unchanged; a positive takes its verdict's target (``real`` 1, ``not`` 0) and an
-    ``ambiguous`` one becomes a replay row ``{"text", "jailbreak": 0.5}``. A positive without a
-    verdict is an error.
+    A text with a verdict takes its target (``real`` 1, ``not`` 0) and an ``ambiguous`` one becomes
+    a replay row ``{"text", "jailbreak": 0.5}``. A negative without a verdict (one nobody read)
+    passes unchanged; a positive without one is an error.
     """
     hard, soft = [], []
     for e in examples:
-        if e.label != 1:
+        if e.label != 1 and e.id not in verdicts:
             hard.append(e)
             continue
         if e.id not in verdicts:
@@ -75,6 +85,10 @@ def _write_replay(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--finetune", action="store_true", help="tune the encoder on the policy's labels (about 17 min more)")
+    ap.add_argument("--toxicchat-jailbreaks", action="store_true",
+                    help="add ToxicChat's human-flagged jailbreak prompts of train and val as positives")
+    ap.add_argument("--read-negatives", action="store_true",
+                    help="relabel the train and val hard negatives by their reading too (13 real, 31 ambiguous)")
     ap.add_argument("--out", default=None, help="artifact dir for the policy-labelled model (default: a work dir)")
     ap.add_argument("--quick", action="store_true", help="accepted for run_all; the experiment is the same either way")
     args = ap.parse_args(argv)
@@ -82,23 +96,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from experiments.exp_label_audit import VIEWS, metric_name, read_audit, split_verdicts, view_metrics
     from safecascade.tiers.fast import FastTier
-    from safecascade.training.datasets import load_benchmark
+    from safecascade.training.datasets import load_benchmark, toxicchat_jailbreaks
     from safecascade.training.fast_train import DEFAULT_RECIPE, TrainConfig, ensure_default_models, train_fast
 
     train, val, test = (load_benchmark("jailbreak", s) for s in ("train", "val", "test"))
-    tv = read_audit(TRAINVAL_AUDIT)
+    pos_v = read_audit(TRAINVAL_AUDIT)
     want = {e.id for e in (*train, *val) if e.label == 1}
-    if set(tv) != want:
-        raise SystemExit(f"{TRAINVAL_AUDIT}: covers {len(tv)} ids, the train and val positives are {len(want)}")
+    if set(pos_v) != want:
+        raise SystemExit(f"{TRAINVAL_AUDIT}: covers {len(pos_v)} ids, the train and val positives are {len(want)}")
+    neg_v = read_audit(TRAINVAL_NEGATIVES_AUDIT) if args.read_negatives else {}
+    if set(neg_v) - {e.id for e in (*train, *val) if e.label == 0}:
+        raise SystemExit(f"{TRAINVAL_NEGATIVES_AUDIT}: names ids that are not train or val negatives")
+    tv = {**pos_v, **neg_v}
     train_hard, train_soft = policy_rows(train, tv)
     val_hard, _ = policy_rows(val, tv)  # ambiguous val positives are left out (calibration needs hard labels)
+    extra = {s: toxicchat_jailbreaks(s) if args.toxicchat_jailbreaks else [] for s in ("train", "val")}
+    train_hard, val_hard = train_hard + extra["train"], val_hard + extra["val"]
     default_dir = ensure_default_models(kinds=("fast",))["fast"]
     default_card = json.loads((default_dir / "card.json").read_text(encoding="utf-8"))
     recipe = dict(DEFAULT_RECIPE["fast"], int8=False)
     if not args.finetune:
         recipe.update(finetune=False, encoder=str(default_card["encoder"].get("path") or "default"))
     cfg = TrainConfig(kind="fast", **recipe)
-    out = Path(args.out) if args.out else work_dir("policy_labels", "fast-policy" + ("-ft" if args.finetune else ""))
+    variant = [n for n, on in (("finetune", args.finetune), ("negatives", args.read_negatives),
+                               ("toxicchat", args.toxicchat_jailbreaks)) if on]
+    out = Path(args.out) if args.out else work_dir("policy_labels", "-".join(["fast-policy", *variant]))
     with tempfile.TemporaryDirectory() as tmp:
         replay = _write_replay(train_soft, Path(tmp) / "ambiguous.csv")
         res = train_fast(cfg, train=train_hard, val=val_hard, verdicts=replay, out_dir=out)
@@ -110,14 +132,25 @@ def main(argv: list[str] | None = None) -> int:
         scores[name] = [r.scores.get("jailbreak", 0.0) for r in FastTier(model_dir=d, quantized=False).classify(texts)]
         for view, mapping in VIEWS.items():
             rows.append({"trained on": name, "test labels": view, **view_metrics(test, test_verdicts, mapping, scores[name])})
-    counts = {v: sum(x == v for x in tv.values()) for v in POLICY_TARGET}
-    with ResultWriter("policy_labels" + ("_finetune" if args.finetune else ""),
-                      title="The fast tier trained on the policy's labels" + (" (encoder tuned on them too)" if args.finetune else ""),
-                      params={"finetune": args.finetune, "encoder": cfg.encoder, "out": str(out),
+    counts = {v: sum(x == v for x in pos_v.values()) for v in POLICY_TARGET}
+    neg_counts = {v: sum(x == v for x in neg_v.values()) for v in POLICY_TARGET}
+    title = "The fast tier trained on the policy's labels" + (" (encoder tuned on them too)" if args.finetune else "")
+    title += " (hard negatives read too)" if args.read_negatives else ""
+    title += " + ToxicChat's human jailbreak flags" if args.toxicchat_jailbreaks else ""
+    with ResultWriter("_".join(["policy_labels", *variant]), title=title,
+                      params={"finetune": args.finetune, "read_negatives": args.read_negatives,
+                              "toxicchat_jailbreaks": args.toxicchat_jailbreaks,
+                              "toxicchat_positives": {s: len(v) for s, v in extra.items()}, "encoder": cfg.encoder, "out": str(out),
                               "train_rows": len(train_hard) + len(train_soft), "val_rows": len(val_hard)}) as rw:
         rw.text(f"Train and val positives by the policy: {counts['real']} real, {counts['not']} not (trained as negatives), "
                 f"{counts['ambiguous']} ambiguous (soft target 0.5 in train, left out of val). Method and caveats in the "
                 "program's docstring; both models fp32, calibrated probability 0.5, the whole test split.")
+        if neg_v:
+            rw.text(f"Train and val hard negatives by the policy: {neg_counts['real']} real (trained as positives), "
+                    f"{neg_counts['ambiguous']} ambiguous (as above), {neg_counts['not']} not.")
+        if args.toxicchat_jailbreaks:
+            rw.text(f"ToxicChat's human-flagged jailbreak prompts added as positives: {len(extra['train'])} train, "
+                    f"{len(extra['val'])} val (`toxicchat_jailbreaks`).")
         rw.table(rows, name="views", caption="Test split under the benchmark's labels and under the policy's")
         vm = res.card.get("metrics", {}).get("val", {}).get("jailbreak", {})
         if vm:

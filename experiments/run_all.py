@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from experiments.common import ROOT, git_commit, markdown_table, results_dir
 
@@ -25,6 +26,13 @@ def discover() -> list[str]:
     return sorted(p.stem[len("exp_"):] for p in (ROOT / "experiments").glob("exp_*.py"))
 
 
+def pages(name: str) -> list[Path]:
+    """An experiment's result pages: ``<name>.md``, then its variants' ``<name>_<variant>.md``."""
+    res = results_dir()
+    main = res / f"{name}.md"
+    return ([main] if main.is_file() else []) + sorted(res.glob(f"{name}_*.md"))
+
+
 def write_index(status: dict[str, dict]) -> None:
     res = results_dir()
     lines = ["# Experiment results\n",
@@ -33,19 +41,17 @@ def write_index(status: dict[str, dict]) -> None:
              "was produced with; every run is also logged to MLflow (experiment `safecascade-experiments`).\n"]
     rows = []
     for name in discover():
-        md = res / f"{name}.md"
-        st = status.get(name, {})
-        head = md.read_text(encoding="utf-8").splitlines()[2] if md.is_file() else ""
-        m = re.match(r"Commit `([^`]+)`, written ([^,]+),", head)
-        rows.append({"experiment": f"[{name}]({md.name})" if md.is_file() else name,
-                     "page written": f"{m.group(2)} at `{m.group(1)}`" if m else "–",
-                     "this run": st.get("outcome", "not rerun"), "seconds": st.get("seconds")})
+        for md in pages(name) or [res / f"{name}.md"]:
+            st = status.get(name, {}) if md.stem == name else {}  # run_all runs the main page's program only
+            head = md.read_text(encoding="utf-8").splitlines()[2] if md.is_file() else ""
+            m = re.match(r"Commit `([^`]+)`, written ([^,]+),", head)
+            rows.append({"experiment": f"[{md.stem}]({md.name})" if md.is_file() else name,
+                         "page written": f"{m.group(2)} at `{m.group(1)}`" if m else "–",
+                         "this run": st.get("outcome", "not rerun"), "seconds": st.get("seconds")})
     lines.append(markdown_table(rows, ["experiment", "page written", "this run", "seconds"], digits=0))
     for name in discover():
-        md = res / f"{name}.md"
-        if md.is_file():
-            body = md.read_text(encoding="utf-8")
-            lines.append(f"\n---\n\n{body}")
+        for md in pages(name):
+            lines.append(f"\n---\n\n{md.read_text(encoding='utf-8')}")
     (res / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 

@@ -195,18 +195,50 @@ def _jailbreak_negative_pool() -> tuple[list[Example], list[Example], dict[str, 
     return kept_hard, kept_alpaca, dict(drops)
 
 
+@functools.lru_cache(maxsize=None)
+def _undated_cuts() -> tuple[float, float]:
+    n_pos = Counter(sp for sp, _ in _jailbreak_positives())
+    total = sum(n_pos.values())
+    return n_pos["train"] / total, (n_pos["train"] + n_pos["val"]) / total
+
+
+def _undated_split(text: str) -> str:
+    """The jailbreak benchmark's split for an undated text: a seeded hash, cut in proportion to
+    the date-split positives (so each split can hold the published prevalence)."""
+    cut_train, cut_val = _undated_cuts()
+    u = split_hash(text)
+    return "train" if u < cut_train else "val" if u < cut_val else "test"
+
+
+def toxicchat_jailbreaks(split: str) -> list[Example]:
+    """ToxicChat prompts its human annotators flagged as jailbreaking (label 1), for one split.
+
+    The jailbreak benchmark leaves these out (its ToxicChat rows are all negatives); they are
+    offered as extra training positives that follow a human reading of the prompt rather than the
+    community it was posted in. They take the split an undated benchmark negative with the same
+    text would take; duplicates, and texts whose near-duplicate key matches any benchmark text
+    (of any split), are dropped, so none of them is a test text.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of train, val, test")
+    taken = {normalise(e.text) for e in load_benchmark("jailbreak", "all")}
+    out, seen = [], set()
+    for i, r in enumerate(_rows("toxicchat_train.csv.gz")):
+        key = normalise(r["text"])
+        if r["jailbreaking"] != "1" or key in taken or key in seen:
+            continue
+        seen.add(key)
+        if _undated_split(r["text"]) == split:
+            out.append(Example(text=r["text"], label=1, source="toxicchat", id=f"toxicchat-{i}", categories=("jailbreaking",)))
+    return out
+
+
 def _build_jailbreak() -> dict[str, tuple[Example, ...]]:
     positives = _jailbreak_positives()
     pos = {s: [ex for sp, ex in positives if sp == s] for s in SPLITS}
     n_pos = {s: len(pos[s]) for s in SPLITS}
-    total = sum(n_pos.values())
     # Negatives go to splits in proportion to the positives, so each split can hold 9.3%.
-    cut_train = n_pos["train"] / total
-    cut_val = cut_train + n_pos["val"] / total
-
-    def neg_split(text: str) -> str:
-        u = split_hash(text)
-        return "train" if u < cut_train else "val" if u < cut_val else "test"
+    neg_split = _undated_split
 
     hard, alpaca, drops = _jailbreak_negative_pool()
     if drops:

@@ -80,6 +80,22 @@ def test_jailbreak_negatives_do_not_leak():
     assert toxic and all(e.label == 0 and e.source == "toxicchat" for e in toxic)
 
 
+def test_toxicchat_jailbreaks_are_extra_positives_outside_the_benchmark():
+    bench = {normalise(e.text) for e in load_benchmark("jailbreak", "all")}
+    parts = {s: ds.toxicchat_jailbreaks(s) for s in ("train", "val", "test")}
+    rows = [e for v in parts.values() for e in v]
+    keys = [normalise(e.text) for e in rows]
+    # 110 flagged rows; the ones whose text the benchmark already holds (DAN copies) and repeats drop out.
+    assert 40 < len(rows) < 110 and len(keys) == len(set(keys)) and not set(keys) & bench
+    assert all(e.label == 1 and e.source == "toxicchat" and e.categories == ("jailbreaking",) for e in rows)
+    tc = ds._rows("toxicchat_train.csv.gz")
+    assert all(tc[int(e.id.split("-")[1])]["jailbreaking"] == "1" for e in rows)
+    for split, exs in parts.items():  # the split an undated benchmark negative with that text takes
+        assert exs and all(ds._undated_split(e.text) == split for e in exs)
+    with pytest.raises(ValueError, match="unknown split"):
+        ds.toxicchat_jailbreaks("all")
+
+
 def test_near_duplicates_share_a_split():
     a = "Write   a poem about THE sea." + " x" * 200
     b = "write a poem about the sea." + " x" * 200 + " but longer at the end"

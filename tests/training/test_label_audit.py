@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.exp_label_audit import (AUDIT, N, NEG_AUDIT, NEG_SOURCES, SECOND, VERDICTS, VIEWS, agreement,
+from experiments.exp_label_audit import (AUDIT, N, NEG_AUDIT, NEG_SECOND, NEG_SOURCES, SECOND, VERDICTS, VIEWS, agreement,
                                          check_coverage, check_negatives, read_audit, read_readings, recall_by_verdict,
                                          relabel, sample_ids, split_verdicts, view_metrics, wilson)
 
@@ -94,6 +94,12 @@ def test_policy_views_relabel_what_was_read_and_keep_the_rest() -> None:
     assert pol["precision"] == 0.5 and pol["recall"] == 0.5 and pol["FPR"] == 0.5 and pol["texts"] == 4
     with pytest.raises(ValueError, match="no verdict"):
         relabel(ex, {"p1": "real"}, VIEWS["policy, ambiguous left out"])
+
+
+def test_second_reading_of_negatives_re_reads_both_kinds_of_first_verdict() -> None:
+    first, second = read_audit(NEG_AUDIT), read_audit(NEG_SECOND)
+    assert len(second) == 32 and set(second) <= set(first)
+    assert sum(first[i] != "not" for i in second) == 16  # half read as real or ambiguous the first time
 
 
 def test_negatives_audit_covers_the_hard_negatives_only() -> None:
