@@ -90,6 +90,38 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+TRAINVAL_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_audit.csv"
+TRAINVAL_NEGATIVES_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_negatives_audit.csv"
+
+
+def all_readings() -> dict[str, str]:
+    """``id -> verdict`` over every reading's first verdict: train/val/test positives and hard negatives."""
+    out: dict[str, str] = {}
+    for path in (TRAINVAL_AUDIT, TRAINVAL_NEGATIVES_AUDIT, AUDIT, NEG_AUDIT):
+        part = read_audit(path)
+        if set(part) & set(out):
+            raise ValueError(f"{path}: ids already read in another file: {sorted(set(part) & set(out))[:3]}")
+        out.update(part)
+    return out
+
+
+def write_package_verdicts(out: Path | None = None) -> Path:
+    """Write the verdicts the ``jailbreak-policy`` benchmark reads (id, verdict; deterministic gzip)."""
+    import gzip
+    import io
+
+    from safecascade.training.datasets import POLICY_VERDICTS, data_dir
+
+    path = out or data_dir() / POLICY_VERDICTS
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "verdict"])
+    w.writerows(sorted(all_readings().items()))
+    with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+        gz.write(buf.getvalue().encode("utf-8"))
+    return path
+
+
 def read_audit(path: Path = AUDIT) -> dict[str, str]:
     """``id -> verdict`` from an audit CSV (file order); unknown verdicts or repeated ids are an error."""
     return {r["id"]: r["verdict"] for r in _read_rows(path)}
@@ -244,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (default, as the default router serves it): the int8 graph when the model offers one")
     ap.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF reference (about a minute)")
     ap.add_argument("--quick", action="store_true", help="accepted for run_all; the audit is the same either way")
+    ap.add_argument("--write-package-verdicts", action="store_true",
+                    help="only rewrite training/data/jailbreak_policy_verdicts.csv.gz (the jailbreak-policy benchmark's labels)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.write_package_verdicts:
+        log.info("wrote %s", write_package_verdicts())
+        return 0
 
     from safecascade.tiers.fast import FastTier
     from safecascade.training.datasets import load_benchmark

@@ -45,10 +45,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from experiments.common import ROOT, ResultWriter, work_dir
+from experiments.common import ResultWriter, work_dir
+from experiments.exp_label_audit import TRAINVAL_AUDIT, TRAINVAL_NEGATIVES_AUDIT
 
-TRAINVAL_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_audit.csv"
-TRAINVAL_NEGATIVES_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_negatives_audit.csv"
+__all__ = ["POLICY_TARGET", "TRAINVAL_AUDIT", "TRAINVAL_NEGATIVES_AUDIT", "main", "policy_rows"]
 POLICY_TARGET = {"real": 1.0, "not": 0.0, "ambiguous": 0.5}
 
 

@@ -15,6 +15,13 @@ Three benchmarks, each bound to one shipped policy:
   :attr:`Example.categories`.
 * ``xstest`` (policy ``harmful_content``): XSTest v2, test split only (label 1 = unsafe prompt,
   0 = safe prompt that resembles an unsafe one); :attr:`Example.categories` holds its ``type``.
+* ``jailbreak-policy`` (policy ``jailbreak``): the ``jailbreak`` benchmark's texts and splits with
+  the **policy's labels**. Every JailbreakHub positive and every ToxicChat / awesome-chatgpt-prompts
+  negative was read against ``models/policies/jailbreak.md`` (``jailbreak_policy_verdicts.csv.gz``;
+  method, reasons and agreement in ``experiments/exp_label_audit.py``): ``real`` is 1, ``not`` is 0
+  and ``ambiguous`` texts are left out; Alpaca's unread instructions stay 0. A quarter of the test
+  positives are benign texts posted in jailbreak communities, which the collection's labels count
+  as jailbreaks.
 
 Everything is deterministic (no RNG state, only hashes of the text with a fixed seed string)
 and cached in process, so loading a split after the first takes microseconds.
@@ -31,7 +38,7 @@ import hashlib
 import io
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -46,7 +53,10 @@ JAILBREAK_TRAIN_UNTIL = "2023-04-31"  # train: date <= 2023-04 (and undated)
 JAILBREAK_VAL_UNTIL = "2023-06-31"    # val: 2023-05 .. 2023-06; test: later
 MODERATION_CATEGORIES = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
 
-_BENCHMARKS = {"jailbreak": "jailbreak", "moderation": "harmful_content", "xstest": "harmful_content"}
+_BENCHMARKS = {"jailbreak": "jailbreak", "jailbreak-policy": "jailbreak", "moderation": "harmful_content",
+               "xstest": "harmful_content"}
+POLICY_VERDICTS = "jailbreak_policy_verdicts.csv.gz"
+POLICY_LABEL = {"real": 1, "not": 0, "ambiguous": None}  # None: left out of jailbreak-policy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +151,8 @@ def _order(examples: list[Example]) -> tuple[Example, ...]:
 def _build(name: str) -> dict[str, tuple[Example, ...]]:
     if name == "jailbreak":
         return _build_jailbreak()
+    if name == "jailbreak-policy":
+        return _build_jailbreak_policy()
     if name == "moderation":
         return _build_moderation()
     return _build_xstest()
@@ -257,6 +269,34 @@ def _build_jailbreak() -> dict[str, tuple[Example, ...]]:
                             s, len(a), target - len(h), JAILBREAK_PREVALENCE)
             a = a[: target - len(h)]
         out[s] = _order(pos[s] + h + a)
+    return out
+
+
+def policy_verdicts() -> dict[str, str]:
+    """``id -> verdict`` (``real``, ``ambiguous`` or ``not``) of every jailbreak-benchmark text read
+    against the jailbreak policy (the vendored ``jailbreak_policy_verdicts.csv.gz``)."""
+    out: dict[str, str] = {}
+    for r in _rows(POLICY_VERDICTS):
+        if r["verdict"] not in POLICY_LABEL or r["id"] in out:
+            raise ValueError(f"{POLICY_VERDICTS}: bad or repeated row {r['id']!r}: {r['verdict']!r}")
+        out[r["id"]] = r["verdict"]
+    return out
+
+
+def _build_jailbreak_policy() -> dict[str, tuple[Example, ...]]:
+    verdicts = policy_verdicts()
+    out: dict[str, tuple[Example, ...]] = {}
+    for s, exs in _build("jailbreak").items():
+        kept = []
+        for ex in exs:
+            v = verdicts.get(ex.id)
+            if v is None:
+                if ex.label == 1 or ex.source != "alpaca":
+                    raise ValueError(f"{POLICY_VERDICTS} has no verdict for {ex.id} (label {ex.label})")
+                kept.append(ex)
+            elif POLICY_LABEL[v] is not None:
+                kept.append(replace(ex, label=POLICY_LABEL[v]))
+        out[s] = tuple(kept)
     return out
 
 

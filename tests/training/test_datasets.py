@@ -13,8 +13,8 @@ from safecascade.training.datasets import (Example, benchmark_names, benchmark_p
 
 
 def test_names_and_policies():
-    assert benchmark_names() == ["jailbreak", "moderation", "xstest"]
-    assert [benchmark_policy(n) for n in benchmark_names()] == ["jailbreak", "harmful_content", "harmful_content"]
+    assert benchmark_names() == ["jailbreak", "jailbreak-policy", "moderation", "xstest"]
+    assert [benchmark_policy(n) for n in benchmark_names()] == ["jailbreak", "jailbreak", "harmful_content", "harmful_content"]
     assert benchmark_splits("xstest") == ("test",)
     assert benchmark_splits("jailbreak") == ("train", "val", "test")
 
@@ -96,6 +96,36 @@ def test_toxicchat_jailbreaks_are_extra_positives_outside_the_benchmark():
         ds.toxicchat_jailbreaks("all")
 
 
+def test_jailbreak_policy_relabels_the_read_texts_and_drops_ambiguous_ones():
+    verdicts = ds.policy_verdicts()
+    label = {"real": 1, "not": 0}
+    for split in ("train", "val", "test"):
+        base = load_benchmark("jailbreak", split)
+        pol = load_benchmark("jailbreak-policy", split)
+        by_id = {e.id: e for e in pol}
+        for e in base:
+            v = verdicts.get(e.id)
+            if v == "ambiguous":
+                assert e.id not in by_id
+            else:  # unread texts are Alpaca's, which stay benign
+                assert by_id[e.id].label == (label[v] if v else 0) and by_id[e.id].text == e.text
+                assert v is not None or e.source == "alpaca"
+        assert [e.id for e in pol] == [e.id for e in base if e.id in by_id]  # same order
+    test = load_benchmark("jailbreak-policy", "test")
+    assert (len(test), sum(e.label for e in test)) == (5213, 336)
+    # the benchmark's labels call a quarter of these positives jailbreaks that the policy allows
+    flipped = [e for e in load_benchmark("jailbreak", "test") if e.label == 1 and verdicts[e.id] == "not"]
+    assert len(flipped) == 124
+
+
+def test_jailbreak_policy_refuses_a_positive_without_a_verdict(monkeypatch):
+    verdicts = ds.policy_verdicts()
+    pos = next(e for e in load_benchmark("jailbreak", "test") if e.label == 1)
+    monkeypatch.setattr(ds, "policy_verdicts", lambda: {k: v for k, v in verdicts.items() if k != pos.id})
+    with pytest.raises(ValueError, match=f"no verdict for {pos.id}"):
+        ds._build_jailbreak_policy()
+
+
 def test_near_duplicates_share_a_split():
     a = "Write   a poem about THE sea." + " x" * 200
     b = "write a poem about the sea." + " x" * 200 + " but longer at the end"
@@ -161,10 +191,10 @@ def test_loading_is_fast():
 
 
 def test_vendored_files_are_deterministic_gzip():
-    for name in ("jailbreakhub.csv.gz", "xstest.csv.gz", "alpaca_sample.csv.gz"):
+    for name in ("jailbreakhub.csv.gz", "xstest.csv.gz", "alpaca_sample.csv.gz", ds.POLICY_VERDICTS):
         raw = (ds.data_dir() / name).read_bytes()
         assert raw[4:8] == b"\x00\x00\x00\x00"  # gzip mtime 0: rebuilds are byte-identical
-        assert gzip.decompress(raw).startswith(b"text,label")
+        assert gzip.decompress(raw).startswith(b"id,verdict" if name == ds.POLICY_VERDICTS else b"text,label")
     assert len(ds._rows("alpaca_sample.csv.gz")) == 12000
     assert (ds.data_dir() / "SOURCES.md").is_file()
 
@@ -173,6 +203,7 @@ def test_summary_table():
     rows = ds.summary_rows()
     assert [(r["benchmark"], r["split"]) for r in rows] == [
         ("jailbreak", "train"), ("jailbreak", "val"), ("jailbreak", "test"),
+        ("jailbreak-policy", "train"), ("jailbreak-policy", "val"), ("jailbreak-policy", "test"),
         ("moderation", "train"), ("moderation", "val"), ("moderation", "test"), ("xstest", "test")]
     md = ds.summary_markdown()
     assert "| jailbreak | jailbreak | test | 5269 | 490 | 0.093 |" in md

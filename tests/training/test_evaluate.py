@@ -192,6 +192,22 @@ def test_cli_writes_reports(tmp_path):
                  "--out", str(out), "--no-progress"]) == 2  # clear error, not a traceback
 
 
+def test_cli_evaluates_against_the_policy_labels(tmp_path):
+    from safecascade.cli import main
+
+    _write_csv(tmp_path / "v.csv", ["text", "jailbreak"], [["unused", 0.0]])
+    (tmp_path / "r.yaml").write_text(
+        "name: all\npolicies: {jailbreak: builtin:jailbreak}\n"
+        "tiers:\n  - {name: R, type: replay, options: {path: v.csv, missing: block}}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["eval", "--benchmark", "jailbreak-policy", "--split", "test", "--config", str(tmp_path / "r.yaml"),
+                 "--out", str(out), "--no-baseline", "--no-progress"]) == 0
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    # the policy's labels: 56 ambiguous texts left out, 336 violations instead of the collection's 490
+    assert (rep["n"], rep["positives"]) == (5213, 336) and rep["metrics"]["confusion"]["fp"] == 5213 - 336
+    assert (out / "report.md").read_text(encoding="utf-8").startswith("### all on jailbreak-policy/test")
+
+
 def test_module_is_cheap_to_import():
     code = ("import sys, safecascade.training.evaluate, safecascade.training.datasets, safecascade.training.metrics, "
             "safecascade.training.baseline; heavy = [m for m in ('sklearn', 'torch', 'numpy', 'onnxruntime') "

@@ -117,3 +117,14 @@ def test_negatives_audit_covers_the_hard_negatives_only() -> None:
         check_negatives(dict(list(neg.items())[1:]), test)
     with pytest.raises(ValueError, match="1 extra"):
         check_negatives({**neg, "alpaca-0": "not"}, test)
+
+
+def test_package_verdicts_are_the_audit_files(tmp_path: Path) -> None:
+    """The jailbreak-policy benchmark's vendored labels are exactly the readings in experiments/data
+    (rewrite them with ``python -m experiments.exp_label_audit --write-package-verdicts``)."""
+    from experiments.exp_label_audit import all_readings, write_package_verdicts
+    from safecascade.training import datasets as ds
+
+    assert ds.policy_verdicts() == all_readings()
+    fresh = write_package_verdicts(tmp_path / "v.csv.gz")
+    assert fresh.read_bytes() == (ds.data_dir() / ds.POLICY_VERDICTS).read_bytes()  # deterministic
