@@ -172,13 +172,18 @@ def test_heuristic_tier_in_front(tmp_path):
     assert h.latency_ms["p50"] < 50  # "well under 1 ms" per text; loose for a shared machine
 
 
+def _block_all_config(tmp_path, name: str, policy: str) -> None:
+    """r.yaml: one replay tier that knows no text and blocks every one it misses."""
+    _write_csv(tmp_path / "v.csv", ["text", policy], [["unused", 0.0]])
+    (tmp_path / "r.yaml").write_text(
+        f"name: {name}\npolicies: {{{policy}: builtin:{policy}}}\n"
+        "tiers:\n  - {name: R, type: replay, options: {path: v.csv, missing: block}}\n", encoding="utf-8")
+
+
 def test_cli_writes_reports(tmp_path):
     from safecascade.cli import main
 
-    _write_csv(tmp_path / "v.csv", ["text", "harmful_content"], [["unused", 0.0]])
-    (tmp_path / "r.yaml").write_text(
-        "name: cli\npolicies: {harmful_content: builtin:harmful_content}\n"
-        "tiers:\n  - {name: R, type: replay, options: {path: v.csv, missing: block}}\n", encoding="utf-8")
+    _block_all_config(tmp_path, "cli", "harmful_content")
     out = tmp_path / "out"
     rc = main(["eval", "--benchmark", "xstest", "--split", "test", "--config", str(tmp_path / "r.yaml"), "--limit", "40",
                "--out", str(out), "--no-baseline", "--no-progress"])
@@ -195,10 +200,7 @@ def test_cli_writes_reports(tmp_path):
 def test_cli_evaluates_against_the_policy_labels(tmp_path):
     from safecascade.cli import main
 
-    _write_csv(tmp_path / "v.csv", ["text", "jailbreak"], [["unused", 0.0]])
-    (tmp_path / "r.yaml").write_text(
-        "name: all\npolicies: {jailbreak: builtin:jailbreak}\n"
-        "tiers:\n  - {name: R, type: replay, options: {path: v.csv, missing: block}}\n", encoding="utf-8")
+    _block_all_config(tmp_path, "all", "jailbreak")
     out = tmp_path / "out"
     assert main(["eval", "--benchmark", "jailbreak-policy", "--split", "test", "--config", str(tmp_path / "r.yaml"),
                  "--out", str(out), "--no-baseline", "--no-progress"]) == 0
