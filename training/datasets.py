@@ -1,6 +1,6 @@
 """Benchmarks built from the vendored public datasets in ``training/data`` (see its SOURCES.md).
 
-Three benchmarks, each bound to one shipped policy:
+Four benchmarks, each bound to one shipped policy:
 
 * ``jailbreak`` (policy ``jailbreak``): positives are the JailbreakHub jailbreak prompts, **split
   by date** (train: dated up to 2023-04, plus the one undated row; val: 2023-05 and 2023-06;
@@ -249,8 +249,7 @@ def _build_jailbreak() -> dict[str, tuple[Example, ...]]:
     positives = _jailbreak_positives()
     pos = {s: [ex for sp, ex in positives if sp == s] for s in SPLITS}
     n_pos = {s: len(pos[s]) for s in SPLITS}
-    # Negatives go to splits in proportion to the positives, so each split can hold 9.3%.
-    neg_split = _undated_split
+    # Negatives go to splits in proportion to the positives (_undated_split), so each split can hold 9.3%.
 
     hard, alpaca, drops = _jailbreak_negative_pool()
     if drops:
@@ -258,8 +257,8 @@ def _build_jailbreak() -> dict[str, tuple[Example, ...]]:
     out: dict[str, tuple[Example, ...]] = {}
     for s in SPLITS:
         target = round(n_pos[s] * (1 - JAILBREAK_PREVALENCE) / JAILBREAK_PREVALENCE)
-        h = [ex for ex in hard if neg_split(ex.text) == s]
-        a = sorted((ex for ex in alpaca if neg_split(ex.text) == s), key=lambda e: (split_hash(e.text, salt="pick"), e.id))
+        h = [ex for ex in hard if _undated_split(ex.text) == s]
+        a = sorted((ex for ex in alpaca if _undated_split(ex.text) == s), key=lambda e: (split_hash(e.text, salt="pick"), e.id))
         if len(h) >= target:  # not the case with the vendored data; kept for safety
             h = sorted(h, key=lambda e: (split_hash(e.text, salt="pick"), e.id))[:target]
             a = []
