@@ -57,6 +57,8 @@ AUDIT = ROOT / "experiments" / "data" / "jailbreak_test_audit.csv"
 SECOND = ROOT / "experiments" / "data" / "jailbreak_test_audit_second.csv"
 NEG_AUDIT = ROOT / "experiments" / "data" / "jailbreak_test_negatives_audit.csv"
 NEG_SECOND = ROOT / "experiments" / "data" / "jailbreak_test_negatives_audit_second.csv"
+TRAINVAL_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_audit.csv"
+TRAINVAL_NEGATIVES_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_negatives_audit.csv"
 NEG_SOURCES = ("toxicchat", "awesome_chatgpt_prompts")  # the hard negatives; Alpaca's instructions are not read
 SEED, N = 2026, 120
 VERDICTS = ("real", "ambiguous", "not")
@@ -88,10 +90,6 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     if dup:
         raise ValueError(f"{path}: ids read twice: {dup[:5]}")
     return rows
-
-
-TRAINVAL_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_audit.csv"
-TRAINVAL_NEGATIVES_AUDIT = ROOT / "experiments" / "data" / "jailbreak_trainval_negatives_audit.csv"
 
 
 def all_readings() -> dict[str, str]:
