@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from experiments.common import ROOT, ResultWriter
+from safecascade.training.datasets import POLICY_LABEL
 
 log = logging.getLogger("experiments.label_audit")
 
@@ -68,7 +69,7 @@ READINGS = ("sample", "rest")
 # was read (all positives; the ToxicChat and awesome-chatgpt-prompts negatives once NEG_AUDIT exists).
 VIEWS: dict[str, dict[str, int | None] | None] = {
     "benchmark (as collected)": None,
-    "policy, ambiguous left out": {"real": 1, "ambiguous": None, "not": 0},
+    "policy, ambiguous left out": POLICY_LABEL,  # the jailbreak-policy benchmark's labels
     "policy, ambiguous = violation": {"real": 1, "ambiguous": 1, "not": 0},
 }
 
@@ -105,19 +106,10 @@ def all_readings() -> dict[str, str]:
 
 def write_package_verdicts(out: Path | None = None) -> Path:
     """Write the verdicts the ``jailbreak-policy`` benchmark reads (id, verdict; deterministic gzip)."""
-    import gzip
-    import io
+    from safecascade.training.datasets import POLICY_VERDICTS, data_dir, write_csv_gz
 
-    from safecascade.training.datasets import POLICY_VERDICTS, data_dir
-
-    path = out or data_dir() / POLICY_VERDICTS
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "verdict"])
-    w.writerows(sorted(all_readings().items()))
-    with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
-        gz.write(buf.getvalue().encode("utf-8"))
-    return path
+    rows = [{"id": i, "verdict": v} for i, v in sorted(all_readings().items())]
+    return write_csv_gz(rows, ["id", "verdict"], out or data_dir() / POLICY_VERDICTS)
 
 
 def read_audit(path: Path = AUDIT) -> dict[str, str]:

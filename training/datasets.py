@@ -271,6 +271,19 @@ def _build_jailbreak() -> dict[str, tuple[Example, ...]]:
     return out
 
 
+def write_csv_gz(rows: list[dict[str, str]], columns: list[str], path: Path) -> Path:
+    """Write ``rows`` (only ``columns``) as the vendored files are written: UTF-8 CSV with ``\\n``
+    line ends, deterministic gzip (mtime 0, level 9), so the same rows give the same bytes."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: r.get(c, "") for c in columns})
+    with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+        gz.write(buf.getvalue().encode("utf-8"))
+    return path
+
+
 def policy_verdicts() -> dict[str, str]:
     """``id -> verdict`` (``real``, ``ambiguous`` or ``not``) of every jailbreak-benchmark text read
     against the jailbreak policy (the vendored ``jailbreak_policy_verdicts.csv.gz``)."""

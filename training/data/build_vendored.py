@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
-import io
 import random
 from pathlib import Path
+
+from safecascade.training.datasets import write_csv_gz
 
 HERE = Path(__file__).resolve().parent
 csv.field_size_limit(16 * 1024 * 1024)  # a few awesome-chatgpt-prompts rows exceed the 128 KiB default
@@ -41,16 +41,6 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _write(rows: list[dict[str, str]], columns: list[str], out: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: r.get(c, "") for c in columns})
-    with out.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
-        gz.write(buf.getvalue().encode("utf-8"))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", default=str(HERE.parents[2] / "shared" / "data"), help="folder with the raw CSVs")
@@ -65,7 +55,7 @@ def main() -> None:
             for r in rows:  # "1.0"/"0.0"/"" -> "1"/"0"/""
                 for c in ("S", "H", "V", "HR", "SH", "S3", "H2", "V2"):
                     r[c] = r[c][:1] if r[c] else ""
-        _write(rows, cols, HERE / out_name)
+        write_csv_gz(rows, cols, HERE / out_name)
         print(f"{out_name}: {len(rows)} rows, {(HERE / out_name).stat().st_size / 1024:.0f} KiB")
 
 
