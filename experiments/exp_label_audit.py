@@ -66,7 +66,7 @@ VERDICTS = ("real", "ambiguous", "not")
 READINGS = ("sample", "rest")
 # How each view labels a text with a verdict: 1 = violation, 0 = allowed, None = left out. The
 # benchmark's view (None) keeps every label as collected; the policy's views relabel every text that
-# was read (all positives; the ToxicChat and awesome-chatgpt-prompts negatives once NEG_AUDIT exists).
+# was read (all positives, and the ToxicChat and awesome-chatgpt-prompts negatives).
 VIEWS: dict[str, dict[str, int | None] | None] = {
     "benchmark (as collected)": None,
     "policy, ambiguous left out": POLICY_LABEL,  # the jailbreak-policy benchmark's labels
@@ -190,16 +190,15 @@ def check_negatives(neg_verdicts: Mapping[str, str], examples: Sequence[Any]) ->
 
 
 def split_verdicts(examples: Sequence[Any]) -> dict[str, str]:
-    """Every verdict on the test split: the positives' (checked to cover them) and, when
-    :data:`NEG_AUDIT` exists, the hard negatives' (checked likewise)."""
+    """Every verdict on the test split: the positives' (checked to cover them) and the hard
+    negatives' (checked likewise)."""
     positives = [e for e in examples if e.label == 1]
     verdicts = read_audit()
     check_coverage(verdicts, read_readings(), positives)
     out = dict(verdicts)
-    if NEG_AUDIT.is_file():
-        neg = read_audit(NEG_AUDIT)
-        check_negatives(neg, examples)
-        out.update(neg)
+    neg = read_audit(NEG_AUDIT)
+    check_negatives(neg, examples)
+    out.update(neg)
     return out
 
 
@@ -313,9 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         rw.table(all_rows, name="all", caption=f"Fast tier at probability 0.5 on all {n_pos} test positives")
         by = {r["verdict"]: r for r in all_rows}
         neg_rows = negatives_by_verdict(test, allv, flagged)
-        if neg_rows:
-            rw.table(neg_rows, name="negatives", caption="The hard negatives (labelled benign) read against the policy, "
-                     "and how many of each verdict the fast tier flags at probability 0.5")
+        rw.table(neg_rows, name="negatives", caption="The hard negatives (labelled benign) read against the policy, "
+                 "and how many of each verdict the fast tier flags at probability 0.5")
         view_rows = []
         for view, mapping in VIEWS.items():
             for name, sc in scorers.items():
@@ -333,8 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         repeats = (("", SECOND, verdicts, "sampled test positives"),
                    ("negatives_", NEG_SECOND, allv, "test hard negatives (16 read as real or ambiguous, 16 as not)"))
         for prefix, path, first, what in repeats:
-            if not path.is_file():
-                continue
             ag = agreement(first, read_audit(path))
             pairs = ", ".join(f"{a}→{b}: {k}" for (a, b), k in sorted(ag["pairs"].items()) if a != b) or "none"
             rw.table([{k: v for k, v in ag.items() if k != "pairs"}], name=prefix + "agreement",
