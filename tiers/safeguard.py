@@ -88,7 +88,7 @@ _DEFAULTS: dict[str, Any] = {
     "hallucination_penalty": "toward_half", "hallucination_factor": 0.5,
 }
 _KNOWN = set(_DEFAULTS) | {"model_path", "n_ctx", "n_threads", "n_gpu_layers", "prefix_reuse", "seed", "n_batch",
-                           "flash_attn", "base_url", "model", "api_key_env", "timeout_s", "retries", "backoff_s",
+                           "flash_attn", "extra_buffer_types", "base_url", "model", "api_key_env", "timeout_s", "retries", "backoff_s",
                            "max_concurrency", "endpoint", "constrain", "top_logprobs", "context_tokens",
                            "chars_per_token", "policies"}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from safecascade.tiers.llama_load import load_llama
 from safecascade.tiers.safeguard_parse import TokenLP
 from safecascade.tiers.safeguard_prompt import RenderedPrompt, Segment
 
@@ -69,7 +70,7 @@ class LlamaCppBackend:
 
     def __init__(self, *, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, n_batch: int = 512, prefix_reuse: bool = True,
-                 flash_attn: bool = False):
+                 flash_attn: bool = False, extra_buffer_types: bool = False):
         path = Path(model_path)
         if not path.is_file():
             raise ValueError(f"safeguard model not found: {path}")
@@ -79,9 +80,9 @@ class LlamaCppBackend:
             raise ValueError("backend llama_cpp needs llama-cpp-python: pip install 'safecascade[llm]'") from exc
         self._llama_cpp = llama_cpp
         try:
-            self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=int(n_ctx), n_threads=n_threads,
-                                       n_threads_batch=n_threads, n_gpu_layers=int(n_gpu_layers), seed=int(seed),
-                                       n_batch=int(n_batch), flash_attn=bool(flash_attn), verbose=False)
+            self.llm = load_llama(extra_bufts=extra_buffer_types, model_path=str(path), n_ctx=int(n_ctx),
+                                  n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=int(n_gpu_layers),
+                                  seed=int(seed), n_batch=int(n_batch), flash_attn=bool(flash_attn), verbose=False)
         except Exception as exc:
             raise ValueError(f"cannot load safeguard model {path}: {exc}") from exc
         self.model_path = str(path)
@@ -413,6 +414,14 @@ def _chat_logprobs(lp: dict | None) -> tuple[TokenLP, ...]:
     return tuple(out)
 
 
+def _bool_option(options: dict[str, Any], key: str, default: bool) -> bool:
+    """A YAML boolean; ``'no'`` (a string) or ``1`` is an error, never read as true."""
+    v = options.get(key, default)
+    if not isinstance(v, bool):
+        raise ValueError(f"safeguard option {key} must be true or false, got {v!r}")
+    return v
+
+
 def create_backend(options: dict[str, Any], base_dir: Path) -> Any:
     """Build the backend that ``options['backend']`` names (``llama_cpp`` or ``openai``)."""
     kind = options.get("backend", "llama_cpp")
@@ -429,8 +438,9 @@ def create_backend(options: dict[str, Any], base_dir: Path) -> Any:
         return LlamaCppBackend(model_path=path, n_ctx=int(options.get("n_ctx", 4096)),
                                n_threads=options.get("n_threads"), n_gpu_layers=int(options.get("n_gpu_layers", 0)),
                                seed=int(options.get("seed", 0)), n_batch=int(options.get("n_batch", 512)),
-                               prefix_reuse=bool(options.get("prefix_reuse", True)),
-                               flash_attn=bool(options.get("flash_attn", False)))
+                               prefix_reuse=_bool_option(options, "prefix_reuse", True),
+                               flash_attn=_bool_option(options, "flash_attn", False),
+                               extra_buffer_types=_bool_option(options, "extra_buffer_types", False))
     if kind == "openai":
         return OpenAIBackend(base_url=str(options.get("base_url", "")), model=str(options.get("model", "")),
                              api_key_env=options.get("api_key_env"), timeout_s=float(options.get("timeout_s", 30.0)),

@@ -71,11 +71,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A real llama_cpp.server with the stand-in on a free loopback port."""
+    """A real llama_cpp.server (through safecascade.tiers.llama_load: extra buffer types off) with the stand-in on a free loopback port."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("sg_server") / "server.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(stand_in_path()),
+    proc = subprocess.Popen([sys.executable, "-m", "safecascade.tiers.llama_load", "--model", str(stand_in_path()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "768", "--n_threads", "2"],
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"

@@ -232,3 +232,43 @@ def test_bad_options_are_rejected(policy):
         _tier(policy, [], reasoning_effort="max")
     with pytest.raises(ValueError, match="unknown option"):
         _tier(policy, [], temprature=0)
+
+
+# ------------------------------------------------------------------ llama.cpp loading (AMX-safe)
+def test_extra_buffer_types_are_off_while_loading_and_restored_after():
+    lc = pytest.importorskip("llama_cpp.llama_cpp")
+    from safecascade.tiers.llama_load import extra_buffer_types
+
+    original = lc.llama_model_default_params
+    assert lc.llama_model_default_params().use_extra_bufts is True  # llama.cpp's own default
+    with extra_buffer_types(False):
+        assert lc.llama_model_default_params().use_extra_bufts is False
+    with extra_buffer_types(True):
+        assert lc.llama_model_default_params().use_extra_bufts is True
+    assert lc.llama_model_default_params is original
+
+
+@pytest.mark.parametrize("value", ["no", "yes", 1, 0, None])
+def test_llama_boolean_options_must_be_booleans(value, tmp_path):
+    from safecascade.tiers.safeguard_backends import create_backend
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="extra_buffer_types must be true or false"):
+        create_backend({"backend": "llama_cpp", "model_path": str(gguf), "extra_buffer_types": value}, tmp_path)
+
+
+@pytest.mark.parametrize("raw,expected", [("", False), ("0", False), ("off", False), ("1", True), ("TRUE", True)])
+def test_extra_bufts_env(monkeypatch, raw, expected):
+    from safecascade.tiers.llama_load import ENV_EXTRA_BUFTS, env_extra_buffer_types
+
+    monkeypatch.setenv(ENV_EXTRA_BUFTS, raw)
+    assert env_extra_buffer_types() is expected
+
+
+def test_extra_bufts_env_rejects_nonsense(monkeypatch):
+    from safecascade.tiers.llama_load import ENV_EXTRA_BUFTS, env_extra_buffer_types
+
+    monkeypatch.setenv(ENV_EXTRA_BUFTS, "maybe")
+    with pytest.raises(ValueError, match=ENV_EXTRA_BUFTS):
+        env_extra_buffer_types()
