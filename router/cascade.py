@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -37,6 +39,24 @@ class EscalationBudget(Protocol):
 
 DecisionSink = Callable[[Decision, str], None]  # called with every decision and its cleaned text
 
+_STRICT = threading.local()  # ids of the routers inside strict_sinks() on this thread
+
+
+class DecisionSinkError(RuntimeError):
+    """A decision sink (the verdict log, metrics, ...) failed for a batch of decisions.
+
+    ``errors``: ``(sink, exception)`` pairs (``sink`` is ``None`` when a batch acknowledgement
+    failed, e.g. the verdict log's group fsync); ``decisions``: the batch's decisions (every
+    sink was still offered every decision). Raised by :meth:`Router.classify` /
+    :meth:`Router.classify_batch` unless ``router.on_sink_error`` is set."""
+
+    def __init__(self, errors: Sequence[tuple[Any, BaseException]], decisions: Sequence[Decision]):
+        first = errors[0][1]
+        super().__init__(f"{len(errors)} decision sink failure(s) for a batch of {len(decisions)} decision(s); "
+                         f"first: {type(first).__name__}: {first}")
+        self.errors = list(errors)
+        self.decisions = list(decisions)
+
 
 @dataclass
 class _Pending:
@@ -60,7 +80,16 @@ class Router:
 
     Build one with :meth:`Router.load`. A Router is safe to share between threads; tiers that
     hold non-thread-safe state (llama.cpp contexts) serialise internally.
+
+    Sinks (``router.sinks``: the verdict log, metrics, ...) see every decision. A sink failure
+    is never silent: ``classify`` / ``classify_batch`` raise :class:`DecisionSinkError` (after
+    every sink was offered every decision) unless ``on_sink_error`` is set, in which case it is
+    called with that error and the decisions are returned (it may raise instead). Decisions
+    emitted outside a ``classify`` call (post-moderation workers) call ``on_sink_error`` when set
+    and are logged at ERROR either way; inside ``with router.strict_sinks():`` they raise too.
     """
+
+    on_sink_error: Callable[[DecisionSinkError], None] | None = None
 
     def __init__(self, *, config: RouterConfig, tiers: Sequence[Tier], policies: dict[str, Policy],
                  cache: DecisionCache | None = None, sinks: Sequence[DecisionSink] = (),
@@ -76,6 +105,20 @@ class Router:
         self.sinks = list(sinks)
         self.budget = budget
 
+    @contextlib.contextmanager
+    def strict_sinks(self):
+        """Within the block, every sink failure of this thread raises :class:`DecisionSinkError`
+        (unless ``on_sink_error`` is set), also for decisions emitted by other entry points
+        (``PostModerator.submit``). The HTTP service runs each request inside it."""
+        active = _STRICT.__dict__.setdefault("routers", set())
+        outer = id(self) in active
+        active.add(id(self))
+        try:
+            yield
+        finally:
+            if not outer:
+                active.discard(id(self))
+
     def cache_key(self, text_hash: str) -> str:
         """Exact-match key: normalised text hash + config hash + policy hashes."""
         pol = ",".join(f"{k}={v}" for k, v in sorted(self.policy_hashes.items()))
@@ -83,9 +126,14 @@ class Router:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, source: str | Path | RouterConfig | None = None) -> "Router":
-        """Load a router: ``None`` = embedded default, a YAML path, a RouterConfig, or a
-        ``models:/name@alias`` MLflow registry URI."""
+    def load(cls, source: str | Path | RouterConfig | None = None, *, safeguard: str | None = None) -> "Router":
+        """Load a router.
+
+        ``source``: ``None`` = the embedded default (heuristic -> static -> fast, the shipped
+        models; or the ``with-safeguard`` preset when ``safeguard`` or ``$SAFECASCADE_SAFEGUARD``
+        names a gpt-oss-safeguard GGUF path or an OpenAI-compatible URL), a YAML path,
+        ``builtin:<name>``, a RouterConfig, or a ``models:/name@alias`` MLflow registry URI.
+        """
         if isinstance(source, str) and source.startswith("models:/"):
             from safecascade.router.registry import load_registered_config  # needs mlflow
 
@@ -93,7 +141,7 @@ class Router:
         elif isinstance(source, RouterConfig):
             config = source
         else:
-            config = load_config(source)
+            config = load_config(source, safeguard=safeguard)
         policies = config.resolve_policies()
         tiers = []
         for tc in config.tiers:
@@ -103,7 +151,10 @@ class Router:
             if missing:
                 raise ValueError(f"tier {tc.name!r} scores policies not in the config: {missing}")
             tiers.append(tier)
-        log.info("router %s (%s) loaded: %s", config.name, config.sha, " -> ".join(t.name for t in config.tiers))
+        sg = [t for t in config.tiers if t.type == "safeguard"]
+        where = ", ".join(str(t.options.get("base_url") or t.options.get("model_path", "stand-in")) for t in sg)
+        log.info("router %s (%s) loaded: %s; %s", config.name, config.sha, " -> ".join(t.name for t in config.tiers),
+                 f"safeguard configured: {where}" if sg else "no safeguard configured (the last tier decides alone)")
         return cls(config=config, tiers=tiers, policies=policies)
 
     def close(self) -> None:
@@ -130,7 +181,7 @@ class Router:
         pending = self._prepare(texts)
         self._walk(pending)
         decisions: list[Decision] = [p.decision for p in pending]  # type: ignore[misc]
-        self._emit(pending, decisions)
+        self._emit(pending, decisions, strict=True)
         return decisions
 
     def _prepare(self, texts: Iterable[str | bytes]) -> list[_Pending]:
@@ -182,11 +233,16 @@ class Router:
                 if idx == n_tiers - 1 and idx > 0 and self.budget is not None:
                     self.budget.release(len(todo))
 
-    def _emit(self, pending: list[_Pending], decisions: list[Decision]) -> None:
-        """Cache fresh decisions and hand every decision to the sinks (verdict log, metrics)."""
+    def _emit(self, pending: list[_Pending], decisions: list[Decision], *, strict: bool = False) -> None:
+        """Cache fresh decisions and hand every decision to the sinks (verdict log, metrics).
+
+        A sink failure does not stop the other sinks or decisions; afterwards it goes to
+        ``on_sink_error`` when set, else raises :class:`DecisionSinkError` when ``strict`` (or
+        inside :meth:`strict_sinks`), else is logged at ERROR."""
         for p, d in zip(pending, decisions):
             if self.cache is not None and not d.cache_hit and d.tier != "input" and not d.reason.startswith(("fallback", "budget", "provisional", "postmod")):
                 self.cache.put(self.cache_key(d.text_hash), d)
+        errors: list[tuple[Any, BaseException]] = []
         try:
             with ExitStack() as stack:
                 # Sinks that can acknowledge a batch at once (the verdict log: one fsync per batch) do so.
@@ -198,10 +254,24 @@ class Router:
                     for sink in self.sinks:
                         try:
                             sink(d, p.clean.text)
-                        except Exception:  # a sink must not take the verdict down with it
-                            log.exception("decision sink %r failed", sink)
-        except Exception:
-            log.exception("a decision sink failed to acknowledge a batch of %d decisions", len(decisions))
+                        except Exception as exc:  # the other sinks still see every decision
+                            errors.append((sink, exc))
+        except Exception as exc:  # a batch acknowledgement (group fsync) failed
+            errors.append((None, exc))
+        if errors:
+            strict = strict or id(self) in _STRICT.__dict__.get("routers", ())
+            self._sink_failed(DecisionSinkError(errors, decisions), strict=strict)
+
+    def _sink_failed(self, err: DecisionSinkError, *, strict: bool) -> None:
+        first = err.errors[0][1]
+        if self.on_sink_error is not None:
+            log.warning("%s (passed to on_sink_error)", err)
+            self.on_sink_error(err)
+        elif strict:
+            log.warning("%s (raised)", err)
+            raise err from first
+        else:
+            log.error("%s", err, exc_info=(type(first), first, first.__traceback__))
 
     def _budget_refusal(self, p: _Pending, tc: TierConfig) -> None:
         """The escalation budget is spent: the previous tier's verdict stands, marked as such."""

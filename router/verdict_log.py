@@ -24,6 +24,17 @@ before anything new is appended, so after a reopen every acknowledged record is 
 whose ``append`` had not returned when the process died may or may not be there (a torn last
 journal line is skipped and counted in ``stats()["torn_lines"]``).
 
+**Failed writes.** Each journal segment starts with a header line and each group commit is
+framed: ``{"_batch":n}``, the ``n`` record lines, ``{"_commit":n}``. Replay keeps only records
+of batches whose commit line is there (others are counted in ``stats()["uncommitted"]``). When a
+journal write or its fsync fails (disk full, I/O error), every record of that batch gets the
+error (never acknowledged, never logged) and the segment is truncated back to the end of the
+last good batch, so no partial record can sit under a later acknowledged one. If the truncation
+fails too, the journal moves to a new segment (the old one keeps the unframed tail, which replay
+drops); if that fails as well, the log refuses every later append (``VerdictLogError``: the HTTP
+service answers 503) until it is reopened. Segments written before framing (no header line) are
+replayed line by line as before.
+
 Within ``with log.deferred_ack(): router.classify_batch(texts)`` the sink calls of the current
 thread do not wait one by one; the block's exit waits until all of them are acknowledged (one
 ``fdatasync`` for a whole batch instead of one per text). The HTTP service uses this, so a
@@ -56,6 +67,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _SYNC_MODES = ("fsync", "os", "none")
+_JOURNAL_HEADER = b'{"_journal":2}\n'  # first line of a framed segment
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -240,18 +252,21 @@ class VerdictLog:
         self.replayed = 0
         self.replayed_new = 0
         self.torn_lines = 0
+        self.uncommitted = 0
         self.db_errors = 0
+        self.write_errors = 0
+        self.truncations = 0
+        self._poisoned: BaseException | None = None
 
         try:
             self._db = _connect(self.path)
             _init_schema(self._db, self.path)
             self._replay_journal()
             self._seg_no = self._next_segment_number()
-            self._seg_fh = self._open_segment(self._seg_no)
+            self._seg_fh, self._seg_size = self._open_segment(self._seg_no)
         except BaseException:
             self._release_lock()
             raise
-        self._seg_size = 0
         self._seg_max_seq = 0
         self._sealed: dict[int, int] = {}  # segment number -> highest seq in it
 
@@ -283,27 +298,30 @@ class VerdictLog:
         (durable in the journal). Inside :meth:`deferred_ack` it returns at once and the block's
         exit waits. Raises :class:`VerdictLogError` when the journal write failed."""
         record = decision_record(decision, text, store_text=self.store_text)
-        ticket = self._enqueue(record)
         deferred = getattr(self._local, "deferred", None)
         if deferred is not None:
-            deferred.append(ticket)
+            self._check_open()
+            deferred.append(record)
         else:
-            self._wait([ticket])
+            self._wait(self._enqueue([record]))
         return record["record_id"]
 
     def append_many(self, items: Sequence[tuple[Decision, str | None]]) -> list[str]:
-        """Append several decisions; returns their record ids once all are acknowledged."""
-        tickets = [self._enqueue(decision_record(d, t, store_text=self.store_text)) for d, t in items]
+        """Append several decisions as one group (written in one journal batch: all of them are
+        acknowledged or none); returns their record ids once acknowledged."""
+        tickets = self._enqueue([decision_record(d, t, store_text=self.store_text) for d, t in items])
         self._wait(tickets)
         return [t.record["record_id"] for t in tickets]
 
     @contextlib.contextmanager
     def deferred_ack(self) -> Iterator[None]:
-        """Within the block, this thread's appends do not wait one by one; on exit the block
-        waits until all of them are acknowledged (raising :class:`VerdictLogError` if any
-        failed). Nestable."""
+        """Within the block, this thread's appends do not wait one by one: they are collected and,
+        on exit, written as one group (one journal batch, one fsync) and the block waits until
+        they are acknowledged - all of them, or none: a failure raises :class:`VerdictLogError`
+        and no record of the group is logged. If the block raises, nothing is written. Nestable
+        (the outermost block writes)."""
         outer = getattr(self._local, "deferred", None)
-        mine: list[_Ticket] = []
+        mine: list[dict[str, Any]] = []
         self._local.deferred = mine
         try:
             yield
@@ -311,8 +329,8 @@ class VerdictLog:
             self._local.deferred = outer
         if outer is not None:
             outer.extend(mine)
-        else:
-            self._wait(mine)
+        elif mine:
+            self._wait(self._enqueue(mine))
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every record appended so far is committed to SQLite. Returns False on timeout."""
@@ -399,7 +417,9 @@ class VerdictLog:
         return {"path": str(self.path), "store_text": self.store_text, "sync": self.sync, "appended": appended,
                 "acknowledged": acknowledged, "failed": failed, "rows_written": committed, "queued": queued,
                 "write_batches": self.write_batches, "replayed": self.replayed, "replayed_new": self.replayed_new,
-                "torn_lines": self.torn_lines, "db_errors": self.db_errors}
+                "torn_lines": self.torn_lines, "uncommitted": self.uncommitted, "db_errors": self.db_errors,
+                "write_errors": self.write_errors, "truncations": self.truncations,
+                "refusing_appends": None if self._poisoned is None else str(self._poisoned)}
 
     # ------------------------------------------------------------------ lock
     def _take_lock(self):
@@ -435,25 +455,37 @@ class VerdictLog:
         segs = self._segments()
         return (segs[-1][0] + 1) if segs else 1
 
-    def _open_segment(self, number: int):
+    def _open_segment(self, number: int) -> tuple[Any, int]:
+        """A new, framed segment (header line written): ``(file, size)``. A number is only ever
+        reopened after a failed open, so whatever a failed attempt left in it is discarded."""
         fh = open(self.journal_dir / f"seg-{number:08d}.jsonl", "ab", buffering=0)
-        if self.sync == "fsync":
-            _fsync_dir(self.journal_dir)
-        return fh
+        try:
+            if os.fstat(fh.fileno()).st_size:
+                os.ftruncate(fh.fileno(), 0)
+            self._write_all(fh, _JOURNAL_HEADER)
+            if self.sync == "fsync":
+                self._sync_file(fh)
+                _fsync_dir(self.journal_dir)
+        except BaseException:
+            fh.close()
+            raise
+        return fh, len(_JOURNAL_HEADER)
+
+    @staticmethod
+    def _write_all(fh: Any, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = fh.write(view)
+            view = view[n:]
+
+    @staticmethod
+    def _sync_file(fh: Any) -> None:
+        os.fdatasync(fh.fileno()) if hasattr(os, "fdatasync") else os.fsync(fh.fileno())
 
     def _replay_journal(self) -> None:
         """Insert every record of leftover journal segments (a crash), then delete them."""
         for _, seg in self._segments():
-            records = []
-            with seg.open("rb") as fh:
-                for line in fh:
-                    if not line.endswith(b"\n"):
-                        self.torn_lines += 1
-                        continue
-                    try:
-                        records.append(json.loads(line))
-                    except ValueError:
-                        self.torn_lines += 1
+            records = self._read_segment(seg)
             before = self._db.total_changes
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -465,23 +497,69 @@ class VerdictLog:
             self.replayed += len(records)
             self.replayed_new += self._db.total_changes - before
             seg.unlink()
-        if self.torn_lines:
-            log.warning("verdict log %s: %d torn journal line(s) skipped (never acknowledged)", self.path, self.torn_lines)
+        if self.torn_lines or self.uncommitted:
+            log.warning("verdict log %s: %d torn journal line(s) and %d record(s) of uncommitted batches skipped "
+                        "(never acknowledged)", self.path, self.torn_lines, self.uncommitted)
 
-    def _enqueue(self, record: dict[str, Any]) -> _Ticket:
-        line = json.dumps(record, default=_json_default, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+    def _read_segment(self, seg: Path) -> list[dict[str, Any]]:
+        """The records of one segment to replay: every committed batch of a framed segment;
+        every complete line of a segment written before framing (no header line)."""
+        records: list[dict[str, Any]] = []
+        framed = False
+        batch: list[dict[str, Any]] | None = None
+        with seg.open("rb") as fh:
+            for i, line in enumerate(fh):
+                if i == 0 and line == _JOURNAL_HEADER:
+                    framed = True
+                    continue
+                if not line.endswith(b"\n"):
+                    self.torn_lines += 1
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    self.torn_lines += 1
+                    continue
+                if not framed:
+                    records.append(obj)
+                elif isinstance(obj, dict) and "_batch" in obj:
+                    self.uncommitted += len(batch or ())  # a batch that never got its commit line
+                    batch = []
+                elif isinstance(obj, dict) and "_commit" in obj:
+                    records.extend(batch or ())
+                    batch = None
+                elif batch is None:
+                    self.uncommitted += 1  # a record outside any batch
+                else:
+                    batch.append(obj)
+        self.uncommitted += len(batch or ())
+        return records
+
+    def _check_open(self) -> None:
+        if self._closing or self._closed:
+            raise VerdictLogError(f"verdict log {self.path} is closed")
+        if self._poisoned is not None:
+            raise VerdictLogError(f"verdict log {self.path} refuses appends after an unrecoverable journal "
+                                  f"write error ({self._poisoned}); reopen it")
+
+    def _enqueue(self, records: Sequence[dict[str, Any]]) -> list[_Ticket]:
+        """Queue ``records`` for the journal as one group (never split across journal batches)."""
+        lines = [json.dumps(r, default=_json_default, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+                 for r in records]
+        tickets = []
         with self._jcv:
-            if self._closing or self._closed:
-                raise VerdictLogError(f"verdict log {self.path} is closed")
-            ticket = _Ticket(self._next_seq, line, record)
-            self._next_seq += 1
-            self.appended += 1
-            if self.sync == "none":
-                ticket.done = True
-                self.acknowledged += 1
-            self._pending.append(ticket)
+            self._check_open()
+            for record, line in zip(records, lines):
+                ticket = _Ticket(self._next_seq, line, record)
+                self._next_seq += 1
+                self.appended += 1
+                if self.sync == "none":
+                    ticket.done = True
+                    self.acknowledged += 1
+                tickets.append(ticket)
+            self._pending.extend(tickets)
             self._jcv.notify_all()
-        return ticket
+        return tickets
 
     def _wait(self, tickets: Sequence[_Ticket]) -> None:
         if not tickets:
@@ -503,20 +581,21 @@ class VerdictLog:
                 if not self._pending:
                     return
                 batch, self._pending = self._pending, []
-            error: BaseException | None = None
-            try:
-                data = b"".join(t.line for t in batch)
-                view = memoryview(data)
-                while view:
-                    n = self._seg_fh.write(view)
-                    view = view[n:]
-                if self.sync == "fsync":
-                    os.fdatasync(self._seg_fh.fileno()) if hasattr(os, "fdatasync") else os.fsync(self._seg_fh.fileno())
-                self._seg_size += len(data)
-                self._seg_max_seq = batch[-1].seq
-            except BaseException as exc:  # disk full, I/O error: these records are not acknowledged
-                log.exception("verdict log %s: journal write failed for %d record(s)", self.path, len(batch))
-                error = exc
+            error: BaseException | None = self._poisoned
+            if error is None:
+                good = self._seg_size
+                try:
+                    data = b"".join([b'{"_batch":%d}\n' % len(batch), *(t.line for t in batch),
+                                     b'{"_commit":%d}\n' % len(batch)])
+                    self._write_all(self._seg_fh, data)
+                    if self.sync == "fsync":
+                        self._sync_file(self._seg_fh)
+                    self._seg_size += len(data)
+                    self._seg_max_seq = batch[-1].seq
+                except BaseException as exc:  # disk full, I/O error: these records are not acknowledged
+                    log.error("verdict log %s: journal write failed for %d record(s): %r", self.path, len(batch), exc)
+                    error = exc
+                    self._undo_write(good)
             seg_no = self._seg_no
             with self._jcv:
                 for t in batch:
@@ -534,18 +613,44 @@ class VerdictLog:
             if error is None and self._seg_size >= self.segment_bytes:
                 self._rotate()
 
-    def _rotate(self) -> None:
+    def _undo_write(self, good: int) -> None:
+        """After a failed write or fsync: cut the segment back to ``good`` bytes (the end of the
+        last acknowledged batch); failing that, move to a new segment; failing that, refuse
+        every later append."""
+        self.write_errors += 1
+        try:
+            os.ftruncate(self._seg_fh.fileno(), good)
+            if self.sync == "fsync":
+                self._sync_file(self._seg_fh)
+            self.truncations += 1
+            log.error("verdict log %s: journal truncated back to its last acknowledged batch (%d bytes)", self.path, good)
+            return
+        except OSError as exc:
+            log.error("verdict log %s: could not truncate the journal after a failed write: %r", self.path, exc)
+        if self._rotate():
+            log.error("verdict log %s: moved to journal segment %d; replay drops the failed batch", self.path, self._seg_no)
+            return
+        with self._jcv:
+            self._poisoned = VerdictLogError(f"journal segment {self._seg_no} could not be repaired")
+        log.critical("verdict log %s: the journal cannot be repaired; every later append is refused until it is reopened",
+                     self.path)
+
+    def _rotate(self) -> bool:
         try:
             new_no = self._seg_no + 1
-            new_fh = self._open_segment(new_no)
+            new_fh, new_size = self._open_segment(new_no)
         except OSError:
             log.exception("verdict log %s: could not open a new journal segment; keeping the current one", self.path)
-            return
+            return False
         old_fh = self._seg_fh
         with self._dcv:
             self._sealed[self._seg_no] = self._seg_max_seq
-        self._seg_fh, self._seg_no, self._seg_size = new_fh, new_no, 0
-        old_fh.close()
+        self._seg_fh, self._seg_no, self._seg_size = new_fh, new_no, new_size
+        try:
+            old_fh.close()
+        except OSError:  # pragma: no cover
+            pass
+        return True
 
     def _delete_committed_segments(self) -> None:
         with self._dcv:

@@ -235,14 +235,24 @@ def test_escalation_budget_keeps_fast_verdict(make_config):
     assert d2.path[-1].outcome == "skipped" and router.budget.released == 1
 
 
-def test_failing_sink_does_not_lose_the_decision(make_config):
+def test_failing_sink_is_never_silent_and_does_not_lose_the_decision(make_config):
+    from safecascade.router.cascade import DecisionSinkError
+
     router = Router.load(make_config([_last("only", {"x": {"a": 0.9}})]))
+    seen = []
 
     def bad_sink(d, text):
         raise OSError("disk full")
 
-    router.sinks.append(bad_sink)
+    router.sinks.extend([bad_sink, lambda d, text: seen.append(d.action)])
+    with pytest.raises(DecisionSinkError, match="disk full") as info:  # no hook: classify raises
+        router.classify("x")
+    assert [d.action for d in info.value.decisions] == ["block"] and seen == ["block"]  # other sinks still ran
+    assert isinstance(info.value.errors[0][1], OSError) and info.value.errors[0][0] is bad_sink
+    hooked = []
+    router.on_sink_error = hooked.append  # an explicit hook: the decision is returned
     assert router.classify("x").action == "block"
+    assert len(hooked) == 1 and isinstance(hooked[0], DecisionSinkError)
 
 
 def test_decision_sums_tier_costs():
