@@ -1,5 +1,5 @@
 # safecascade — the two commands a new machine needs:
-#   make demo   set up everything, build missing default artifacts, run the default cascade on the benchmark
+#   make demo   set up everything, run the default cascade (shipped models) on the benchmark's whole test split
 #   make test   set up everything and run the whole test suite (what CI runs)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast setup clean-cache experiments bench
+.PHONY: demo test test-fast setup clean-cache experiments bench models fuzz
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ test: setup
 # Everything except tests marked slow (a quick loop for development; CI runs `make test`).
 test-fast: setup
 	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+# Rebuild exactly the shipped default models into models/ (slow: ~30 min on 2 cores; a deliberate commit).
+models: setup
+	$(VENV)/bin/safecascade -v models build
+
+# The large fuzzing run (>= 100,000 hypothesis examples, fresh random ones); CI runs the derandomised suite.
+fuzz: setup
+	SAFECASCADE_FUZZ_RANDOM=1 SAFECASCADE_FUZZ_SCALE=10 SAFECASCADE_HOME=$(CURDIR)/.cache/test-home \
+		$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests/router/test_fuzz.py
 
 bench: setup
 	$(PY) experiments/bench_heuristic.py

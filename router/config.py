@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -209,10 +210,59 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
     )
 
 
-def load_config(source: str | Path | None = None) -> RouterConfig:
-    """Load a YAML router config; ``None`` is the embedded default (``models/default.yaml``)."""
+SAFEGUARD_ENV = "SAFECASCADE_SAFEGUARD"          # a GGUF path, an http(s) base URL, or "stand-in"
+SAFEGUARD_MODEL_ENV = "SAFECASCADE_SAFEGUARD_MODEL"  # the served model name for a URL (default below)
+DEFAULT_ENDPOINT_MODEL = "openai/gpt-oss-safeguard-20b"
+WITH_SAFEGUARD = "with-safeguard"
+
+
+def builtin_config_path(name: str) -> Path:
+    """``models/<name>.yaml`` of the installed package (``default``, ``with-safeguard``)."""
+    path = Path(str(resources.files("safecascade.models").joinpath(f"{name}.yaml")))
+    if not path.is_file():
+        raise ConfigError(f"no built-in router config {name!r} ({path} missing)")
+    return path
+
+
+def safeguard_options(target: str) -> dict[str, Any]:
+    """Safeguard tier options that point it at ``target``: an OpenAI-compatible base URL
+    (``http(s)://...``), ``stand-in`` (the test GGUF) or a GGUF path for llama.cpp in process."""
+    target = str(target).strip()
+    if not target:
+        raise ConfigError(f"the safeguard target is empty (set {SAFEGUARD_ENV} to a GGUF path or an http(s) URL)")
+    if target.startswith(("http://", "https://")):
+        return {"backend": "openai", "base_url": target,
+                "model": os.environ.get(SAFEGUARD_MODEL_ENV) or DEFAULT_ENDPOINT_MODEL}
+    if target != "stand-in" and not Path(os.path.expanduser(target)).is_file():
+        raise ConfigError(f"safeguard GGUF not found: {target} (set {SAFEGUARD_ENV} to a GGUF path or an http(s) URL)")
+    return {"backend": "llama_cpp", "model_path": target}
+
+
+def _point_safeguard(data: Any, target: str, path: Path) -> None:
+    tiers = data.get("tiers") if isinstance(data, dict) else None
+    sg = [t for t in tiers or [] if isinstance(t, dict) and t.get("type") == "safeguard"]
+    if not sg:
+        raise ConfigError(f"{path}: a safeguard target was given but the config has no safeguard tier")
+    for t in sg:
+        opts = {k: v for k, v in dict(t.get("options") or {}).items() if k not in ("backend", "model_path", "base_url", "model")}
+        t["options"] = {**opts, **safeguard_options(target)}
+
+
+def load_config(source: str | Path | None = None, *, safeguard: str | None = None) -> RouterConfig:
+    """Load a YAML router config.
+
+    ``source``: a YAML path, ``builtin:<name>`` (``models/<name>.yaml``), or ``None``: the
+    embedded default (``models/default.yaml``: heuristic -> static -> fast, no LLM) or, when a
+    safeguard target is given (``safeguard`` or ``$SAFECASCADE_SAFEGUARD``), the
+    ``with-safeguard`` preset pointed at it. ``safeguard`` with a YAML source repoints that
+    config's safeguard tier.
+    """
+    if safeguard is None and source is None:
+        safeguard = os.environ.get(SAFEGUARD_ENV) or None
     if source is None:
-        path = Path(str(resources.files("safecascade.models").joinpath("default.yaml")))
+        path = builtin_config_path(WITH_SAFEGUARD if safeguard else "default")
+    elif isinstance(source, str) and source.startswith("builtin:"):
+        path = builtin_config_path(source[len("builtin:"):])
     else:
         path = Path(source)
     try:
@@ -223,4 +273,6 @@ def load_config(source: str | Path | None = None) -> RouterConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if safeguard:
+        _point_safeguard(data, safeguard, path)
     return parse_config(data, base_dir=path.parent, source=str(path))

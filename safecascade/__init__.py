@@ -1,7 +1,7 @@
 """safecascade: a policy-following moderation router, cheapest tier first.
 
     from safecascade import Router
-    router = Router.load()                 # embedded default config (models/default.yaml)
+    router = Router.load()                 # embedded default: heuristic -> static -> fast, shipped models
     d = router.classify("text")            # -> Decision: d.action, d.flagged, d.tier, d.score ...
 """
 
@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from safecascade.tiers.base import Tier, TierResult
 
 
-def load(source: Any = None) -> "Router":
+def load(source: Any = None, *, safeguard: str | None = None) -> "Router":
     """Shorthand for :meth:`Router.load`."""
     from safecascade.router.cascade import Router
 
-    return Router.load(source)
+    return Router.load(source, safeguard=safeguard)
 
 
 def __getattr__(name: str) -> Any:  # lazy, so `import safecascade` stays cheap

@@ -3,8 +3,9 @@ calibrated probability) served with ``tokenizers`` + ``onnxruntime`` + numpy; no
 
 Options::
 
-    model: default          # "default" (the cache's fast-default, built by `safecascade train fast`
-                            # or `make demo`), a path to an artifact dir (relative to the config),
+    model: default          # "default" (the model shipped in the package, models/fast-default, checked
+                            # against its provenance sha256s), a path to an artifact dir (e.g. one built
+                            # by `safecascade train fast`; relative to the config),
                             # or an MLflow model URI "models:/safecascade-fast/1" / "...@champion"
     threads: 2              # onnxruntime intra-op threads
     max_windows: 8          # cap on windows per text (beyond it: evenly spread windows, truncated=True)
@@ -35,6 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, verify_dir
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.onnx_encoder import (
@@ -49,19 +51,23 @@ from safecascade.tiers.onnx_encoder import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMES = {"fast": "fast-default", "static": "static-default"}
+
+def _verified(d: Path, *, kind: str, tier_name: str) -> Path:
+    """``d`` after checking it against its provenance sha256s (a shipped model or a copy of one)."""
+    try:
+        verify_dir(d)
+    except ShippedModelError as exc:
+        raise ShippedModelError(f"{kind} tier {tier_name!r}: the model is not usable: {exc}") from exc
+    return d
 
 
 def resolve_model_dir(model: Any, *, base_dir: Path, kind: str, tier_name: str) -> Path:
-    """Turn the ``model`` option into an artifact directory (default / path / models:/ URI)."""
-    from safecascade.paths import artifact_dir
+    """Turn the ``model`` option into an artifact directory (default / path / models:/ URI).
 
+    ``default`` is the model shipped in the package; it, and any directory with a
+    ``provenance.json`` (a copy of one), is checked file by file against the recorded sha256s."""
     if model is None or model == "default":
-        d = artifact_dir("models") / DEFAULT_NAMES[kind]
-        if not (d / "card.json").is_file():
-            raise ValueError(f"{kind} tier {tier_name!r}: the default model is not built ({d} missing); "
-                             f"run `safecascade train {kind}` or `make demo` first")
-        return d
+        return _verified(shipped_dir(kind), kind=kind, tier_name=tier_name)
     if not isinstance(model, (str, Path)):
         raise ValueError(f"{kind} tier {tier_name!r}: options.model must be 'default', a path or a models:/ URI, got {model!r}")
     s = str(model)
@@ -70,7 +76,8 @@ def resolve_model_dir(model: Any, *, base_dir: Path, kind: str, tier_name: str) 
 
         return download_model_dir(s)
     p = Path(s).expanduser()
-    return p if p.is_absolute() else base_dir / p
+    p = p if p.is_absolute() else base_dir / p
+    return _verified(p, kind=kind, tier_name=tier_name) if (p / PROVENANCE).is_file() else p
 
 
 def _int_option(options: Mapping[str, Any], key: str, default: int, tier: str) -> int:

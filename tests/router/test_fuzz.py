@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 
 import httpx
@@ -31,14 +32,21 @@ from safecascade.router.server import BackgroundServer, create_app
 from safecascade.router.verdict_log import VerdictLog, VerdictReader
 
 
+# Reproducible by default: derandomised (the same examples every run, so CI cannot go red on
+# luck) and a failing example is printed with its @reproduce_failure blob. `make fuzz` sets
+# SAFECASCADE_FUZZ_RANDOM=1 (fresh random examples) and SAFECASCADE_FUZZ_SCALE=10 (x10 the full sizes).
+RANDOM = os.environ.get("SAFECASCADE_FUZZ_RANDOM", "0") == "1"
+SCALE = int(os.environ.get("SAFECASCADE_FUZZ_SCALE", "1"))
+
+
 def sizes(quick: int, full: int):
-    """A quick variant (always) and the full size (slow suite)."""
+    """A quick variant (always) and the full size (slow suite; x SAFECASCADE_FUZZ_SCALE)."""
     return pytest.mark.parametrize("n", [pytest.param(quick, id="quick"),
-                                         pytest.param(full, id="full", marks=pytest.mark.slow)])
+                                         pytest.param(full * SCALE, id="full", marks=pytest.mark.slow)])
 
 
 def fuzz_settings(n: int):
-    return settings(max_examples=n, deadline=None, database=None, derandomize=False,
+    return settings(max_examples=n, deadline=None, database=None, derandomize=not RANDOM, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture, HealthCheck.large_base_example])
 
@@ -149,8 +157,8 @@ def sizes_by_router(quick: int, full_fast: int, full_cheap: int):
     """Quick variants on both routers; full sizes: fewer on the router with the ONNX tier."""
     return pytest.mark.parametrize("name,n", [
         pytest.param("full", quick, id="full-quick"), pytest.param("cheap", quick, id="cheap-quick"),
-        pytest.param("full", full_fast, id="full-full", marks=pytest.mark.slow),
-        pytest.param("cheap", full_cheap, id="cheap-full", marks=pytest.mark.slow)])
+        pytest.param("full", full_fast * SCALE, id="full-full", marks=pytest.mark.slow),
+        pytest.param("cheap", full_cheap * SCALE, id="cheap-full", marks=pytest.mark.slow)])
 
 
 @sizes_by_router(20, 800, 2500)

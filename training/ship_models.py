@@ -1,0 +1,152 @@
+"""Rebuild exactly the shipped default models into ``models/`` (``make models``).
+
+1. Build ``fast-default`` and ``static-default`` with the default recipe (``ensure_default_models``;
+   reused from ``$SAFECASCADE_HOME`` when current).
+2. Copy what serving needs, stored compactly (:mod:`safecascade.training.compact`): the fast tier's
+   int8 graph with its word-embedding table in row-wise int8 (or float16), its tokenizer, lexical
+   block and card; the static tier's table in float16, its tokenizer, heads and card. The fp32
+   graph is not shipped (``quantized: false`` needs a locally built model).
+3. Score val and test through the built and the shipped tier side by side, as served, and write
+   ``provenance.json`` per model: recipe, training-data hashes, code commit, metrics of both,
+   compaction, size and sha256 of every file.
+4. Append one line to the changelog in ``models/README.md``.
+
+A rebuilt model is a deliberate commit: every version stays in git history.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from safecascade.shipped import PROVENANCE, SHIPPED_NAMES, file_sha256, verify_dir
+
+log = logging.getLogger(__name__)
+
+FAST_FILES = ("card.json", "tokenizer.json", "lexical.npz")
+STATIC_FILES = ("card.json", "tokenizer.json", "heads.npz", "static.npy")
+BENCHMARK = "jailbreak"
+TRAINING_SOURCES = {  # the jailbreak benchmark's vendored sources (training/data/SOURCES.md)
+    "jailbreakhub.csv.gz": "MIT",
+    "toxicchat_train.csv.gz": "CC BY-NC 4.0 (non-commercial)",
+    "awesome_chatgpt_prompts.csv.gz": "CC0 1.0",
+    "alpaca_sample.csv.gz": "CC BY-NC 4.0 (non-commercial)",
+}
+
+
+def git_commit() -> str:
+    """The training code's commit (``unknown`` outside a git checkout), ``+dirty`` when modified."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "tiers"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> np.ndarray:
+    """Scores of the tier as served (fast: int8 graph) for ``texts``."""
+    if kind == "fast":
+        from safecascade.tiers.fast import FastTier
+
+        tier: Any = FastTier(model_dir=model_dir, quantized=True)
+    else:
+        from safecascade.tiers.static import StaticTier
+
+        tier = StaticTier(model_dir=model_dir)
+    pol = tier.policies[0]
+    out = []
+    for s in range(0, len(texts), 256):
+        out += [r.scores.get(pol, 0.0) for r in tier.classify(list(texts[s:s + 256]))]
+    tier.close()
+    return np.asarray(out)
+
+
+def compare(kind: str, built: Path, shipped: Path, splits: dict[str, list[Any]]) -> dict[str, Any]:
+    """Val/test metrics of the built and the shipped tier side by side (threshold 0.5)."""
+    from safecascade.training.fast_train import score_metrics
+
+    keys = ("precision", "recall", "f1", "roc_auc", "recall_at_1pct_fpr")
+    res: dict[str, Any] = {}
+    for split, ex in splits.items():
+        texts, labels = [e.text for e in ex], [int(e.label) for e in ex]
+        a, b = tier_scores(kind, built, texts), tier_scores(kind, shipped, texts)
+        ma, mb = score_metrics(labels, a), score_metrics(labels, b)
+        res[split] = {"n": len(texts), "built": {k: ma.get(k) for k in keys}, "shipped": {k: mb.get(k) for k in keys},
+                      "max_abs_score_diff": float(np.abs(a - b).max()), "mean_abs_score_diff": float(np.abs(a - b).mean()),
+                      "decisions_flipped_at_0.5": int(((a >= 0.5) != (b >= 0.5)).sum())}
+        log.info("%s %s: F1 built %.4f shipped %.4f, max |diff| %.4f", kind, split, ma["f1"], mb["f1"], res[split]["max_abs_score_diff"])
+    return res
+
+
+def _stage(kind: str, built: Path, stage: Path, bits: int) -> dict[str, Any]:
+    from safecascade.training.compact import compact_onnx_embeddings, compact_static_table
+
+    stage.mkdir(parents=True)
+    for name in FAST_FILES if kind == "fast" else STATIC_FILES:
+        shutil.copyfile(built / name, stage / name)
+    if kind == "fast":
+        card = json.loads((built / "card.json").read_text(encoding="utf-8"))
+        int8 = card.get("int8_model")
+        if not int8:
+            raise ValueError(f"{built}: the int8 graph did not pass its gate; nothing compact to ship")
+        return compact_onnx_embeddings(built / int8, stage / int8, bits=bits)
+    return compact_static_table(stage / "static.npy")
+
+
+def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test")) -> dict[str, Any]:
+    """Build (or reuse), compact, measure and write the shipped set into ``out_root``."""
+    from safecascade.training.datasets import load_benchmark
+    from safecascade.training.fast_train import ensure_default_models
+
+    built = ensure_default_models(progress=True)
+    data = {s: load_benchmark(BENCHMARK, s) for s in splits}
+    data_dir = Path(__file__).resolve().parent / "data"
+    commit = git_commit()
+    summary: dict[str, Any] = {}
+    for kind, name in SHIPPED_NAMES.items():
+        target = out_root / name
+        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out_root) as td:
+            stage = Path(td) / name
+            compaction = _stage(kind, built[kind], stage, bits)
+            card = json.loads((stage / "card.json").read_text(encoding="utf-8"))
+            metrics = compare(kind, built[kind], stage, data)
+            prov = {
+                "model": name, "kind": kind, "benchmark": BENCHMARK,
+                "recipe": card.get("config"), "training_data": card.get("training_data"),
+                "training_sources": {f: {"licence": lic, "sha256": file_sha256(data_dir / f)} for f, lic in TRAINING_SOURCES.items()},
+                "code_commit": commit, "built": card.get("created"),
+                "shipped": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "compaction": compaction, "metrics_as_served": metrics,
+                "files": {f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in sorted(stage.iterdir())},
+            }
+            (stage / PROVENANCE).write_text(json.dumps(prov, indent=2, default=float) + "\n", encoding="utf-8")
+            verify_dir(stage)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(stage), target)
+        summary[kind] = prov
+    _changelog(out_root, summary, commit, note)
+    return summary
+
+
+def _changelog(root: Path, summary: dict[str, Any], commit: str, note: str) -> None:
+    readme = root / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else "# Shipped models\n\n## Changelog\n"
+    sizes = {k: sum(m["bytes"] for m in p["files"].values()) / 1e6 for k, p in summary.items()}
+    f1 = {k: p["metrics_as_served"].get("test", {}).get("shipped", {}).get("f1") for k, p in summary.items()}
+    line = (f"- {_dt.date.today().isoformat()} code {commit[:12]}: "
+            + ", ".join(f"{k} {sizes[k]:.1f} MB (test F1 alone {f1[k]:.3f})" if f1[k] is not None else f"{k} {sizes[k]:.1f} MB"
+                        for k in summary)
+            + (f"; {note}" if note else "") + "\n")
+    readme.write_text(text.rstrip("\n") + "\n" + line, encoding="utf-8")
