@@ -31,10 +31,10 @@ class TokenBucketBudget:
         if max_in_flight is not None and (not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1):
             raise ValueError(f"max_in_flight must be a positive integer or None, got {max_in_flight!r}")
         if rate_per_s is None:
-            if max_in_flight is None:
-                raise ValueError("a budget needs rate_per_s, max_in_flight or both (neither would limit anything)")
             if burst is not None:
                 raise ValueError("burst applies to the rate limit: give rate_per_s too")
+            if max_in_flight is None:
+                raise ValueError("a budget needs rate_per_s, max_in_flight or both (neither would limit anything)")
         else:
             if not isinstance(rate_per_s, (int, float)) or isinstance(rate_per_s, bool) or not rate_per_s > 0 or math.isinf(rate_per_s):
                 raise ValueError(f"rate_per_s must be a positive finite number, got {rate_per_s!r}")

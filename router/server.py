@@ -16,10 +16,16 @@ reports score 0.0 and category false; ``flagged`` is always the Decision's actio
 
 Errors use the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``:
 401 (missing/wrong bearer token, when a token is configured), 413 (body over
-``max_body_bytes``), 400 (malformed JSON, wrong types, too many inputs), 429 (more than
-``max_pending`` requests already being classified; ``Retry-After`` set), 503 (the verdict log
-could not acknowledge a decision - no verdict is returned that the log did not record).
-The router runs in a thread pool, never on the event loop.
+``max_body_bytes``), 400 (malformed JSON, wrong types, too many inputs), 408 (the body did not
+arrive within ``body_timeout_s``; the connection is closed), 429 (more than ``max_pending``
+requests already being classified; ``Retry-After`` set), 503 (the verdict log could not
+acknowledge a decision - no verdict is returned that the log did not record). A client that
+disconnects is counted as status 499 in ``/metrics`` (no traceback is logged). The router runs
+in a thread pool, never on the event loop.
+
+``/v1/classify`` leaves the safeguard's model text out of ``path[].info`` (the keys in
+:data:`REDACTED_INFO_KEYS`: rationales and label log-probs) unless ``expose_rationale`` is on
+(``serve --expose-rationale``); the verdict log keeps them.
 
 Post-moderation (``create_app(..., post_moderator=PostModerator(router))``, ``serve
 --post-moderation``): ``POST /v1/moderations?mode=post`` and ``/v1/classify?mode=post`` answer
@@ -33,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -52,6 +59,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 2 << 20
 DEFAULT_MAX_INPUTS = 256
 DEFAULT_MAX_PENDING = 64
+DEFAULT_BODY_TIMEOUT_S = 10.0
+DEFAULT_TOKEN_ENV = "SAFECASCADE_API_TOKEN"
+STATUS_CLIENT_GONE = 499  # nginx's "client closed request": counted, never a 500
+REDACTED_INFO_KEYS = frozenset({"rationale", "lp0", "lp1"})  # model text and log-probs: log only
 
 
 class _HTTPError(Exception):
@@ -106,6 +117,28 @@ def parse_inputs(payload: Any, *, max_inputs: int) -> list[str]:
     return texts
 
 
+class _ClientGone(Exception):
+    """The client disconnected before the response (recorded as 499)."""
+
+
+def _redact(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _redact(v) for k, v in obj.items() if k not in REDACTED_INFO_KEYS}
+    if isinstance(obj, list):
+        return [_redact(v) for v in obj]
+    return obj
+
+
+def public_decision(decision: Decision, *, expose_rationale: bool = False) -> dict[str, Any]:
+    """``decision.to_dict()`` as ``/v1/classify`` returns it: without the keys in
+    :data:`REDACTED_INFO_KEYS` (the safeguard's rationale, ``lp0`` / ``lp1``) anywhere in a
+    tier's ``info``, unless ``expose_rationale``."""
+    d = decision.to_dict()
+    if not expose_rationale:
+        d["path"] = [{**t, "info": _redact(t.get("info") or {})} for t in d["path"]]
+    return d
+
+
 def moderation_result(decision: Decision) -> dict[str, Any]:
     """One OpenAI-shaped moderation result for a Decision."""
     categories = {name: bool(v.flagged) for name, v in decision.policies.items()}
@@ -126,7 +159,8 @@ def moderation_result(decision: Decision) -> dict[str, Any]:
 def create_app(router: Router, *, token: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_inputs: int = DEFAULT_MAX_INPUTS, max_pending: int = DEFAULT_MAX_PENDING, workers: int = 4,
                model: str | None = None, metrics: Metrics | None = None, verdict_log: VerdictLog | None = None,
-               post_moderator: Any = None):
+               post_moderator: Any = None, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+               expose_rationale: bool = False):
     """Build the FastAPI app for ``router``.
 
     ``token``: require ``Authorization: Bearer <token>`` on ``/v1/*`` and ``/metrics``.
@@ -137,12 +171,20 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
     to ``router.sinks`` when absent). ``verdict_log``: found in ``router.sinks`` when not given;
     with one, responses wait until the log acknowledged their decisions. ``post_moderator``: a
     :class:`~safecascade.router.postmod.PostModerator` around ``router``, enabling ``?mode=post``.
+    ``body_timeout_s``: the whole request body must arrive within this many seconds, else 408
+    and the connection is closed. ``expose_rationale``: keep the safeguard's rationales and
+    log-probs in ``/v1/classify`` responses (off: see :func:`public_decision`).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
+    from starlette.requests import ClientDisconnect
+
+    from safecascade.router.cascade import DecisionSinkError
 
     if max_pending < 1 or workers < 1 or max_inputs < 1 or max_body_bytes < 1:
         raise ValueError("max_pending, workers, max_inputs and max_body_bytes must be positive")
+    if not body_timeout_s > 0:
+        raise ValueError(f"body_timeout_s must be positive, got {body_timeout_s!r}")
     if metrics is None:
         metrics = next((s for s in router.sinks if isinstance(s, Metrics)), None) or Metrics()
     if metrics not in router.sinks:
@@ -185,11 +227,22 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
             except ValueError:
                 raise _HTTPError(400, "invalid Content-Length header") from None
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise _HTTPError(413, f"request body exceeds the limit of {max_body_bytes} bytes", code="request_too_large")
-            chunks.append(chunk)
+
+        async def read_body() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise _HTTPError(413, f"request body exceeds the limit of {max_body_bytes} bytes", code="request_too_large")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read_body(), body_timeout_s)
+        except asyncio.TimeoutError:
+            raise _HTTPError(408, f"the request body did not arrive within {body_timeout_s:g} s ({size} bytes read)",
+                             code="request_timeout", headers={"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise _ClientGone() from None
         body = b"".join(chunks)
         if not body.strip():
             raise _HTTPError(400, "request body is empty; expected a JSON object with 'input'")
@@ -200,10 +253,12 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
 
     def classify_sync(texts: list[str], mode: str = "sync") -> list[Decision]:
         run = post_moderator.submit_batch if mode == "post" else router.classify_batch
-        if verdict_log is None:
-            return run(texts)
-        with verdict_log.deferred_ack():  # one fsync for the whole request, and nothing unlogged is returned
-            return run(texts)
+        with router.strict_sinks():  # a sink failure (the verdict log) fails the request, never silently
+            if verdict_log is None:
+                return run(texts)
+            # one journal batch (one fsync) for the whole request, all of it or none; nothing unlogged is returned
+            with verdict_log.deferred_ack():
+                return run(texts)
 
     def request_mode(request: Request) -> str:
         mode = request.query_params.get("mode", "sync")
@@ -224,6 +279,11 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
             log.error("verdict log refused a decision: %s", exc)
             raise _HTTPError(503, "the verdict log could not record this decision; retry later",
                              type_="server_error", code="verdict_log_unavailable") from None
+        except DecisionSinkError as exc:
+            if any(isinstance(e, VerdictLogError) for _, e in exc.errors):
+                raise _HTTPError(503, "the verdict log could not record this decision; retry later",
+                                 type_="server_error", code="verdict_log_unavailable") from None
+            raise
         except TypeError as exc:
             raise _HTTPError(400, str(exc)) from None
         finally:
@@ -237,9 +297,15 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
             mode = request_mode(request)
             texts = parse_inputs(await read_json(request), max_inputs=max_inputs)
             decisions = await classify(texts, mode)
+            if await request.is_disconnected():
+                raise _ClientGone()  # the decisions are logged (acknowledged); nobody reads the answer
             resp = respond(decisions)
             status = resp.status_code
             return resp
+        except _ClientGone:
+            status = STATUS_CLIENT_GONE
+            log.info("%s: client disconnected before the response", endpoint)
+            return Response(status_code=STATUS_CLIENT_GONE)
         except _HTTPError as err:
             status = err.status
             return _error_response(err)
@@ -261,7 +327,8 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
     async def classify_endpoint(request: Request) -> Response:
         def respond(decisions: list[Decision]) -> Response:
             return _json_response({"id": f"clf-{uuid.uuid4().hex}", "model": model_name,
-                                   "results": [d.to_dict() for d in decisions]})
+                                   "results": [public_decision(d, expose_rationale=expose_rationale)
+                                               for d in decisions]})
 
         return await handle(request, "/v1/classify", respond)
 
@@ -357,15 +424,21 @@ class BackgroundServer:
 def build_router(config: str | None = None, *, log_path: str | None = None, store_text: bool = False,
                  cache_size: int = 10_000, cache_ttl_s: float = 3600.0, budget_rps: float | None = None,
                  budget_burst: float | None = None, budget_in_flight: int | None = None) -> tuple[Router, VerdictLog | None]:
-    """A Router with the serving components attached (cache, budget, verdict log)."""
+    """A Router with the serving components attached (cache, budget, verdict log).
+
+    An escalation budget is attached when ``budget_rps`` or ``budget_in_flight`` is given (either
+    alone works); values that limit nothing (0, negative, a burst without a rate) raise
+    ``ValueError`` before anything is loaded."""
     from safecascade.router.budget import TokenBucketBudget
     from safecascade.router.cache import LRUDecisionCache
 
+    budget = None
+    if budget_rps is not None or budget_in_flight is not None or budget_burst is not None:
+        budget = TokenBucketBudget(budget_rps, budget_burst, budget_in_flight)  # validates
     router = Router.load(config)
     if cache_size and cache_size > 0:
         router.cache = LRUDecisionCache(cache_size, cache_ttl_s if cache_ttl_s and cache_ttl_s > 0 else None)
-    if budget_rps:
-        router.budget = TokenBucketBudget(budget_rps, budget_burst, budget_in_flight)
+    router.budget = budget
     vlog = None
     if log_path:
         try:
@@ -377,6 +450,59 @@ def build_router(config: str | None = None, *, log_path: str | None = None, stor
     return router, vlog
 
 
+def _positive(kind: type, *, minimum: float = 0.0, inclusive: bool = False):
+    """An argparse type: a ``kind`` number above ``minimum`` (or at least it, ``inclusive``)."""
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        ok = number >= minimum if inclusive else number > minimum
+        if not ok or number != number or number in (float("inf"), float("-inf")):
+            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {value}")
+        return number
+    parse.__name__ = kind.__name__  # argparse's "invalid <name> value" message
+    return parse
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to anything
+
+
+def resolve_token(token_env: str | None, environ: Any = None) -> str | None:
+    """The bearer token for ``serve``. ``token_env`` names the variable (``--token-env``): it
+    must be set and non-empty, else ``ValueError`` (refuse to start rather than serve without
+    auth). Without ``--token-env``, ``SAFECASCADE_API_TOKEN`` is used when set; set but empty is
+    refused too; unset means no auth."""
+    environ = os.environ if environ is None else environ
+    name = token_env if token_env is not None else DEFAULT_TOKEN_ENV
+    if not name:
+        raise ValueError("--token-env needs a variable name")
+    value = environ.get(name)
+    if value is None and token_env is None:
+        return None
+    if value is None or not value.strip():
+        raise ValueError(f"--token-env {name}: the variable is {'unset' if value is None else 'empty'}; "
+                         f"refusing to serve without the bearer token it should hold")
+    return value
+
+
+def warn_if_exposed(host: str, token: str | None) -> bool:
+    """Log a WARNING (and return True) when ``host`` is not loopback and there is no token."""
+    if token or is_loopback(host):
+        return False
+    log.warning("serving on %s without authentication: anyone who can reach it can use it "
+                "(set %s or --token-env NAME to require a bearer token)", host, DEFAULT_TOKEN_ENV)
+    return True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``safecascade serve``."""
     parser.add_argument("--config", default=None, help="router YAML or models:/name@alias (default: embedded)")
@@ -386,15 +512,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-text", action="store_true", help="store the text in the verdict log (off: hash only)")
     parser.add_argument("--cache-size", type=int, default=10_000, help="verdict cache entries (0 = no cache)")
     parser.add_argument("--cache-ttl", type=float, default=3600.0, help="verdict cache TTL in seconds (0 = none)")
-    parser.add_argument("--budget-rps", type=float, default=None, help="max last-tier (safeguard) calls per second")
-    parser.add_argument("--budget-burst", type=float, default=None, help="token-bucket burst (default = rps)")
-    parser.add_argument("--budget-in-flight", type=int, default=None, help="max last-tier calls in flight")
-    parser.add_argument("--token-env", default="SAFECASCADE_API_TOKEN", metavar="NAME",
-                        help="environment variable holding the bearer token (unset = no auth)")
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    parser.add_argument("--max-inputs", type=int, default=DEFAULT_MAX_INPUTS)
-    parser.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING, help="in-progress requests before 429")
-    parser.add_argument("--workers", type=int, default=4, help="router threads")
+    parser.add_argument("--budget-rps", type=_positive(float), default=None,
+                        help="max last-tier (safeguard) calls per second (> 0)")
+    parser.add_argument("--budget-burst", type=_positive(float, minimum=1, inclusive=True), default=None,
+                        help="token-bucket burst (>= 1, default = rps; needs --budget-rps)")
+    parser.add_argument("--budget-in-flight", type=_positive(int), default=None,
+                        help="max last-tier calls in flight (>= 1; works alone or with --budget-rps)")
+    parser.add_argument("--token-env", default=None, metavar="NAME",
+                        help=f"environment variable holding the bearer token; it must be set and non-empty "
+                             f"(default: {DEFAULT_TOKEN_ENV} when set, else no auth)")
+    parser.add_argument("--max-body-bytes", type=_positive(int), default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--max-inputs", type=_positive(int), default=DEFAULT_MAX_INPUTS)
+    parser.add_argument("--max-pending", type=_positive(int), default=DEFAULT_MAX_PENDING,
+                        help="in-progress requests before 429")
+    parser.add_argument("--workers", type=_positive(int), default=4, help="router threads")
+    parser.add_argument("--body-timeout", type=_positive(float), default=DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
+                        help=f"the request body must arrive within this time, else 408 (default {DEFAULT_BODY_TIMEOUT_S:g})")
+    parser.add_argument("--expose-rationale", action="store_true",
+                        help="return the safeguard's rationales and log-probs in /v1/classify (off: log only)")
     parser.add_argument("--post-moderation", action="store_true",
                         help="enable ?mode=post (provisional verdict now, last tier in the background)")
     parser.add_argument("--postmod-queue", type=int, default=1000, help="post-moderation queue size")
@@ -406,9 +541,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``safecascade serve`` (uvicorn, one process; the router is shared by its threads)."""
     import uvicorn
 
-    token = os.environ.get(args.token_env) if args.token_env else None
-    if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s without authentication (set %s to require a bearer token)", args.host, args.token_env)
+    token = resolve_token(args.token_env)
+    if args.budget_burst is not None and args.budget_rps is None:
+        raise ValueError("--budget-burst needs --budget-rps (the burst is the rate limit's bucket size)")
+    warn_if_exposed(args.host, token)
     router, vlog = build_router(args.config, log_path=args.log, store_text=args.store_text, cache_size=args.cache_size,
                                 cache_ttl_s=args.cache_ttl, budget_rps=args.budget_rps, budget_burst=args.budget_burst,
                                 budget_in_flight=args.budget_in_flight)
@@ -419,7 +555,8 @@ def run(args: argparse.Namespace) -> int:
 
             postmod = PostModerator(router, max_queue=args.postmod_queue, overflow=args.postmod_overflow)
         app = create_app(router, token=token or None, max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
-                         max_pending=args.max_pending, workers=args.workers, post_moderator=postmod)
+                         max_pending=args.max_pending, workers=args.workers, post_moderator=postmod,
+                         body_timeout_s=args.body_timeout, expose_rationale=args.expose_rationale)
         print(f"safecascade serving {router.config.name} ({router.config_hash}) on http://{args.host}:{args.port}"
               f"{' with bearer auth' if token else ''}{f', log {args.log}' if vlog else ''}")
         uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
