@@ -320,3 +320,19 @@ def test_failed_journal_write_gives_503_and_only_acknowledged_requests_are_logge
     logged = VerdictReader(tmp_path / "v.db").count()
     assert stats["acknowledged"] == logged == 4 * 3 and stats["failed"] == 2 * 3
     router.close()
+
+
+def test_closed_verdict_log_gives_503_in_post_moderation_mode_too(tmp_path):
+    from safecascade.router.postmod import PostModerator
+
+    router, vlog = build_router(str(write_router_config(tmp_path, SCORES)), log_path=str(tmp_path / "v.db"), cache_size=0)
+    pm = PostModerator(router)
+    with BackgroundServer(create_app(router, post_moderator=pm)) as srv:
+        ok = httpx.post(srv.url + "/v1/classify?mode=post", json={"input": "hello there"})
+        pm.drain(10)
+        vlog.close()
+        refused = httpx.post(srv.url + "/v1/classify?mode=post", json={"input": ["hello there"]})
+    pm.close(timeout=10)
+    assert ok.status_code == 200 and refused.status_code == 503
+    assert refused.json()["error"]["code"] == "verdict_log_unavailable"
+    router.close()
