@@ -491,7 +491,7 @@ def resolve_token(token_env: str | None, environ: Any = None) -> str | None:
     if value is None or not value.strip():
         raise ValueError(f"--token-env {name}: the variable is {'unset' if value is None else 'empty'}; "
                          f"refusing to serve without the bearer token it should hold")
-    return value
+    return value.strip()  # the Authorization header's value is compared stripped too
 
 
 def warn_if_exposed(host: str, token: str | None) -> bool:

@@ -32,6 +32,7 @@ SCORES = {"hello there": 0.1, "sneaky request": 0.9}
 # ---------------------------------------------------------------------- auth
 @pytest.mark.parametrize("token_env, environ, expected", [
     ("MY_TOKEN", {"MY_TOKEN": "abc"}, "abc"),
+    ("MY_TOKEN", {"MY_TOKEN": "abc\n"}, "abc"),
     (None, {"SAFECASCADE_API_TOKEN": "dflt"}, "dflt"),  # the default variable, when set, is used
     (None, {}, None),  # nothing named, nothing set: no auth (loopback default)
 ])
