@@ -89,7 +89,8 @@ def compare(kind: str, built: Path, shipped: Path, splits: dict[str, list[Any]])
     return res
 
 
-def _stage(kind: str, built: Path, stage: Path, bits: int) -> dict[str, Any]:
+def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str, Any]:
+    """Copy what serving needs from a built artifact dir into ``stage``, compacted as shipped."""
     from safecascade.training.compact import compact_onnx_embeddings, compact_static_table
 
     stage.mkdir(parents=True)
@@ -118,7 +119,7 @@ def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str]
         target = out_root / name
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out_root) as td:
             stage = Path(td) / name
-            compaction = _stage(kind, built[kind], stage, bits)
+            compaction = stage_served(kind, built[kind], stage, bits)
             card = json.loads((stage / "card.json").read_text(encoding="utf-8"))
             metrics = compare(kind, built[kind], stage, data)
             prov = {
