@@ -388,3 +388,21 @@ class Router:
         """Config, hashes and tier order (for /healthz and the CLI)."""
         return {"name": self.config.name, "config_hash": self.config_hash, "policies": self.policy_hashes,
                 "tiers": [t.name for t in self.config.tiers]}
+
+    def health(self) -> dict[str, Any]:
+        """Tiers' health for /healthz: ``{"status": "ok" | "degraded", "tiers": {name: tier.health()}}``.
+
+        Only tiers with a ``health()`` (the safeguard) are listed; ``degraded`` when any is not
+        ``up`` (an isolated llama.cpp worker restarting or down: its calls fail with a recorded
+        error and the tier's ``on_error`` applies meanwhile).
+        """
+        tiers: dict[str, Any] = {}
+        for tier in self.tiers:
+            probe = getattr(tier, "health", None)
+            if callable(probe):
+                try:
+                    tiers[tier.name] = dict(probe())
+                except Exception as exc:  # health must never take /healthz down
+                    tiers[tier.name] = {"state": "unknown", "last_error": f"{type(exc).__name__}: {exc}"}
+        bad = any(h.get("state") in ("restarting", "down") for h in tiers.values())
+        return {"status": "degraded" if bad else "ok", "tiers": tiers}

@@ -10,6 +10,12 @@ Config (``type: safeguard``; all options optional except where noted)::
       n_threads: null               # llama.cpp default
       n_gpu_layers: 0               # -1 = all layers on the GPU
       prefix_reuse: true            # keep the policy prefix's KV state between calls
+      isolation: process            # process (a worker process: crash/hang -> recorded error, restart) | none
+      worker_timeout_s: 300         # hard deadline per worker call (complete: call_timeout_s + worker_grace_s)
+      worker_grace_s: 5
+      worker_backoff_s: 0.5         # restart delay after a crash: backoff * 2**(failures-1), capped
+      worker_backoff_max_s: 30
+      worker_load_timeout_s: 600
       # openai
       base_url: http://127.0.0.1:8080/v1
       model: gpt-oss-safeguard-20b
@@ -90,7 +96,8 @@ _DEFAULTS: dict[str, Any] = {
 _KNOWN = set(_DEFAULTS) | {"model_path", "n_ctx", "n_threads", "n_gpu_layers", "prefix_reuse", "seed", "n_batch",
                            "flash_attn", "extra_buffer_types", "base_url", "model", "api_key_env", "timeout_s", "retries", "backoff_s",
                            "max_concurrency", "endpoint", "constrain", "top_logprobs", "context_tokens",
-                           "chars_per_token", "policies"}
+                           "chars_per_token", "policies", "isolation", "worker_timeout_s", "worker_grace_s",
+                           "worker_load_timeout_s", "worker_backoff_s", "worker_backoff_max_s"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +170,13 @@ class SafeguardTier:
             raise ValueError(f"safeguard tier {spec.name!r}: options.policies names unknown policies {missing}")
         backend = create_backend(opts, spec.base_dir)
         return cls(name=spec.name, policies={p: spec.policies[p] for p in wanted}, backend=backend, options=opts)
+
+    def health(self) -> dict[str, Any]:
+        """The backend's health (state up | restarting | down, worker pid, restarts, last error)."""
+        probe = getattr(self.backend, "health", None)
+        if callable(probe):
+            return dict(probe())
+        return {**self._backend_info(), "state": "unknown"}
 
     def close(self) -> None:
         closer = getattr(self.backend, "close", None)

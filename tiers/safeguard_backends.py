@@ -1,9 +1,10 @@
 """Backends for the safeguard tier: llama.cpp in process, or an OpenAI-compatible endpoint.
 
-Both take a :class:`~safecascade.tiers.safeguard_prompt.RenderedPrompt` and return a
+llama.cpp runs in a worker process by default (:mod:`safecascade.tiers.llama_worker`; option
+``isolation: process | none``). Both take a :class:`~safecascade.tiers.safeguard_prompt.RenderedPrompt` and return a
 :class:`Completion` (text, per-token label log-probabilities, token counts). Failures raise
 :class:`BackendError` with a ``kind`` (``timeout``, ``unavailable``, ``http``, ``overflow``,
-``load``); the tier turns them into ``TierResult(error=...)``.
+``load``, and for the worker ``crashed``); the tier turns them into ``TierResult(error=...)``.
 """
 
 from __future__ import annotations
@@ -218,6 +219,12 @@ class LlamaCppBackend:
         return {"backend": self.name, "model": Path(self.model_path).name, "n_ctx": self.n_ctx,
                 "architecture": self.metadata.get("general.architecture", "")}
 
+    def health(self) -> dict[str, Any]:
+        """In process: ``up`` until closed (a crash here ends the process, so nothing reports it)."""
+        closed = getattr(self, "_closed", False)
+        return {"backend": self.name, "isolation": "none", "state": "down" if closed else "up", "pid": os.getpid(),
+                "alive": not closed, "restarts": 0, "last_error": "closed" if closed else None}
+
     def _check_open(self) -> None:
         if getattr(self, "_closed", False):
             raise BackendError("unavailable", "the llama.cpp backend is closed")
@@ -422,8 +429,15 @@ def _bool_option(options: dict[str, Any], key: str, default: bool) -> bool:
     return v
 
 
+WORKER_OPTIONS = ("worker_timeout_s", "worker_grace_s", "worker_load_timeout_s", "worker_backoff_s", "worker_backoff_max_s")
+
+
 def create_backend(options: dict[str, Any], base_dir: Path) -> Any:
-    """Build the backend that ``options['backend']`` names (``llama_cpp`` or ``openai``)."""
+    """Build the backend that ``options['backend']`` names (``llama_cpp`` or ``openai``).
+
+    ``llama_cpp`` runs in a worker process (:class:`~safecascade.tiers.llama_worker.WorkerBackend`)
+    unless ``isolation: none`` (in this process: a llama.cpp crash ends the process).
+    """
     kind = options.get("backend", "llama_cpp")
     if kind == "llama_cpp":
         mp = options.get("model_path", "stand-in")
@@ -435,12 +449,21 @@ def create_backend(options: dict[str, Any], base_dir: Path) -> Any:
             path = Path(os.path.expanduser(str(mp)))
             if not path.is_absolute():
                 path = base_dir / path
-        return LlamaCppBackend(model_path=path, n_ctx=int(options.get("n_ctx", 4096)),
-                               n_threads=options.get("n_threads"), n_gpu_layers=int(options.get("n_gpu_layers", 0)),
-                               seed=int(options.get("seed", 0)), n_batch=int(options.get("n_batch", 512)),
-                               prefix_reuse=_bool_option(options, "prefix_reuse", True),
-                               flash_attn=_bool_option(options, "flash_attn", False),
-                               extra_buffer_types=_bool_option(options, "extra_buffer_types", False))
+        load = dict(model_path=path, n_ctx=int(options.get("n_ctx", 4096)),
+                    n_threads=options.get("n_threads"), n_gpu_layers=int(options.get("n_gpu_layers", 0)),
+                    seed=int(options.get("seed", 0)), n_batch=int(options.get("n_batch", 512)),
+                    prefix_reuse=_bool_option(options, "prefix_reuse", True),
+                    flash_attn=_bool_option(options, "flash_attn", False),
+                    extra_buffer_types=_bool_option(options, "extra_buffer_types", False))
+        isolation = options.get("isolation", "process")
+        if isolation not in ("process", "none"):
+            raise ValueError(f"safeguard option isolation must be process or none, got {isolation!r}")
+        if isolation == "none":
+            return LlamaCppBackend(**load)
+        from safecascade.tiers.llama_worker import WorkerBackend
+
+        worker = {k[len("worker_"):]: options[k] for k in WORKER_OPTIONS if k in options}
+        return WorkerBackend(**worker, **load)
     if kind == "openai":
         return OpenAIBackend(base_url=str(options.get("base_url", "")), model=str(options.get("model", "")),
                              api_key_env=options.get("api_key_env"), timeout_s=float(options.get("timeout_s", 30.0)),
