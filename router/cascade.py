@@ -10,8 +10,9 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from safecascade.router.budget import acquire_for, release_for
 from safecascade.router.config import RouterConfig, TierConfig, load_config
 from safecascade.router.decision import Decision, PolicyVerdict, TierTrace
 from safecascade.router.inputs import CleanInput, clean_input
@@ -30,7 +31,11 @@ class DecisionCache(Protocol):
 
 
 class EscalationBudget(Protocol):
-    """Limits calls to the last (expensive) tier: ``acquire(n)`` grants up to ``n`` calls now."""
+    """Limits calls to the last (expensive) tier: ``acquire(n)`` grants up to ``n`` calls now.
+
+    A budget may also offer ``acquire_texts(texts, client)`` / ``release_texts(n, client)`` to
+    count work units per client (:class:`~safecascade.router.budget.TokenBucketBudget`,
+    :class:`~safecascade.router.budget.ClientBudgets`); the router uses them when present."""
 
     def acquire(self, n: int) -> int: ...
 
@@ -67,6 +72,7 @@ class _Pending:
     path: list[TierTrace]
     single: bool = True
     decision: Decision | None = None
+    client: str | None = None  # the escalation budget's client key (None: anonymous)
 
 
 class Router:
@@ -90,6 +96,7 @@ class Router:
     """
 
     on_sink_error: Callable[[DecisionSinkError], None] | None = None
+    post_moderator: Any = None  # a PostModerator registers itself: ``on_budget_exhausted: queue`` defers to it
 
     def __init__(self, *, config: RouterConfig, tiers: Sequence[Tier], policies: dict[str, Policy],
                  cache: DecisionCache | None = None, sinks: Sequence[DecisionSink] = (),
@@ -176,15 +183,17 @@ class Router:
     async def aclassify_batch(self, texts: Sequence[str | bytes]) -> list[Decision]:
         return await asyncio.to_thread(self.classify_batch, texts)
 
-    def classify_batch(self, texts: Iterable[str | bytes]) -> list[Decision]:
-        """Classify many texts; each tier sees the still-undecided texts as one batch."""
-        pending = self._prepare(texts)
+    def classify_batch(self, texts: Iterable[str | bytes], *, client: str | None = None) -> list[Decision]:
+        """Classify many texts; each tier sees the still-undecided texts as one batch.
+        ``client``: whose escalation budget pays for the last tier (see
+        :func:`safecascade.router.budget.client_key`; ``None`` = anonymous)."""
+        pending = self._prepare(texts, client=client)
         self._walk(pending)
         decisions: list[Decision] = [p.decision for p in pending]  # type: ignore[misc]
         self._emit(pending, decisions, strict=True)
         return decisions
 
-    def _prepare(self, texts: Iterable[str | bytes]) -> list[_Pending]:
+    def _prepare(self, texts: Iterable[str | bytes], *, client: str | None = None) -> list[_Pending]:
         """Input checks and cache lookups: one ``_Pending`` per text (decided when a rule or the cache did)."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("classify_batch expects a list of texts, got a single text; use classify()")
@@ -193,7 +202,7 @@ class Router:
         pending: list[_Pending] = []
         for raw in items:
             clean = clean_input(raw, max_chars=self.config.input.max_chars, on_oversize=self.config.input.on_oversize)
-            p = _Pending(clean=clean, started=started, path=[], single=len(items) == 1)
+            p = _Pending(clean=clean, started=started, path=[], single=len(items) == 1, client=client)
             if clean.rule == "empty_input":
                 p.decision = self._input_decision(p, self.config.input.on_empty, "empty_input")
             elif clean.rule == "input_too_large":
@@ -205,10 +214,12 @@ class Router:
             pending.append(p)
         return pending
 
-    def _walk(self, pending: list[_Pending], *, start: int = 0, stop: int | None = None) -> None:
+    def _walk(self, pending: list[_Pending], *, start: int = 0, stop: int | None = None, background: bool = False) -> None:
         """Run ``tiers[start:stop]`` (default: all) over the still-undecided texts; the
         escalation budget guards the last tier. Post-moderation walks the cheap tiers first
-        (``stop=-1``) and the last tier later in the background (``start=-1``)."""
+        (``stop=-1``) and the last tier later in the background (``start=-1``,
+        ``background=True``: texts whose budget action is ``queue`` skip the budget there, the
+        post-moderation workers being their limit)."""
         n_tiers = len(self.tiers)
         lo, hi, _ = slice(start, stop).indices(n_tiers)
         for idx in range(lo, hi):
@@ -216,11 +227,9 @@ class Router:
             todo = [p for p in pending if p.decision is None]
             if not todo:
                 break
+            grants: list[tuple[str | None, int]] = []
             if idx == n_tiers - 1 and idx > 0 and self.budget is not None:
-                granted = self.budget.acquire(len(todo))
-                for p in todo[granted:]:
-                    self._budget_refusal(p, tc)
-                todo = todo[:granted]
+                todo, grants = self._apply_budget(todo, tc, background=background)
                 if not todo:
                     break
             try:
@@ -230,8 +239,8 @@ class Router:
                     latency = res.latency_ms if res.latency_ms > 0 else per_text_ms
                     self._step(p, res, tc, latency, last=idx == n_tiers - 1)
             finally:
-                if idx == n_tiers - 1 and idx > 0 and self.budget is not None:
-                    self.budget.release(len(todo))
+                for client, n in grants:
+                    release_for(self.budget, n, client)
 
     def _emit(self, pending: list[_Pending], decisions: list[Decision], *, strict: bool = False) -> None:
         """Cache fresh decisions and hand every decision to the sinks (verdict log, metrics).
@@ -273,10 +282,70 @@ class Router:
         else:
             log.error("%s", err, exc_info=(type(first), first, first.__traceback__))
 
+    def _apply_budget(self, todo: list[_Pending], tc: TierConfig, *, background: bool
+                      ) -> tuple[list[_Pending], list[tuple[str | None, int]]]:
+        """Ask the budget for ``todo`` (per client, in work units); refused texts get
+        ``on_budget_exhausted``. Returns the texts to send and the ``(client, n)`` grants."""
+        groups: dict[str | None, list[_Pending]] = {}
+        keep: list[_Pending] = []
+        for p in todo:
+            if background and self._budget_plan(p, tc)[0] == "queue":
+                keep.append(p)  # deferred by the budget already: the post-moderation workers are its limit
+            else:
+                groups.setdefault(p.client, []).append(p)
+        grants: list[tuple[str | None, int]] = []
+        for client, group in groups.items():
+            n = acquire_for(self.budget, [p.clean.text for p in group], client)
+            grants.append((client, n))
+            keep.extend(group[:n])
+            for p in group[n:]:
+                self._budget_refusal(p, tc)
+        return keep, grants
+
+    def _budget_plan(self, p: _Pending, tc: TierConfig) -> tuple[str, dict[str, bool], set[str]]:
+        """Combine the per-policy ``on_budget_exhausted`` actions for an uncertain text.
+
+        Policies the last scoring tier already allowed (inside their allow band) stay allowed;
+        each other policy is flagged by its action (``block``: yes, ``allow``: no,
+        ``fast-verdict`` / ``queue``: the last score >= 0.5, or yes without a score). Returns
+        ``("queue", flags, actions)`` when some uncertain policy says ``queue`` and none says
+        ``block``, else ``("final", flags, actions)``."""
+        prev = next((t for t in reversed(p.path) if t.scores), None)
+        ptc = next((c for c in self.config.tiers if prev is not None and c.name == prev.tier), None)
+        flags: dict[str, bool] = {}
+        actions: set[str] = set()
+        for pol in self.policies:
+            score = prev.scores.get(pol) if prev is not None else None
+            if score is not None and ptc is not None and ptc.band_for(pol).outcome(score) == "allow":
+                flags[pol] = False
+                continue
+            action = tc.budget_action_for(pol)
+            actions.add(action)
+            flags[pol] = action == "block" or (action != "allow" and (score is None or score >= 0.5))
+        kind = "queue" if "queue" in actions and "block" not in actions else "final"
+        return kind, flags, actions
+
     def _budget_refusal(self, p: _Pending, tc: TierConfig) -> None:
-        """The escalation budget is spent: the previous tier's verdict stands, marked as such."""
-        p.path.append(TierTrace(tier=tc.name, outcome="skipped", error="budget_exhausted"))
-        self._fast_verdict(p, tc, reason="budget_exhausted")
+        """The escalation budget is spent: the last tier's ``on_budget_exhausted`` applies
+        (reason ``budget_exhausted``; ``queue``: a provisional verdict now, the last tier later
+        through the router's post-moderator, or ``block`` without one)."""
+        kind, flags, actions = self._budget_plan(p, tc)
+        if kind == "queue":
+            deferred = self.post_moderator.defer(p, tc) if self.post_moderator is not None else None
+            if deferred is not None:
+                p.decision = deferred
+                return
+            log.warning("on_budget_exhausted: queue, but no post-moderator has room: blocking (fail closed)")
+            flags = {pol: True if tc.budget_action_for(pol) == "queue" else f for pol, f in flags.items()}
+            actions = actions | {"queue-unavailable"}
+        label = "|".join(sorted(actions)) or "allow"
+        p.path.append(TierTrace(tier=tc.name, outcome="skipped", error="budget_exhausted", info={"on_budget_exhausted": label}))
+        if actions == {"fast-verdict"}:
+            self._fast_verdict(p, tc, reason="budget_exhausted")
+            return
+        prev = next((t for t in reversed(p.path) if t.scores), None)
+        self._finish(p, "block" if any(flags.values()) else "allow", tier=tc.name, reason="budget_exhausted",
+                     scores=dict(prev.scores) if prev else {}, rule_ids=dict(prev.rule_ids) if prev else {}, flags=flags)
 
     # ------------------------------------------------------------------ internals
     def _run_tier(self, tier: Tier, tc: TierConfig, texts: list[str]) -> tuple[list[TierResult], float]:
@@ -342,11 +411,14 @@ class Router:
         return p.decision  # type: ignore[return-value]
 
     def _finish(self, p: _Pending, action: str, *, tier: str, reason: str, scores: dict, rule_ids: dict,
-                threshold: float | None = None, tc: TierConfig | None = None, error: str | None = None) -> None:
+                threshold: float | None = None, tc: TierConfig | None = None, error: str | None = None,
+                flags: Mapping[str, bool] | None = None) -> None:
         verdicts: dict[str, PolicyVerdict] = {}
         for pol in self.policies:
             s = scores.get(pol)
-            if s is None:
+            if flags is not None:
+                flagged = bool(flags.get(pol, False))
+            elif s is None:
                 flagged = False
             elif threshold is not None:
                 flagged = s >= threshold

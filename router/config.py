@@ -20,6 +20,8 @@ Schema (``version: 1``)::
         type: fast
         threshold: 0.5              # final tier: block when score >= threshold
         on_error: block             # final tier: allow | block | fast-verdict
+        on_budget_exhausted: block  # final tier, escalation budget spent: block | allow |
+                                    # fast-verdict | queue; or per policy {default: block, pii: queue}
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from safecascade.router.policy import Policy, builtin_policy_path
 
 _ON_ERROR_MID = ("next", "allow", "block")
 _ON_ERROR_LAST = ("allow", "block", "fast-verdict")
+BUDGET_ACTIONS = ("block", "allow", "fast-verdict", "queue")
+DEFAULT_BUDGET_ACTION = "block"  # fail closed: a drained budget must not turn uncertain texts into allows
 
 
 class ConfigError(ValueError):
@@ -67,9 +71,16 @@ class TierConfig:
     bands: Mapping[str, Band] = field(default_factory=dict)
     threshold: float = 0.5
     on_error: str = "next"
+    on_budget_exhausted: Mapping[str, str] | None = None  # last tier only: policy (or "default") -> action
 
     def band_for(self, policy: str) -> Band:
         return self.bands.get(policy) or self.bands.get("default") or Band(allow_below=None, block_above=None)
+
+    def budget_action_for(self, policy: str) -> str:
+        """What an uncertain text gets for ``policy`` when the escalation budget refuses this
+        (last) tier: ``block`` | ``allow`` | ``fast-verdict`` | ``queue``."""
+        actions = self.on_budget_exhausted or {}
+        return actions.get(policy) or actions.get("default") or DEFAULT_BUDGET_ACTION
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +104,8 @@ class RouterConfig:
         d.pop("base_dir")
         for t in d["tiers"]:
             t["bands"] = {k: [b["allow_below"], b["block_above"]] for k, b in t["bands"].items()}
+            if t.get("on_budget_exhausted") is None:
+                t.pop("on_budget_exhausted", None)
         return d
 
     @property
@@ -144,6 +157,20 @@ def _parse_band(v: Any, key: str) -> Band:
     return Band(allow_below=lo, block_above=hi)
 
 
+def parse_budget_action(v: Any, key: str, policies: Mapping[str, Any]) -> dict[str, str]:
+    """``on_budget_exhausted``: an action for every policy, or a mapping policy (or
+    ``default``) -> action; returns the mapping, with ``default`` always set."""
+    if isinstance(v, str):
+        v = {"default": v}
+    _expect(isinstance(v, Mapping) and len(v) > 0, key, f"expected one of {'|'.join(BUDGET_ACTIONS)} or a mapping policy -> action, got {v!r}")
+    out = {"default": DEFAULT_BUDGET_ACTION}
+    for pname, action in v.items():
+        _expect(pname == "default" or pname in policies, f"{key}.{pname}", f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
+        _expect(isinstance(action, str) and action in BUDGET_ACTIONS, f"{key}.{pname}", f"expected one of {'|'.join(BUDGET_ACTIONS)}, got {action!r}")
+        out[pname] = action
+    return out
+
+
 def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>") -> RouterConfig:
     """Validate a config mapping (as loaded from YAML) and return a :class:`RouterConfig`."""
     from safecascade.tiers.base import available_tiers
@@ -177,7 +204,7 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
     for i, t in enumerate(raw_tiers):
         key = f"tiers[{i}]"
         _expect(isinstance(t, Mapping), key, "expected a mapping")
-        _check_keys(t, {"name", "type", "options", "bands", "threshold", "on_error"}, key)
+        _check_keys(t, {"name", "type", "options", "bands", "threshold", "on_error", "on_budget_exhausted"}, key)
         ttype = t.get("type")
         _expect(isinstance(ttype, str), f"{key}.type", "missing tier type")
         _expect(ttype in available_tiers(), f"{key}.type", f"unknown tier type {ttype!r} (known: {', '.join(available_tiers())})")
@@ -199,7 +226,12 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
         _expect(on_error in allowed, f"{key}.on_error", f"expected one of {'|'.join(allowed)}, got {on_error!r}")
         if not last:
             _expect(bool(bands), f"{key}.bands", "a non-final tier needs bands (it would never decide)")
-        tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), on_error=on_error))
+            _expect(t.get("on_budget_exhausted") is None, f"{key}.on_budget_exhausted", "only the last tier has an escalation budget")
+            on_budget = None
+        else:
+            on_budget = parse_budget_action(t.get("on_budget_exhausted", DEFAULT_BUDGET_ACTION), f"{key}.on_budget_exhausted", policies)
+        tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), on_error=on_error,
+                                on_budget_exhausted=on_budget))
 
     return RouterConfig(
         name=name,

@@ -33,7 +33,16 @@ number of texts that were *not* judged by the last tier: when the timeout passes
 of them gets its final Decision at once (reason ``postmod_shutdown``, the provisional
 verdict), delivered to the sinks and the callback, so a callback still comes for every
 provisional Decision. The escalation budget applies to the background calls as to synchronous
-ones (refused -> reason ``budget_exhausted``).
+ones (refused -> the last tier's ``on_budget_exhausted``, reason ``budget_exhausted``).
+
+Budget deferral (``on_budget_exhausted: queue``): a PostModerator registers itself as
+``router.post_moderator``; when the escalation budget refuses an uncertain text of a synchronous
+``classify``, the router hands it to :meth:`PostModerator.defer`: the answer is the provisional
+verdict (reason ``provisional``, the last tier's trace ``skipped`` / ``budget_exhausted``) and
+the text is queued like a submitted one (counted in ``stats()["budget_queued"]``). In the
+background such texts skip the budget (the workers and ``max_queue`` bound that work). When the
+queue is full or the PostModerator is closed, ``defer`` returns None and the router blocks the
+text (fail closed).
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from safecascade.router.cascade import Router, _Pending
+from safecascade.router.config import TierConfig
 from safecascade.router.decision import Decision, TierTrace
 
 log = logging.getLogger(__name__)
@@ -123,13 +133,15 @@ class PostModerator:
         self._closed = False
         self._stop = threading.Event()
         self._counts = {"submitted": 0, "final_now": 0, "provisional": 0, "queued": 0, "overflowed": 0,
-                        "delivered": 0, "changed": 0, "shutdown": 0, "callback_errors": 0}
+                        "delivered": 0, "changed": 0, "shutdown": 0, "callback_errors": 0, "budget_queued": 0}
         self._outstanding = 0  # jobs queued or being judged, not yet delivered
         self._idle = threading.Condition(self._lock)
         self._workers = [threading.Thread(target=self._work, name=f"safecascade-postmod-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._workers:
             t.start()
+        if getattr(router, "post_moderator", None) is None:
+            router.post_moderator = self  # on_budget_exhausted: queue defers here
 
     # ------------------------------------------------------------------ submit
     def submit(self, text: str | bytes, *, context: Any = None) -> Decision:
@@ -141,12 +153,14 @@ class PostModerator:
         """``submit`` without blocking the event loop (runs in a worker thread)."""
         return await asyncio.to_thread(self.submit, text, context=context)
 
-    def submit_batch(self, texts: Iterable[str | bytes], *, contexts: Sequence[Any] | None = None) -> list[Decision]:
-        """``submit`` for many texts (the cheap tiers see them as one batch)."""
+    def submit_batch(self, texts: Iterable[str | bytes], *, contexts: Sequence[Any] | None = None,
+                     client: str | None = None) -> list[Decision]:
+        """``submit`` for many texts (the cheap tiers see them as one batch). ``client``: whose
+        escalation budget pays for the last tier (see ``Router.classify_batch``)."""
         if self._closed:
             raise RuntimeError("PostModerator is closed")
         router = self.router
-        pending = router._prepare(texts)
+        pending = router._prepare(texts, client=client)
         if contexts is None:
             contexts = [None] * len(pending)
         elif len(contexts) != len(pending):
@@ -189,6 +203,28 @@ class PostModerator:
             self._counts["final_now"] += sum(1 for d in out if d.reason != "provisional" and d.reason != "postmod_overflow")
             self._counts["overflowed"] += sum(1 for d in out if d.reason == "postmod_overflow")
         return out
+
+    def defer(self, p: _Pending, tc: TierConfig) -> Decision | None:
+        """Queue an uncertain text the escalation budget refused (``on_budget_exhausted:
+        queue``) and return its provisional Decision (``p.path`` gets the ``skipped`` /
+        ``budget_exhausted`` trace); None when closed or the queue is full (the caller then
+        fails closed). The caller emits the provisional Decision to the sinks."""
+        if self._closed:
+            return None
+        job_p = _Pending(clean=p.clean, started=p.started, path=list(p.path), single=p.single, client=p.client)
+        p.path.append(TierTrace(tier=tc.name, outcome="skipped", error="budget_exhausted", info={"on_budget_exhausted": "queue"}))
+        view = _Pending(clean=p.clean, started=p.started, path=list(p.path), single=p.single, client=p.client)
+        self.router._fast_verdict(view, tc, reason="provisional")
+        prov = view.decision
+        assert prov is not None
+        if not self._enqueue(_Job(pending=job_p, provisional=prov, context=None, submitted=time.perf_counter())):
+            p.path.pop()
+            return None
+        with self._lock:
+            self._counts["provisional"] += 1
+            self._counts["queued"] += 1
+            self._counts["budget_queued"] += 1
+        return prov
 
     def _enqueue(self, job: _Job) -> bool:
         with self._lock:
@@ -239,7 +275,7 @@ class PostModerator:
         pending = [j.pending for j in batch]
         for p in pending:
             p.single = False  # latency = the tiers' own time, not the queue wait (that is delay_ms)
-        router._walk(pending, start=-1)
+        router._walk(pending, start=-1, background=True)
         finals = [p.decision for p in pending]
         router._emit(pending, finals)  # type: ignore[arg-type]
         self._deliver(batch, finals)  # type: ignore[arg-type]
@@ -294,6 +330,8 @@ class PostModerator:
         if self._closed:
             return 0
         self._closed = True
+        if getattr(self.router, "post_moderator", None) is self:
+            self.router.post_moderator = None
         self.drain(timeout)
         self._stop.set()
         left: list[_Job] = []

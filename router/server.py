@@ -32,6 +32,10 @@ Post-moderation (``create_app(..., post_moderator=PostModerator(router))``, ``se
 with the cheaper tiers' verdict (``reason: provisional`` for texts the last tier will judge);
 the last tier runs in the background and its final decision goes to the verdict log and
 metrics (see :mod:`safecascade.router.postmod`). Without a post-moderator, ``mode=post`` is 400.
+
+Escalation budgets are per client when the router's budget is a
+:class:`~safecascade.router.budget.ClientBudgets`: the client key is a hash of the bearer token
+(when auth is on) and the ``X-Client-Id`` header (when sent), see :func:`request_client`.
 """
 
 
@@ -49,6 +53,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from safecascade.router.budget import DEFAULT_CHARS_PER_UNIT, DEFAULT_MAX_CLIENTS, client_key
 from safecascade.router.cascade import Router
 from safecascade.router.decision import Decision
 from safecascade.router.metrics import CONTENT_TYPE, Metrics
@@ -63,6 +68,18 @@ DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_TOKEN_ENV = "SAFECASCADE_API_TOKEN"
 STATUS_CLIENT_GONE = 499  # nginx's "client closed request": counted, never a 500
 REDACTED_INFO_KEYS = frozenset({"rationale", "lp0", "lp1"})  # model text and log-probs: log only
+CLIENT_ID_HEADER = "x-client-id"
+
+
+def request_client(headers: Any, *, authenticated: bool) -> str:
+    """The escalation-budget client key of a request: a hash of the bearer token (when the
+    server checks one, so each token identity has its own budget) and of the ``X-Client-Id``
+    header (a sub-client under that identity, e.g. set by a gateway); ``anonymous`` when
+    neither. Without auth the header is self-asserted: the global cap and a fail-closed
+    ``on_budget_exhausted`` remain the defence against a caller rotating ids."""
+    token = headers.get("authorization", "").partition(" ")[2].strip() if authenticated else ""
+    client_id = (headers.get(CLIENT_ID_HEADER) or "").strip()
+    return client_key(f"token:{token}" if token else None, f"id:{client_id}" if client_id else None)
 
 
 class _HTTPError(Exception):
@@ -251,14 +268,14 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting bombs
             raise _HTTPError(400, f"request body is not valid JSON: {str(exc)[:200]}") from None
 
-    def classify_sync(texts: list[str], mode: str = "sync") -> list[Decision]:
+    def classify_sync(texts: list[str], mode: str = "sync", client: str | None = None) -> list[Decision]:
         run = post_moderator.submit_batch if mode == "post" else router.classify_batch
         with router.strict_sinks():  # a sink failure (the verdict log) fails the request, never silently
             if verdict_log is None:
-                return run(texts)
+                return run(texts, client=client)
             # one journal batch (one fsync) for the whole request, all of it or none; nothing unlogged is returned
             with verdict_log.deferred_ack():
-                return run(texts)
+                return run(texts, client=client)
 
     def request_mode(request: Request) -> str:
         mode = request.query_params.get("mode", "sync")
@@ -268,13 +285,13 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
             raise _HTTPError(400, "post-moderation is not enabled on this server (serve --post-moderation)", param="mode")
         return mode
 
-    async def classify(texts: list[str], mode: str = "sync") -> list[Decision]:
+    async def classify(texts: list[str], mode: str = "sync", client: str | None = None) -> list[Decision]:
         if state["in_flight"] >= max_pending:
             raise _HTTPError(429, f"overloaded: {max_pending} requests already in progress; retry later",
                              type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"})
         state["in_flight"] += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, classify_sync, texts, mode)
+            return await asyncio.get_running_loop().run_in_executor(executor, classify_sync, texts, mode, client)
         except VerdictLogError as exc:
             log.error("verdict log refused a decision: %s", exc)
             raise _HTTPError(503, "the verdict log could not record this decision; retry later",
@@ -296,7 +313,7 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
             check_auth(request)
             mode = request_mode(request)
             texts = parse_inputs(await read_json(request), max_inputs=max_inputs)
-            decisions = await classify(texts, mode)
+            decisions = await classify(texts, mode, request_client(request.headers, authenticated=token_bytes is not None))
             if await request.is_disconnected():
                 raise _ClientGone()  # the decisions are logged (acknowledged); nobody reads the answer
             resp = respond(decisions)
@@ -423,19 +440,38 @@ class BackgroundServer:
 # ---------------------------------------------------------------------- CLI
 def build_router(config: str | None = None, *, log_path: str | None = None, store_text: bool = False,
                  cache_size: int = 10_000, cache_ttl_s: float = 3600.0, budget_rps: float | None = None,
-                 budget_burst: float | None = None, budget_in_flight: int | None = None) -> tuple[Router, VerdictLog | None]:
+                 budget_burst: float | None = None, budget_in_flight: int | None = None,
+                 client_budget_rps: float | None = None, client_budget_burst: float | None = None,
+                 client_budget_in_flight: int | None = None, max_clients: int = DEFAULT_MAX_CLIENTS,
+                 budget_unit_chars: int = DEFAULT_CHARS_PER_UNIT,
+                 on_budget_exhausted: str | None = None) -> tuple[Router, VerdictLog | None]:
     """A Router with the serving components attached (cache, budget, verdict log).
 
-    An escalation budget is attached when ``budget_rps`` or ``budget_in_flight`` is given (either
-    alone works); values that limit nothing (0, negative, a burst without a rate) raise
-    ``ValueError`` before anything is loaded."""
-    from safecascade.router.budget import TokenBucketBudget
-    from safecascade.router.cache import LRUDecisionCache
+    An escalation budget (in work units, see :mod:`safecascade.router.budget`) is attached when
+    ``budget_rps`` or ``budget_in_flight`` is given (either alone works: the global budget);
+    ``client_budget_*`` add a bucket per client (at most ``max_clients``, LRU) under the global
+    one. Values that limit nothing (0, negative, a burst without a rate) raise ``ValueError``
+    before anything is loaded. ``on_budget_exhausted`` overrides the last tier's action for every
+    policy (``block`` | ``allow`` | ``fast-verdict`` | ``queue``)."""
+    from dataclasses import replace
 
+    from safecascade.router.budget import ClientBudgets, TokenBucketBudget
+    from safecascade.router.cache import LRUDecisionCache
+    from safecascade.router.config import BUDGET_ACTIONS
+
+    if on_budget_exhausted is not None and on_budget_exhausted not in BUDGET_ACTIONS:
+        raise ValueError(f"on_budget_exhausted must be one of {'|'.join(BUDGET_ACTIONS)}, got {on_budget_exhausted!r}")
     budget = None
     if budget_rps is not None or budget_in_flight is not None or budget_burst is not None:
-        budget = TokenBucketBudget(budget_rps, budget_burst, budget_in_flight)  # validates
+        budget = TokenBucketBudget(budget_rps, budget_burst, budget_in_flight, chars_per_unit=budget_unit_chars)  # validates
+    if client_budget_rps is not None or client_budget_in_flight is not None or client_budget_burst is not None:
+        budget = ClientBudgets(client_budget_rps, client_budget_burst, client_budget_in_flight, global_budget=budget,
+                               max_clients=max_clients, chars_per_unit=budget_unit_chars)
     router = Router.load(config)
+    if on_budget_exhausted is not None:
+        last = router.config.tiers[-1]
+        cfg = replace(router.config, tiers=(*router.config.tiers[:-1], replace(last, on_budget_exhausted={"default": on_budget_exhausted})))
+        router.config, router.config_hash = cfg, cfg.sha
     if cache_size and cache_size > 0:
         router.cache = LRUDecisionCache(cache_size, cache_ttl_s if cache_ttl_s and cache_ttl_s > 0 else None)
     router.budget = budget
@@ -448,6 +484,20 @@ def build_router(config: str | None = None, *, log_path: str | None = None, stor
             raise
         router.sinks.append(vlog)
     return router, vlog
+
+
+def check_budget_action(router: Router, *, post_moderation: bool) -> None:
+    """Refuse ``on_budget_exhausted: queue`` with a budget but without post-moderation (the
+    router would block those texts instead); warn when an uncertain text can be allowed on a
+    spent budget (``allow``, ``fast-verdict``): draining the budget then switches the last tier off."""
+    if router.budget is None or len(router.tiers) < 2:
+        return
+    actions = set((router.config.tiers[-1].on_budget_exhausted or {"default": "block"}).values())
+    if "queue" in actions and not post_moderation:
+        raise ValueError("on_budget_exhausted: queue needs --post-moderation (the queue is the post-moderation queue)")
+    if actions & {"allow", "fast-verdict"}:
+        log.warning("on_budget_exhausted is %s: a caller who drains the escalation budget gets uncertain texts "
+                    "past the last tier (block or queue fail closed; docs/serving.md)", "|".join(sorted(actions)))
 
 
 def _positive(kind: type, *, minimum: float = 0.0, inclusive: bool = False):
@@ -518,6 +568,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="token-bucket burst (>= 1, default = rps; needs --budget-rps)")
     parser.add_argument("--budget-in-flight", type=_positive(int), default=None,
                         help="max last-tier calls in flight (>= 1; works alone or with --budget-rps)")
+    parser.add_argument("--budget-unit-chars", type=_positive(int), default=DEFAULT_CHARS_PER_UNIT, metavar="CHARS",
+                        help=f"one budget unit of safeguard work: a text costs ceil(chars / CHARS) units, at least 1 "
+                             f"(default {DEFAULT_CHARS_PER_UNIT}, about 1,000 tokens)")
+    parser.add_argument("--client-budget-rps", type=_positive(float), default=None,
+                        help="per-client budget: last-tier units per second for each client (bearer token / X-Client-Id)")
+    parser.add_argument("--client-budget-burst", type=_positive(float, minimum=1, inclusive=True), default=None,
+                        help="per-client bucket size (>= 1; needs --client-budget-rps)")
+    parser.add_argument("--client-budget-in-flight", type=_positive(int), default=None,
+                        help="per-client last-tier calls in flight (>= 1)")
+    parser.add_argument("--max-clients", type=_positive(int), default=DEFAULT_MAX_CLIENTS,
+                        help=f"per-client buckets kept (least recently used dropped; default {DEFAULT_MAX_CLIENTS})")
+    parser.add_argument("--on-budget-exhausted", choices=("block", "allow", "fast-verdict", "queue"), default=None,
+                        help="what an uncertain text gets when the budget refuses the last tier (default: the config's "
+                             "on_budget_exhausted, itself block by default; queue needs --post-moderation)")
     parser.add_argument("--token-env", default=None, metavar="NAME",
                         help=f"environment variable holding the bearer token; it must be set and non-empty "
                              f"(default: {DEFAULT_TOKEN_ENV} when set, else no auth)")
@@ -544,12 +608,18 @@ def run(args: argparse.Namespace) -> int:
     token = resolve_token(args.token_env)
     if args.budget_burst is not None and args.budget_rps is None:
         raise ValueError("--budget-burst needs --budget-rps (the burst is the rate limit's bucket size)")
+    if getattr(args, "client_budget_burst", None) is not None and getattr(args, "client_budget_rps", None) is None:
+        raise ValueError("--client-budget-burst needs --client-budget-rps")
     warn_if_exposed(args.host, token)
     router, vlog = build_router(args.config, log_path=args.log, store_text=args.store_text, cache_size=args.cache_size,
                                 cache_ttl_s=args.cache_ttl, budget_rps=args.budget_rps, budget_burst=args.budget_burst,
-                                budget_in_flight=args.budget_in_flight)
+                                budget_in_flight=args.budget_in_flight, client_budget_rps=args.client_budget_rps,
+                                client_budget_burst=args.client_budget_burst,
+                                client_budget_in_flight=args.client_budget_in_flight, max_clients=args.max_clients,
+                                budget_unit_chars=args.budget_unit_chars, on_budget_exhausted=args.on_budget_exhausted)
     postmod = None
     try:
+        check_budget_action(router, post_moderation=bool(getattr(args, "post_moderation", False)))
         if getattr(args, "post_moderation", False):
             from safecascade.router.postmod import PostModerator
 

@@ -67,9 +67,29 @@ def test_concurrent_acquire_never_over_grants():
     assert sum(got) == 100 and b.granted == 100 and b.refused == 300
 
 
+def _with_budget_action(cfg_path, action):
+    import yaml
+
+    data = yaml.safe_load(cfg_path.read_text())
+    data["tiers"][-1]["on_budget_exhausted"] = action
+    cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return cfg_path
+
+
+def test_router_refusal_blocks_by_default(tmp_path):
+    texts = {f"text {i}": 0.9 for i in range(4)}
+    router = Router.load(write_router_config(tmp_path, texts))
+    router.budget = TokenBucketBudget(rate_per_s=1, burst=1, clock=Clock())
+    ds = router.classify_batch(list(texts))
+    assert [d.reason for d in ds] == ["last_tier"] + ["budget_exhausted"] * 3
+    assert all(d.action == "block" and d.tier == "safeguard" for d in ds[1:])
+    assert ds[1].path[-1].info == {"on_budget_exhausted": "block"}
+    router.close()
+
+
 def test_router_refusal_keeps_previous_tier_verdict(tmp_path):
     texts = {f"text {i}": 0.9 for i in range(6)}
-    router = Router.load(write_router_config(tmp_path, texts))
+    router = Router.load(_with_budget_action(write_router_config(tmp_path, texts), "fast-verdict"))
     clock = Clock()
     router.budget = TokenBucketBudget(rate_per_s=1, burst=2, clock=clock)
     ds = router.classify_batch(list(texts))

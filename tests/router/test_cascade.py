@@ -226,8 +226,8 @@ def test_cache_hits_skip_tiers_and_sinks_see_every_decision(make_config):
 
 def test_escalation_budget_keeps_fast_verdict(make_config):
     t1 = {"m1": {"a": 0.6}, "m2": {"a": 0.4}, "m3": {"a": 0.55}}
-    router = Router.load(make_config([_table("fast", t1), _last("sg", {"m1": {"a": 0.1}})]))
-    router.budget = _Budget(1)
+    router = Router.load(make_config([_table("fast", t1), _last("sg", {"m1": {"a": 0.1}}, on_budget_exhausted="fast-verdict")]))
+    router.budget = _Budget(1)  # a budget with only acquire(n) / release(n) still works
     d1, d2, d3 = router.classify_batch(["m1", "m2", "m3"])
     assert (d1.tier, d1.action, d1.reason) == ("sg", "allow", "last_tier")
     assert (d2.tier, d2.action, d2.reason) == ("fast", "allow", "budget_exhausted")
