@@ -150,6 +150,10 @@ def _exit_text(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+class _LoadFailed(ValueError):
+    """The child reported a load error (its message names the model)."""
+
+
 class _Worker:
     """One child process and its pipe ends."""
 
@@ -182,7 +186,7 @@ class _Worker:
             raise ValueError(f"llama.cpp worker {_exit_text(code)} while loading the model{self.stderr_tail()}") from None
         if reply[0] != "ready":
             self.kill()
-            raise ValueError(reply[2])
+            raise _LoadFailed(reply[2])  # the child's own message names the model
         self.info: dict[str, Any] = reply[1]
         self.mark = self.stderr_size()
 
@@ -264,6 +268,8 @@ class WorkerBackend:
         self._counts: OrderedDict[str, int] = OrderedDict()
         try:
             self._worker: _Worker | None = _Worker(self._load_kwargs, self.load_timeout_s)
+        except _LoadFailed as exc:
+            raise ValueError(str(exc)) from None
         except ValueError as exc:
             raise ValueError(f"cannot load safeguard model {path}: {exc}") from None
         self._state = "up"
@@ -283,7 +289,7 @@ class WorkerBackend:
         while worker is not None:
             worker.proc.wait()
             self._failed(worker, "crashed", f"llama.cpp worker pid {worker.pid} {_exit_text(worker.proc.returncode)}"
-                         f"{worker.stderr_tail()}")
+                         f"{self._hint(worker.proc.returncode)}{worker.stderr_tail()}")
             worker.kill(close_fds=False)
             with self.lock:  # a caller may still be reading this worker's pipes
                 worker.close_fds()
@@ -299,10 +305,11 @@ class WorkerBackend:
                 try:
                     worker = _Worker(self._load_kwargs, self.load_timeout_s)
                 except Exception as exc:
-                    log.error("llama.cpp worker restart failed: %s", exc)
+                    msg = str(exc) if isinstance(exc, _LoadFailed) else f"cannot load safeguard model {self.model_path}: {exc}"
+                    log.error("llama.cpp worker restart failed: %s", msg)
                     with self._cv:
                         self._failures += 1
-                        self._last_error, self._last_error_at = f"load: {exc}", time.time()
+                        self._last_error, self._last_error_at = f"load: {msg}", time.time()
                         self._state = "down"
                     continue
                 with self._cv:
@@ -312,6 +319,12 @@ class WorkerBackend:
                     self._worker, self._state, self._next_attempt = worker, "up", None
                     self._restarts += 1
                 log.warning("llama.cpp worker restarted (pid %d, restart %d)", worker.pid, self._restarts)
+
+    def _hint(self, code: int | None) -> str:
+        if code == -signal.SIGSEGV and self._load_kwargs.get("extra_buffer_types"):
+            return (" (extra_buffer_types is on: llama.cpp's AMX matmul segfaults on some Intel CPUs,"
+                    " llama.cpp#20824; set extra_buffer_types: false)")
+        return ""
 
     def _failed(self, worker: _Worker, kind: str, message: str) -> None:
         """Record the first failure seen of ``worker``; the supervisor restarts it."""
@@ -358,7 +371,8 @@ class WorkerBackend:
                     code = None
                 if self._closed:
                     raise _error("unavailable", "the llama.cpp worker backend is closed") from None
-                msg = f"llama.cpp worker pid {worker.pid} {_exit_text(code)} during {method}; restarting{worker.stderr_tail()}"
+                msg = (f"llama.cpp worker pid {worker.pid} {_exit_text(code)} during {method}; restarting"
+                       f"{self._hint(code)}{worker.stderr_tail()}")
                 self._failed(worker, "crashed", msg)
                 raise _error("crashed", msg) from None
         finally:
