@@ -265,6 +265,7 @@ class WorkerBackend:
         self._last_error_at: float | None = None
         self._next_attempt: float | None = None
         self._cache: dict[tuple, Any] = {}
+        self._owner = os.getpid()  # a fork (gunicorn --preload) must not share the pipes
         self._counts: OrderedDict[str, int] = OrderedDict()
         try:
             self._worker: _Worker | None = _Worker(self._load_kwargs, self.load_timeout_s)
@@ -341,6 +342,9 @@ class WorkerBackend:
     def _call(self, method: str, *args: Any, answer_s: float | None = None, **kw: Any) -> Any:
         """One request. Waits for the pipe (a running call) and then for the answer, each at most
         ``answer_s`` (default: ``timeout_s``; tokeniser calls: at most :data:`TOKEN_CALL_S`)."""
+        if os.getpid() != self._owner:
+            raise _error("unavailable", "this llama.cpp worker backend was created in another process (fork); "
+                                        "create the Router after forking")
         budget = min(self.timeout_s, TOKEN_CALL_S) if answer_s is None else answer_s
         wait = self.timeout_s if answer_s is None else answer_s
         if not self.lock.acquire(timeout=wait):

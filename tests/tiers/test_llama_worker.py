@@ -102,11 +102,12 @@ def test_tier_accepts_worker_options():
 pytest.importorskip("llama_cpp")
 
 
-def _wait_up(backend, timeout: float = 90.0) -> dict:
+def _wait_up(backend, timeout: float = 90.0, *, not_pid: int | None = None) -> dict:
+    """Wait for a live worker (with ``not_pid``: a restarted one; right after a kill the old one still reads as up)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         h = backend.health()
-        if h["state"] == "up" and h["alive"]:
+        if h["state"] == "up" and h["alive"] and h["pid"] != not_pid:
             return h
         time.sleep(0.05)
     pytest.fail(f"the worker did not come back within {timeout}s: {backend.health()}")
@@ -219,7 +220,7 @@ def test_worker_killed_between_calls(router):
     h = b.health()
     assert "SIGKILL" in h["last_error"] and h["consecutive_failures"] >= 1
     assert router.health()["status"] in ("degraded", "ok")  # ok only if the restart already finished
-    after = _wait_up(b)
+    after = _wait_up(b, not_pid=before["pid"])
     assert after["pid"] != before["pid"] and after["restarts"] == before["restarts"] + 1
     _assert_judged(router.classify(UNCERTAIN))
     assert b.health()["consecutive_failures"] == 0  # a good generation resets the backoff
@@ -241,7 +242,7 @@ def test_worker_segfault_during_a_generation(router):
     assert not th.is_alive()
     err = _assert_fallback(box["d"], ("crashed",))
     assert "SIGSEGV" in err and "during complete" in err
-    _wait_up(b)
+    _wait_up(b, not_pid=pid)
     _small_generation(b)
 
 
@@ -266,8 +267,50 @@ def test_hung_worker_times_out_then_recovers(router):
     d2 = router.classify(UNCERTAIN)
     assert time.monotonic() - t0 < 1.0
     _assert_fallback(d2, ("unavailable",))
-    assert _wait_up(b)["pid"] != h["pid"]
+    assert _wait_up(b, not_pid=h["pid"])["pid"] != h["pid"]
     _small_generation(b)
+
+
+@pytest.mark.slow
+def test_concurrent_callers_through_a_crash(router):
+    """Four threads tokenising while the worker is SIGKILLed: each call answers or raises BackendError
+    (crashed / unavailable), nobody deadlocks, and all succeed again after the restart."""
+    b = _backend(router)
+    pid = _wait_up(b)["pid"]
+    stop = threading.Event()
+    seen: dict[str, int] = {}
+    other: list[BaseException] = []
+    lock = threading.Lock()
+
+    def hammer(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                b.count_tokens(f"thread {k} call {i} counts these words")
+                key = "ok"
+            except BackendError as exc:
+                key = exc.kind
+            except BaseException as exc:  # noqa: BLE001 - must not happen
+                other.append(exc)
+                return
+            with lock:
+                seen[key] = seen.get(key, 0) + 1
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    _wait_up(b, not_pid=pid)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads) and not other, other
+    assert seen.get("ok", 0) > 10 and set(seen) <= {"ok", "crashed", "unavailable"}, seen
+    assert seen.get("unavailable", 0) + seen.get("crashed", 0) >= 1, seen
+    assert b.count_tokens("after the storm") >= 3
 
 
 @pytest.mark.slow
@@ -363,3 +406,23 @@ def test_isolation_none_still_runs_in_process(tmp_path):
     finally:
         b.close()
     assert b.health()["state"] == "down"
+
+
+@pytest.mark.slow
+def test_a_forked_copy_does_not_share_the_pipes(router):
+    """gunicorn --preload style: a fork of the process that built the Router must not write to its worker."""
+    b = _backend(router)
+    _wait_up(b)
+    long_text = "x " * 9000  # over the count cache's size limit: straight to the request path, no lock taken
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked copy
+        try:
+            b.count_tokens(long_text)
+        except BackendError as exc:
+            os._exit(0 if exc.kind == "unavailable" and "another process" in str(exc) else 1)
+        except BaseException:  # noqa: BLE001
+            os._exit(2)
+        os._exit(3)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b.count_tokens(long_text) > 1000  # the parent's worker is untouched
