@@ -240,7 +240,7 @@ class WorkerBackend:
     name = "llama_cpp"
     isolation = "process"
 
-    def __init__(self, *, model_path: str | Path, timeout_s: float = 300.0, grace_s: float = 5.0,
+    def __init__(self, *, model_path: str | Path, timeout_s: float = 600.0, grace_s: float = 5.0,
                  load_timeout_s: float = 600.0, backoff_s: float = 0.5, backoff_max_s: float = 30.0,
                  **load_kwargs: Any):
         path = Path(model_path)

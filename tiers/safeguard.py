@@ -11,7 +11,7 @@ Config (``type: safeguard``; all options optional except where noted)::
       n_gpu_layers: 0               # -1 = all layers on the GPU
       prefix_reuse: true            # keep the policy prefix's KV state between calls
       isolation: process            # process (a worker process: crash/hang -> recorded error, restart) | none
-      worker_timeout_s: 300         # hard deadline per worker call (complete: call_timeout_s + worker_grace_s)
+      worker_timeout_s: 600         # hard deadline per worker call (complete: call_timeout_s + worker_grace_s)
       worker_grace_s: 5
       worker_backoff_s: 0.5         # restart delay after a crash: backoff * 2**(failures-1), capped
       worker_backoff_max_s: 30

@@ -460,6 +460,8 @@ def create_backend(options: dict[str, Any], base_dir: Path) -> Any:
             raise ValueError(f"safeguard option isolation must be process or none, got {isolation!r}")
         if isolation == "none":
             return LlamaCppBackend(**load)
+        if os.name != "posix":  # pragma: no cover - the worker's pipes are passed as POSIX fds
+            raise ValueError("safeguard option isolation: process needs a POSIX system; set isolation: none")
         from safecascade.tiers.llama_worker import WorkerBackend
 
         worker = {k[len("worker_"):]: options[k] for k in WORKER_OPTIONS if k in options}
