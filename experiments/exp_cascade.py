@@ -5,7 +5,7 @@
 Systems, each evaluated through the public Router API on the same seeded stratified samples:
 
 * jailbreak benchmark (date-split test): heuristic alone, static alone, fast alone, the safeguard alone
-  (stand-in GGUF, and a replay of its recorded verdicts), the default cascade (``models/default.yaml``, whose
+  (stand-in GGUF, and a replay of its recorded verdicts), the default cascade (``models/with-safeguard.yaml``, whose
   bands were tuned out of sample with twin tiers fit on train only) and the
   tuned cascade at three operating points (bands chosen by ``safecascade tune``'s API on the val split: 2% and 5% escalation, and max F1 with escalation <= 10%;
   the tuner assumes the safeguard's published confusion matrix, the evaluation runs the stand-in; the shipped
@@ -49,7 +49,7 @@ def _single(kind: str, policy: str, *, model: str = "default", threshold: float 
 
 
 def _safeguard_only(policy: str) -> dict[str, Any]:
-    base = yaml.safe_load((MODELS / "default.yaml").read_text())
+    base = yaml.safe_load((MODELS / "with-safeguard.yaml").read_text())
     sg = next(t for t in base["tiers"] if t["type"] == "safeguard")
     sg = {**copy.deepcopy(sg), "on_error": "block"}
     return {"version": 1, "name": "safeguard-only", "policies": {policy: f"builtin:{policy}"}, "tiers": [sg]}
@@ -158,7 +158,7 @@ def jailbreak_rows(n: int, n_sg: int, tuned: Sequence[Path]) -> list[dict[str, A
                      exs, base_dir=ROOT / "experiments/configs", benchmark="jailbreak"),
             evaluate("static alone", _single("static", "jailbreak"), exs, base_dir=MODELS, benchmark="jailbreak"),
             evaluate("fast alone", _single("fast", "jailbreak"), exs, base_dir=MODELS, benchmark="jailbreak"),
-            evaluate("default cascade (models/default.yaml)", yaml.safe_load((MODELS / "default.yaml").read_text()), exs,
+            evaluate("default cascade (models/with-safeguard.yaml)", yaml.safe_load((MODELS / "with-safeguard.yaml").read_text()), exs,
                      base_dir=MODELS, benchmark="jailbreak")]
     for path in tuned:
         rows.append(evaluate(f"tuned cascade: {path.stem.split('_', 1)[-1]}", yaml.safe_load(path.read_text()), exs, base_dir=path.parent,
@@ -172,7 +172,7 @@ def jailbreak_rows(n: int, n_sg: int, tuned: Sequence[Path]) -> list[dict[str, A
                              "tiers": [{"name": "safeguard", "type": "replay", "options": {"path": str(replay)},
                                         "threshold": 0.5, "on_error": "block"}]}, sub, base_dir=MODELS, benchmark="jailbreak"))
     sg_rows.append(evaluate("fast alone [subset]", _single("fast", "jailbreak"), sub, base_dir=MODELS, benchmark="jailbreak"))
-    sg_rows.append(evaluate("default cascade [subset]", yaml.safe_load((MODELS / "default.yaml").read_text()), sub,
+    sg_rows.append(evaluate("default cascade [subset]", yaml.safe_load((MODELS / "with-safeguard.yaml").read_text()), sub,
                             base_dir=MODELS, benchmark="jailbreak"))
     return rows, sg_rows
 
@@ -232,14 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-safeguard", type=int, default=100, help="subset for the safeguard-alone rows")
     ap.add_argument("--n-moderation", type=int, default=300)
     ap.add_argument("--tuned", nargs="*", type=Path, default=None,
-                    help="tuned router YAMLs to evaluate (default: tune models/default.yaml on the val split at three points)")
+                    help="tuned router YAMLs to evaluate (default: tune models/with-safeguard.yaml on the val split at three points)")
     ap.add_argument("--tune-limit", type=int, default=None, help="tune on a stratified sample of the val split")
     ap.add_argument("--quick", action="store_true", help="small samples (smoke run)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.quick:
         args.n, args.n_safeguard, args.n_moderation, args.tune_limit = 120, 12, 40, args.tune_limit or 300
-    tuned = args.tuned if args.tuned is not None else tune_points(MODELS / "default.yaml", "jailbreak", limit=args.tune_limit)
+    tuned = args.tuned if args.tuned is not None else tune_points(MODELS / "with-safeguard.yaml", "jailbreak", limit=args.tune_limit)
     params = {"n": args.n, "n_safeguard": args.n_safeguard, "n_moderation": args.n_moderation,
               "tuned": ",".join(p.name for p in tuned) or "none"}
     with ResultWriter("cascade", title="Cascade vs single tiers", params=params) as rw:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         w.writerow(["text_hash", policy])
         for e in examples:
             w.writerow([text_hash(e.text), teacher_probability(e.text, e.label, noise=args.teacher_noise)])
-    cfg = yaml.safe_load(resources.files("safecascade.models").joinpath("default.yaml").read_text(encoding="utf-8"))
+    cfg = yaml.safe_load(resources.files("safecascade.models").joinpath("with-safeguard.yaml").read_text(encoding="utf-8"))
     cfg["name"] = "default-replay-teacher"
     cfg["tiers"][-1] = {"name": "safeguard", "type": "replay", "options": {"path": "teacher.csv", "missing": "error"},
                         "threshold": 0.5, "on_error": "fast-verdict"}

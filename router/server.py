@@ -351,8 +351,9 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        body: dict[str, Any] = {"status": "ok", "model": model_name, "router": router.describe(),
-                                "in_flight": state["in_flight"], "max_pending": max_pending}
+        health = router.health()  # cheap: no call into a tier; "degraded" while the LLM worker restarts
+        body: dict[str, Any] = {"status": health["status"], "model": model_name, "router": router.describe(),
+                                "tiers_health": health["tiers"], "in_flight": state["in_flight"], "max_pending": max_pending}
         for key, obj in (("cache", router.cache), ("budget", router.budget), ("verdict_log", verdict_log),
                          ("post_moderation", post_moderator)):
             stats = getattr(obj, "stats", None)

@@ -337,3 +337,18 @@ def test_closed_verdict_log_gives_503_in_post_moderation_mode_too(tmp_path):
     assert ok.status_code == 200 and refused.status_code == 503
     assert refused.json()["error"]["code"] == "verdict_log_unavailable"
     router.close()
+
+
+def test_healthz_reports_tier_health_and_degrades_while_a_tier_is_down(tmp_path):
+    router, _ = build_router(str(write_router_config(tmp_path, SCORES)), cache_size=0)
+    state = {"state": "up", "pid": 123, "restarts": 0}
+    last = router.tiers[-1]
+    last.health = lambda: dict(state)  # a tier that reports health, as the isolated llama.cpp worker does
+    with BackgroundServer(create_app(router)) as srv:
+        up = httpx.get(srv.url + "/healthz").json()
+        state.update(state="restarting", restarts=1, last_error="crashed: worker 123 killed by SIGSEGV")
+        down = httpx.get(srv.url + "/healthz")
+    router.close()
+    assert up["status"] == "ok" and up["tiers_health"][last.name]["pid"] == 123
+    assert down.status_code == 200  # the service still answers; on_error decides meanwhile
+    assert down.json()["status"] == "degraded" and down.json()["tiers_health"][last.name]["restarts"] == 1
