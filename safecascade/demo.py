@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             pol_report, _, _ = _evaluate(router, pol_ex, benchmark="jailbreak-policy", split=args.split, baseline=False,
                                          name=f"the same decisions under the policy's labels (jailbreak-policy/{args.split})")
             pol_report.write(out / "cascade-policy-labels")
-            sections.append(pol_report.to_markdown())
+            sections.append(pol_report.to_markdown() + "\nThe decisions are the run above's, reused from the decision cache: "
+                            "the latencies in this table are cache hits.\n")
     finally:
         router.close()
     if not args.no_fast_alone:
