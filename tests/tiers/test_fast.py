@@ -125,8 +125,10 @@ def test_load_errors_name_path_and_reason(fast_dir: Path, tmp_path: Path, monkey
         FastTier(model_dir=d)
     with pytest.raises(ValueError, match="not found"):
         FastTier(model_dir=tmp_path / "nowhere")
-    monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
-    with pytest.raises(ValueError, match=r"safecascade train fast.*make demo"):
+    import safecascade.shipped as shipped
+
+    monkeypatch.setattr(shipped, "models_root", lambda: tmp_path / "no-models")  # an install missing its models
+    with pytest.raises(shipped.ShippedModelError, match=r"fast tier 'fast': .*no-models/fast-default/provenance.json: missing"):
         create_tier(TierSpec(name="fast", type="fast", options={}, policies={}, base_dir=tmp_path))
 
 

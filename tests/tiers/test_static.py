@@ -123,8 +123,10 @@ def test_static_load_errors(static_dir: Path, tmp_path: Path, monkeypatch: pytes
     np.savez(d / "heads.npz", **heads)
     with pytest.raises(ValueError, match=r"heads.npz head 'jailbreak' takes \d+ inputs, the embedding in .*static.npy has \d+ dims"):
         StaticTier(model_dir=d)
-    monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
-    with pytest.raises(ValueError, match="safecascade train static"):
+    import safecascade.shipped as shipped
+
+    monkeypatch.setattr(shipped, "models_root", lambda: tmp_path / "no-models")  # an install missing its models
+    with pytest.raises(shipped.ShippedModelError, match=r"static tier 'static': .*no-models/static-default/provenance.json: missing"):
         create_tier(TierSpec(name="static", type="static", options={"model": "default"}, policies={}, base_dir=tmp_path))
 
 
