@@ -178,7 +178,7 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
     _expect(isinstance(data, Mapping), source, "config must be a mapping")
     _check_keys(data, {"version", "name", "policies", "input", "tiers"}, "config")
     version = data.get("version", 1)
-    _expect(version == 1, "version", f"unsupported config version {version!r} (supported: 1)")
+    _expect(type(version) is int and version == 1, "version", f"unsupported config version {version!r} (supported: 1)")
     name = data.get("name", Path(source).stem)
     _expect(isinstance(name, str) and bool(name), "name", "expected a non-empty string")
 

@@ -473,7 +473,10 @@ class HeuristicTier:
                 "add a 'jailbreak' policy to the config or drop the heuristic tier"
             )
         depth = opts.get("decode_depth", 1)
-        return cls(name=spec.name, policies=covered, ruleset=ruleset, decode_depth=depth, leetspeak=opts.get("leetspeak", True))
+        leet = opts.get("leetspeak", True)
+        if not isinstance(leet, bool):  # a YAML string such as 'no' is not a boolean
+            raise ValueError(f"heuristic tier {spec.name!r}: options.leetspeak must be true or false, got {leet!r}")
+        return cls(name=spec.name, policies=covered, ruleset=ruleset, decode_depth=depth, leetspeak=leet)
 
     @classmethod
     def default(cls, *, name: str = "heuristic", policies: Sequence[str] = ("jailbreak",), rules: str | Path | None = None,

@@ -77,3 +77,19 @@ def test_embedded_default_config_parses():
     cfg = load_config(None)
     assert cfg.tiers and cfg.policies
     assert cfg.resolve_policies()  # shipped policy files exist and parse
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_version_must_be_the_integer_1(version):
+    data = {"version": version, "name": "x", "policies": {"jailbreak": "builtin:jailbreak"},
+            "tiers": [{"name": "h", "type": "heuristic"}]}
+    with pytest.raises(ConfigError, match="version"):
+        parse_config(data, base_dir=".")
+
+
+@pytest.mark.parametrize("value", ["no", "yes", 0, None])
+def test_heuristic_leetspeak_must_be_a_boolean(value):
+    data = {"version": 1, "name": "x", "policies": {"jailbreak": "builtin:jailbreak"},
+            "tiers": [{"name": "h", "type": "heuristic", "options": {"leetspeak": value}}]}
+    with pytest.raises(ValueError, match="leetspeak must be true or false"):
+        Router.load(parse_config(data, base_dir="."))
