@@ -259,7 +259,12 @@ class PostModerator:
                 self._finish(batch)
             except Exception:  # never lose a job to a bug: deliver the provisional verdict as final
                 log.exception("post-moderation worker failed on %d texts", len(batch))
-                self._deliver_fallback(batch, reason="postmod_error")
+                try:
+                    self._deliver_fallback(batch, reason="postmod_error")
+                except Exception:  # e.g. the verdict log failed again: the worker must survive
+                    log.exception("post-moderation fallback could not be logged for %d texts", len(batch))
+                    with self._lock:
+                        self._counts["fallback_errors"] = self._counts.get("fallback_errors", 0) + 1
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -301,8 +306,10 @@ class PostModerator:
         finals = [replace(j.provisional, reason=reason) for j in batch]
         views = [_Pending(clean=j.pending.clean, started=j.pending.started, path=list(j.provisional.path), single=False,
                           decision=f) for j, f in zip(batch, finals)]
-        self.router._emit(views, finals)
-        self._deliver(batch, finals)
+        try:
+            self.router._emit(views, finals)
+        finally:  # the callback gets the final verdict even when logging it failed
+            self._deliver(batch, finals)
 
     # ------------------------------------------------------------------ lifecycle
     def pending(self) -> int:

@@ -337,3 +337,26 @@ def test_http_mode_post(make_config, logged):
     with BackgroundServer(plain) as srv:
         r = httpx.post(srv.url + "/v1/classify?mode=post", json={"input": "x"})
         assert r.status_code == 400 and "not enabled" in r.json()["error"]["message"]
+
+
+def test_worker_survives_when_the_final_verdict_cannot_be_logged(make_config, logged):
+    router, _, _ = logged(_cfg(make_config))
+
+    def failing_for_finals(decision, text):
+        if decision.reason != "provisional":
+            raise OSError("disk full")
+
+    def hook(err):  # an operator's hook that itself fails: the worker must not die of it
+        raise RuntimeError("hook failed")
+
+    router.sinks.append(failing_for_finals)
+    router.on_sink_error = hook
+    got = Collector()
+    with PostModerator(router, callback=got) as pm:
+        pm.submit("q1")
+        assert pm.drain(10)
+        pm.submit("q2")  # the worker thread must still be alive to judge this one
+        assert pm.drain(10)
+        events = got.wait(2)
+    assert [e.final.reason for e in events] == ["postmod_error", "postmod_error"]
+    assert pm.stats()["fallback_errors"] == 2
