@@ -157,7 +157,6 @@ def test_baseline_row_on_the_same_texts(tmp_path):
 
 
 def test_heuristic_tier_in_front(tmp_path):
-    pytest.importorskip("safecascade.tiers.heuristic")
     _write_csv(tmp_path / "v.csv", ["text", "jailbreak"], [["unused", 0.0]])
     (tmp_path / "r.yaml").write_text(
         "name: heur\npolicies: {jailbreak: builtin:jailbreak}\ntiers:\n"

@@ -103,15 +103,9 @@ def test_tuning_from_cached_scores_reproduces_the_config(replay_router, tmp_path
 @pytest.mark.slow
 def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
     """``safecascade tune`` on a small real run: heuristic -> static -> fast (tiny real models) ->
-    safeguard (assumed), into a real MLflow SQLite store; registered and promoted when the
-    registry module is available."""
+    safeguard (assumed), into a real MLflow SQLite store; registered and promoted."""
     from safecascade.cli import main
-
-    try:
-        from safecascade.router.registry import register_router  # noqa: F401  (part B of the issue)
-        registry = True
-    except ImportError:
-        registry = False
+    from safecascade.router.registry import load_registered_config
     monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
@@ -127,7 +121,7 @@ def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
     out = tmp_path / "tuned" / "router.yaml"
     argv = ["tune", "--config", str(tmp_path / "tiny.yaml"), "--limit", "60", "--objective", "max-f1",
             "--max-escalation", "0.1", "--max-candidates", "400", "--grid", "10", "--out", str(out), "--no-progress"]
-    argv += ["--promote"] if registry else ["--no-register"]
+    argv += ["--promote"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "chosen #" in printed and "Pareto front" in printed
@@ -136,9 +130,8 @@ def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
     for tc in tuned.tiers[:-1]:
         band = tc.band_for("jailbreak")
         for value, col in ((band.allow_below, "allow_below"), (band.block_above, "block_above")):
-            cell = chosen.get(f"{tc.name}.jailbreak.{col}")
-            if cell is not None:
-                assert (value is None and cell == "") or value == float(cell)
+            cell = chosen[f"{tc.name}.jailbreak.{col}"]  # every tuned band has its column
+            assert (value is None and cell == "") or value == float(cell)
     assert float(chosen["escalation"]) <= 0.1
     summary = json.loads((out.parent / "tune_summary.json").read_text())
     assert summary["final_tier"]["source"] == "none" and summary["safeguard_assumption"]["precision"] == 0.634
@@ -159,13 +152,10 @@ def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlruns").exists()
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"pareto.csv", "pareto.png", "candidates.csv", "router.yaml", "tune_summary.json"} <= names
-    if registry:
-        mv = client.get_model_version_by_alias("safecascade-router", "champion")
-        assert mv.run_id == run.info.run_id
-        from safecascade.router.registry import load_registered_config
-
-        reg = load_registered_config("models:/safecascade-router@champion")
-        assert [t.band_for("jailbreak") for t in reg.tiers[:-1]] == [t.band_for("jailbreak") for t in tuned.tiers[:-1]]
+    mv = client.get_model_version_by_alias("safecascade-router", "champion")
+    assert mv.run_id == run.info.run_id
+    reg = load_registered_config("models:/safecascade-router@champion")
+    assert [t.band_for("jailbreak") for t in reg.tiers[:-1]] == [t.band_for("jailbreak") for t in tuned.tiers[:-1]]
 
 
 def test_recorded_safeguard_verdicts_and_latency_from_a_replay_file(replay_router, tmp_path):
