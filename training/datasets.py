@@ -143,6 +143,11 @@ def _rows(filename: str) -> tuple[dict[str, str], ...]:
     return tuple(csv.DictReader(io.StringIO(text, newline="")))
 
 
+def read_vendored(filename: str) -> tuple[dict[str, str], ...]:
+    """The rows of one vendored ``training/data/*.csv.gz`` file as dicts (cached; do not mutate)."""
+    return _rows(filename)
+
+
 def _order(examples: list[Example]) -> tuple[Example, ...]:
     return tuple(sorted(examples, key=lambda e: (split_hash(e.text, salt="order"), e.id)))
 

