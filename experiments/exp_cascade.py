@@ -97,7 +97,7 @@ def _export_replay(examples: Sequence[Any], policy: str, out: Path) -> Path:
     import csv
 
     from safecascade.router.config import parse_config
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
     from safecascade.tiers.base import TierSpec, create_tier
 
     rc = parse_config(with_cache(_safeguard_only(policy)), base_dir=MODELS, source="replay-export")

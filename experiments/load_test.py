@@ -64,7 +64,7 @@ def _texts(n: int) -> list[tuple[str, int]]:
 
 
 def _write_config(dir_: Path, texts: list[tuple[str, int]]) -> Path:
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
 
     with (dir_ / "replay.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from safecascade.router.cascade import Router
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
     from safecascade.router.verdict_log import VerdictLog
     from safecascade.training.datasets import benchmark_policy, load_benchmark
     from safecascade.training.evaluate import stratified_sample

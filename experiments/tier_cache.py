@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from safecascade.router.inputs import text_hash
+from safecascade.hashing import text_hash
 from safecascade.tiers.base import TierResult, TierSpec, create_tier, register_tier
 
 

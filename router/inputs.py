@@ -15,24 +15,24 @@ Rules (also in the README):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
+
+from safecascade.hashing import text_hash
 
 
 @dataclass(frozen=True, kw_only=True)
 class CleanInput:
+    """A text after the input checks: the cleaned text, its hash
+    (:func:`safecascade.hashing.text_hash`), the warnings raised and the input rule that decides it (if any)."""
+
     text: str
     text_hash: str
     warnings: tuple[str, ...]
     rule: str | None  # "empty_input" / "input_too_large" when an input rule decides
 
 
-def text_hash(text: str) -> str:
-    """sha256 of the UTF-8 text (surrogates replaced), first 16 hex digits."""
-    return hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()[:16]
-
-
 def clean_input(raw: object, *, max_chars: int, on_oversize: str) -> CleanInput:
+    """Apply the input rules of the module docstring to ``raw``; ``TypeError`` when it is not text."""
     warnings: list[str] = []
     if isinstance(raw, (bytes, bytearray, memoryview)):
         data = bytes(raw)

@@ -14,12 +14,12 @@ import csv
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from safecascade.router.inputs import text_hash
+from safecascade.hashing import text_hash
 from safecascade.tiers.base import TierResult, TierSpec
 
 
 class ReplayTier:
-    """Returns recorded scores keyed by ``text_hash`` (see :func:`safecascade.router.inputs.text_hash`)."""
+    """Returns recorded scores keyed by ``text_hash`` (see :func:`safecascade.hashing.text_hash`)."""
 
     def __init__(self, *, name: str, policies: Sequence[str], records: Mapping[str, TierResult], missing: str = "error"):
         if missing not in ("error", "allow", "block"):

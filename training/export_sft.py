@@ -100,7 +100,7 @@ def policy_index(policy_dirs: Sequence[str | Path] = (), policy_files: Mapping[s
 
 def gold_index() -> dict[tuple[str, str], dict[str, Any]]:
     """(text hash, policy) -> gold label of every labelled benchmark text."""
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
     from safecascade.training.datasets import benchmark_names, benchmark_policy, benchmark_splits, load_benchmark
 
     out: dict[tuple[str, str], dict[str, Any]] = {}

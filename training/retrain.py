@@ -316,7 +316,7 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
     artifact dir goes (default ``<cache>/models/retrain/<UTC time>``). ``cache_root``: the
     embedding cache (default: the shared one, so re-training re-embeds nothing).
     """
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
     from safecascade.training.datasets import benchmark_policy, load_benchmark
     from safecascade.training.evaluate import stratified_sample
     from safecascade.training.fast_train import TrainConfig, train_fast

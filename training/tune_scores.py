@@ -233,7 +233,7 @@ def read_replay(path: str | Path, cleaned: Sequence[str], todo: np.ndarray, poli
                 *, name: str = "safeguard") -> TierScores:
     """Recorded final-tier verdicts (replay CSV) for the texts; ``NaN`` where none is recorded.
     An optional ``latency_ms`` column gives each verdict's measured latency."""
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
     from safecascade.tiers.replay import ReplayTier
 
     tier = ReplayTier.from_csv(path, name=name, policies=list(policies), missing="error")

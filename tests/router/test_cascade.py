@@ -163,7 +163,7 @@ def test_aclassify_matches_classify(make_config):
 
 
 def test_replay_tier_escalation(make_config, tmp_path):
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
 
     csv_path = tmp_path / "verdicts.csv"
     csv_path.write_text(f"text_hash,a,a_rule_ids\n{text_hash('uncertain text')},0.93,A1.a;A1.b\n")

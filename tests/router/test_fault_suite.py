@@ -33,7 +33,7 @@ import httpx
 import pytest
 import yaml
 
-from safecascade.router.inputs import text_hash
+from safecascade.hashing import text_hash
 from safecascade.router.server import BackgroundServer, build_router, create_app
 from safecascade.router.verdict_log import VerdictLog, VerdictReader
 from tests.router.serving_helpers import write_router_config

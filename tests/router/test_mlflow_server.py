@@ -16,7 +16,7 @@ pytest.importorskip("mlflow")
 
 from safecascade.router.cascade import Router  # noqa: E402
 from safecascade.router.config import load_config  # noqa: E402
-from safecascade.router.inputs import text_hash  # noqa: E402
+from safecascade.hashing import text_hash  # noqa: E402
 from tests.router.registry_helpers import (  # noqa: E402
     Server,
     assert_same,

@@ -273,7 +273,7 @@ def test_real_safeguard_in_background(tmp_path, logged):
     pytest.importorskip("llama_cpp")
     import yaml
 
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
 
     text = "My neighbour's dog barks all night and I am furious with him."
     (tmp_path / "violence.md").write_text(

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from safecascade.cli import main
-from safecascade.router.inputs import text_hash
+from safecascade.hashing import text_hash
 
 POLICY = "# P\n## VIOLATES (1)\n- **P1.a** bad.\n## SAFE (0)\n- **P0.a** fine.\n"
 

@@ -148,7 +148,7 @@ def _router(tmp: Path, opts: dict, on_error: str = "block"):
     import yaml
 
     from safecascade.router.cascade import Router
-    from safecascade.router.inputs import text_hash
+    from safecascade.hashing import text_hash
 
     (tmp / "violence.md").write_text(POLICY)
     rows = "".join(f"{text_hash(t)},0.5\n" for t in (UNCERTAIN, LONG))

@@ -20,7 +20,7 @@ pytest.importorskip("llama_cpp")
 httpx = pytest.importorskip("httpx")
 
 from safecascade.router.cascade import Router  # noqa: E402
-from safecascade.router.inputs import text_hash  # noqa: E402
+from safecascade.hashing import text_hash  # noqa: E402
 from safecascade.router.policy import Policy  # noqa: E402
 from safecascade.tiers.base import TierSpec  # noqa: E402
 from safecascade.tiers.safeguard import SafeguardTier  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("openai_harmony")
 
 from safecascade.router.decision import Decision, PolicyVerdict, TierTrace  # noqa: E402
-from safecascade.router.inputs import text_hash  # noqa: E402
+from safecascade.hashing import text_hash  # noqa: E402
 from safecascade.router.policy import Policy, builtin_policy_path  # noqa: E402
 from safecascade.router.verdict_log import VerdictLog  # noqa: E402
 from safecascade.tiers.safeguard_prompt import BEGIN_MARK, END_MARK, harmony_encoding  # noqa: E402

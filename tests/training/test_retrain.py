@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from safecascade.router.decision import Decision, PolicyVerdict, TierTrace
-from safecascade.router.inputs import text_hash
+from safecascade.hashing import text_hash
 from safecascade.router.verdict_log import VerdictLog
 from safecascade.training.fast_train import rows_from_verdicts
 from safecascade.training.retrain import decide, split_holdout

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from safecascade.router.config import load_config, parse_config
-from safecascade.router.inputs import text_hash
+from safecascade.hashing import text_hash
 from safecascade.training.tune import TuneOptions, tune
 from safecascade.training.tune_cost import CostModel
 from safecascade.training.tune_sweep import Objective, _random_bands, evaluate

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import yaml
 
 from safecascade.router.cascade import Router
-from safecascade.router.inputs import text_hash
+from safecascade.hashing import text_hash
 from safecascade.router.verdict_log import VerdictLog
 
 
