@@ -75,7 +75,9 @@ def test_shipped_rules_cover_the_required_families():
     for fam in ("dan", "developer_mode", "ignore_instructions", "persona_override", "refusal_suppression",
                 "fictional_wrapper", "prompt_leak", "obfuscation", "structure", "dual_response"):
         assert fam in families
-    assert {r.policy for r in RULESET.rules} == {"jailbreak"}
+    assert {r.policy for r in RULESET.rules} == {"jailbreak", "prompt_injection"}
+    pi_families = {r.family for r in RULESET.rules if r.policy == "prompt_injection"}
+    assert {"injection_override", "injection_extraction", "injection_delimiter", "exfiltration"} <= pi_families
     assert {r.detector for r in RULESET.rules if r.detector} <= set(DETECTORS)
 
 
