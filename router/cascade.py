@@ -10,11 +10,11 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
 
 from safecascade.router.budget import acquire_for, release_for
 from safecascade.router.config import RouterConfig, TierConfig, load_config
-from safecascade.router.decision import Decision, PolicyVerdict, TierTrace
+from safecascade.router.decision import Decision, Outcome, PolicyVerdict, TierTrace
 from safecascade.router.inputs import CleanInput, clean_input
 from safecascade.router.policy import Policy
 from safecascade.tiers.base import Tier, TierResult, TierSpec, create_tier
@@ -401,16 +401,17 @@ class Router:
 
     @staticmethod
     def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:
-        return TierTrace(tier=tc.name, outcome=outcome, scores=dict(res.scores), rule_ids=dict(res.rule_ids),
+        return TierTrace(tier=tc.name, outcome=cast(Outcome, outcome), scores=dict(res.scores), rule_ids=dict(res.rule_ids),
                          latency_ms=round(latency_ms, 4), error=error, warnings=tuple(res.warnings),
                          info=dict(res.info), cost=dict(res.cost))
 
     def _input_decision(self, p: _Pending, action: str, reason: str) -> Decision:
-        p.path.append(TierTrace(tier="input", outcome=action))
+        p.path.append(TierTrace(tier="input", outcome=cast(Outcome, action)))  # allow|block, checked at config load
         self._finish(p, action, tier="input", reason=reason, scores={}, rule_ids={})
         return p.decision  # type: ignore[return-value]
 
-    def _finish(self, p: _Pending, action: str, *, tier: str, reason: str, scores: dict, rule_ids: dict,
+    def _finish(self, p: _Pending, action: str, *, tier: str, reason: str, scores: Mapping[str, float],
+                rule_ids: Mapping[str, tuple[str, ...]],
                 threshold: float | None = None, tc: TierConfig | None = None, error: str | None = None,
                 flags: Mapping[str, bool] | None = None) -> None:
         verdicts: dict[str, PolicyVerdict] = {}

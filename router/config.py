@@ -32,7 +32,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, overload
 
 import yaml
 
@@ -135,6 +135,10 @@ def _expect(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+@overload
+def _number(v: Any, key: str, *, allow_none: Literal[False] = ...) -> float: ...
+@overload
+def _number(v: Any, key: str, *, allow_none: bool) -> float | None: ...
 def _number(v: Any, key: str, *, allow_none: bool = False) -> float | None:
     if v is None and allow_none:
         return None

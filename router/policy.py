@@ -60,7 +60,7 @@ class Policy:
 
 def builtin_policy_path(filename: str) -> Path:
     """Path of a policy shipped in ``models/policies``."""
-    return Path(str(resources.files("safecascade.models").joinpath("policies", filename)))
+    return Path(str(resources.files("safecascade.models").joinpath("policies").joinpath(filename)))
 
 
 def builtin_policies() -> dict[str, Path]:

@@ -237,4 +237,4 @@ class FastTier:
 
     def close(self) -> None:
         """Nothing to release beyond the session (kept for the router's close())."""
-        self.session = None  # type: ignore[assignment]
+        self.session = None

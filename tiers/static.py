@@ -71,7 +71,7 @@ class StaticEncoder:
             for k, start in enumerate(ws.starts):
                 end = min(start + body, ws.tokens)
                 sums[r + k] = rows[start:end].sum(axis=0)
-                if kept is not None:
+                if kept is not None and count is not None:  # kept is set exactly when count is
                     count[r + k] = kept[start:end].sum()
         return sums, count, offsets
 
