@@ -148,13 +148,13 @@ class ResultWriter(AbstractContextManager):
 
     def _log_mlflow(self) -> None:
         try:
-            from safecascade.training.mlflow_store import _experiment_id, _mlflow
+            from safecascade.mlflow_store import configured_mlflow, experiment_id
 
-            mlflow = _mlflow()
+            mlflow = configured_mlflow()
         except ImportError:
             log.warning("mlflow not installed: %s not logged to MLflow", self.name)
             return
-        with mlflow.start_run(experiment_id=_experiment_id(mlflow, EXPERIMENT), run_name=self.name):
+        with mlflow.start_run(experiment_id=experiment_id(mlflow, EXPERIMENT), run_name=self.name):
             mlflow.log_params({k: str(v)[:500] for k, v in self.params.items()})
             mlflow.set_tag("git_commit", git_commit())
             if self._metrics:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
 
+from safecascade.mlflow_store import registered_router_config
 from safecascade.router.budget import acquire_for, release_for
 from safecascade.router.config import RouterConfig, TierConfig, load_config
 from safecascade.router.decision import Decision, Outcome, PolicyVerdict, TierTrace
@@ -142,9 +143,7 @@ class Router:
         ``builtin:<name>``, a RouterConfig, or a ``models:/name@alias`` MLflow registry URI.
         """
         if isinstance(source, str) and source.startswith("models:/"):
-            from safecascade.router.registry import load_registered_config  # needs mlflow
-
-            config = load_registered_config(source)
+            config = load_config(registered_router_config(source))  # downloads the registered router (needs mlflow)
         elif isinstance(source, RouterConfig):
             config = source
         else:

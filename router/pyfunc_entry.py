@@ -4,7 +4,9 @@ MLflow copies this file into every logged router model and runs it when the mode
 it only names the model class, so nothing is pickled and the installed safecascade is what runs.
 """
 
-from mlflow.models import set_model
+from __future__ import annotations
+
+from mlflow.models import set_model  # heavy, optional: only MLflow's model loader runs this file
 
 from safecascade.router.pyfunc_model import RouterModel
 

@@ -25,12 +25,14 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import mlflow.pyfunc
+import mlflow.pyfunc  # heavy, optional: this module is the MLflow model class, imported only with mlflow
+import numpy as np
+
+from safecascade.mlflow_store import ROUTER_ARTIFACT_KEY, ROUTER_CONFIG_NAME
+from safecascade.router.cascade import Router
+from safecascade.router.config import load_config
 
 log = logging.getLogger(__name__)
-
-ARTIFACT_KEY = "router"  # the pyfunc artifact holding the packaged router directory
-CONFIG_NAME = "router.yaml"  # the packaged config inside it
 
 _BASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("action", "string"),
@@ -58,8 +60,8 @@ def model_signature(policies: Sequence[str]) -> Any:
     ``text`` (or any single) column, a Series and a list of strings alike; the named output
     schema lets ``mlflow.pyfunc.spark_udf`` infer a struct result type.
     """
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.models import ModelSignature  # heavy, optional
+    from mlflow.types.schema import ColSpec, Schema  # heavy, optional
 
     return ModelSignature(inputs=Schema([ColSpec("string")]),
                           outputs=Schema([ColSpec(t, c) for c, t in output_columns(policies)]))
@@ -68,8 +70,7 @@ def model_signature(policies: Sequence[str]) -> Any:
 def texts_from_input(model_input: Any) -> list[str]:
     """The texts of a pyfunc input: DataFrame (``text`` column, or its only column), Series,
     dict with a ``text`` list, list/tuple/ndarray of strings, or one string."""
-    import numpy as np
-    import pandas as pd
+    import pandas as pd  # heavy, optional
 
     if isinstance(model_input, pd.DataFrame):
         if "text" in model_input.columns:
@@ -98,7 +99,7 @@ def texts_from_input(model_input: Any) -> list[str]:
 
 def decisions_frame(decisions: Sequence[Any], policies: Sequence[str]) -> Any:
     """Decisions -> the prediction DataFrame (columns of :func:`output_columns`, in that order)."""
-    import pandas as pd
+    import pandas as pd  # heavy, optional
 
     rows = []
     for d in decisions:
@@ -126,11 +127,8 @@ class RouterModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Build the Router from ``context.artifacts['router']/router.yaml``."""
-        from safecascade.router.cascade import Router
-        from safecascade.router.config import load_config
-
-        root = Path(context.artifacts[ARTIFACT_KEY])
-        config = load_config(root / CONFIG_NAME)
+        root = Path(context.artifacts[ROUTER_ARTIFACT_KEY])
+        config = load_config(root / ROUTER_CONFIG_NAME)
         self.router = Router.load(config)
         self.policies = list(self.router.policies)
         log.info("pyfunc router %s (%s) ready from %s", config.name, config.sha, root)

@@ -20,43 +20,48 @@ absolute path, which must exist on the loading machine) or its ``base_url`` endp
     Router.load("models:/safecascade-router@champion")        # or models:/safecascade-router/3
 
 Tracking and registry URI: ``$MLFLOW_TRACKING_URI`` or the local SQLite store under the cache
-dir (see :mod:`safecascade.training.mlflow_store`). Downloads are cached under
-``<cache_dir>/mlflow/routers``.
+dir. Resolving a ``models:/`` URI and downloading a registered router (cached under
+``<cache_dir>/mlflow/routers``) is store access: :mod:`safecascade.mlflow_store`, which
+``Router.load("models:/...")`` uses directly.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from safecascade.mlflow_store import (
+    ROUTER_ARTIFACT_KEY,
+    ROUTER_CONFIG_NAME,
+    configured_mlflow,
+    experiment_id,
+    registered_router_config,
+    resolve_version,
+    safe_name,
+    set_alias,
+)
 from safecascade.router.config import ConfigError, RouterConfig, load_config, parse_config
+from safecascade.tiers.fast import resolve_model_dir
+from safecascade.tiers.heuristic import default_rules_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "safecascade-router"
 EXPERIMENT = "safecascade-routers"
 CHAMPION = "champion"
-ARTIFACT_KEY = "router"  # must match safecascade.router.pyfunc_model.ARTIFACT_KEY
-CONFIG_NAME = "router.yaml"
 MANIFEST_NAME = "package.json"
-_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_\-]+))/?")
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name) or "_"
 
 
 # --------------------------------------------------------------------------- packaging
@@ -88,8 +93,6 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
     relative ``model_path`` is made absolute (the GGUF is not copied; see the module doc).
     Options of other tier types are kept as they are. Raises :class:`ConfigError` / ``ValueError`` when a referenced file is missing.
     """
-    from safecascade.tiers.fast import resolve_model_dir
-
     cfg = _as_config(config)
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +105,7 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
     (root / "policies").mkdir()
     data["policies"] = {}
     for pname, pol in policies.items():
-        rel = f"policies/{_safe(pname)}.md"
+        rel = f"policies/{safe_name(pname)}.md"
         (root / rel).write_text(pol.text, encoding="utf-8")
         data["policies"][pname] = rel
 
@@ -110,7 +113,7 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
     tiers_manifest: dict[str, Any] = {}
     for i, tc in enumerate(cfg.tiers):
         opts = dict(tc.options)
-        tdir = f"tiers/{_safe(tc.name)}"
+        tdir = f"tiers/{safe_name(tc.name)}"
         entry: dict[str, Any] = {"type": tc.type}
         if tc.type in ("fast", "static"):
             src = resolve_model_dir(opts.get("model", "default"), base_dir=base, kind=tc.type, tier_name=tc.name).resolve()
@@ -126,8 +129,6 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
                          model_dir=str(src), policies=card.get("policies"), kind=card.get("kind"),
                          encoder=card.get("encoder"))
         elif tc.type == "heuristic":
-            from safecascade.tiers.heuristic import default_rules_path
-
             rules = opts.get("rules")
             src = default_rules_path() if rules is None else (Path(rules) if Path(rules).is_absolute() else base / str(rules))
             opts["rules"] = _vendor_file(Path(src), root, f"{tdir}/rules.yaml", f"tiers[{i}].options.rules", "heuristic rules")
@@ -136,7 +137,7 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
             path = opts.get("path")
             if path:
                 src = Path(path) if Path(path).is_absolute() else base / str(path)
-                opts["path"] = _vendor_file(src, root, f"{tdir}/{_safe(src.name)}", f"tiers[{i}].options.path", "replay verdict")
+                opts["path"] = _vendor_file(src, root, f"{tdir}/{safe_name(src.name)}", f"tiers[{i}].options.path", "replay verdict")
                 entry.update(verdicts_source=str(src))
         elif tc.type == "safeguard":
             backend = opts.get("backend", "llama_cpp")
@@ -155,8 +156,8 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
         tiers_manifest[tc.name] = entry
 
     text = yaml.safe_dump(data, sort_keys=False)
-    (root / CONFIG_NAME).write_text(text, encoding="utf-8")
-    packaged = parse_config(yaml.safe_load(text), base_dir=root, source=str(root / CONFIG_NAME))
+    (root / ROUTER_CONFIG_NAME).write_text(text, encoding="utf-8")
+    packaged = parse_config(yaml.safe_load(text), base_dir=root, source=str(root / ROUTER_CONFIG_NAME))
     manifest = {
         "format": 1,
         "config_name": cfg.name,
@@ -174,9 +175,7 @@ def package_router(config: RouterConfig | str | Path, dest: str | Path) -> Packa
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("safecascade")
+        return metadata.version("safecascade")
     except Exception:  # not installed as a distribution (a source checkout on sys.path)
         return "0+unknown"
 
@@ -193,10 +192,8 @@ def default_pip_requirements(config: RouterConfig) -> list[str]:
 
 # --------------------------------------------------------------------------- MLflow plumbing
 def _mlflow() -> Any:
-    from safecascade.training.mlflow_store import _mlflow as configured
-
     try:
-        return configured()
+        return configured_mlflow()
     except ImportError as exc:
         raise ValueError("the router registry needs mlflow: pip install 'safecascade[mlflow]'") from exc
 
@@ -208,13 +205,6 @@ def _vendor_file(src: Path, root: Path, rel: str, key: str, what: str) -> str:
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, root / rel)
     return rel
-
-
-def _experiment_id(mlflow: Any) -> str:
-    """The ``safecascade-routers`` experiment (see :func:`mlflow_store.experiment_id`)."""
-    from safecascade.training.mlflow_store import experiment_id
-
-    return experiment_id(mlflow, EXPERIMENT)
 
 
 def register_router(config: RouterConfig | str | Path, *, name: str = DEFAULT_MODEL_NAME, run_id: str | None = None,
@@ -231,12 +221,12 @@ def register_router(config: RouterConfig | str | Path, *, name: str = DEFAULT_MO
     Returns ``{"model_name", "version", "model_uri", "run_id"}`` (``model_uri`` =
     ``models:/<name>/<version>``).
     """
-    from safecascade.router.pyfunc_model import model_signature
+    from safecascade.router.pyfunc_model import model_signature  # imports mlflow (heavy, optional)
 
     cfg = _as_config(config)
     mlflow = _mlflow()
     with tempfile.TemporaryDirectory(prefix="safecascade-router-") as tmp:
-        pkg = package_router(cfg, Path(tmp) / ARTIFACT_KEY)
+        pkg = package_router(cfg, Path(tmp) / ROUTER_ARTIFACT_KEY)
         version_tags = {
             "safecascade.config_name": cfg.name,
             "safecascade.config_sha": cfg.sha,
@@ -247,7 +237,7 @@ def register_router(config: RouterConfig | str | Path, *, name: str = DEFAULT_MO
         }
         active = mlflow.active_run()
         if run_id is None:
-            ctx = mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name=f"router-{cfg.name}", nested=active is not None)
+            ctx = mlflow.start_run(experiment_id=experiment_id(mlflow, EXPERIMENT), run_name=f"router-{cfg.name}", nested=active is not None)
         elif active is not None and active.info.run_id == run_id:
             ctx = nullcontext(active)
         else:
@@ -259,14 +249,14 @@ def register_router(config: RouterConfig | str | Path, *, name: str = DEFAULT_MO
             info = mlflow.pyfunc.log_model(
                 name="router",
                 python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: nothing pickled
-                artifacts={ARTIFACT_KEY: str(pkg.root)},
+                artifacts={ROUTER_ARTIFACT_KEY: str(pkg.root)},
                 signature=model_signature(list(pkg.config.policies)),
                 pip_requirements=pip_requirements or default_pip_requirements(cfg),
                 metadata={"safecascade": {k: v for k, v in pkg.manifest.items() if k != "tiers"}},
             )
             mlflow.set_tags(version_tags)
             used_run = run.info.run_id
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy, optional
 
     client = MlflowClient()
     try:
@@ -282,112 +272,15 @@ def register_router(config: RouterConfig | str | Path, *, name: str = DEFAULT_MO
     return {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "run_id": used_run}
 
 
-def _client() -> Any:
-    _mlflow()
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient()
-
-
-def _registry_uri() -> str:
-    from safecascade.training.mlflow_store import default_tracking_uri
-
-    return default_tracking_uri()
-
-
-def resolve_version(name: str, *, version: int | str | None = None, alias: str | None = None) -> Any:
-    """The ``ModelVersion`` for ``name`` at ``version`` or ``alias``; ``ValueError`` naming what exists."""
-    client = _client()
-    try:
-        rm = client.get_registered_model(name)
-    except Exception as exc:
-        raise ValueError(f"no registered model {name!r} in MLflow registry {_registry_uri()}") from exc
-    if alias is not None:
-        try:
-            return client.get_model_version_by_alias(name, alias)
-        except Exception as exc:
-            known = ", ".join(sorted(getattr(rm, "aliases", {}) or {})) or "none"
-            raise ValueError(f"model {name!r} has no alias {alias!r} (aliases: {known}) in {_registry_uri()}") from exc
-    try:
-        return client.get_model_version(name, str(version))
-    except Exception as exc:
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-        raise ValueError(f"model {name!r} has no version {version} (versions: {versions or 'none'}) in {_registry_uri()}") from exc
-
-
 def set_champion(name: str, version: int | str, *, alias: str = CHAMPION) -> None:
     """Point ``models:/<name>@<alias>`` (default ``champion``) at ``version`` (which must exist)."""
+    _mlflow()
     resolve_version(name, version=version)
-    _client().set_registered_model_alias(name, alias, str(version))
+    set_alias(name, alias, version)
     log.info("%s@%s -> version %s", name, alias, version)
-
-
-def parse_model_uri(uri: str) -> tuple[str, int | None, str | None]:
-    """``models:/name/3`` -> ``(name, 3, None)``; ``models:/name@champion`` -> ``(name, None, "champion")``."""
-    m = _URI.fullmatch(uri.strip())
-    if not m:
-        raise ValueError(f"bad model URI {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    name, version, alias = m.groups()
-    return name, (int(version) if version else None), alias
-
-
-def download_router(uri: str) -> Path:
-    """Download (cached) the registered model behind ``uri`` and return its packaged router directory.
-
-    Cache: ``<cache_dir>/mlflow/routers/<name>-v<version>-<key>``, where ``key`` hashes the
-    registry URI and the version's source, so equal version numbers in different registries
-    never collide. Aliases are resolved on every call (they move); versions are immutable.
-    """
-    name, version, alias = parse_model_uri(uri)
-    mv = resolve_version(name, version=version, alias=alias)
-    from safecascade.paths import artifact_dir
-
-    key = hashlib.sha256(f"{_registry_uri()}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:10]
-    dest = artifact_dir("mlflow", "routers") / f"{_safe(name)}-v{mv.version}-{key}"
-    found = _router_dir(dest)
-    if found is not None:
-        return found
-    import mlflow
-
-    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dest.parent))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp)))
-        if _router_dir(local) is None:
-            raise ValueError(f"{uri} (version {mv.version}) is not a safecascade router model: no {ARTIFACT_KEY}/{CONFIG_NAME} artifact")
-        if dest.exists() and _router_dir(dest) is None:  # a broken earlier download
-            shutil.rmtree(dest, ignore_errors=True)
-        try:
-            os.replace(local, dest)
-        except OSError:  # another process got there first
-            if _router_dir(dest) is None:
-                raise
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"cannot download {uri} (version {mv.version}, source {mv.source}): {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    found = _router_dir(dest)
-    assert found is not None
-    log.info("downloaded %s (version %s) to %s", uri, mv.version, dest)
-    return found
-
-
-def _router_dir(model_dir: Path) -> Path | None:
-    """The packaged router directory inside a downloaded pyfunc model (from its MLmodel file)."""
-    mlmodel = model_dir / "MLmodel"
-    if not mlmodel.is_file():
-        return None
-    try:
-        meta = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-        rel = meta["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
-    except (KeyError, TypeError, yaml.YAMLError):
-        return None
-    d = model_dir / rel
-    return d if (d / CONFIG_NAME).is_file() else None
 
 
 def load_registered_config(uri: str) -> RouterConfig:
     """The :class:`RouterConfig` of a registered router (``models:/name/3`` or ``models:/name@alias``),
     with paths resolved inside its downloaded, cached artifact directory."""
-    return load_config(download_router(uri) / CONFIG_NAME)
+    return load_config(registered_router_config(uri))

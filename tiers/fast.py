@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from safecascade.mlflow_store import download_model_dir
 from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, verify_dir
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
@@ -72,8 +73,6 @@ def resolve_model_dir(model: Any, *, base_dir: Path, kind: str, tier_name: str) 
         raise ValueError(f"{kind} tier {tier_name!r}: options.model must be 'default', a path or a models:/ URI, got {model!r}")
     s = str(model)
     if s.startswith("models:/"):
-        from safecascade.training.mlflow_store import download_model_dir
-
         return download_model_dir(s)
     p = Path(s).expanduser()
     p = p if p.is_absolute() else base_dir / p

@@ -34,13 +34,23 @@ import datetime as _dt
 import json
 import logging
 import math
-import re
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from safecascade.mlflow_store import (
+    MODEL_NAMES,
+    ModelNotFoundError,
+    configured_mlflow,
+    experiment_id,
+    registry_client,
+    resolve_model_uri,
+    set_alias,
+)
+from safecascade.training.mlflow_runs import flat_metrics, log_training_run
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +224,8 @@ def score_model(model_dir: str | Path, texts: Sequence[str], policy: str, *, thr
     return scores, thr, errors
 
 
-def evaluate_model(model_dir: str | Path, texts: Sequence[str], labels: Sequence[int], policy: str, *,
-                   threads: int = 2, progress: bool = False, desc: str = "evaluating") -> dict[str, Any]:
-    """:func:`~safecascade.training.fast_train.score_metrics` of a fast-tier artifact on labelled
-    texts, at the card's val-best-F1 threshold (each model at its own tuned operating point)."""
-    return _metrics(*score_model(model_dir, texts, policy, threads=threads, progress=progress, desc=desc), labels)[0]
-
-
 def _metrics(scores: list[float], thr: float, errors: int, labels: Sequence[int]) -> tuple[dict[str, Any], list[float]]:
-    from safecascade.training.fast_train import score_metrics
+    from safecascade.training.train_metrics import score_metrics
 
     if not scores:
         return {"n": 0, "positives": 0, "threshold": thr}, scores
@@ -231,26 +234,12 @@ def _metrics(scores: list[float], thr: float, errors: int, labels: Sequence[int]
     return m, scores
 
 
-_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_\-]+))")
-
-
 def _download_registered(uri: str, dest: Path) -> tuple[Path, int]:
     """Download a registered model version's artifact dir into ``dest`` (no shared cache: the
-    tracking store may differ between calls). Returns (dir, version)."""
-    from safecascade.training.mlflow_store import _mlflow
-
-    m = _URI.fullmatch(uri.strip())
-    if not m:
-        raise ValueError(f"bad model URI {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    name, version, alias = m.groups()
-    mlflow = _mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except Exception as exc:
-        raise ValueError(f"cannot resolve {uri}: {exc}") from exc
+    tracking store may differ between calls). Returns (dir, version); raises
+    :class:`~safecascade.mlflow_store.ModelNotFoundError` when ``uri`` names nothing registered."""
+    _, mv = resolve_model_uri(uri)
+    mlflow = configured_mlflow()
     dest.mkdir(parents=True, exist_ok=True)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
     if not (local / "card.json").is_file():
@@ -260,8 +249,6 @@ def _download_registered(uri: str, dest: Path) -> tuple[Path, int]:
 
 def resolve_champion(spec: str, workdir: Path) -> tuple[Path | None, dict[str, Any]]:
     """``auto`` / ``none`` / path / ``models:/`` URI -> (artifact dir or None, description)."""
-    from safecascade.training.mlflow_store import MODEL_NAMES
-
     spec = (spec or "auto").strip()
     if spec == "none":
         return None, {"source": "none"}
@@ -277,9 +264,7 @@ def resolve_champion(spec: str, workdir: Path) -> tuple[Path | None, dict[str, A
     try:
         d, version = _download_registered(uri, workdir / "champion")
         return d, {"source": uri, "version": version}
-    except ValueError as exc:
-        if "not found" not in str(exc) and "RESOURCE_DOES_NOT_EXIST" not in str(exc):
-            raise
+    except ModelNotFoundError as exc:
         log.info("no registered champion (%s); trying the built default fast tier", exc)
     from safecascade.paths import artifact_dir
 
@@ -291,7 +276,7 @@ def resolve_champion(spec: str, workdir: Path) -> tuple[Path | None, dict[str, A
 
 def _write_distill_csv(rows: Sequence[Any], policies: Sequence[str], path: Path) -> int:
     """The training slice as a replay-format CSV (``text`` + a probability column per policy),
-    the format :func:`~safecascade.training.fast_train.rows_from_verdicts` reads."""
+    the format :func:`~safecascade.training.train_rows.rows_from_verdicts` reads."""
     n = 0
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -311,7 +296,7 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
             cache_root: str | Path | None = None, progress: bool = True) -> RetrainResult:
     """Run the whole loop (see the module docstring) and return the decision.
 
-    ``train_cfg``: the :class:`~safecascade.training.fast_train.TrainConfig` of the candidate
+    ``train_cfg``: the :class:`~safecascade.training.train_config.TrainConfig` of the candidate
     (its ``policies`` are set to the benchmark's policy). ``out_dir``: where the candidate's
     artifact dir goes (default ``<cache>/models/retrain/<UTC time>``). ``cache_root``: the
     embedding cache (default: the shared one, so re-training re-embeds nothing).
@@ -319,7 +304,8 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
     from safecascade.hashing import text_hash
     from safecascade.training.datasets import benchmark_policy, load_benchmark
     from safecascade.training.evaluate import stratified_sample
-    from safecascade.training.fast_train import TrainConfig, train_fast
+    from safecascade.training.fast_train import train_fast
+    from safecascade.training.train_config import TrainConfig
     from safecascade.training.verdict_rows import teacher_rows
 
     t_start = time.perf_counter()
@@ -435,11 +421,7 @@ def _log_to_mlflow(res: RetrainResult, cfg: RetrainConfig, train_cfg: Any, resul
                    would_promote: bool) -> dict[str, Any]:
     """Register the candidate (unless a dry run), move the alias when promoted, and log the
     decision with both evaluations to a run of the ``safecascade-retrain`` experiment."""
-    from safecascade.training.mlflow_store import MODEL_NAMES, _experiment_id, _flat_metrics, _mlflow, log_training_run, set_alias
-
-    mlflow = _mlflow()
-    from mlflow.tracking import MlflowClient
-
+    mlflow = configured_mlflow()
     info: dict[str, Any] = {}
     # the candidate's own training run (val metrics, the benchmark-test evaluation, PR curve, model)
     run = log_training_run(result, register=cfg.register, run_name="retrain-candidate")
@@ -447,12 +429,12 @@ def _log_to_mlflow(res: RetrainResult, cfg: RetrainConfig, train_cfg: Any, resul
     name = MODEL_NAMES["fast"]
     if cfg.register:
         info.update(model_name=name, candidate_version=run["version"], candidate_uri=run["model_uri"])
-        client = MlflowClient()
+        client = registry_client()
         client.set_model_version_tag(name, str(run["version"]), "safecascade.retrain_decision", res.decision)
         if res.promoted:
             set_alias(name, "champion", run["version"])
             info["champion_alias"] = f"models:/{name}@champion -> version {run['version']}"
-    exp_id = _experiment_id(mlflow, EXPERIMENT)
+    exp_id = experiment_id(mlflow, EXPERIMENT)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"retrain-{res.decision}") as r:
         params = {f"retrain.{k}": v for k, v in cfg.to_dict().items()}
         params.update({f"train.{k}": v for k, v in train_cfg.to_dict().items()})
@@ -465,8 +447,8 @@ def _log_to_mlflow(res: RetrainResult, cfg: RetrainConfig, train_cfg: Any, resul
                                    for m in METRICS
                                    if res.candidate["slices"][s].get(m) is not None and res.champion["slices"][s].get(m) is not None}
                                for s in SLICES}
-        mlflow.log_metrics(_flat_metrics(slices))
-        mlflow.log_metrics(_flat_metrics({"data": {k: v for k, v in res.data.items() if isinstance(v, (int, float))}}))
+        mlflow.log_metrics(flat_metrics(slices))
+        mlflow.log_metrics(flat_metrics({"data": {k: v for k, v in res.data.items() if isinstance(v, (int, float))}}))
         mlflow.log_metric("promoted", 1.0 if res.promoted else 0.0)
         tags = {"safecascade.decision": res.decision, "safecascade.reasons": " | ".join(res.reasons)[:5000],
                 "safecascade.training_run_id": run["run_id"], "safecascade.would_promote": str(would_promote).lower()}
@@ -519,7 +501,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``safecascade retrain``; exit 0 whether or not the candidate was promoted."""
-    from safecascade.training.fast_train import TrainConfig
+    from safecascade.training.train_config import TrainConfig
 
     cfg = RetrainConfig(log_path=args.from_log, benchmark=args.benchmark, teacher_tier=args.teacher_tier,
                         decided_only=args.decided_only, holdout_fraction=args.holdout, min_holdout=args.min_holdout,

@@ -67,7 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
     if "int8" in res.card:
         summary["int8"] = res.card["int8"]
     if args.mlflow:
-        from safecascade.training.mlflow_store import log_training_run
+        from safecascade.training.mlflow_runs import log_training_run
 
         summary["mlflow"] = log_training_run(res)
     print(json.dumps(summary, indent=2, default=str))
@@ -89,7 +89,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     src = args.source
     if src.startswith("models:/"):
-        from safecascade.training.mlflow_store import download_model_dir
+        from safecascade.mlflow_store import download_model_dir
 
         src_dir = download_model_dir(src)
     else:

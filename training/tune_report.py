@@ -159,8 +159,8 @@ def _finite_metrics(d: Mapping[str, Any], prefix: str) -> dict[str, float]:
 
 
 def tuning_experiment_id(mlflow: Any) -> str:
-    """The ``safecascade-tuning`` experiment (see :func:`mlflow_store.experiment_id`)."""
-    from safecascade.training.mlflow_store import experiment_id
+    """The ``safecascade-tuning`` experiment (see :func:`safecascade.mlflow_store.experiment_id`)."""
+    from safecascade.mlflow_store import experiment_id
 
     return experiment_id(mlflow, EXPERIMENT)
 
@@ -171,9 +171,9 @@ def log_tuning_run(*, params: Mapping[str, Any], metrics: Mapping[str, Any], art
     """One parent run in ``safecascade-tuning`` with the params, the chosen point's metrics and
     the artifacts; then (``register``) the tuned router is registered into that run through
     :func:`safecascade.router.registry.register_router` (alias ``champion`` with ``promote``)."""
-    from safecascade.training.mlflow_store import _mlflow
+    from safecascade.mlflow_store import configured_mlflow
 
-    mlflow = _mlflow()
+    mlflow = configured_mlflow()
     exp_id = tuning_experiment_id(mlflow)
     info: dict[str, Any] = {}
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:

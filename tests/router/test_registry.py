@@ -131,10 +131,10 @@ def test_bad_uris_and_versions(registered):
 def test_second_version_into_given_run_and_promotion(registered, tiny_models, tmp_path):
     import mlflow
 
-    from safecascade.training.mlflow_store import _mlflow
+    from safecascade.mlflow_store import configured_mlflow
 
     cfg_path = write_router(tmp_path / "v2", tiny_models, fast=False)
-    _mlflow()
+    configured_mlflow()
     with mlflow.start_run(run_name="tuning-job") as run:  # e.g. the tune command's parent run, still active
         info = register_router(cfg_path, run_id=run.info.run_id)
     assert info["version"] == 2 and info["run_id"] == run.info.run_id
@@ -176,7 +176,7 @@ def test_package_router_rewrites_paths_and_keeps_safeguard_reference(tiny_models
 def test_mlflow_models_serve_answers_like_classify_batch(registered, tmp_path):
     import httpx
 
-    from safecascade.training.mlflow_store import default_tracking_uri
+    from safecascade.mlflow_store import default_tracking_uri
 
     # The module fixture points SAFECASCADE_HOME at its store; the server resolves the URI there too.
     # (mlflow models serve execs `uvicorn`: the venv's bin dir must be on PATH, as in an activated venv.)

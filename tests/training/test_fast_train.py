@@ -108,9 +108,10 @@ def test_mlflow_logging_and_models_uri(tiny_models: dict, tmp_path: Path, monkey
     monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     from safecascade.tiers.base import TierSpec, create_tier
-    from safecascade.training import mlflow_store
+    from safecascade import mlflow_store
+    from safecascade.training.mlflow_runs import log_training_run
 
-    info = mlflow_store.log_training_run(tiny_models["fast"])
+    info = log_training_run(tiny_models["fast"])
     assert info["model_uri"] == f"models:/safecascade-fast/{info['version']}"
     import mlflow
 
@@ -123,7 +124,7 @@ def test_mlflow_logging_and_models_uri(tiny_models: dict, tmp_path: Path, monkey
                                 policies={}, base_dir=tmp_path))
     [r] = tier.classify(["hello"])
     assert 0.0 <= r.scores["jailbreak"] <= 1.0
-    info2 = mlflow_store.log_training_run(tiny_models["static"])
+    info2 = log_training_run(tiny_models["static"])
     assert info2["model_name"] == "safecascade-static"
     st = create_tier(TierSpec(name="s", type="static", options={"model": info2["model_uri"]}, policies={}, base_dir=tmp_path))
     assert st.classify(["hi"])[0].error is None
@@ -134,7 +135,7 @@ def test_mlflow_logging_and_models_uri(tiny_models: dict, tmp_path: Path, monkey
 
 
 def test_default_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from safecascade.training.mlflow_store import default_tracking_uri
+    from safecascade.mlflow_store import default_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path))
