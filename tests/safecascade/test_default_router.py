@@ -51,7 +51,9 @@ def test_default_batch_and_bad_inputs(default_router):
     out = default_router.classify_batch(texts)
     assert [d.reason for d in out][:1] == ["empty_input"]
     assert out[4].reason == "input_too_large" and out[5].action == "block"
-    assert all(d.action in ("allow", "block") for d in out)
+    # empty: on_empty allow; the NUL byte is removed (and said) and the benign texts pass; oversize: on_oversize block
+    assert [d.action for d in out] == ["allow", "allow", "allow", "allow", "block", "block"]
+    assert "nul_removed" in out[1].warnings and out[2].tier in ("static", "fast")
 
 
 def test_serving_path_never_imports_torch():

@@ -165,7 +165,7 @@ def test_heuristic_tier_in_front(tmp_path):
     exs = stratified_sample(load_benchmark("jailbreak", "test"), 200)
     rep = evaluate_router(Router.load(tmp_path / "r.yaml"), exs, progress=False, baseline=False)
     h, last = rep.tiers
-    assert h.reached == 200 and h.decided + h.passed_on == 200
+    assert h.reached == 200 and h.decided + h.passed_on == 200 and h.decided > 0 and h.passed_on > 0
     assert last.reached == h.passed_on and last.decided == last.reached
     assert sum(rep.decided_by.values()) == 200
     assert h.latency_ms["p50"] < 50  # "well under 1 ms" per text; loose for a shared machine
