@@ -2,7 +2,7 @@
 
 Each shipped artifact directory has a ``provenance.json`` that lists every file with its size and
 sha256, plus the recipe, training-data hashes, the training code's commit and val/test metrics
-(written by ``python -m safecascade.training.ship_models``, ``make models``). ``model: default``
+(written by ``safecascade models build``, ``make models``: :mod:`safecascade.training.ship_models`). ``model: default``
 loads these files directly: no build step, no torch. :func:`verify_dir` checks a directory
 against its provenance and raises :class:`ShippedModelError` naming the file and the reason, so a
 missing, truncated or corrupt file fails at ``Router.load()`` instead of scoring garbage.
@@ -10,11 +10,13 @@ missing, truncated or corrupt file fails at ``Router.load()`` instead of scoring
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
+
+import safecascade.models
+from safecascade.hashing import file_sha
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,7 @@ class ShippedModelError(ValueError):
 
 def models_root() -> Path:
     """The installed ``safecascade.models`` package directory (``models/`` in a checkout)."""
-    import safecascade.models as pkg
-
-    return Path(pkg.__file__).resolve().parent
+    return Path(safecascade.models.__file__).resolve().parent
 
 
 def shipped_dir(kind: str) -> Path:
@@ -39,15 +39,6 @@ def shipped_dir(kind: str) -> Path:
     if kind not in SHIPPED_NAMES:
         raise ValueError(f"no shipped default model of kind {kind!r} (kinds: {', '.join(SHIPPED_NAMES)})")
     return models_root() / SHIPPED_NAMES[kind]
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_provenance(d: str | Path) -> dict[str, Any]:
@@ -83,7 +74,7 @@ def verify_dir(d: str | Path, *, full: bool = True) -> dict[str, Any]:
         if not full:
             continue
         key = (str(p), st.st_size, st.st_mtime_ns)
-        got = _VERIFIED.get(key) or file_sha256(p)
+        got = _VERIFIED.get(key) or file_sha(p)
         if got != want:
             raise ShippedModelError(f"{p}: sha256 {got[:16]}..., the provenance records {want[:16]}... (corrupt)")
         _VERIFIED[key] = got
@@ -102,26 +93,3 @@ def verify_all(root: str | Path | None = None) -> list[tuple[str, str]]:
         except ShippedModelError as exc:
             out.append((str(d), f"FAILED: {exc}"))
     return out
-
-
-def add_arguments(parser: Any) -> None:
-    sub = parser.add_subparsers(dest="models_cmd", required=True)
-    v = sub.add_parser("verify", help="check the shipped default models against their provenance sha256s")
-    v.add_argument("--root", default=None, help="models directory (default: the installed package's)")
-    b = sub.add_parser("build", help="rebuild exactly the shipped set into models/ (needs the train extra; slow)")
-    b.add_argument("--out", default=None, help="models directory to write (default: the installed package's)")
-    b.add_argument("--note", default="", help="the changelog line's note")
-    b.add_argument("--bits", type=int, default=8, choices=(8, 16), help="fast tier embedding table storage (8)")
-
-
-def run(args: Any) -> int:
-    if args.models_cmd == "verify":
-        bad = 0
-        for d, status in verify_all(args.root):
-            print(f"{d}: {status}")
-            bad += not status.startswith("ok")
-        return 1 if bad else 0
-    from safecascade.training.ship_models import ship
-
-    ship(Path(args.out) if args.out else models_root(), bits=args.bits, note=args.note)
-    return 0

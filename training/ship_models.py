@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safecascade.shipped import PROVENANCE, SHIPPED_NAMES, file_sha256, verify_dir
+from safecascade.hashing import file_sha
+from safecascade.shipped import PROVENANCE, SHIPPED_NAMES, verify_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,11 @@ def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str]
             prov = {
                 "model": name, "kind": kind, "benchmark": BENCHMARK,
                 "recipe": card.get("config"), "training_data": card.get("training_data"),
-                "training_sources": {f: {"licence": lic, "sha256": file_sha256(data_dir / f)} for f, lic in TRAINING_SOURCES.items()},
+                "training_sources": {f: {"licence": lic, "sha256": file_sha(data_dir / f)} for f, lic in TRAINING_SOURCES.items()},
                 "code_commit": commit, "built": card.get("created"),
                 "shipped": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "compaction": compaction, "metrics_as_served": metrics,
-                "files": {f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in sorted(stage.iterdir())},
+                "files": {f.name: {"bytes": f.stat().st_size, "sha256": file_sha(f)} for f in sorted(stage.iterdir())},
             }
             (stage / PROVENANCE).write_text(json.dumps(prov, indent=2, default=float) + "\n", encoding="utf-8")
             verify_dir(stage)

@@ -34,6 +34,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from safecascade.hashing import file_sha
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
@@ -77,15 +79,6 @@ class ScoreTable:
 
 
 # ---------------------------------------------------------------------------- hashing
-def file_sha(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dir_sha(path: str | Path) -> str:
     """sha256 over a directory's files (relative names and contents, sorted)."""
     root = Path(path)
