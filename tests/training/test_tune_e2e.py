@@ -1,7 +1,7 @@
 """Threshold tuning against real routers: the vectorised sweep agrees with ``Router.classify_batch``,
 tuning from cached scores is reproducible (byte-identical YAML), the score cache follows tier
 content, and ``safecascade tune`` end to end (tiny real models, a real MLflow SQLite store, the
-registry when it is available)."""
+router registered and promoted)."""
 
 from __future__ import annotations
 
@@ -120,8 +120,7 @@ def test_tune_cli_end_to_end(tiny_models, tmp_path, monkeypatch, capsys):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     out = tmp_path / "tuned" / "router.yaml"
     argv = ["tune", "--config", str(tmp_path / "tiny.yaml"), "--limit", "60", "--objective", "max-f1",
-            "--max-escalation", "0.1", "--max-candidates", "400", "--grid", "10", "--out", str(out), "--no-progress"]
-    argv += ["--promote"]
+            "--max-escalation", "0.1", "--max-candidates", "400", "--grid", "10", "--out", str(out), "--no-progress", "--promote"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "chosen #" in printed and "Pareto front" in printed
