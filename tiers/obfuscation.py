@@ -258,3 +258,47 @@ def decode_views(raw: str, folded: str, *, max_blobs: int = 8, max_decoded_chars
             if budget <= 0:
                 break
     return views
+
+
+# --------------------------------------------------------------------------- views for the model tiers
+# Letters separated by single spaces / dots / dashes ("i g n o r e", "i.g.n.o.r.e"): 4+ letters in a row.
+_SPACED_RE = re.compile(r"\b(?:[a-z][ .\-_*]){3,}[a-z]\b")
+# Newline-split words: most lines hold one short word.
+_MAX_VIEW_CHARS = 20_000
+
+
+def _despace(folded: str) -> str:
+    return _SPACED_RE.sub(lambda m: re.sub(r"[ .\-_*]", "", m.group(0)), folded)
+
+
+def scoring_views(text: str) -> list[str]:
+    """Extra texts a model tier should also score when ``text`` hides its content: the folded text
+    (zero-width / bidi / tag characters removed, look-alikes mapped to ASCII) when folding changed
+    more than letter case, its leetspeak reading, letters spaced apart joined again, one word per
+    line joined into a sentence, and decoded base64 / hex / rot13 / Unicode-tag payloads.
+
+    Empty for ordinary text (the common case costs one ``isascii`` and a few regex scans), so a
+    tier that scores ``max(score(text), score(view) for view in views)`` pays only on obfuscated
+    input. Views are capped at 20,000 characters each.
+    """
+    views: list[str] = []
+    f = fold(text)
+    folded = f.text
+    if f.zero_width_in_words or f.homoglyphs or f.tag_chars or f.bidi_controls:
+        views.append(folded)
+    if looks_leet(folded):
+        views.append(leet_fold(folded))
+    if _SPACED_RE.search(folded) is not None:
+        joined = _despace(folded)
+        if joined != folded:
+            views.append(joined)
+    lines = [ln.strip() for ln in folded.splitlines() if ln.strip()]
+    if len(lines) >= 5 and sum(len(ln.split()) <= 2 for ln in lines) >= 0.8 * len(lines):
+        views.append(" ".join(lines))
+    views.extend(v.text for v in decode_views(text, folded))
+    out: list[str] = []
+    for v in views:
+        v = v[:_MAX_VIEW_CHARS]
+        if v.strip() and v != text and v not in out:
+            out.append(v)
+    return out
