@@ -243,7 +243,8 @@ def _microbatch(config: Path, texts: list[str], concurrency: int, n: int, max_wa
     verdict log with fsync as a sink, cache off)."""
     from safecascade.router.cascade import Router
     from safecascade.router.microbatch import MicroBatcher
-    from safecascade.router.verdict_log import VerdictLog, VerdictReader
+    from safecascade.router.verdict_log import VerdictLog
+    from safecascade.router.verdict_reader import VerdictReader
 
     out = []
     for mode in ("aclassify", "microbatch"):
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = max(1.0, min(args.budget_seconds, 30.0))
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
 
-    from safecascade.router.verdict_log import VerdictReader
+    from safecascade.router.verdict_reader import VerdictReader
 
     data = _texts(args.texts)
     texts = [t for t, _ in data]

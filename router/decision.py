@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Literal, Mapping
 
 Action = Literal["allow", "block"]
@@ -93,3 +93,21 @@ class Decision:
         d["provisional"] = self.provisional
         d["cost"] = self.cost
         return d
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: what a Decision's dict or a verdict-log record may
+    hold besides JSON types (a tier's ``info`` can carry anything): dataclasses as dicts, sets and
+    tuples as lists, bytes as UTF-8 text, numpy scalars as numbers, anything else as ``str``."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", errors="replace")
+    if hasattr(obj, "item"):  # numpy scalars
+        try:
+            return obj.item()
+        except Exception:  # pragma: no cover - defensive
+            pass
+    return str(obj)

@@ -55,9 +55,10 @@ from typing import Any, Sequence
 
 from safecascade.router.budget import DEFAULT_CHARS_PER_UNIT, DEFAULT_MAX_CLIENTS, client_key
 from safecascade.router.cascade import Router
-from safecascade.router.decision import Decision
+from safecascade.router.decision import Decision, json_default
 from safecascade.router.metrics import CONTENT_TYPE, Metrics
-from safecascade.router.verdict_log import VerdictLog, VerdictLogError, _json_default
+from safecascade.router.verdict_log import VerdictLog
+from safecascade.router.verdict_record import VerdictLogError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class _HTTPError(Exception):
 def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None):
     from fastapi.responses import Response
 
-    body = json.dumps(obj, default=_json_default, ensure_ascii=False).encode("utf-8")
+    body = json.dumps(obj, default=json_default, ensure_ascii=False).encode("utf-8")
     return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 
 

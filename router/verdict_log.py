@@ -42,168 +42,46 @@ response is only sent for decisions the log has acknowledged.
 
 Rows are append-only (SQLite triggers refuse ``UPDATE`` / ``DELETE``). One process writes a log
 at a time (an ``flock`` on the journal directory); any number may read it with
-:class:`VerdictReader` (:func:`iter_rows`, :meth:`VerdictReader.export_replay_csv`).
+:class:`~safecascade.router.verdict_reader.VerdictReader`. The record and its table are in
+:mod:`safecascade.router.verdict_record`, the journal's on-disk framing in
+:mod:`safecascade.router.verdict_journal`; ``safecascade verdicts {count,export}`` is the command line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
-import datetime as _dt
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 from safecascade.router.decision import Decision
+from safecascade.router.verdict_journal import (JOURNAL_HEADER, encode_record, frame_batch, fsync_dir, list_segments,
+                                                read_segment, segment_path, sync_file, write_all)
+from safecascade.router.verdict_reader import VerdictReader
+from safecascade.router.verdict_record import INSERT_SQL, VerdictLogError, connect, decision_record, init_schema, row_values
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX: no cross-process guard
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 _SYNC_MODES = ("fsync", "os", "none")
-_JOURNAL_HEADER = b'{"_journal":2}\n'  # first line of a framed segment
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS verdicts (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    record_id     TEXT NOT NULL UNIQUE,
-    ts            REAL NOT NULL,
-    text_hash     TEXT NOT NULL,
-    text          TEXT,
-    action        TEXT NOT NULL,
-    tier          TEXT NOT NULL,
-    reason        TEXT NOT NULL,
-    score         REAL,
-    flagged       INTEGER NOT NULL,
-    policies      TEXT NOT NULL,
-    path          TEXT NOT NULL,
-    config_name   TEXT,
-    config_hash   TEXT,
-    policy_hashes TEXT NOT NULL,
-    latency_ms    REAL,
-    cost          TEXT NOT NULL,
-    cache_hit     INTEGER NOT NULL,
-    warnings      TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS verdicts_ts ON verdicts (ts);
-CREATE INDEX IF NOT EXISTS verdicts_tier ON verdicts (tier, id);
-CREATE INDEX IF NOT EXISTS verdicts_text_hash ON verdicts (text_hash);
-CREATE TRIGGER IF NOT EXISTS verdicts_no_update BEFORE UPDATE ON verdicts
-    BEGIN SELECT RAISE(ABORT, 'the verdict log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS verdicts_no_delete BEFORE DELETE ON verdicts
-    BEGIN SELECT RAISE(ABORT, 'the verdict log is append-only'); END;
-"""
-
-_COLUMNS = ("record_id", "ts", "text_hash", "text", "action", "tier", "reason", "score", "flagged", "policies",
-            "path", "config_name", "config_hash", "policy_hashes", "latency_ms", "cost", "cache_hit", "warnings")
-_JSON_COLUMNS = ("policies", "path", "policy_hashes", "cost", "warnings")
-_INSERT = f"INSERT OR IGNORE INTO verdicts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
 class VerdictLogBusy(RuntimeError):
     """Another process (or another VerdictLog in this one) is writing this log."""
 
 
-class VerdictLogError(RuntimeError):
-    """A record could not be made durable (it was not acknowledged)."""
-
-
-def _json_default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", errors="replace")
-    if hasattr(obj, "item"):  # numpy scalars
-        try:
-            return obj.item()
-        except Exception:  # pragma: no cover - defensive
-            pass
-    return str(obj)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, ensure_ascii=False, separators=(",", ":"))
-
-
-def decision_record(decision: Decision, text: str | None, *, store_text: bool = False,
-                    record_id: str | None = None, ts: float | None = None) -> dict[str, Any]:
-    """The log record (one future row) for a Decision. ``text`` is kept only if ``store_text``."""
-    d = decision.to_dict()
-    cost: dict[str, float] = {}
-    for trace in decision.path:
-        for key, value in trace.cost.items():
-            try:
-                cost[key] = cost.get(key, 0.0) + float(value)
-            except (TypeError, ValueError):
-                continue
-    return {
-        "record_id": record_id or uuid.uuid4().hex,
-        "ts": time.time() if ts is None else float(ts),
-        "text_hash": decision.text_hash,
-        "text": text if (store_text and text is not None) else None,
-        "action": decision.action,
-        "tier": decision.tier,
-        "reason": decision.reason,
-        "score": decision.score,
-        "flagged": 1 if decision.flagged else 0,
-        "policies": d["policies"],
-        "path": d["path"],
-        "config_name": decision.config_name,
-        "config_hash": decision.config_hash,
-        "policy_hashes": dict(decision.policy_hashes),
-        "latency_ms": decision.latency_ms,
-        "cost": cost,
-        "cache_hit": 1 if decision.cache_hit else 0,
-        "warnings": list(decision.warnings),
-    }
-
-
-def _row_values(rec: Mapping[str, Any]) -> tuple:
-    return tuple(_dumps(rec[c]) if c in _JSON_COLUMNS else rec.get(c) for c in _COLUMNS)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise VerdictLogError(f"verdict log {path}: could not switch SQLite to WAL mode (got {mode!r})")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(_SCHEMA)
-    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif row[0] != str(SCHEMA_VERSION):
-        raise VerdictLogError(f"verdict log {path}: schema version {row[0]}, this code reads {SCHEMA_VERSION}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 class _Ticket:
+    """One record on its way through the journal: its sequence number, its line, and (once the
+    journal thread wrote its batch) done / the write error."""
+
     __slots__ = ("seq", "line", "record", "error", "done")
 
     def __init__(self, seq: int, line: bytes, record: dict[str, Any]):
@@ -259,8 +137,8 @@ class VerdictLog:
         self._poisoned: BaseException | None = None
 
         try:
-            self._db = _connect(self.path)
-            _init_schema(self._db, self.path)
+            self._db = connect(self.path)
+            init_schema(self._db, self.path)
             self._replay_journal()
             self._seg_no = self._next_segment_number()
             self._seg_fh, self._seg_size = self._open_segment(self._seg_no)
@@ -305,13 +183,6 @@ class VerdictLog:
         else:
             self._wait(self._enqueue([record]))
         return record["record_id"]
-
-    def append_many(self, items: Sequence[tuple[Decision, str | None]]) -> list[str]:
-        """Append several decisions as one group (written in one journal batch: all of them are
-        acknowledged or none); returns their record ids once acknowledged."""
-        tickets = self._enqueue([decision_record(d, t, store_text=self.store_text) for d, t in items])
-        self._wait(tickets)
-        return [t.record["record_id"] for t in tickets]
 
     @contextlib.contextmanager
     def deferred_ack(self) -> Iterator[None]:
@@ -405,8 +276,6 @@ class VerdictLog:
         self.flush()
         return self.reader().export_replay_csv(out, **kwargs)
 
-    replay_csv = export_replay_csv
-
     def stats(self) -> dict[str, Any]:
         """Counters for /healthz and /metrics."""
         with self._jcv:
@@ -424,12 +293,10 @@ class VerdictLog:
     # ------------------------------------------------------------------ lock
     def _take_lock(self):
         fh = open(self.journal_dir / "writer.lock", "a+")
-        try:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - non-POSIX: no cross-process guard
+        if fcntl is None:  # pragma: no cover - non-POSIX: no cross-process guard
             return fh
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.close()
             raise VerdictLogBusy(f"verdict log {self.path} is already open for writing by another process") from None
@@ -442,54 +309,40 @@ class VerdictLog:
             pass
 
     # ------------------------------------------------------------------ journal
-    def _segments(self) -> list[tuple[int, Path]]:
-        out = []
-        for p in self.journal_dir.glob("seg-*.jsonl"):
-            try:
-                out.append((int(p.stem.split("-", 1)[1]), p))
-            except ValueError:
-                continue
-        return sorted(out)
-
     def _next_segment_number(self) -> int:
-        segs = self._segments()
+        segs = list_segments(self.journal_dir)
         return (segs[-1][0] + 1) if segs else 1
 
     def _open_segment(self, number: int) -> tuple[Any, int]:
         """A new, framed segment (header line written): ``(file, size)``. A number is only ever
         reopened after a failed open, so whatever a failed attempt left in it is discarded."""
-        fh = open(self.journal_dir / f"seg-{number:08d}.jsonl", "ab", buffering=0)
+        fh = open(segment_path(self.journal_dir, number), "ab", buffering=0)
         try:
             if os.fstat(fh.fileno()).st_size:
                 os.ftruncate(fh.fileno(), 0)
-            self._write_all(fh, _JOURNAL_HEADER)
+            self._write_all(fh, JOURNAL_HEADER)
             if self.sync == "fsync":
                 self._sync_file(fh)
-                _fsync_dir(self.journal_dir)
+                fsync_dir(self.journal_dir)
         except BaseException:
             fh.close()
             raise
-        return fh, len(_JOURNAL_HEADER)
+        return fh, len(JOURNAL_HEADER)
 
-    @staticmethod
-    def _write_all(fh: Any, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = fh.write(view)
-            view = view[n:]
-
-    @staticmethod
-    def _sync_file(fh: Any) -> None:
-        os.fdatasync(fh.fileno()) if hasattr(os, "fdatasync") else os.fsync(fh.fileno())
+    _write_all = staticmethod(write_all)  # attributes, so a fault test can replace them on one log
+    _sync_file = staticmethod(sync_file)
 
     def _replay_journal(self) -> None:
         """Insert every record of leftover journal segments (a crash), then delete them."""
-        for _, seg in self._segments():
-            records = self._read_segment(seg)
+        for _, seg in list_segments(self.journal_dir):
+            read = read_segment(seg)
+            self.torn_lines += read.torn_lines
+            self.uncommitted += read.uncommitted
+            records = read.records
             before = self._db.total_changes
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(_INSERT, [_row_values(r) for r in records])
+                self._db.executemany(INSERT_SQL, [row_values(r) for r in records])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -501,40 +354,6 @@ class VerdictLog:
             log.warning("verdict log %s: %d torn journal line(s) and %d record(s) of uncommitted batches skipped "
                         "(never acknowledged)", self.path, self.torn_lines, self.uncommitted)
 
-    def _read_segment(self, seg: Path) -> list[dict[str, Any]]:
-        """The records of one segment to replay: every committed batch of a framed segment;
-        every complete line of a segment written before framing (no header line)."""
-        records: list[dict[str, Any]] = []
-        framed = False
-        batch: list[dict[str, Any]] | None = None
-        with seg.open("rb") as fh:
-            for i, line in enumerate(fh):
-                if i == 0 and line == _JOURNAL_HEADER:
-                    framed = True
-                    continue
-                if not line.endswith(b"\n"):
-                    self.torn_lines += 1
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    self.torn_lines += 1
-                    continue
-                if not framed:
-                    records.append(obj)
-                elif isinstance(obj, dict) and "_batch" in obj:
-                    self.uncommitted += len(batch or ())  # a batch that never got its commit line
-                    batch = []
-                elif isinstance(obj, dict) and "_commit" in obj:
-                    records.extend(batch or ())
-                    batch = None
-                elif batch is None:
-                    self.uncommitted += 1  # a record outside any batch
-                else:
-                    batch.append(obj)
-        self.uncommitted += len(batch or ())
-        return records
-
     def _check_open(self) -> None:
         if self._closing or self._closed:
             raise VerdictLogError(f"verdict log {self.path} is closed")
@@ -544,8 +363,7 @@ class VerdictLog:
 
     def _enqueue(self, records: Sequence[dict[str, Any]]) -> list[_Ticket]:
         """Queue ``records`` for the journal as one group (never split across journal batches)."""
-        lines = [json.dumps(r, default=_json_default, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
-                 for r in records]
+        lines = [encode_record(r) for r in records]
         tickets = []
         with self._jcv:
             self._check_open()
@@ -585,8 +403,7 @@ class VerdictLog:
             if error is None:
                 good = self._seg_size
                 try:
-                    data = b"".join([b'{"_batch":%d}\n' % len(batch), *(t.line for t in batch),
-                                     b'{"_commit":%d}\n' % len(batch)])
+                    data = frame_batch([t.line for t in batch])
                     self._write_all(self._seg_fh, data)
                     if self.sync == "fsync":
                         self._sync_file(self._seg_fh)
@@ -659,7 +476,7 @@ class VerdictLog:
                 del self._sealed[no]
         for no in done:
             try:
-                (self.journal_dir / f"seg-{no:08d}.jsonl").unlink()
+                segment_path(self.journal_dir, no).unlink()
             except FileNotFoundError:
                 pass
             except OSError:  # pragma: no cover - replayed (idempotently) next time
@@ -689,12 +506,12 @@ class VerdictLog:
                     self._dcv.wait(0.05)  # a flush with nothing queued yet: let the journal catch up
                     continue
                 batch, self._db_queue = self._db_queue[: self.batch_size], self._db_queue[self.batch_size:]
-            rows = [_row_values(rec) for _, rec, _ in batch if rec is not None]
+            rows = [row_values(rec) for _, rec, _ in batch if rec is not None]
             try:
                 if rows:
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
-                        self._db.executemany(_INSERT, rows)
+                        self._db.executemany(INSERT_SQL, rows)
                         self._db.execute("COMMIT")
                     except BaseException:
                         with contextlib.suppress(sqlite3.Error):
@@ -718,166 +535,3 @@ class VerdictLog:
                 self.write_batches += 1
                 self._dcv.notify_all()
             self._delete_committed_segments()
-
-
-# ---------------------------------------------------------------------- reading
-def _to_epoch(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        return value.timestamp()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(f"{name} must be a unix time (float) or a datetime, got {type(value).__name__}")
-
-
-class VerdictReader:
-    """Read access to a verdict log (any process, while a writer is running)."""
-
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"verdict log not found: {self.path}")
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = _connect(self.path)
-        conn.execute("PRAGMA query_only=ON")
-        return conn
-
-    @staticmethod
-    def _where(since: Any, until: Any, tier: str | None, after_id: int | None) -> tuple[str, list[Any]]:
-        clauses, params = [], []
-        lo, hi = _to_epoch(since, "since"), _to_epoch(until, "until")
-        if lo is not None:
-            clauses.append("ts >= ?")
-            params.append(lo)
-        if hi is not None:
-            clauses.append("ts < ?")
-            params.append(hi)
-        if tier is not None:
-            clauses.append("tier = ?")
-            params.append(tier)
-        if after_id is not None:
-            clauses.append("id > ?")
-            params.append(int(after_id))
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-    def count(self, *, since: Any = None, until: Any = None, tier: str | None = None) -> int:
-        """Number of rows (optionally in ``[since, until)`` and/or decided by ``tier``)."""
-        where, params = self._where(since, until, tier, None)
-        conn = self._conn()
-        try:
-            return int(conn.execute(f"SELECT COUNT(*) FROM verdicts{where}", params).fetchone()[0])
-        finally:
-            conn.close()
-
-    def record_ids(self) -> set[str]:
-        """Every record id in the log (crash tests)."""
-        conn = self._conn()
-        try:
-            return {r[0] for r in conn.execute("SELECT record_id FROM verdicts")}
-        finally:
-            conn.close()
-
-    def iter_rows(self, since: Any = None, *, until: Any = None, tier: str | None = None, after_id: int | None = None,
-                  limit: int | None = None, chunk: int = 1000) -> Iterator[dict[str, Any]]:
-        """Rows in log order as dicts (JSON columns decoded). ``since`` / ``until``: unix time or
-        datetime; ``tier``: the deciding tier; ``after_id``: resume after a row ``id`` (a cursor
-        for incremental readers such as the retrain loop)."""
-        where, params = self._where(since, until, tier, after_id)
-        sql = f"SELECT id, {', '.join(_COLUMNS)} FROM verdicts{where} ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
-        conn = self._conn()
-        try:
-            cur = conn.execute(sql, params)
-            names = [c[0] for c in cur.description]
-            while True:
-                batch = cur.fetchmany(chunk)
-                if not batch:
-                    break
-                for values in batch:
-                    row = dict(zip(names, values))
-                    for c in _JSON_COLUMNS:
-                        row[c] = json.loads(row[c]) if row[c] is not None else None
-                    row["flagged"] = bool(row["flagged"])
-                    row["cache_hit"] = bool(row["cache_hit"])
-                    yield row
-        finally:
-            conn.close()
-
-    def export_replay_csv(self, out: str | os.PathLike[str], *, tier: str = "safeguard",
-                          policies: Sequence[str] | None = None, since: Any = None, decided_only: bool = True,
-                          include_text: bool = False) -> int:
-        """Write the replay-tier CSV (``text_hash``, one score column per policy, ``<policy>_rule_ids``)
-        from the scores ``tier`` gave in logged rows; returns the number of rows written.
-
-        ``decided_only``: only rows ``tier`` decided (else any row where it scored). The newest
-        row wins for a repeated text hash. ``include_text`` adds a ``text`` column (rows logged
-        with ``store_text``). The file loads with ``type: replay`` (:mod:`safecascade.tiers.replay`).
-        """
-        latest: dict[str, tuple[dict[str, float], dict[str, list[str]], str | None]] = {}
-        seen_policies: list[str] = []
-        for row in self.iter_rows(since, tier=tier if decided_only else None):
-            trace = next((t for t in row["path"] if t.get("tier") == tier and t.get("scores")), None)
-            if trace is None:
-                continue
-            scores = {k: float(v) for k, v in trace["scores"].items()}
-            for pol in scores:
-                if pol not in seen_policies:
-                    seen_policies.append(pol)
-            rules = {k: list(v) for k, v in (trace.get("rule_ids") or {}).items()}
-            latest[row["text_hash"]] = (scores, rules, row.get("text"))
-        cols = list(policies) if policies is not None else seen_policies
-        out_path = Path(out)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        header = ["text_hash"] + (["text"] if include_text else []) + cols + [f"{p}_rule_ids" for p in cols]
-        with out_path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            for h, (scores, rules, text) in latest.items():
-                writer.writerow([h] + ([text or ""] if include_text else [])
-                                + [("" if scores.get(p) is None else repr(scores[p])) for p in cols]
-                                + [";".join(rules.get(p, ())) for p in cols])
-        return len(latest)
-
-
-def iter_rows(path: str | os.PathLike[str], since: Any = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """Shorthand for ``VerdictReader(path).iter_rows(since, ...)``."""
-    return VerdictReader(path).iter_rows(since, **kwargs)
-
-
-def export_replay_csv(path: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: Any) -> int:
-    """Shorthand for ``VerdictReader(path).export_replay_csv(out, ...)``."""
-    return VerdictReader(path).export_replay_csv(out, **kwargs)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m safecascade.router.verdict_log {count,export} DB ...``"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m safecascade.router.verdict_log", description=main.__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("count", help="rows in the log")
-    c.add_argument("db")
-    c.add_argument("--tier")
-    e = sub.add_parser("export", help="write the replay-tier CSV of a tier's logged scores")
-    e.add_argument("db")
-    e.add_argument("out")
-    e.add_argument("--tier", default="safeguard")
-    e.add_argument("--any", action="store_true", help="rows where the tier scored, not only those it decided")
-    args = parser.parse_args(argv)
-    reader = VerdictReader(args.db)
-    if args.cmd == "count":
-        print(reader.count(tier=args.tier))
-    else:
-        n = reader.export_replay_csv(args.out, tier=args.tier, decided_only=not args.any)
-        print(f"{n} rows -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -96,7 +96,7 @@ def teacher_rows(path: str | os.PathLike[str], *, tier: str = DEFAULT_TEACHER, p
     :attr:`ExtractStats.no_text`, so that callers can report them; see :func:`rows_from_log`.
     ``rows``: already-read log rows (``iter_rows`` dicts) instead of reading ``path``.
     """
-    from safecascade.router.verdict_log import VerdictReader
+    from safecascade.router.verdict_reader import VerdictReader
 
     wanted = set(policies) if policies is not None else None
     counts = dict.fromkeys(ExtractStats().to_dict(), 0)

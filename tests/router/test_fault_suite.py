@@ -35,7 +35,8 @@ import yaml
 
 from safecascade.hashing import text_hash
 from safecascade.router.server import BackgroundServer, build_router, create_app
-from safecascade.router.verdict_log import VerdictLog, VerdictReader
+from safecascade.router.verdict_log import VerdictLog
+from safecascade.router.verdict_reader import VerdictReader
 from tests.router.serving_helpers import write_router_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,8 @@ from safecascade.router.cascade import Router
 from safecascade.router.decision import Decision
 from safecascade.router.inputs import clean_input
 from safecascade.router.server import BackgroundServer, create_app
-from safecascade.router.verdict_log import VerdictLog, VerdictReader
+from safecascade.router.verdict_log import VerdictLog
+from safecascade.router.verdict_reader import VerdictReader
 
 
 # Reproducible by default: derandomised (the same examples every run, so CI cannot go red on

@@ -21,7 +21,7 @@ from safecascade.router.budget import TokenBucketBudget
 from safecascade.router.decision import Decision, TierTrace
 from safecascade.router.server import (BackgroundServer, add_arguments, build_router, create_app, is_loopback,
                                        public_decision, resolve_token, warn_if_exposed)
-from safecascade.router.verdict_log import VerdictReader
+from safecascade.router.verdict_reader import VerdictReader
 from safecascade.tiers.base import TierResult
 from tests.router.serving_helpers import write_router_config
 

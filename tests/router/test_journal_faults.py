@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from safecascade.router.cascade import Router
-from safecascade.router.verdict_log import VerdictLog, VerdictLogError, VerdictReader
+from safecascade.router.verdict_log import VerdictLog
+from safecascade.router.verdict_reader import VerdictReader
+from safecascade.router.verdict_record import VerdictLogError
 from tests.router.serving_helpers import write_router_config
 
 TEXTS = {"hello there": 0.1, "sneaky request": 0.9}
@@ -47,6 +49,12 @@ class FaultyFile:
         self.fh.close()
 
 
+def _append_group(log: VerdictLog, decision, n: int) -> list[str]:
+    """``n`` appends as one group (one journal batch: all acknowledged or none), as a request does."""
+    with log.deferred_ack():
+        return [log.append(decision) for _ in range(n)]
+
+
 def _inject(log: VerdictLog, **kw) -> FaultyFile:
     faulty = FaultyFile(log._seg_fh, **kw)
     log._seg_fh = faulty  # the journal thread is idle between batches
@@ -69,8 +77,8 @@ def test_disk_full_mid_write_truncates_and_later_acknowledged_records_survive(tm
     faulty = _inject(log)
     faulty.armed = 1
     with pytest.raises(VerdictLogError, match="No space left"):
-        log.append_many([(decision, None)] * 3)  # half of this group reaches the disk, then ENOSPC
-    acked += log.append_many([(decision, None)] * 2)  # the disk has room again
+        _append_group(log, decision, 3)  # half of this group reaches the disk, then ENOSPC
+    acked += _append_group(log, decision, 2)  # the disk has room again
     acked.append(log.append(decision))
     stats = log.stats()
     assert (stats["acknowledged"], stats["failed"], stats["write_errors"], stats["truncations"]) == (4, 3, 1, 1)
@@ -97,7 +105,7 @@ def test_failed_fsync_rolls_the_written_batch_back(tmp_path, decision):
 
     log._sync_file = failing_sync
     with pytest.raises(VerdictLogError, match="Input/output error"):
-        log.append_many([(decision, None)] * 2)  # fully written, fsync fails: not acknowledged
+        _append_group(log, decision, 2)  # fully written, fsync fails: not acknowledged
     last = log.append(decision)
     in_journal, _ = _journal_copy_replayed(log, tmp_path / "crash.db")
     assert in_journal == {first, last}
@@ -118,7 +126,7 @@ def test_truncate_failure_moves_to_a_new_segment_and_replay_drops_the_failed_bat
     monkeypatch.setattr(os, "ftruncate", no_truncate)
     faulty.armed = 1
     with pytest.raises(VerdictLogError):
-        log.append_many([(decision, None)] * 4)  # two complete record lines of it stay in the old segment
+        _append_group(log, decision, 4)  # two complete record lines of it stay in the old segment
     monkeypatch.undo()
     assert log._seg_no == seg_before + 1 and log.stats()["refusing_appends"] is None
     later = log.append(decision)

@@ -15,7 +15,8 @@ from safecascade.router.cache import LRUDecisionCache
 from safecascade.router.cascade import Router
 from safecascade.router.metrics import Metrics
 from safecascade.router.postmod import PostModerator
-from safecascade.router.verdict_log import VerdictLog, VerdictReader
+from safecascade.router.verdict_log import VerdictLog
+from safecascade.router.verdict_reader import VerdictReader
 from safecascade.tiers.base import TierSpec, register_tier
 from tests.router.fakes import TableTier
 

@@ -20,7 +20,7 @@ import pytest
 
 from safecascade.router.budget import TokenBucketBudget
 from safecascade.router.server import BackgroundServer, build_router, create_app
-from safecascade.router.verdict_log import VerdictReader
+from safecascade.router.verdict_reader import VerdictReader
 from tests.router.serving_helpers import JAILBREAK, write_router_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from safecascade.router.cascade import Router
-from safecascade.router.verdict_log import VerdictLog, VerdictLogBusy, VerdictReader, decision_record
+from safecascade.router.verdict_log import VerdictLog, VerdictLogBusy
+from safecascade.router.verdict_reader import VerdictReader
+from safecascade.router.verdict_record import INSERT_SQL, decision_record, row_values
 from safecascade.tiers.replay import ReplayTier
 from tests.router.serving_helpers import JAILBREAK, write_router_config
 
@@ -102,9 +104,7 @@ def test_journal_replay_skips_torn_line_and_is_idempotent(tmp_path, router):
     with VerdictLog(db) as log:  # one record already committed
         pass
     conn = sqlite3.connect(db)
-    from safecascade.router.verdict_log import _INSERT, _row_values
-
-    conn.execute(_INSERT, _row_values(recs[0]))
+    conn.execute(INSERT_SQL, row_values(recs[0]))
     conn.commit()
     conn.close()
     seg = Path(str(db) + ".journal.d") / "seg-00000007.jsonl"
