@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast setup clean-cache experiments bench models fuzz
+.PHONY: demo test test-fast typecheck setup clean-cache experiments bench models fuzz
 
 setup: $(VENV)/.installed
 
@@ -26,9 +26,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/safecascade -v demo
 
+# The type check first (mypy on the public API, [tool.mypy] in pyproject.toml), then the whole suite.
 # Artifacts built by the tests live in .cache/test-home (gitignored) and are reused across runs.
 test: setup
+	$(PY) -m mypy
 	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Only the type check (the files and options are in pyproject.toml, [tool.mypy]).
+typecheck: setup
+	$(PY) -m mypy
 
 # Everything except tests marked slow (a quick loop for development; CI runs `make test`).
 test-fast: setup
