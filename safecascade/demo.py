@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="directory for the reports (default: <cache>/eval/demo-*)")
 
 
-def _fast_alone_config(config):
+def fast_alone_config(config):
+    """``config`` with only its fast tier, deciding alone at 0.5 (the fast tier as served)."""
     from dataclasses import replace
 
     fast = next(t for t in config.tiers if t.type == "fast")
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         router.close()
     if not args.no_fast_alone:
-        fast = Router.load(_fast_alone_config(config))
+        fast = Router.load(fast_alone_config(config))
         try:
             fr, f_cpu, _ = _evaluate(fast, examples, benchmark=args.benchmark, split=args.split, baseline=False,
                                      name=f"the fast tier alone, as served, on {args.benchmark}/{args.split}")

@@ -1,0 +1,120 @@
+"""Per-policy figures of a router on the multi-policy benchmark's test split, and the benign-flag
+rate on real user prompts; optionally a baseline router side by side in the same run.
+
+    python -m experiments.exp_policies [--config PATH] [--baseline PATH] [--limit N]
+
+For each policy (jailbreak, prompt_injection, harmful_request) on the texts labelled for it:
+
+* the router (the whole cascade, as served): precision, recall, F1 of "blocked", and of the policy's
+  own flag where the router scores that policy;
+* the fast tier alone, as served: ROC-AUC and recall at 1% FPR of its score for the policy (a
+  router that does not score the policy shows its blocked/allowed outcome instead);
+* XSTest (held out) for harmful_request;
+* the benign-flag rate: the share of real user prompts that are neither toxic nor a jailbreak
+  (ToxicChat, test split) that the router blocks, overall and per policy flag;
+* mean CPU milliseconds per text of the whole cascade on the jailbreak benchmark's test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any, Sequence
+
+from experiments.common import ResultWriter
+from safecascade.demo import fast_alone_config
+from safecascade.router.cascade import Router
+from safecascade.router.config import load_config
+from safecascade.router.decision import Decision
+from safecascade.training.datasets import load_benchmark, split_hash
+from safecascade.training.metrics import classification_summary, recall_at_fpr, roc_auc
+from safecascade.training.policy_data import POLICIES, load_policy_benchmark, policy_view, real_user_benign, xstest_harmful
+
+log = logging.getLogger("experiments.policies")
+
+
+def _flag(d: Decision, pol: str) -> bool:
+    v = d.policies.get(pol)
+    return v.flagged if v is not None else d.action == "block"
+
+
+def _score(d: Decision, pol: str) -> float:
+    v = d.policies.get(pol)
+    if v is not None and v.score is not None:
+        return float(v.score)
+    return 1.0 if d.action == "block" else 0.0
+
+
+def _limit(ex: list[Any], n: int | None) -> list[Any]:
+    return ex if n is None else sorted(ex, key=lambda e: split_hash(e.text, salt="exp-limit"))[:n]
+
+
+def evaluate(name: str, config: str | None, *, limit: int | None) -> list[dict[str, Any]]:
+    """Rows of the per-policy table for one router config."""
+    cfg = load_config(config) if config else None
+    router = Router.load(cfg if cfg is not None else None)
+    fast = Router.load(fast_alone_config(cfg if cfg is not None else load_config_default()))
+    test = load_policy_benchmark("test")
+    rows: list[dict[str, Any]] = []
+    try:
+        for pol in POLICIES:
+            ex = _limit(policy_view(test, pol), limit)
+            sets = [("test", ex)] + ([("xstest", xstest_harmful())] if pol == "harmful_request" else [])
+            for set_name, data in sets:
+                labels = [e.label for e in data]
+                texts = [e.text for e in data]
+                ds = router.classify_batch(texts)
+                fs = fast.classify_batch(texts)
+                blocked = classification_summary(labels, [d.action == "block" for d in ds])
+                flagged = classification_summary(labels, [_flag(d, pol) for d in ds])
+                fscores = [_score(d, pol) for d in fs]
+                rows.append({"router": name, "policy": pol, "set": set_name, "n": len(data), "positives": sum(labels),
+                             "P_blocked": blocked["precision"], "R_blocked": blocked["recall"], "F1_blocked": blocked["f1"],
+                             "F1_policy_flag": flagged["f1"], "fast_auc": roc_auc(labels, fscores),
+                             "fast_R@1%FPR": recall_at_fpr(labels, fscores, 0.01), "scores_policy": pol in router.policies})
+                log.info("%s %s/%s: %s", name, pol, set_name, {k: v for k, v in rows[-1].items() if isinstance(v, float)})
+        benign = [e.text for e in real_user_benign("test")]
+        ds = router.classify_batch(benign)
+        row = {"router": name, "policy": "any", "set": "real_user_benign", "n": len(benign), "positives": 0,
+               "benign_flag_rate": sum(d.action == "block" for d in ds) / len(ds)}
+        for pol in POLICIES:
+            row[f"flag_rate_{pol}"] = sum(_flag(d, pol) for d in ds if pol in d.policies) / len(ds)
+        rows.append(row)
+        jb = [e.text for e in load_benchmark("jailbreak", "test")]
+        t0 = time.process_time()
+        router.classify_batch(jb)
+        rows.append({"router": name, "policy": "any", "set": "jailbreak_test_cpu", "n": len(jb),
+                     "cpu_ms_per_text": 1000 * (time.process_time() - t0) / len(jb)})
+    finally:
+        router.close()
+        fast.close()
+    return rows
+
+
+def load_config_default() -> Any:
+    """The embedded default router's config."""
+    return Router.load().config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None, help="router config (default: the embedded default)")
+    ap.add_argument("--baseline", default=None, help="a second router config, measured in the same run")
+    ap.add_argument("--limit", type=int, default=None, help="at most N texts per policy (quick runs)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = evaluate(args.config or "default", args.config, limit=args.limit)
+    if args.baseline:
+        rows += evaluate("baseline", args.baseline, limit=args.limit)
+    cols = ["router", "policy", "set", "n", "positives", "P_blocked", "R_blocked", "F1_blocked", "F1_policy_flag",
+            "fast_auc", "fast_R@1%FPR", "benign_flag_rate", *[f"flag_rate_{p}" for p in POLICIES], "cpu_ms_per_text"]
+    with ResultWriter("policies", params={"config": args.config or "default", "baseline": args.baseline or "",
+                                          "limit": args.limit or 0}) as rw:
+        rw.text(__doc__.split("\n\n", 2)[2])
+        rw.table(rows, columns=cols)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
