@@ -11,7 +11,7 @@ Texts beyond the grant get the last tier's ``on_budget_exhausted`` action (see
 refused escalation is cheaper than a queue.
 
 :class:`TokenBucketBudget` is one bucket (a global budget). :class:`ClientBudgets` gives every
-client (auth identity or ``X-Client-Id``, see ``router.server``) its own bucket, at most
+client (auth identity or ``X-Client-Id``, see ``router.http_api``) its own bucket, at most
 ``max_clients`` of them (least recently used evicted), with an optional global bucket on top.
 """
 

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("safecascade.training.train_cli", "export a trained fast/static tier as ONNX + card"),
     "demo": ("safecascade.demo", "evaluate the default cascade on the benchmark's whole test split, then the llama.cpp stand-in path"),
     "models": ("safecascade.models_cli", "the shipped default models: verify (sha256 against provenance) | build (make models)"),
-    "serve": ("safecascade.router.server", "run the HTTP service"),
+    "serve": ("safecascade.router.serve_cli", "run the HTTP service"),
     "verdicts": ("safecascade.router.verdict_log_cli", "read a verdict log: count its rows | export a tier's logged scores as the replay-tier CSV"),
     "tune": ("safecascade.training.tune", "tune escalation bands on a cost / F1 Pareto front (MLflow run, tuned router YAML)"),
     "retrain": ("safecascade.training.retrain", "retrain the fast tier from the verdict log; promote in MLflow only if it does not regress"),

@@ -20,8 +20,10 @@ from safecascade.router.budget import ClientBudgets, TokenBucketBudget, client_k
 from safecascade.router.cascade import Router
 from safecascade.router.config import ConfigError, load_config
 from safecascade.router.postmod import PostModerator
-from safecascade.router.server import (BackgroundServer, add_arguments, build_router, check_budget_action, create_app,
-                                       request_client)
+from safecascade.router.http_api import request_client
+from safecascade.router.serve_cli import add_arguments
+from safecascade.router.serve_setup import build_router, check_budget_action
+from safecascade.router.server import BackgroundServer, create_app
 from safecascade.router.verdict_log import VerdictLog
 from safecascade.router.verdict_reader import VerdictReader
 from tests.router.serving_helpers import write_router_config

@@ -34,7 +34,8 @@ import pytest
 import yaml
 
 from safecascade.hashing import text_hash
-from safecascade.router.server import BackgroundServer, build_router, create_app
+from safecascade.router.serve_setup import build_router
+from safecascade.router.server import BackgroundServer, create_app
 from safecascade.router.verdict_log import VerdictLog
 from safecascade.router.verdict_reader import VerdictReader
 from tests.router.serving_helpers import write_router_config
@@ -268,7 +269,8 @@ def test_twice_the_capacity_gets_429s_and_loses_nothing(endpoint, tmp_path):
 _SERVER = textwrap.dedent(
     """
     import sys, threading
-    from safecascade.router.server import BackgroundServer, build_router, create_app
+    from safecascade.router.serve_setup import build_router
+    from safecascade.router.server import BackgroundServer, create_app
     router, vlog = build_router(sys.argv[1], log_path=sys.argv[2], cache_size=0)
     srv = BackgroundServer(create_app(router, max_pending=64, workers=4)).start()
     print(srv.port, flush=True)

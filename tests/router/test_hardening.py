@@ -19,8 +19,10 @@ import pytest
 
 from safecascade.router.budget import TokenBucketBudget
 from safecascade.router.decision import Decision, TierTrace
-from safecascade.router.server import (BackgroundServer, add_arguments, build_router, create_app, is_loopback,
-                                       public_decision, resolve_token, warn_if_exposed)
+from safecascade.router.http_api import public_decision
+from safecascade.router.serve_cli import add_arguments, is_loopback, resolve_token, warn_if_exposed
+from safecascade.router.serve_setup import build_router
+from safecascade.router.server import BackgroundServer, create_app
 from safecascade.router.verdict_reader import VerdictReader
 from safecascade.tiers.base import TierResult
 from tests.router.serving_helpers import write_router_config
@@ -78,7 +80,7 @@ def test_cli_warns_when_binding_a_public_address_without_a_token(tmp_path):
                                            ("::", True), ("10.0.0.5", True), ("example.com", True)])
 def test_exposure_warning(host, exposed, caplog):
     assert is_loopback(host) is not exposed
-    with caplog.at_level(logging.WARNING, logger="safecascade.router.server"):
+    with caplog.at_level(logging.WARNING, logger="safecascade.router.serve_cli"):
         assert warn_if_exposed(host, None) is exposed
         assert warn_if_exposed(host, "tok") is False
     assert [r.levelname for r in caplog.records] == (["WARNING"] if exposed else [])

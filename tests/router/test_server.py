@@ -19,7 +19,8 @@ import openai
 import pytest
 
 from safecascade.router.budget import TokenBucketBudget
-from safecascade.router.server import BackgroundServer, build_router, create_app
+from safecascade.router.serve_setup import build_router
+from safecascade.router.server import BackgroundServer, create_app
 from safecascade.router.verdict_reader import VerdictReader
 from tests.router.serving_helpers import JAILBREAK, write_router_config
 
