@@ -94,6 +94,10 @@ FUNCTION_LEVEL_ALLOWED: dict[tuple[str, str], str] = {
 # import is optional (an extra) or heavy, and justifies keeping its importer out of module level.
 BASE_DEPENDENCIES = {"numpy", "yaml", "tqdm", "confusable_homoglyphs"}
 
+# The folders the subpackages live in: importable as top-level names from the repository root, but
+# only ever imported as safecascade.<name> (else a module would load twice, under two names).
+SOURCE_FOLDERS = {"tiers", "router", "training", "models"}
+
 
 # --------------------------------------------------------------------------- reading the source
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class Module:
     imports: list[Imp] = field(default_factory=list)
     third_party: list[tuple[str, int, str]] = field(default_factory=list)  # (top-level name, line, where)
     private_attrs: list[tuple[str, str, int]] = field(default_factory=list)  # (module, attribute, line)
+    folder_imports: list[tuple[str, int]] = field(default_factory=list)  # ("tiers.fast", line): not via safecascade.*
 
 
 def layer_of(module: str) -> int | None:
@@ -209,11 +214,16 @@ def parse_source(name: str, source: str, modules: set[str], *, is_package: bool 
                             aliases[a.asname] = target
                         else:
                             aliases.setdefault(PACKAGE, PACKAGE)
+                elif top in SOURCE_FOLDERS:
+                    mod.folder_imports.append((a.name, node.lineno))
                 else:
                     mod.third_party.append((top, node.lineno, where))
         elif isinstance(node, ast.ImportFrom):
             base = (_resolve_relative(name, is_package, node.level, node.module) if node.level
                     else (node.module or ""))
+            if base.split(".")[0] in SOURCE_FOLDERS:
+                mod.folder_imports.append((base, node.lineno))
+                return
             if base.split(".")[0] != PACKAGE:
                 mod.third_party.append((base.split(".")[0], node.lineno, where))
                 return
@@ -273,6 +283,8 @@ def unmapped(mods: dict[str, Module]) -> list[str]:
 def upward_imports(mods: dict[str, Module]) -> list[str]:
     out = []
     for m in mods.values():
+        for folder_module, line in m.folder_imports:
+            out.append(f"{_rel(m)}:{line}: {m.name} imports {folder_module!r}: import safecascade.{folder_module}")
         lo = layer_of(m.name)
         if lo is None:
             continue
@@ -446,6 +458,7 @@ def test_the_reader_finds_what_the_rules_check():
         "import safecascade.pkg.c as c\n"
         "if TYPE_CHECKING:\n"
         "    from safecascade.pkg import c as c2\n"
+        "from router.cascade import Router\n"
         "def f():\n"
         "    import torch\n"
         "    from safecascade.pkg.c import x\n"
@@ -456,8 +469,9 @@ def test_the_reader_finds_what_the_rules_check():
     assert got == {("safecascade.b", "module", ("_hidden",)), ("safecascade.b", "module", ()),
                    ("safecascade.pkg.c", "module", ()), ("safecascade.pkg.c", "type_checking", ()),
                    ("safecascade.pkg.c", "function", ())}
-    assert m.private_attrs == [("safecascade.b", "_private", 12)]
-    assert ("torch", 10, "function") in m.third_party
+    assert m.private_attrs == [("safecascade.b", "_private", 13)]
+    assert ("torch", 11, "function") in m.third_party
+    assert m.folder_imports == [("router.cascade", 9)]
     b = parse_source("safecascade.b", "from safecascade.a import f\n", names)
     assert import_cycles({"safecascade.a": m, "safecascade.b": b})  # a <-> b is found
 
@@ -547,12 +561,35 @@ def layer_table(after: dict[str, int], before: dict[str, int] | None) -> str:
     return "\n".join(summary + rows) + "\n"
 
 
+def module_list(mods: dict[str, Module]) -> str:
+    """Markdown: per layer, each module with its file, lines and the first sentence of its docstring
+    (the module list of docs/architecture.md is written from this)."""
+    out = []
+    labels = ["facade"] + [LAYER_NAMES[k] for k in sorted(LAYER_NAMES)]
+    for label in labels:
+        names = sorted(n for n in mods if _layer_label(n) == label)
+        if not names:
+            continue
+        out.append(f"\n### {label}\n")
+        for n in names:
+            m = mods[n]
+            doc = ast.get_docstring(ast.parse(m.path.read_text(encoding="utf-8"))) or ""
+            first = " ".join(doc.split("\n\n")[0].split())
+            first = first.split(". ")[0].rstrip(".") + "." if first else "(no docstring)"
+            out.append(f"- `{n}` ({_rel(m)}, {m.lines} lines): {first}")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", metavar="REV", help="also count the lines per layer in this git revision")
     ap.add_argument("--markdown", metavar="PATH", help="write the per-layer table as Markdown")
+    ap.add_argument("--modules", action="store_true", help="print each layer's modules with a line on each, and stop")
     args = ap.parse_args(argv)
     mods = read_modules()
+    if args.modules:
+        print(module_list(mods))
+        return 0
     sections = [
         ("modules without a layer", unmapped(mods)),
         ("(a) imports that point up a layer", upward_imports(mods)),
