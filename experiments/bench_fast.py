@@ -83,7 +83,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from safecascade.training.export_onnx import torch_embed_windows
-    from safecascade.training.fast_train import load_st, score_metrics
+    from safecascade.training.encoder import load_st
+    from safecascade.training.train_metrics import score_metrics
 
     # a fine-tuned encoder's directory is recorded in the card (encoder.path)
     st = load_st(fast.card.get("encoder", {}).get("path") or fast.card["config"].get("encoder", "default"))

@@ -179,7 +179,8 @@ def jailbreak_rows(n: int, n_sg: int, tuned: Sequence[Path]) -> list[dict[str, A
 
 def _moderation_models(quick: bool) -> dict[str, Path]:
     """Static and fast heads for ``harmful_content`` trained on the moderation train split (cached)."""
-    from safecascade.training.fast_train import TrainConfig, train_from_benchmark
+    from safecascade.training.fast_train import train_from_benchmark
+    from safecascade.training.train_config import TrainConfig
 
     out = {}
     for kind in ("static", "fast"):

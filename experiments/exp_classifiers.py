@@ -45,7 +45,7 @@ DEMO_FAST_P50_MS = 63.0  # the fast tier's p50 in the same make-demo run (the sa
 
 
 def _metrics(labels: Sequence[int], scores: Sequence[float], thr: float) -> dict[str, float]:
-    from safecascade.training.fast_train import score_metrics
+    from safecascade.training.train_metrics import score_metrics
 
     m = score_metrics(list(labels), list(scores))
     mt = score_metrics(list(labels), list(scores), threshold=thr)
@@ -62,16 +62,18 @@ def _latency(fn: Any, texts: list[str], batch: int = 32) -> float:
 
 
 def _head_row(name: str, cfg: Any, data: dict, sample: list[str], fast_ms: float) -> dict[str, Any]:
-    from safecascade.training.fast_train import _evaluate, _train_heads, best_f1_threshold, rows_from_examples
+    from safecascade.training.heads import evaluate_heads, train_heads
+    from safecascade.training.train_metrics import best_f1_threshold
+    from safecascade.training.train_rows import rows_from_examples
 
     (tr, tr_e), (va, va_e), (te, te_e) = data["train"], data["val"], data["test"]
     rows = rows_from_examples(tr, "jailbreak")
     vl, tl = {"jailbreak": [e.label for e in va]}, {"jailbreak": [e.label for e in te]}
     t0 = time.perf_counter()
-    heads, _, cal = _train_heads(cfg, tr_e, rows, va_e, vl, False)
+    heads, _, cal = train_heads(cfg, tr_e, rows, va_e, vl, False)
     fit_s = time.perf_counter() - t0
-    _, vs = _evaluate(heads, va_e, vl, oof_logits={p: c["val_logits_oof"] for p, c in cal.items() if "val_logits_oof" in c})
-    _, ts = _evaluate(heads, te_e, tl)
+    _, vs = evaluate_heads(heads, va_e, vl, oof_logits={p: c["val_logits_oof"] for p, c in cal.items() if "val_logits_oof" in c})
+    _, ts = evaluate_heads(heads, te_e, tl)
     thr = best_f1_threshold(vl["jailbreak"], vs["jailbreak"])
     return {"classifier": name, **_metrics(tl["jailbreak"], ts["jailbreak"], thr), "train_s": fit_s, "ms_per_text": fast_ms,
             "val_is": "out-of-fold" if cfg.fit_on == "train+val" else "held-out",
@@ -89,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     from safecascade.tiers.static import StaticTier
     from safecascade.training.baseline import make_pipeline
     from safecascade.training.embed import benchmark_embeddings
-    from safecascade.training.fast_train import TrainConfig, best_f1_threshold, ensure_default_models, train_static
+    from safecascade.training.default_models import ensure_default_models
+    from safecascade.training.static_train import train_static
+    from safecascade.training.train_config import TrainConfig
+    from safecascade.training.train_metrics import best_f1_threshold
 
     cfg = TrainConfig()
     data = benchmark_embeddings("jailbreak", ("train", "val", "test"), window=cfg.window)

@@ -63,13 +63,14 @@ def write_verdicts(path: Path, texts: Sequence[str], verdicts: Sequence[int]) ->
 
 
 def _fit_and_score(cfg: Any, rows: list, embs: list, val: tuple, test: tuple) -> dict[str, float]:
-    from safecascade.training.fast_train import _evaluate, _train_heads, best_f1_threshold
+    from safecascade.training.heads import evaluate_heads, train_heads
+    from safecascade.training.train_metrics import best_f1_threshold
 
     (_, val_embs, val_labels), (_, test_embs, test_labels) = val, test
-    heads, _, _ = _train_heads(cfg, embs, rows, val_embs, val_labels, False)
-    vm, vs = _evaluate(heads, val_embs, val_labels)
+    heads, _, _ = train_heads(cfg, embs, rows, val_embs, val_labels, False)
+    vm, vs = evaluate_heads(heads, val_embs, val_labels)
     thr = {p: best_f1_threshold(val_labels[p], vs[p]) for p in vs}
-    tm, _ = _evaluate(heads, test_embs, test_labels, thr)
+    tm, _ = evaluate_heads(heads, test_embs, test_labels, thr)
     m = tm["jailbreak"]
     return {"f1": m["f1"], "precision": m["precision"], "recall": m["recall"], "r_at_1fpr": m["recall_at_1pct_fpr"],
             "roc_auc": m["roc_auc"], "val_f1": vm["jailbreak"]["f1"]}
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from safecascade.training.embed import benchmark_embeddings
-    from safecascade.training.fast_train import TrainConfig, rows_from_examples, rows_from_verdicts
+    from safecascade.training.train_config import TrainConfig
+    from safecascade.training.train_rows import rows_from_examples, rows_from_verdicts
 
     # the student learns from verdicts only: val (gold) calibrates and thresholds, it is not refitted on
     cfg = replace(TrainConfig(), fit_on="train")

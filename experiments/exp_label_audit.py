@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from safecascade.tiers.fast import FastTier
     from safecascade.training.datasets import load_benchmark
-    from safecascade.training.fast_train import ensure_default_models
+    from safecascade.training.default_models import ensure_default_models
 
     test = load_benchmark("jailbreak", "test")
     positives = [e for e in test if e.label == 1]

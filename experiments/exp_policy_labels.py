@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.exp_label_audit import VIEWS, metric_name, read_audit, split_verdicts, view_metrics
     from safecascade.tiers.fast import FastTier
     from safecascade.training.datasets import load_benchmark, toxicchat_jailbreaks
-    from safecascade.training.fast_train import DEFAULT_RECIPE, TrainConfig, ensure_default_models, train_fast
+    from safecascade.training.default_models import DEFAULT_RECIPE, ensure_default_models
+    from safecascade.training.fast_train import train_fast
+    from safecascade.training.train_config import TrainConfig
 
     train, val, test = (load_benchmark("jailbreak", s) for s in ("train", "val", "test"))
     pos_v = read_audit(TRAINVAL_AUDIT)

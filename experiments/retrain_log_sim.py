@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from safecascade.router.verdict_log import VerdictLog
     from safecascade.training.datasets import benchmark_policy, load_benchmark
     from safecascade.training.evaluate import stratified_sample
-    from safecascade.training.fast_train import ensure_default_models
+    from safecascade.training.default_models import ensure_default_models
 
     db = Path(args.out)
     if db.exists():

@@ -20,7 +20,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Tiny real fast + static artifacts, built once per session (shared by the tier/training tests)."""
-    from safecascade.training.fast_train import build_tiny_models
+    from safecascade.training.tiny_models import build_tiny_models
 
     root = tmp_path_factory.getbasetemp() / "safecascade-tiny-models"
     return build_tiny_models(root, cache_root=tmp_path_factory.getbasetemp() / "emb-cache")

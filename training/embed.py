@@ -17,21 +17,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from safecascade.paths import artifact_dir
 from safecascade.tiers.onnx_encoder import WindowConfig, Windower, make_session, run_windows
+from safecascade.training.datasets import load_benchmark
+from safecascade.training.encoder import encoder_dir, encoder_fingerprint, load_st
+from safecascade.training.export_onnx import export_encoder
 
 log = logging.getLogger(__name__)
 
 
-def file_sha(path: str | Path, n: int = 16) -> str:
-    """sha256 of a file's bytes (first ``n`` hex digits)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
-
-
 def text_sha(text: str) -> str:
+    """Full sha256 hex digest of a text (the cache file's name)."""
     return hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
 
 
@@ -49,8 +45,6 @@ class WindowEmbedder:
         key = hashlib.sha256(f"{encoder_id}|{sorted(window.to_dict().items())}".encode()).hexdigest()[:16]
         self.encoder_key = key
         if cache_root is None:
-            from safecascade.paths import artifact_dir
-
             cache_root = artifact_dir("embeddings")
         self.cache = Path(cache_root) / key
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -122,20 +116,14 @@ def benchmark_embeddings(benchmark: str = "jailbreak", splits: Sequence[str] = (
     The encoder is exported to ONNX (torch) only when some text is not cached yet, so experiments
     that reuse a built tier's cache run in seconds. ``window`` defaults to the trainer's default.
     """
-    from safecascade.training.datasets import load_benchmark
-    from safecascade.training.fast_train import default_encoder_dir, encoder_fingerprint
-
     window = window or WindowConfig()
     name, sha = encoder_fingerprint(encoder)
-    enc_dir = default_encoder_dir() if encoder in ("default", "", None) else Path(encoder)
+    enc_dir = encoder_dir(encoder)
     data = {s: load_benchmark(benchmark, s) for s in splits}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "encoder.onnx"
         emb = WindowEmbedder(onnx_path=onnx_path, tokenizer_path=enc_dir / "tokenizer.json", window=window,
                              encoder_id=f"{name}@{sha}", cache_root=cache_root, threads=threads)
         if emb.missing([e.text for ex in data.values() for e in ex]):
-            from safecascade.training.export_onnx import export_encoder
-            from safecascade.training.fast_train import load_st
-
             export_encoder(load_st(encoder), onnx_path)
         return {s: (ex, emb.embed([e.text for e in ex], progress=progress, desc=f"embedding {s}")) for s, ex in data.items()}

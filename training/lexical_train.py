@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from safecascade.tiers.lexical import LexicalConfig, LexicalModel, feature_matrix
+from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, feature_matrix
+from safecascade.training.heads import fit_calibration, val_folds
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class LexicalFit:
 
 
 def _tfidf(X: Any, idf: np.ndarray) -> Any:
-    from sklearn.preprocessing import normalize
+    from sklearn.preprocessing import normalize  # heavy, optional (sklearn)
 
     return normalize(X.multiply(idf.astype(np.float64)).tocsr())
 
@@ -54,7 +57,7 @@ def idf_of(X: Any) -> np.ndarray:
 def _design(X: Any, targets: np.ndarray, weights: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
     """Rows with soft target t become a positive copy (weight t) and a negative copy (1 - t);
     weights are then balanced so each class carries half the total."""
-    from scipy import sparse
+    from scipy import sparse  # heavy, optional (scipy, with sklearn)
 
     keep_pos, keep_neg = targets > 0, targets < 1
     Xd = sparse.vstack([X[keep_pos], X[keep_neg]]).tocsr()
@@ -72,7 +75,7 @@ def _design(X: Any, targets: np.ndarray, weights: np.ndarray) -> tuple[Any, np.n
 def fit_lexical(X: Any, targets: np.ndarray, weights: np.ndarray, cfg: LexicalConfig, *, C: float = 30.0) -> LexicalFit:
     """Fit IDF and one logistic regression per policy column of ``targets`` ([n, n_policies], NaN =
     no target for that policy) on the raw tf matrix ``X`` from :func:`feature_matrix`."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # heavy, optional (sklearn)
 
     targets = np.asarray(targets, dtype=np.float64).reshape(X.shape[0], -1)
     idf = idf_of(X)
@@ -93,9 +96,7 @@ def fit_lexical(X: Any, targets: np.ndarray, weights: np.ndarray, cfg: LexicalCo
 def oof_logits(X_train: Any, t_train: np.ndarray, w_train: np.ndarray, X_val: Any, y_val: np.ndarray,
                cfg: LexicalConfig, *, C: float, folds: int, seed: int) -> np.ndarray:
     """Out-of-fold val logits (one policy), on the same folds as the embedding head's."""
-    from scipy import sparse
-
-    from safecascade.training.fast_train import val_folds
+    from scipy import sparse  # heavy, optional (scipy, with sklearn)
 
     y = np.asarray(y_val, dtype=int)
     out = np.zeros(len(y))
@@ -109,9 +110,7 @@ def oof_logits(X_train: Any, t_train: np.ndarray, w_train: np.ndarray, X_val: An
 def fit_stack(z_emb: np.ndarray, z_lex: np.ndarray, y: np.ndarray, calibration: str, *, seed: int = 0) -> dict[str, Any]:
     """Stack weights and calibration for one policy, from val logits (``calibration`` as in the
     embedding head: auto | platt | isotonic | none)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from safecascade.training.fast_train import fit_calibration
+    from sklearn.linear_model import LogisticRegression  # heavy, optional (sklearn)
 
     Z = np.c_[z_emb, z_lex]
     st = LogisticRegression(C=100.0).fit(Z, np.asarray(y, int))
@@ -125,8 +124,6 @@ def fit_stack(z_emb: np.ndarray, z_lex: np.ndarray, y: np.ndarray, calibration: 
 
 def stacked_scores(z_emb: np.ndarray, z_lex: np.ndarray, stack: dict[str, Any]) -> np.ndarray:
     """Calibrated probability of the stacked logit (the served tier's :class:`Stack` formula)."""
-    from safecascade.tiers.lexical import Stack
-
     return Stack(a=stack["a"], b=stack["b"], c=stack["c"], calibration=stack["calibration"].to_dict()).apply(z_emb, z_lex)
 
 
@@ -153,8 +150,6 @@ class LexicalBlock:
 
     def card(self) -> dict[str, Any]:
         """The card's ``lexical`` and ``stack`` sections."""
-        from safecascade.tiers.lexical import LEXICAL_NAME
-
         return {"lexical": {"config": self.fit.model.config.to_dict(), "file": LEXICAL_NAME, "C": self.C,
                             "nonzero_weights": int(np.count_nonzero(self.fit.model.weights))},
                 "stack": {p: {"a": s["a"], "b": s["b"], "c": s["c"], "calibration": s["calibration"].to_dict(),
@@ -171,12 +166,7 @@ def train_lexical_block(cfg: Any, windower: Any, rows: Sequence[Any], val: Seque
     ``emb_val_logits`` / ``emb_test_logits``: the embedding heads' text logits (max over windows)
     per policy, out-of-fold on val where the heads were refitted.
     """
-    from pathlib import Path
-
-    from scipy import sparse
-    from tqdm.auto import tqdm
-
-    from safecascade.tiers.lexical import LEXICAL_NAME
+    from scipy import sparse  # heavy, optional (scipy, with sklearn)
 
     lcfg = LexicalConfig(buckets=cfg.lexical_buckets)
     pols = list(cfg.policies)

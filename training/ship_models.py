@@ -75,7 +75,7 @@ def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> np.ndarray:
 
 def compare(kind: str, built: Path, shipped: Path, splits: dict[str, list[Any]]) -> dict[str, Any]:
     """Val/test metrics of the built and the shipped tier side by side (threshold 0.5)."""
-    from safecascade.training.fast_train import score_metrics
+    from safecascade.training.train_metrics import score_metrics
 
     keys = ("precision", "recall", "f1", "roc_auc", "recall_at_1pct_fpr")
     res: dict[str, Any] = {}
@@ -109,7 +109,7 @@ def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str
 def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test")) -> dict[str, Any]:
     """Build (or reuse), compact, measure and write the shipped set into ``out_root``."""
     from safecascade.training.datasets import load_benchmark
-    from safecascade.training.fast_train import ensure_default_models
+    from safecascade.training.default_models import ensure_default_models
 
     built = ensure_default_models(progress=True)
     data = {s: load_benchmark(BENCHMARK, s) for s in splits}

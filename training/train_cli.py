@@ -1,11 +1,23 @@
-"""``safecascade train fast|static`` and ``safecascade export`` (cheap to import: work in run_*)."""
+"""``safecascade train fast|static`` and ``safecascade export`` (cheap to import: numpy and the
+project's own modules; torch, sklearn and mlflow load inside ``run_*``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
+
+from safecascade.paths import artifact_dir
+from safecascade.tiers.fast import FastTier
+from safecascade.tiers.onnx_encoder import read_card
+from safecascade.tiers.static import StaticTier
+from safecascade.training import datasets
+from safecascade.training.default_models import DEFAULT_RECIPE
+from safecascade.training.fast_train import train_from_benchmark
+from safecascade.training.int8_gate import int8_gate, record_int8
+from safecascade.training.train_config import TrainConfig
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +55,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, write the artifact dir, print metrics, log to MLflow."""
-    from safecascade.paths import artifact_dir
-    from safecascade.training.fast_train import DEFAULT_RECIPE, TrainConfig, train_from_benchmark
-
     recipe = dict(DEFAULT_RECIPE[args.kind])
     if args.finetune is not None:
         recipe["finetune"] = args.finetune
@@ -83,10 +92,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Copy a trained tier's artifact dir (validated by loading it) to ``out``."""
-    import shutil
-
-    from safecascade.tiers.onnx_encoder import read_card
-
     src = args.source
     if src.startswith("models:/"):
         from safecascade.mlflow_store import download_model_dir
@@ -102,26 +107,19 @@ def run_export(args: argparse.Namespace) -> int:
         raise ValueError("--int8 applies to the fast tier only")
     shutil.copytree(src_dir, out, dirs_exist_ok=True)
     if args.int8:
-        from safecascade.training.datasets import load_benchmark
-        from safecascade.training.fast_train import int8_gate, record_int8
-
         cfg = card.get("config", {})
         if cfg.get("fit_on") == "train+val":
             logging.getLogger(__name__).warning(
                 "%s was refitted on train+val: its val scores are in sample, so the int8 gate is lenient here; "
                 "`safecascade train fast --int8` decides on a train-only twin instead", src_dir)
-        gate = int8_gate(out, load_benchmark(cfg.get("benchmark", "jailbreak"), "val"), threads=int(cfg.get("threads", 2)))
+        gate = int8_gate(out, datasets.load_benchmark(cfg.get("benchmark", "jailbreak"), "val"), threads=int(cfg.get("threads", 2)))
         record_int8(card, gate)
         (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True), encoding="utf-8")
         print(json.dumps({"int8": gate}, indent=2))
     # load it once so a broken export fails here, not in production
     if card["kind"] == "fast":
-        from safecascade.tiers.fast import FastTier
-
         FastTier(model_dir=out).classify(["export check"])
     else:
-        from safecascade.tiers.static import StaticTier
-
         StaticTier(model_dir=out).classify(["export check"])
     print(f"exported {card['kind']} tier to {out}")
     return 0

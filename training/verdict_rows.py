@@ -1,4 +1,5 @@
-"""Training rows from the SQLite verdict log (:mod:`safecascade.router.verdict_log`).
+"""Teacher rows of the SQLite verdict log (:mod:`safecascade.router.verdict_log`): the logged
+decisions in which the teacher tier scored the text.
 
 The *teacher* is the tier whose verdicts the fast tier is distilled from - by default the tier
 named ``safeguard`` (the last tier of the default router). A logged row is a **teacher row**
@@ -8,7 +9,7 @@ Rows the teacher never reached (decided by the heuristic / static / fast tiers, 
 budget refusals) and rows where it failed (no scores) are not teacher rows.
 
 Each teacher row becomes a soft training row: the teacher's probability per policy is the
-target (see :func:`safecascade.training.fast_train.rows_from_verdicts`), times a weight.
+target (see :func:`safecascade.training.train_rows.rows_from_log`), times a weight.
 The *label* of a teacher row (used when a held-back slice is evaluated) is the teacher's
 verdict: the logged per-policy ``flagged`` when the teacher decided the row, else its score
 against 0.5.
@@ -24,8 +25,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from safecascade.router.verdict_reader import VerdictReader
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +95,10 @@ def teacher_rows(path: str | os.PathLike[str], *, tier: str = DEFAULT_TEACHER, p
     ``policies``: keep scores for these policies only (rows with none of them are skipped as
     ``not_reached``); ``decided_only``: only rows the teacher decided; ``since``: unix time or
     datetime lower bound. Rows without text are *returned* (``text=None``) and counted in
-    :attr:`ExtractStats.no_text`, so that callers can report them; see :func:`rows_from_log`.
+    :attr:`ExtractStats.no_text`, so that callers can report them; see
+    :func:`safecascade.training.train_rows.rows_from_log`.
     ``rows``: already-read log rows (``iter_rows`` dicts) instead of reading ``path``.
     """
-    from safecascade.router.verdict_reader import VerdictReader
-
     wanted = set(policies) if policies is not None else None
     counts = dict.fromkeys(ExtractStats().to_dict(), 0)
     latest: dict[str, TeacherRow] = {}
@@ -151,34 +152,3 @@ def teacher_rows(path: str | os.PathLike[str], *, tier: str = DEFAULT_TEACHER, p
         log.warning("verdict log %s: %d teacher row(s) have no stored text and cannot be used for training "
                     "(open the VerdictLog with store_text=True to keep texts)", path, stats.no_text)
     return out, stats
-
-
-def to_train_rows(rows: Iterable[TeacherRow], policies: Sequence[str], *, weight: float = 1.0,
-                  source: str = "verdict-log") -> list[Any]:
-    """Teacher rows with text -> :class:`~safecascade.training.fast_train.TrainRow` soft rows."""
-    from safecascade.training.fast_train import TrainRow
-
-    out = []
-    for r in rows:
-        if r.text is None:
-            continue
-        targets = {p: float(min(1.0, max(0.0, r.scores[p]))) for p in policies if p in r.scores}
-        if targets:
-            out.append(TrainRow(text=r.text, targets=targets, weight=weight, source=source))
-    return out
-
-
-def rows_from_log(path: str | os.PathLike[str], policies: Sequence[str], *, weight: float = 1.0,
-                  tier: str = DEFAULT_TEACHER, decided_only: bool = False) -> list[Any]:
-    """Soft training rows from a verdict log (what ``rows_from_verdicts`` does for ``.db`` files).
-
-    Raises ``ValueError`` when the log has teacher rows but none of them stored its text
-    (training would silently ignore the log otherwise)."""
-    p = Path(path)
-    rows, stats = teacher_rows(p, tier=tier, policies=policies, decided_only=decided_only)
-    out = to_train_rows(rows, policies, weight=weight)
-    log.info("verdict log %s: %d soft rows (%s)", p, len(out), stats.to_dict())
-    if stats.teacher_rows and not out:
-        raise ValueError(f"{p}: {stats.teacher_rows} {tier} verdict row(s) but none has its text stored "
-                         "(the log was written with store_text off); nothing to train on")
-    return out

@@ -28,7 +28,7 @@ def fast_tier(fast_dir: Path) -> FastTier:
 
 
 def _tokenizer_path() -> Path:
-    from safecascade.training.fast_train import default_encoder_dir
+    from safecascade.training.encoder import default_encoder_dir
 
     return default_encoder_dir() / "tokenizer.json"
 

@@ -11,13 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safecascade.training.fast_train import (
-    TrainConfig,
-    TrainRow,
-    _window_design,
-    fit_calibration,
-    rows_from_verdicts,
-)
+from safecascade.training.heads import fit_calibration, window_design
+from safecascade.training.train_config import TrainConfig
+from safecascade.training.train_rows import TrainRow, rows_from_verdicts
 
 
 def test_config_validation_and_to_dict() -> None:
@@ -46,7 +42,7 @@ def test_verdicts_become_soft_weighted_rows(tmp_path: Path) -> None:
     assert [r.targets["jailbreak"] for r in rows] == [0.9, 0.05]
     assert all(r.weight == 2.0 and r.source == "verdicts" for r in rows)
     embs = [np.ones((2, 3)), np.zeros((1, 3))]
-    X, y, wt = _window_design(embs, rows, "jailbreak")
+    X, y, wt = window_design(embs, rows, "jailbreak")
     # each soft row appears as a positive (weight p) and a negative (weight 1-p); windows share the row weight
     assert X.shape == (6, 3) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
     assert np.isclose(wt[y == 1].sum(), wt[y == 0].sum())  # class-balanced
@@ -228,7 +224,7 @@ def test_int8_gate_keeps_or_drops_and_auto_serving_follows(tiny_models: dict, tm
     import shutil
 
     from safecascade.tiers.fast import FastTier
-    from safecascade.training.fast_train import int8_gate, record_int8
+    from safecascade.training.int8_gate import int8_gate, record_int8
 
     val = _small_val()
     kept, dropped = tmp_path / "kept", tmp_path / "dropped"
@@ -282,7 +278,8 @@ def test_cli_export_int8_runs_the_gate(tiny_models: dict, tmp_path: Path, monkey
 def test_refit_on_train_and_val_with_out_of_fold_calibration() -> None:
     """fit_on=train+val: calibration sees only out-of-fold val logits, and on a drifted "future" the
     refitted head beats the train-only head (the reason the default refits on the latest data)."""
-    from safecascade.training.fast_train import _evaluate, _text_logits, _train_heads, score_metrics
+    from safecascade.training.heads import evaluate_heads, text_logits, train_heads
+    from safecascade.training.train_metrics import score_metrics
 
     rng = np.random.default_rng(0)
     dim = 8
@@ -302,15 +299,15 @@ def test_refit_on_train_and_val_with_out_of_fold_calibration() -> None:
     auc = {}
     for fit_on in ("train", "train+val"):
         cfg = TrainConfig(head="lr", fit_on=fit_on, calibration="platt")
-        heads, ests, cal = _train_heads(cfg, tr_e, rows, va_e, vl, False)
+        heads, ests, cal = train_heads(cfg, tr_e, rows, va_e, vl, False)
         oof = cal["jailbreak"].get("val_logits_oof")
         if fit_on == "train":
             assert oof is None
         else:
-            in_sample = _text_logits(va_e, heads[0])
+            in_sample = text_logits(va_e, heads[0])
             assert oof.shape == (300,) and not np.allclose(oof, in_sample)
-            vm, _ = _evaluate(heads, va_e, vl, oof_logits={"jailbreak": oof})
-            vm_in, _ = _evaluate(heads, va_e, vl)
+            vm, _ = evaluate_heads(heads, va_e, vl, oof_logits={"jailbreak": oof})
+            vm_in, _ = evaluate_heads(heads, va_e, vl)
             assert vm["jailbreak"]["log_loss"] > vm_in["jailbreak"]["log_loss"]  # out-of-fold is the harder, honest number
         auc[fit_on] = score_metrics(fu_y, heads[0].predict(np.concatenate(fu_e)))["roc_auc"]
     assert auc["train+val"] > auc["train"] + 0.02, auc
@@ -319,18 +316,18 @@ def test_refit_on_train_and_val_with_out_of_fold_calibration() -> None:
 
 
 def test_default_artifacts_rebuild_when_built_with_another_recipe(tmp_path: Path) -> None:
-    from safecascade.training.fast_train import DEFAULT_FORMAT, DEFAULT_RECIPE, _default_is_current
+    from safecascade.training.default_models import DEFAULT_FORMAT, DEFAULT_RECIPE, default_is_current
 
     d = tmp_path / "fast-default"
     d.mkdir()
-    assert _default_is_current("fast", d)[0] is False  # no card
+    assert default_is_current("fast", d)[0] is False  # no card
     (d / "card.json").write_text(json.dumps({"format": 1, "config": dict(DEFAULT_RECIPE["fast"])}))
-    ok, why = _default_is_current("fast", d)
+    ok, why = default_is_current("fast", d)
     assert not ok and "card format 1" in why
     (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "finetune": False}}))
-    ok, why = _default_is_current("fast", d)
+    ok, why = default_is_current("fast", d)
     assert not ok and "finetune" in why
     (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "head": "mlp"}}))
-    assert _default_is_current("fast", d)[0] is True
+    assert default_is_current("fast", d)[0] is True
     (d / "card.json").write_text(json.dumps({"format": 1, "config": {}}))
-    assert _default_is_current("static", d)[0] is True  # the static recipe has no extra keys
+    assert default_is_current("static", d)[0] is True  # the static recipe has no extra keys

@@ -32,7 +32,7 @@ def test_finetune_config_validation() -> None:
         FinetuneConfig(seq_len=4)
     with pytest.raises(ValueError, match="lr"):
         FinetuneConfig(lr=0)
-    from safecascade.training.fast_train import TrainConfig
+    from safecascade.training.train_config import TrainConfig
 
     with pytest.raises(ValueError, match="fast tier only"):
         TrainConfig(kind="static", finetune=True)
@@ -46,7 +46,10 @@ def test_finetuned_encoder_exports_with_parity(tmp_path: Path, monkeypatch: pyte
     and the served ONNX graph equals the tuned torch model + sklearn head within 1e-4."""
     from safecascade.tiers.fast import FastTier
     from safecascade.training.datasets import load_benchmark
-    from safecascade.training.fast_train import TrainConfig, encoder_fingerprint, reference_scores, train_fast
+    from safecascade.training.encoder import encoder_fingerprint
+    from safecascade.training.fast_train import train_fast
+    from safecascade.training.tiny_models import reference_scores
+    from safecascade.training.train_config import TrainConfig
 
     monkeypatch.setenv("SAFECASCADE_HOME", str(tmp_path / "home"))
 

@@ -11,9 +11,9 @@ import pytest
 from safecascade.router.decision import Decision, PolicyVerdict, TierTrace
 from safecascade.hashing import text_hash
 from safecascade.router.verdict_log import VerdictLog
-from safecascade.training.fast_train import rows_from_verdicts
+from safecascade.training.train_rows import rows_from_log, rows_from_verdicts
 from safecascade.training.retrain import decide, split_holdout
-from safecascade.training.verdict_rows import is_verdict_log, rows_from_log, teacher_rows
+from safecascade.training.verdict_rows import is_verdict_log, teacher_rows
 
 POL = "jailbreak"
 
@@ -148,7 +148,7 @@ def test_retrain_loop_promotes_then_rejects(real_log, tmp_path, tmp_path_factory
     from mlflow.tracking import MlflowClient
 
     from safecascade.cli import main
-    from safecascade.training.fast_train import TrainConfig
+    from safecascade.training.train_config import TrainConfig
     from safecascade.training.retrain import RetrainConfig, retrain
 
     db, counts = real_log

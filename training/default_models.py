@@ -1,0 +1,77 @@
+"""The embedded default fast and static tiers: their recipe and :func:`ensure_default_models`,
+which builds ``fast-default`` / ``static-default`` into the cache on first use (built in a temp
+dir, then renamed) and reuses them after, unless they were built with another recipe."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from safecascade.paths import artifact_dir
+from safecascade.tiers.onnx_encoder import CARD_NAME
+from safecascade.training.fast_train import train_from_benchmark
+from safecascade.training.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults are built with
+# The recipe of the embedded defaults (and of `safecascade train fast|static` without flags), chosen
+# on the val split: see docs/fast-tier.md. Fine-tuning runs on the train split only, so the val
+# split stays out of sample for the heads' out-of-fold calibration and for band tuning.
+DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
+    "fast": {"finetune": True, "finetune_pairs": 8000, "finetune_max_seconds": 2400.0,  # 500 steps of 16 pairs
+             "int8": True},  # model.int8.onnx too, kept only if it passes the val F1 gate
+    "static": {},
+}
+
+
+def default_is_current(kind: str, d: Path) -> tuple[bool, str]:
+    """Whether an artifact dir was built with the current default recipe (and why not)."""
+    try:
+        card = json.loads((d / CARD_NAME).read_text(encoding="utf-8"))
+        fmt = int(card.get("format", 1))
+        cfg = dict(card.get("config") or {})
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        return False, f"unreadable card ({exc})"
+    if fmt < DEFAULT_FORMAT[kind]:
+        return False, f"card format {fmt} < {DEFAULT_FORMAT[kind]}"
+    stale = {k: cfg.get(k) for k, v in DEFAULT_RECIPE[kind].items() if cfg.get(k) != v}
+    return (not stale), f"built with {stale}, the default recipe is {DEFAULT_RECIPE[kind]}"
+
+
+def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static"), force: bool = False) -> dict[str, Path]:
+    """Build ``fast-default`` and ``static-default`` (jailbreak benchmark) into the cache if missing.
+
+    Built in a temp dir next to the target and renamed into place, so a crash never leaves a
+    half-written default. Returns ``{"fast": path, "static": path}``.
+    """
+    root = artifact_dir("models")
+    out: dict[str, Path] = {}
+    for kind in kinds:
+        target = root / f"{kind}-default"
+        if (target / CARD_NAME).is_file() and not force:
+            current, why = default_is_current(kind, target)
+            if current:
+                out[kind] = target
+                continue
+            log.info("%s is out of date (%s): rebuilding", target, why)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-default-", dir=root))
+        try:
+            t0 = time.perf_counter()
+            # the test split is the eval harness's job: skipping it here saves a third of the embedding time
+            train_from_benchmark(TrainConfig(kind=kind, **DEFAULT_RECIPE[kind]), out_dir=tmp, progress=progress, with_test=False)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            log.info("built %s in %.0fs", target, time.perf_counter() - t0)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        out[kind] = target
+    return out

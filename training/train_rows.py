@@ -1,0 +1,139 @@
+"""Training rows: what the fast and static tiers' heads are fitted on.
+
+A :class:`TrainRow` is one text with a per-policy target in [0, 1] and a weight. Labelled examples
+give hard targets (:func:`rows_from_examples`); logged safeguard verdicts give soft targets
+(:func:`rows_from_verdicts`: a replay-format CSV with ``text`` + one probability column per
+policy, or the SQLite verdict log through :mod:`safecascade.training.verdict_rows`).
+:func:`prepare_rows` joins both as a :class:`~safecascade.training.train_config.TrainConfig` says.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from safecascade.training.train_config import TrainConfig
+from safecascade.training.verdict_rows import DEFAULT_TEACHER, TeacherRow, is_verdict_log, teacher_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRow:
+    """One training text: per-policy target in [0, 1] and a weight."""
+
+    text: str
+    targets: Mapping[str, float]
+    weight: float = 1.0
+    source: str = ""
+
+
+def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: Mapping[str, float] | None = None) -> list[TrainRow]:
+    """Labelled examples (objects with ``text``, ``label``, ``source``) -> hard-target rows."""
+    sw = dict(source_weights or {})
+    return [TrainRow(text=e.text, targets={policy: float(e.label)}, weight=sw.get(getattr(e, "source", ""), 1.0),
+                     source=getattr(e, "source", "")) for e in examples]
+
+
+def rows_from_verdicts(path: str | Path, policies: Sequence[str], *, weight: float = 1.0) -> list[TrainRow]:
+    """Logged safeguard verdicts (replay CSV: ``text`` + a probability column per policy, or the
+    SQLite verdict log - see :func:`rows_from_log`) -> soft rows."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"verdict file not found: {p}")
+    if is_verdict_log(p):
+        return rows_from_log(p, policies, weight=weight)
+    rows = []
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or ())
+        if "text" not in cols:
+            raise ValueError(f"{p}: training from verdicts needs a 'text' column (a text_hash alone cannot be embedded)")
+        covered = [pol for pol in policies if pol in cols]
+        if not covered:
+            raise ValueError(f"{p}: no score column for any policy {list(policies)}")
+        for i, r in enumerate(reader, start=2):
+            t: dict[str, float] = {}
+            for pol in covered:
+                raw = (r.get(pol) or "").strip()
+                if raw == "":
+                    continue
+                try:
+                    v = float(raw)
+                except ValueError:
+                    raise ValueError(f"{p}:{i}: column {pol!r} is not a number: {raw!r}") from None
+                if not 0.0 <= v <= 1.0:
+                    raise ValueError(f"{p}:{i}: column {pol!r} = {v} is outside [0, 1]")
+                t[pol] = v
+            if t and (r.get("text") or "").strip():
+                rows.append(TrainRow(text=r["text"], targets=t, weight=weight, source="verdicts"))
+    log.info("read %d verdict rows from %s", len(rows), p)
+    return rows
+
+
+def to_train_rows(rows: Iterable[TeacherRow], policies: Sequence[str], *, weight: float = 1.0,
+                  source: str = "verdict-log") -> list[TrainRow]:
+    """Teacher rows with text -> soft :class:`TrainRow` s (the teacher's probability per policy is the target)."""
+    out = []
+    for r in rows:
+        if r.text is None:
+            continue
+        targets = {p: float(min(1.0, max(0.0, r.scores[p]))) for p in policies if p in r.scores}
+        if targets:
+            out.append(TrainRow(text=r.text, targets=targets, weight=weight, source=source))
+    return out
+
+
+def rows_from_log(path: str | os.PathLike[str], policies: Sequence[str], *, weight: float = 1.0,
+                  tier: str = DEFAULT_TEACHER, decided_only: bool = False) -> list[TrainRow]:
+    """Soft training rows from a verdict log (what :func:`rows_from_verdicts` does for ``.db`` files).
+
+    Raises ``ValueError`` when the log has teacher rows but none of them stored its text
+    (training would silently ignore the log otherwise)."""
+    p = Path(path)
+    rows, stats = teacher_rows(p, tier=tier, policies=policies, decided_only=decided_only)
+    out = to_train_rows(rows, policies, weight=weight)
+    log.info("verdict log %s: %d soft rows (%s)", p, len(out), stats.to_dict())
+    if stats.teacher_rows and not out:
+        raise ValueError(f"{p}: {stats.teacher_rows} {tier} verdict row(s) but none has its text stored "
+                         "(the log was written with store_text off); nothing to train on")
+    return out
+
+
+def data_hash(rows: Sequence[TrainRow]) -> str:
+    """Content hash of the training rows (texts, targets, weights) for the card."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(r.text.encode("utf-8", errors="replace"))
+        h.update(json.dumps(sorted(r.targets.items())).encode())
+        h.update(f"{r.weight:.6g}".encode())
+    return h.hexdigest()[:16]
+
+
+def stratified_limit(examples: list[Any], limit: int) -> list[Any]:
+    """First ``limit`` examples keeping the positive share (deterministic)."""
+    pos = [e for e in examples if e.label == 1]
+    neg = [e for e in examples if e.label != 1]
+    n_pos = max(1, round(limit * len(pos) / max(len(examples), 1)))
+    return pos[:n_pos] + neg[: max(1, limit - n_pos)]
+
+
+def prepare_rows(cfg: TrainConfig, train: Sequence[Any], verdicts: str | Path | None) -> list[TrainRow]:
+    """The training rows of a run: ``train`` examples (capped at ``cfg.limit``, weighted by
+    ``cfg.source_weights``) for ``cfg.policies[0]``, plus the ``verdicts`` file's soft rows."""
+    pol = cfg.policies[0]
+    train = list(train)
+    if cfg.limit is not None:
+        train = stratified_limit(train, cfg.limit)
+    rows = rows_from_examples(train, pol, source_weights=dict(cfg.source_weights))
+    if verdicts:
+        rows += rows_from_verdicts(verdicts, cfg.policies, weight=cfg.verdict_weight)
+    if not rows:
+        raise ValueError("no training data")
+    return rows
