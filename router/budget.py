@@ -257,7 +257,7 @@ class ClientBudgets:
         """Counters for /healthz: per-client limits, buckets, evictions, refusals, global stats."""
         with self._lock:
             buckets = list(self._clients.values())
-            out = {"per_client": {"rate_per_s": self.rate_per_s, "burst": self.burst, "max_in_flight": self.max_in_flight},
+            out: dict[str, Any] = {"per_client": {"rate_per_s": self.rate_per_s, "burst": self.burst, "max_in_flight": self.max_in_flight},
                    "chars_per_unit": self.chars_per_unit, "clients": len(buckets), "max_clients": self.max_clients,
                    "evicted": self.evicted, "granted": self.granted, "refused_client": self.refused_client, "refused_global": self.refused_global}
         per = [b.stats() for b in buckets]

@@ -43,7 +43,7 @@ class EscalationBudget(Protocol):
     def release(self, n: int) -> None: ...
 
 
-DecisionSink = Callable[[Decision, str], None]  # called with every decision and its cleaned text
+DecisionSink = Callable[[Decision, str], object]  # called with every decision and its cleaned text; result ignored
 
 _STRICT = threading.local()  # ids of the routers inside strict_sinks() on this thread
 
@@ -65,8 +65,12 @@ class DecisionSinkError(RuntimeError):
 
 
 @dataclass
-class _Pending:
-    """Mutable per-text state while a batch walks down the cascade."""
+class PendingText:
+    """One text's state while it walks down the cascade (mutable): the cleaned input, the tiers'
+    traces so far, and its Decision once a tier, an input rule or the cache decided (``None``
+    while undecided). :meth:`Router.prepare` makes them; :meth:`Router.run_tiers` advances them.
+    ``single``: the text was classified alone (its latency is wall time, not its share of a
+    batch); ``started``: ``time.perf_counter()`` when its batch started."""
 
     clean: CleanInput
     started: float
@@ -94,6 +98,11 @@ class Router:
     called with that error and the decisions are returned (it may raise instead). Decisions
     emitted outside a ``classify`` call (post-moderation workers) call ``on_sink_error`` when set
     and are logged at ERROR either way; inside ``with router.strict_sinks():`` they raise too.
+
+    :meth:`classify_batch` is three public steps, so post-moderation
+    (:mod:`safecascade.router.postmod`) can split a walk between the cheap tiers and the last one:
+    :meth:`prepare` (input rules, cache) -> :meth:`run_tiers` -> :meth:`emit` (cache, sinks);
+    :meth:`fast_verdict` gives the provisional verdict of a text the last tier has not judged yet.
     """
 
     on_sink_error: Callable[[DecisionSinkError], None] | None = None
@@ -186,22 +195,24 @@ class Router:
         """Classify many texts; each tier sees the still-undecided texts as one batch.
         ``client``: whose escalation budget pays for the last tier (see
         :func:`safecascade.router.budget.client_key`; ``None`` = anonymous)."""
-        pending = self._prepare(texts, client=client)
-        self._walk(pending)
+        pending = self.prepare(texts, client=client)
+        self.run_tiers(pending)
         decisions: list[Decision] = [p.decision for p in pending]  # type: ignore[misc]
-        self._emit(pending, decisions, strict=True)
+        self.emit(pending, decisions, strict=True)
         return decisions
 
-    def _prepare(self, texts: Iterable[str | bytes], *, client: str | None = None) -> list[_Pending]:
-        """Input checks and cache lookups: one ``_Pending`` per text (decided when a rule or the cache did)."""
+    def prepare(self, texts: Iterable[str | bytes], *, client: str | None = None) -> list[PendingText]:
+        """Step 1 of :meth:`classify_batch`: input checks and cache lookups, one :class:`PendingText`
+        per text (already decided where an input rule or the cache decided). ``TypeError`` for a
+        single text instead of a list, or for an item that is not text."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("classify_batch expects a list of texts, got a single text; use classify()")
         items = list(texts)
         started = time.perf_counter()
-        pending: list[_Pending] = []
+        pending: list[PendingText] = []
         for raw in items:
             clean = clean_input(raw, max_chars=self.config.input.max_chars, on_oversize=self.config.input.on_oversize)
-            p = _Pending(clean=clean, started=started, path=[], single=len(items) == 1, client=client)
+            p = PendingText(clean=clean, started=started, path=[], single=len(items) == 1, client=client)
             if clean.rule == "empty_input":
                 p.decision = self._input_decision(p, self.config.input.on_empty, "empty_input")
             elif clean.rule == "input_too_large":
@@ -213,9 +224,12 @@ class Router:
             pending.append(p)
         return pending
 
-    def _walk(self, pending: list[_Pending], *, start: int = 0, stop: int | None = None, background: bool = False) -> None:
-        """Run ``tiers[start:stop]`` (default: all) over the still-undecided texts; the
-        escalation budget guards the last tier. Post-moderation walks the cheap tiers first
+    def run_tiers(self, pending: list[PendingText], *, start: int = 0, stop: int | None = None,
+                  background: bool = False) -> None:
+        """Step 2 of :meth:`classify_batch`: run ``tiers[start:stop]`` (default: all) over the
+        still-undecided texts of ``pending``, each tier on them as one batch; a text gets its
+        Decision from the tier that decides it (the last tier always decides). The escalation
+        budget guards the last tier. Post-moderation walks the cheap tiers first
         (``stop=-1``) and the last tier later in the background (``start=-1``,
         ``background=True``: texts whose budget action is ``queue`` skip the budget there, the
         post-moderation workers being their limit)."""
@@ -241,8 +255,9 @@ class Router:
                 for client, n in grants:
                     release_for(self.budget, n, client)
 
-    def _emit(self, pending: list[_Pending], decisions: list[Decision], *, strict: bool = False) -> None:
-        """Cache fresh decisions and hand every decision to the sinks (verdict log, metrics).
+    def emit(self, pending: list[PendingText], decisions: list[Decision], *, strict: bool = False) -> None:
+        """Step 3 of :meth:`classify_batch`: cache fresh decisions and hand every decision, with its
+        text (``pending[i]``'s cleaned text), to the sinks (verdict log, metrics).
 
         A sink failure does not stop the other sinks or decisions; afterwards it goes to
         ``on_sink_error`` when set, else raises :class:`DecisionSinkError` when ``strict`` (or
@@ -281,12 +296,25 @@ class Router:
         else:
             log.error("%s", err, exc_info=(type(first), first, first.__traceback__))
 
-    def _apply_budget(self, todo: list[_Pending], tc: TierConfig, *, background: bool
-                      ) -> tuple[list[_Pending], list[tuple[str | None, int]]]:
+    def fast_verdict(self, p: PendingText, tc: TierConfig, *, reason: str = "fallback:fast-verdict") -> None:
+        """Decide ``p`` by the most recent tier that scored, at 0.5: a failed or budget-refused
+        tier ``tc`` with ``fast-verdict``, and post-moderation's provisional verdict
+        (``reason="provisional"``). With no such tier, block (fail closed; reason
+        ``<reason>-unavailable``). Sets ``p.decision``."""
+        for trace in reversed(p.path):
+            if trace.scores:
+                action = "block" if any(s >= 0.5 for s in trace.scores.values()) else "allow"
+                self._finish(p, action, tier=trace.tier, reason=reason, scores=trace.scores,
+                             rule_ids=trace.rule_ids, threshold=0.5)
+                return
+        self._finish(p, "block", tier=tc.name, reason=f"{reason}-unavailable", scores={}, rule_ids={})
+
+    def _apply_budget(self, todo: list[PendingText], tc: TierConfig, *, background: bool
+                      ) -> tuple[list[PendingText], list[tuple[str | None, int]]]:
         """Ask the budget for ``todo`` (per client, in work units); refused texts get
         ``on_budget_exhausted``. Returns the texts to send and the ``(client, n)`` grants."""
-        groups: dict[str | None, list[_Pending]] = {}
-        keep: list[_Pending] = []
+        groups: dict[str | None, list[PendingText]] = {}
+        keep: list[PendingText] = []
         for p in todo:
             if background and self._budget_plan(p, tc)[0] == "queue":
                 keep.append(p)  # deferred by the budget already: the post-moderation workers are its limit
@@ -301,7 +329,7 @@ class Router:
                 self._budget_refusal(p, tc)
         return keep, grants
 
-    def _budget_plan(self, p: _Pending, tc: TierConfig) -> tuple[str, dict[str, bool], set[str]]:
+    def _budget_plan(self, p: PendingText, tc: TierConfig) -> tuple[str, dict[str, bool], set[str]]:
         """Combine the per-policy ``on_budget_exhausted`` actions for an uncertain text.
 
         Policies the last scoring tier already allowed (inside their allow band) stay allowed;
@@ -324,7 +352,7 @@ class Router:
         kind = "queue" if "queue" in actions and "block" not in actions else "final"
         return kind, flags, actions
 
-    def _budget_refusal(self, p: _Pending, tc: TierConfig) -> None:
+    def _budget_refusal(self, p: PendingText, tc: TierConfig) -> None:
         """The escalation budget is spent: the last tier's ``on_budget_exhausted`` applies
         (reason ``budget_exhausted``; ``queue``: a provisional verdict now, the last tier later
         through the router's post-moderator, or ``block`` without one)."""
@@ -340,7 +368,7 @@ class Router:
         label = "|".join(sorted(actions)) or "allow"
         p.path.append(TierTrace(tier=tc.name, outcome="skipped", error="budget_exhausted", info={"on_budget_exhausted": label}))
         if actions == {"fast-verdict"}:
-            self._fast_verdict(p, tc, reason="budget_exhausted")
+            self.fast_verdict(p, tc, reason="budget_exhausted")
             return
         prev = next((t for t in reversed(p.path) if t.scores), None)
         self._finish(p, "block" if any(flags.values()) else "allow", tier=tc.name, reason="budget_exhausted",
@@ -358,7 +386,7 @@ class Router:
             results = [TierResult(scores={}, error=f"{type(exc).__name__}: {exc}") for _ in texts]
         return results, (time.perf_counter() - t0) * 1000.0
 
-    def _step(self, p: _Pending, res: TierResult, tc: TierConfig, latency_ms: float, *, last: bool) -> None:
+    def _step(self, p: PendingText, res: TierResult, tc: TierConfig, latency_ms: float, *, last: bool) -> None:
         if res.error is not None or not res.scores:
             error = res.error or "tier returned no scores"
             p.path.append(self._trace(tc, res, "error", latency_ms, error=error))
@@ -366,7 +394,7 @@ class Router:
             if action == "next" and not last:
                 return
             if action == "fast-verdict":
-                self._fast_verdict(p, tc)
+                self.fast_verdict(p, tc)
                 return
             self._finish(p, action, tier=tc.name, reason=f"fallback:{action}", scores={}, rule_ids={}, error=error)
             return
@@ -387,29 +415,18 @@ class Router:
         self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
                      threshold=tc.threshold if last else None, tc=tc)
 
-    def _fast_verdict(self, p: _Pending, tc: TierConfig, *, reason: str = "fallback:fast-verdict") -> None:
-        """The most recent tier that scored decides at 0.5 (failed or budget-refused last tier);
-        with no such tier, block (fail closed)."""
-        for trace in reversed(p.path):
-            if trace.scores:
-                action = "block" if any(s >= 0.5 for s in trace.scores.values()) else "allow"
-                self._finish(p, action, tier=trace.tier, reason=reason, scores=trace.scores,
-                             rule_ids=trace.rule_ids, threshold=0.5)
-                return
-        self._finish(p, "block", tier=tc.name, reason=f"{reason}-unavailable", scores={}, rule_ids={})
-
     @staticmethod
     def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:
         return TierTrace(tier=tc.name, outcome=cast(Outcome, outcome), scores=dict(res.scores), rule_ids=dict(res.rule_ids),
                          latency_ms=round(latency_ms, 4), error=error, warnings=tuple(res.warnings),
                          info=dict(res.info), cost=dict(res.cost))
 
-    def _input_decision(self, p: _Pending, action: str, reason: str) -> Decision:
+    def _input_decision(self, p: PendingText, action: str, reason: str) -> Decision:
         p.path.append(TierTrace(tier="input", outcome=cast(Outcome, action)))  # allow|block, checked at config load
         self._finish(p, action, tier="input", reason=reason, scores={}, rule_ids={})
         return p.decision  # type: ignore[return-value]
 
-    def _finish(self, p: _Pending, action: str, *, tier: str, reason: str, scores: Mapping[str, float],
+    def _finish(self, p: PendingText, action: str, *, tier: str, reason: str, scores: Mapping[str, float],
                 rule_ids: Mapping[str, tuple[str, ...]],
                 threshold: float | None = None, tc: TierConfig | None = None, error: str | None = None,
                 flags: Mapping[str, bool] | None = None) -> None:
@@ -449,7 +466,7 @@ class Router:
         )
 
     @staticmethod
-    def _latency(p: _Pending) -> float:
+    def _latency(p: PendingText) -> float:
         """Wall time for a single text; in a batch, the text's share of each tier it went through
         (batch wall time would charge every text for the whole batch)."""
         if p.single:

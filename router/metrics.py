@@ -59,6 +59,10 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
+    def render(self) -> list[str]:
+        """The metric's exposition lines (each kind renders its own)."""
+        raise NotImplementedError
+
 
 class Counter(_Metric):
     """A monotonically increasing counter with labels."""

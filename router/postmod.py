@@ -55,7 +55,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
-from safecascade.router.cascade import Router, _Pending
+from safecascade.router.cascade import PendingText, Router
 from safecascade.router.config import TierConfig
 from safecascade.router.decision import Decision, TierTrace
 
@@ -89,7 +89,7 @@ Callback = Callable[[PostModEvent], None]
 
 @dataclass
 class _Job:
-    pending: _Pending  # the cheap tiers' state (path without the last tier)
+    pending: PendingText  # the cheap tiers' state (path without the last tier)
     provisional: Decision
     context: Any
     submitted: float
@@ -160,16 +160,16 @@ class PostModerator:
         if self._closed:
             raise RuntimeError("PostModerator is closed")
         router = self.router
-        pending = router._prepare(texts, client=client)
+        pending = router.prepare(texts, client=client)
         if contexts is None:
             contexts = [None] * len(pending)
         elif len(contexts) != len(pending):
             raise ValueError(f"{len(contexts)} contexts for {len(pending)} texts")
-        router._walk(pending, stop=-1)
+        router.run_tiers(pending, stop=-1)
         last_tc = router.config.tiers[-1]
         now = time.perf_counter()
         out: list[Decision] = []
-        emit_p: list[_Pending] = []
+        emit_p: list[PendingText] = []
         emit_d: list[Decision] = []
         jobs: list[_Job] = []
         for p, ctx in zip(pending, contexts):
@@ -178,9 +178,9 @@ class PostModerator:
                 emit_p.append(p)
                 emit_d.append(p.decision)
                 continue
-            view = _Pending(clean=p.clean, started=p.started, single=p.single,
-                            path=[*p.path, TierTrace(tier=last_tc.name, outcome="skipped", error="post_moderation")])
-            router._fast_verdict(view, last_tc, reason="provisional")
+            view = PendingText(clean=p.clean, started=p.started, single=p.single,
+                               path=[*p.path, TierTrace(tier=last_tc.name, outcome="skipped", error="post_moderation")])
+            router.fast_verdict(view, last_tc, reason="provisional")
             prov = view.decision
             assert prov is not None
             job = _Job(pending=p, provisional=prov, context=ctx, submitted=now)
@@ -195,7 +195,7 @@ class PostModerator:
                 out.append(final)
                 emit_p.append(view)
                 emit_d.append(final)
-        router._emit(emit_p, emit_d)
+        router.emit(emit_p, emit_d)
         with self._lock:
             self._counts["submitted"] += len(pending)
             self._counts["queued"] += len(jobs)
@@ -204,17 +204,17 @@ class PostModerator:
             self._counts["overflowed"] += sum(1 for d in out if d.reason == "postmod_overflow")
         return out
 
-    def defer(self, p: _Pending, tc: TierConfig) -> Decision | None:
+    def defer(self, p: PendingText, tc: TierConfig) -> Decision | None:
         """Queue an uncertain text the escalation budget refused (``on_budget_exhausted:
         queue``) and return its provisional Decision (``p.path`` gets the ``skipped`` /
         ``budget_exhausted`` trace); None when closed or the queue is full (the caller then
         fails closed). The caller emits the provisional Decision to the sinks."""
         if self._closed:
             return None
-        job_p = _Pending(clean=p.clean, started=p.started, path=list(p.path), single=p.single, client=p.client)
+        job_p = PendingText(clean=p.clean, started=p.started, path=list(p.path), single=p.single, client=p.client)
         p.path.append(TierTrace(tier=tc.name, outcome="skipped", error="budget_exhausted", info={"on_budget_exhausted": "queue"}))
-        view = _Pending(clean=p.clean, started=p.started, path=list(p.path), single=p.single, client=p.client)
-        self.router._fast_verdict(view, tc, reason="provisional")
+        view = PendingText(clean=p.clean, started=p.started, path=list(p.path), single=p.single, client=p.client)
+        self.router.fast_verdict(view, tc, reason="provisional")
         prov = view.decision
         assert prov is not None
         if not self._enqueue(_Job(pending=job_p, provisional=prov, context=None, submitted=time.perf_counter())):
@@ -280,9 +280,9 @@ class PostModerator:
         pending = [j.pending for j in batch]
         for p in pending:
             p.single = False  # latency = the tiers' own time, not the queue wait (that is delay_ms)
-        router._walk(pending, start=-1, background=True)
+        router.run_tiers(pending, start=-1, background=True)
         finals = [p.decision for p in pending]
-        router._emit(pending, finals)  # type: ignore[arg-type]
+        router.emit(pending, finals)  # type: ignore[arg-type]
         self._deliver(batch, finals)  # type: ignore[arg-type]
 
     def _deliver(self, batch: list[_Job], finals: list[Decision]) -> None:
@@ -304,10 +304,10 @@ class PostModerator:
     def _deliver_fallback(self, batch: list[_Job], *, reason: str) -> None:
         """Final = the provisional verdict (reason ``reason``): logged and delivered."""
         finals = [replace(j.provisional, reason=reason) for j in batch]
-        views = [_Pending(clean=j.pending.clean, started=j.pending.started, path=list(j.provisional.path), single=False,
-                          decision=f) for j, f in zip(batch, finals)]
+        views = [PendingText(clean=j.pending.clean, started=j.pending.started, path=list(j.provisional.path),
+                             single=False, decision=f) for j, f in zip(batch, finals)]
         try:
-            self.router._emit(views, finals)
+            self.router.emit(views, finals)
         finally:  # the callback gets the final verdict even when logging it failed
             self._deliver(batch, finals)
 
@@ -368,7 +368,7 @@ class PostModerator:
         """Counters (for /healthz and the docs): submitted, final_now, provisional, queued,
         overflowed, delivered, changed, shutdown, callback_errors, plus queue depth."""
         with self._lock:
-            out = dict(self._counts)
+            out: dict[str, Any] = dict(self._counts)
             out["queue_depth"] = self._queue.qsize()
             out["outstanding"] = self._outstanding
         out["max_queue"] = self.max_queue

@@ -34,11 +34,12 @@ def build_router(config: str | None = None, *, log_path: str | None = None, stor
     policy (``block`` | ``allow`` | ``fast-verdict`` | ``queue``)."""
     if on_budget_exhausted is not None and on_budget_exhausted not in BUDGET_ACTIONS:
         raise ValueError(f"on_budget_exhausted must be one of {'|'.join(BUDGET_ACTIONS)}, got {on_budget_exhausted!r}")
-    budget = None
+    global_budget: TokenBucketBudget | None = None
     if budget_rps is not None or budget_in_flight is not None or budget_burst is not None:
-        budget = TokenBucketBudget(budget_rps, budget_burst, budget_in_flight, chars_per_unit=budget_unit_chars)  # validates
+        global_budget = TokenBucketBudget(budget_rps, budget_burst, budget_in_flight, chars_per_unit=budget_unit_chars)  # validates
+    budget: TokenBucketBudget | ClientBudgets | None = global_budget
     if client_budget_rps is not None or client_budget_in_flight is not None or client_budget_burst is not None:
-        budget = ClientBudgets(client_budget_rps, client_budget_burst, client_budget_in_flight, global_budget=budget,
+        budget = ClientBudgets(client_budget_rps, client_budget_burst, client_budget_in_flight, global_budget=global_budget,
                                max_clients=max_clients, chars_per_unit=budget_unit_chars)
     router = Router.load(config)
     if on_budget_exhausted is not None:

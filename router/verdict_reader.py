@@ -45,7 +45,8 @@ class VerdictReader:
 
     @staticmethod
     def _where(since: Any, until: Any, tier: str | None, after_id: int | None) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         lo, hi = _to_epoch(since, "since"), _to_epoch(until, "until")
         if lo is not None:
             clauses.append("ts >= ?")
