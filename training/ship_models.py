@@ -29,6 +29,12 @@ import numpy as np
 
 from safecascade.hashing import file_sha
 from safecascade.shipped import PROVENANCE, SHIPPED_NAMES, verify_dir
+from safecascade.tiers.fast import FastTier
+from safecascade.tiers.static import StaticTier
+from safecascade.training.compact import compact_onnx_embeddings, compact_static_table
+from safecascade.training.datasets import load_benchmark
+from safecascade.training.default_models import ensure_default_models
+from safecascade.training.train_metrics import score_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +64,8 @@ def git_commit() -> str:
 def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> np.ndarray:
     """Scores of the tier as served (fast: int8 graph) for ``texts``."""
     if kind == "fast":
-        from safecascade.tiers.fast import FastTier
-
         tier: Any = FastTier(model_dir=model_dir, quantized=True)
     else:
-        from safecascade.tiers.static import StaticTier
-
         tier = StaticTier(model_dir=model_dir)
     pol = tier.policies[0]
     out = []
@@ -75,8 +77,6 @@ def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> np.ndarray:
 
 def compare(kind: str, built: Path, shipped: Path, splits: dict[str, list[Any]]) -> dict[str, Any]:
     """Val/test metrics of the built and the shipped tier side by side (threshold 0.5)."""
-    from safecascade.training.train_metrics import score_metrics
-
     keys = ("precision", "recall", "f1", "roc_auc", "recall_at_1pct_fpr")
     res: dict[str, Any] = {}
     for split, ex in splits.items():
@@ -92,8 +92,6 @@ def compare(kind: str, built: Path, shipped: Path, splits: dict[str, list[Any]])
 
 def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str, Any]:
     """Copy what serving needs from a built artifact dir into ``stage``, compacted as shipped."""
-    from safecascade.training.compact import compact_onnx_embeddings, compact_static_table
-
     stage.mkdir(parents=True)
     for name in FAST_FILES if kind == "fast" else STATIC_FILES:
         shutil.copyfile(built / name, stage / name)
@@ -108,9 +106,6 @@ def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str
 
 def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test")) -> dict[str, Any]:
     """Build (or reuse), compact, measure and write the shipped set into ``out_root``."""
-    from safecascade.training.datasets import load_benchmark
-    from safecascade.training.default_models import ensure_default_models
-
     built = ensure_default_models(progress=True)
     data = {s: load_benchmark(BENCHMARK, s) for s in splits}
     data_dir = Path(__file__).resolve().parent / "data"
