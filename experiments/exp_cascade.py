@@ -128,8 +128,7 @@ def tune_points(config_path: Path, benchmark: str, *, limit: int | None, points=
     from safecascade.router.config import load_config
     from safecascade.training.datasets import load_benchmark
     from safecascade.training.evaluate import stratified_sample
-    from safecascade.training.tune import TuneOptions, tune
-    from safecascade.training.tune_sweep import Objective
+    from safecascade.training.tuning import Objective, TuneOptions, tune
 
     config = load_config(config_path)
     val = load_benchmark(benchmark, "val")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from safecascade.router.policy import Policy, builtin_policies
-    from safecascade.training import policy_test as pt
+    from safecascade.training import policy_checks as pt
 
     n = sx.n_texts(args)
     exs = sx.balanced_sample("jailbreak", "val", n, max_chars=args.max_chars, seed="policy-testing")

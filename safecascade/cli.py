@@ -19,9 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("safecascade.models_cli", "the shipped default models: verify (sha256 against provenance) | build (make models)"),
     "serve": ("safecascade.router.serve_cli", "run the HTTP service"),
     "verdicts": ("safecascade.router.verdict_log_cli", "read a verdict log: count its rows | export a tier's logged scores as the replay-tier CSV"),
-    "tune": ("safecascade.training.tune", "tune escalation bands on a cost / F1 Pareto front (MLflow run, tuned router YAML)"),
+    "tune": ("safecascade.training.tuning.tune_cli", "tune escalation bands on a cost / F1 Pareto front (MLflow run, tuned router YAML)"),
     "retrain": ("safecascade.training.retrain", "retrain the fast tier from the verdict log; promote in MLflow only if it does not regress"),
-    "policy-test": ("safecascade.training.policy_test", "A/B a policy edit (McNemar), ablate rules, sweep length, detect regressions vs a stored result"),
+    "policy-test": ("safecascade.training.policy_checks_cli", "A/B a policy edit (McNemar), ablate rules, sweep length, detect regressions vs a stored result"),
     "export-sft": ("safecascade.training.export_sft", "write logged safeguard verdicts as harmony JSONL for fine-tuning gpt-oss-safeguard"),
 }
 

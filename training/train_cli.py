@@ -9,6 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from safecascade.mlflow_store import download_model_dir
 from safecascade.paths import artifact_dir
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.onnx_encoder import read_card
@@ -17,6 +18,7 @@ from safecascade.training import datasets
 from safecascade.training.default_models import DEFAULT_RECIPE
 from safecascade.training.fast_train import train_from_benchmark
 from safecascade.training.int8_gate import int8_gate, record_int8
+from safecascade.training.mlflow_runs import log_training_run
 from safecascade.training.train_config import TrainConfig
 
 
@@ -76,8 +78,6 @@ def run_train(args: argparse.Namespace) -> int:
     if "int8" in res.card:
         summary["int8"] = res.card["int8"]
     if args.mlflow:
-        from safecascade.training.mlflow_runs import log_training_run
-
         summary["mlflow"] = log_training_run(res)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -94,8 +94,6 @@ def run_export(args: argparse.Namespace) -> int:
     """Copy a trained tier's artifact dir (validated by loading it) to ``out``."""
     src = args.source
     if src.startswith("models:/"):
-        from safecascade.mlflow_store import download_model_dir
-
         src_dir = download_model_dir(src)
     else:
         src_dir = Path(src)

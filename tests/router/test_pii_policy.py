@@ -52,8 +52,8 @@ def test_rule_id_prefixes_do_not_collide_with_other_policies():
 
 
 def test_joint_prompt_and_grammar_hold_all_three_policies():
-    from safecascade.tiers.safeguard_parse import parse_verdicts
-    from safecascade.tiers.safeguard_prompt import developer_text, json_grammar
+    from safecascade.tiers.safeguard.parse import parse_verdicts
+    from safecascade.tiers.safeguard.prompt import developer_text, json_grammar
 
     pols = {n: Policy.from_file(n, builtin_policy_path(f"{n}.md")) for n in ("jailbreak", "harmful_content", "pii")}
     dev = developer_text(pols, joint=True)
@@ -75,7 +75,7 @@ def test_joint_prompt_and_grammar_hold_all_three_policies():
 
 @pytest.mark.parametrize("rid", PII_IDS)
 def test_every_pii_rule_can_be_ablated(rid):
-    from safecascade.training.policy_test import drop_rule
+    from safecascade.training.policy_checks import drop_rule
 
     var = drop_rule(_pii(), rid)
     assert rid not in var.rule_ids and rid not in var.text

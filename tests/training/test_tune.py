@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safecascade.training.tune_cost import CostModel, SafeguardAssumption
-from safecascade.training.tune_scores import ScoreTable, TierScores
-from safecascade.training.tune_sweep import (
+from safecascade.training.train_metrics import best_f1_threshold
+from safecascade.training.tuning.cost import CostModel, SafeguardAssumption
+from safecascade.training.tuning.scores import ScoreTable, TierScores
+from safecascade.training.tuning.sweep import (
     Objective,
     SweepModel,
     TuneInfeasible,
@@ -17,7 +18,6 @@ from safecascade.training.tune_sweep import (
     evaluate,
     pareto_front,
     search,
-    tune_final_threshold,
 )
 
 
@@ -192,11 +192,30 @@ def test_vectorised_recall_at_fpr_matches_the_metrics_module():
         assert got[k] == pytest.approx(recall_at_fpr(y.tolist(), rows[k].tolist(), 0.01))
 
 
-def test_final_threshold_uses_sklearn_and_finds_the_f1_best_cut():
+def test_final_threshold_is_the_f1_best_cut_as_sklearn_tunes_it():
+    """The one best-threshold function (the trainer's card and --tune-final-threshold alike) picks
+    the F1-best observed score, ties to the lowest: what TunedThresholdClassifierCV(cv="prefit")
+    picks on the same score column (the tuner used it before)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.model_selection import TunedThresholdClassifierCV
+
+    class Recorded(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y):
+            self.classes_ = np.array([0, 1])
+            return self
+
+        def predict_proba(self, X):
+            return np.column_stack([1.0 - X[:, 0], X[:, 0]])
+
+    def sklearn_threshold(s: np.ndarray, y: np.ndarray) -> float:
+        X = s[:, None]
+        tuned = TunedThresholdClassifierCV(Recorded().fit(X, y), scoring="f1", cv="prefit", refit=False, thresholds=np.unique(s))
+        return float(tuned.fit(X, y).best_threshold_)
+
     rng = np.random.default_rng(9)
     y = (rng.random(300) < 0.3).astype(int)
     s = np.clip(0.35 * y + rng.random(300) * 0.7, 0, 1)
-    thr = tune_final_threshold(s, y)
+    thr = best_f1_threshold(y, s)
 
     def f1(t: float) -> float:
         p = s >= t
@@ -204,4 +223,7 @@ def test_final_threshold_uses_sklearn_and_finds_the_f1_best_cut():
         return 2 * tp / (p.sum() + y.sum())
 
     assert f1(thr) == pytest.approx(max(f1(t) for t in np.unique(s)))
-    assert tune_final_threshold(s, np.zeros(300, dtype=int)) is None
+    assert thr == sklearn_threshold(s, y)
+    ties = np.round(s, 1)  # many equal scores and equal-F1 cuts
+    assert best_f1_threshold(y, ties) == sklearn_threshold(ties, y)
+    assert best_f1_threshold([1, 0, 0, 1, 1, 0], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]) == 0.1  # F1 2/3 at 0.1 and at 0.7: the lowest wins

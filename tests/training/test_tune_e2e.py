@@ -15,9 +15,9 @@ import yaml
 
 from safecascade.router.config import load_config, parse_config
 from safecascade.hashing import text_hash
-from safecascade.training.tune import TuneOptions, tune
-from safecascade.training.tune_cost import CostModel
-from safecascade.training.tune_sweep import Objective, _random_bands, evaluate
+from safecascade.training.tuning.cost import CostModel
+from safecascade.training.tuning.job import TuneOptions, tune
+from safecascade.training.tuning.sweep import Objective, _random_bands, evaluate
 
 N = 240
 
@@ -64,7 +64,7 @@ def test_sweep_matches_the_real_router(replay_router, tmp_path):
     lo, hi = _random_bands(res.space, np.random.default_rng(4), 6)
     lo, hi = np.concatenate([lo, res.candidates.lo[[res.chosen]]]), np.concatenate([hi, res.candidates.hi[[res.chosen]]])
     r = evaluate(res.model, lo, hi)
-    from safecascade.training.tune_report import tuned_config_dict
+    from safecascade.training.tuning.report import tuned_config_dict
 
     for j in range(len(lo)):
         d = tuned_config_dict(cfg, lo[j], hi[j], res.space.active, name=f"cand{j}")
@@ -207,7 +207,7 @@ def test_cli_infeasible_constraint_exits_non_zero_naming_the_best_value(tmp_path
 def test_objective_arguments():
     import argparse
 
-    from safecascade.training.tune import add_arguments, objective_from_args
+    from safecascade.training.tuning.tune_cli import add_arguments, objective_from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)

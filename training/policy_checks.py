@@ -1,7 +1,8 @@
 """Policy testing: A/B two policy texts, ablate rules, sweep policy length, catch regressions.
 
 A policy edit changes what the safeguard model does; this module measures the change on a
-labelled set the way a code change is measured by tests (``safecascade policy-test``):
+labelled set the way a code change is measured by tests (``safecascade policy-test``, the command
+line in :mod:`safecascade.training.policy_checks_cli`):
 
 * **A/B** (:func:`ab_test`): both policies score the same examples; the paired difference is
   tested with McNemar's exact test on the discordant pairs (``statsmodels``; SciPy's exact
@@ -24,16 +25,16 @@ scorer; :func:`judge_scorer` adapts the cached safeguard tier
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from safecascade.router.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,6 @@ def ab_test(policy_a: Any, policy_b: Any, examples: Sequence[Any], scorer: Score
 # ---------------------------------------------------------------------------- policy variants
 def drop_rule(policy: Any, rule_id: str) -> Any:
     """The policy without ``rule_id``: its list item and every EXAMPLES line that cites it are removed."""
-    from safecascade.router.policy import Policy
-
     if rule_id not in policy.rule_ids:
         raise ValueError(f"policy {policy.name!r} has no rule {rule_id!r} (rules: {', '.join(policy.rule_ids)})")
     own = re.compile(r"^\s*[-*]\s+[*_`]*" + re.escape(rule_id) + r"(?![A-Za-z0-9.])")
@@ -205,8 +204,6 @@ def drop_rule(policy: Any, rule_id: str) -> Any:
 
 def truncate_policy(policy: Any, max_tokens: int, *, count_tokens: TokenCounter = approx_tokens) -> Any:
     """The longest prefix of whole lines within ``max_tokens`` that still defines a rule."""
-    from safecascade.router.policy import Policy
-
     lines = policy.text.splitlines(keepends=True)
     kept: list[str] = []
     for line in lines:
@@ -224,8 +221,6 @@ def expand_policy(policy: Any, max_tokens: int, pool: Sequence[Any], *, count_to
                   words: int = 40) -> Any:
     """The policy plus an ``ADDITIONAL EXAMPLES`` section of labelled pool texts (alternating
     labels, each cut to ``words`` words) until it reaches ``max_tokens``."""
-    from safecascade.router.policy import Policy
-
     pos = [e for e in pool if int(e.label) == 1]
     neg = [e for e in pool if int(e.label) == 0]
     order = [x for pair in zip(pos, neg) for x in pair] + pos[len(neg):] + neg[len(pos):]
@@ -327,7 +322,7 @@ def judge_scorer(judge: Any, *, policy_name: str | None = None, options: Mapping
     return score
 
 
-# ---------------------------------------------------------------------------- data + CLI
+# ---------------------------------------------------------------------------- data and the suite
 @dataclass(frozen=True, kw_only=True)
 class LabelledText:
     text: str
@@ -355,83 +350,6 @@ def load_labelled(path: str | Path) -> list[LabelledText]:
     if not out:
         raise ValueError(f"{p}: no rows")
     return out
-
-
-def _load_policy(spec: str, name: str | None = None) -> Any:
-    from safecascade.router.policy import Policy, builtin_policies
-
-    shipped = builtin_policies()
-    if spec in shipped:
-        return Policy.from_file(name or spec, shipped[spec])
-    p = Path(spec)
-    return Policy.from_file(name or p.stem, p)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``safecascade policy-test``."""
-    from safecascade.training.safeguard_cache import add_backend_arguments
-
-    parser.add_argument("--policy", required=True, help="policy: a shipped name (jailbreak, harmful_content, pii) or a Markdown file")
-    parser.add_argument("--against", default=None, help="A/B: a second policy file (B) scored on the same examples")
-    parser.add_argument("--ablate", action="store_true", help="drop each rule in turn and measure the change")
-    parser.add_argument("--lengths", default="", help="length sweep: comma-separated fractions of the policy's tokens, e.g. 0.5,0.75,1.5")
-    parser.add_argument("--benchmark", default="jailbreak", help="labelled set from load_benchmark (default jailbreak)")
-    parser.add_argument("--split", default="val", help="benchmark split (default val; the length sweep's pool is train)")
-    parser.add_argument("--data", default=None, help="labelled CSV/JSONL (text,label[,id]) instead of a benchmark")
-    parser.add_argument("--n", type=int, default=40, help="stratified sample size (0 = all)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
-    parser.add_argument("--save", default=None, help="write this run's result JSON (a future --baseline)")
-    parser.add_argument("--baseline", default=None, help="stored result JSON: exit 1 on a significant regression")
-    parser.add_argument("--cache", default=None, help="SQLite cache of safeguard outputs (default: in SAFECASCADE_HOME)")
-    parser.add_argument("--json", action="store_true", help="print the full report as JSON instead of Markdown")
-    add_backend_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``policy-test``: 0 = done, 1 = regression against --baseline, 2 = bad input."""
-    from safecascade.paths import artifact_dir
-    from safecascade.training.safeguard_cache import SafeguardJudge, backend_options_from_args, tier_options_from_args
-
-    try:
-        policy = _load_policy(args.policy)
-        other = _load_policy(args.against, name=policy.name) if args.against else None
-        fractions = [float(x) for x in args.lengths.split(",") if x.strip()] if args.lengths else []
-        examples, pool = _examples(args)
-        baseline = json.loads(Path(args.baseline).read_text(encoding="utf-8")) if args.baseline else None
-    except (ValueError, OSError) as exc:
-        print(f"policy-test: {exc}", file=sys.stderr)
-        return 2
-    cache = Path(args.cache) if args.cache else artifact_dir("policy-test") / "safeguard-cache.sqlite"
-    with SafeguardJudge(backend_options=backend_options_from_args(args), cache_path=cache,
-                        tier_options=tier_options_from_args(args)) as judge:
-        try:
-            report = run_suite(policy, examples, judge_scorer(judge), against=other, ablate=args.ablate, fractions=fractions,
-                               pool=pool, alpha=args.alpha, count_tokens=judge.backend.count_tokens, baseline=baseline)
-        except ValueError as exc:  # e.g. a baseline without shared example ids, a cut that leaves no rule
-            print(f"policy-test: {exc}", file=sys.stderr)
-            return 2
-        report["model"] = judge.fingerprint()
-    if args.save:
-        Path(args.save).write_text(json.dumps(report["reference"], indent=2), encoding="utf-8")
-    print(json.dumps(report, indent=2) if args.json else report_markdown(report))
-    return 1 if report.get("regression", {}).get("regressed") else 0
-
-
-def _examples(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
-    from safecascade.training.evaluate import stratified_sample
-
-    if args.data:
-        exs = load_labelled(args.data)
-        pool: list[Any] = []
-    else:
-        from safecascade.training.datasets import load_benchmark
-
-        exs = load_benchmark(args.benchmark, args.split)
-        pool = stratified_sample(load_benchmark(args.benchmark, "train"), 60, seed="policy-test-pool") \
-            if args.split != "train" else []
-    if args.n and args.n < len(exs):
-        exs = stratified_sample(exs, args.n, seed="policy-test")
-    return exs, pool
 
 
 def run_suite(policy: Any, examples: Sequence[Any], scorer: Scorer, *, against: Any = None, ablate: bool = False,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from safecascade.router.policy import Policy, builtin_policies
-from safecascade.training import policy_test as pt
+from safecascade.training import policy_checks as pt
 
 POLICY = """# Test policy
 

@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import yaml
+
+from safecascade.mlflow_store import configured_mlflow, experiment_id
+from safecascade.router.config import parse_config
+from safecascade.router.registry import register_router
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,6 @@ def _band_value(v: float) -> float | None:
 
 def write_tuned_yaml(config: Any, data: dict[str, Any], path: str | Path, *, header: Sequence[str] = ()) -> Path:
     """Validate ``data`` as a router config (it must load with ``Router.load``) and write it."""
-    import yaml
-
-    from safecascade.router.config import parse_config
-
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     parse_config(data, base_dir=out.parent, source=str(out))  # raises ConfigError naming the key
@@ -119,7 +120,7 @@ def pareto_png(metrics: Mapping[str, np.ndarray], front: Sequence[int], chosen: 
     """F1 vs expected cost per 1,000 texts (log scale): all candidates in grey, the Pareto front
     coloured by escalation rate, the chosen point starred; the F1 axis starts just below the
     front, so much worse candidates fall off the bottom (matplotlib, Agg backend)."""
-    import matplotlib
+    import matplotlib  # heavy, optional (matplotlib)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,8 +161,6 @@ def _finite_metrics(d: Mapping[str, Any], prefix: str) -> dict[str, float]:
 
 def tuning_experiment_id(mlflow: Any) -> str:
     """The ``safecascade-tuning`` experiment (see :func:`safecascade.mlflow_store.experiment_id`)."""
-    from safecascade.mlflow_store import experiment_id
-
     return experiment_id(mlflow, EXPERIMENT)
 
 
@@ -171,8 +170,6 @@ def log_tuning_run(*, params: Mapping[str, Any], metrics: Mapping[str, Any], art
     """One parent run in ``safecascade-tuning`` with the params, the chosen point's metrics and
     the artifacts; then (``register``) the tuned router is registered into that run through
     :func:`safecascade.router.registry.register_router` (alias ``champion`` with ``promote``)."""
-    from safecascade.mlflow_store import configured_mlflow
-
     mlflow = configured_mlflow()
     exp_id = tuning_experiment_id(mlflow)
     info: dict[str, Any] = {}
@@ -186,11 +183,6 @@ def log_tuning_run(*, params: Mapping[str, Any], metrics: Mapping[str, Any], art
         info["artifact_uri"] = run.info.artifact_uri
         info["experiment_id"] = exp_id
         if register:
-            try:
-                from safecascade.router.registry import register_router
-            except ImportError as exc:
-                raise ValueError(f"registering the tuned router needs safecascade.router.registry ({exc}); "
-                                 "use --no-register to skip") from exc
             reg = register_router(yaml_path, name=model_name, run_id=run.info.run_id, promote=promote,
                                   tags={"safecascade.tuning_run": run.info.run_id})
             info["registered"] = reg
@@ -200,6 +192,7 @@ def log_tuning_run(*, params: Mapping[str, Any], metrics: Mapping[str, Any], art
 
 
 def summary_json(data: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``data`` as sorted, indented JSON to ``path``."""
     out = Path(path)
     out.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return out

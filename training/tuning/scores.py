@@ -17,7 +17,7 @@ filled the cache.
 The final tier: when it is a ``safeguard`` tier (an LLM: too slow to score a split), its scores
 come from recorded verdicts (``replay`` CSV, see :mod:`safecascade.tiers.replay`; an optional
 ``latency_ms`` column gives measured latency) and are ``NaN`` where none is recorded; the sweep
-then applies an explicit assumption (:mod:`safecascade.training.tune_sweep`). Any other final
+then applies an explicit assumption (:mod:`safecascade.training.tuning.sweep`). Any other final
 tier type is scored like the others.
 """
 
@@ -33,8 +33,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from safecascade.hashing import file_sha
+from safecascade.hashing import file_sha, text_hash
+from safecascade.router.inputs import clean_input
+from safecascade.tiers.base import TierResult, TierSpec, create_tier
+from safecascade.tiers.replay import ReplayTier
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +119,6 @@ def short_hash(obj: Any) -> str:
 # ---------------------------------------------------------------------------- scoring
 def _clean(config: Any, texts: Sequence[str]) -> tuple[list[str], np.ndarray, list[str]]:
     """Cleaned texts, input-rule action per text, and text hashes (as the router computes them)."""
-    from safecascade.router.inputs import clean_input
-
     cleaned, actions, hashes = [], np.full(len(texts), INPUT_NONE, dtype=np.int8), []
     for i, raw in enumerate(texts):
         c = clean_input(raw, max_chars=config.input.max_chars, on_oversize=config.input.on_oversize)
@@ -132,10 +134,6 @@ def _clean(config: Any, texts: Sequence[str]) -> tuple[list[str], np.ndarray, li
 def _run_tier(tier: Any, texts: Sequence[str], todo: np.ndarray, policies: Sequence[str], *, batch_size: int,
               progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score ``texts[todo]`` with ``tier`` in length-sorted batches; returns scores, error, latency."""
-    from tqdm.auto import tqdm
-
-    from safecascade.tiers.base import TierResult
-
     n = len(texts)
     scores = np.full((n, len(policies)), np.nan)
     error = np.zeros(n, dtype=bool)
@@ -196,8 +194,6 @@ def _score_one(tc: Any, spec: Any, cleaned: list[str], todo: np.ndarray, hashes:
                policy_hashes: Mapping[str, str], policies: Sequence[str], *, cache_dir: Path | None,
                batch_size: int, progress: bool) -> TierScores:
     """Build one tier, then read its scores from the cache or score and cache them."""
-    from safecascade.tiers.base import create_tier
-
     tier = create_tier(spec)
     try:
         fp = short_hash(tier_fingerprint(tier, type_=tc.type, options=tc.options, policy_hashes=policy_hashes,
@@ -226,9 +222,6 @@ def read_replay(path: str | Path, cleaned: Sequence[str], todo: np.ndarray, poli
                 *, name: str = "safeguard") -> TierScores:
     """Recorded final-tier verdicts (replay CSV) for the texts; ``NaN`` where none is recorded.
     An optional ``latency_ms`` column gives each verdict's measured latency."""
-    from safecascade.hashing import text_hash
-    from safecascade.tiers.replay import ReplayTier
-
     tier = ReplayTier.from_csv(path, name=name, policies=list(policies), missing="error")
     n = len(cleaned)
     scores = np.full((n, len(policies)), np.nan)
@@ -261,8 +254,6 @@ def score_router(config: Any, texts: Sequence[str], labels: Sequence[int], *, re
     scores and the sweep uses its assumption; a ``replay`` final tier reads its own file; other
     final tiers are scored). ``cache_dir=None`` disables the cache.
     """
-    from safecascade.tiers.base import TierSpec
-
     if len(config.tiers) < 2:
         raise ValueError(f"router {config.name!r} has a single tier: there is no band to tune")
     ys = np.asarray([int(y) for y in labels], dtype=np.int64)

@@ -8,7 +8,7 @@ boolean arrays): at each tier a text is blocked when any policy's score ``>= blo
 allowed when every policy's score ``<= allow_below`` (a policy the tier did not score cannot be
 allowed), passed on otherwise; a tier error applies the tier's ``on_error``; input rules decide
 before any tier; the final tier decides from recorded verdicts where known, else from the
-assumed confusion matrix (:class:`~safecascade.training.tune_cost.SafeguardAssumption`), as
+assumed confusion matrix (:class:`~safecascade.training.tuning.cost.SafeguardAssumption`), as
 expected counts.
 
 Search (:func:`search`): a coarse grid per tier and policy (quantiles of the observed scores,
@@ -20,9 +20,11 @@ the last non-final tier's band is a window over the sorted scores of the texts r
 sends exactly the target share of all texts onward, slid along the score axis. Everything is
 seeded: a fixed seed and score table give the same candidates and the same choice.
 
-scikit-learn: :func:`tune_final_threshold` picks the final tier's single threshold with
-``TunedThresholdClassifierCV`` (on recorded verdicts). The bands themselves are not a fit for
-it: it tunes one cut-off of one estimator for an unconstrained score, while a band search is two
+The final tier's single threshold (``--tune-final-threshold``, on recorded verdicts) is the
+project's one best-F1 threshold, :func:`~safecascade.training.train_metrics.best_f1_threshold`
+(what scikit-learn's ``TunedThresholdClassifierCV`` with ``cv="prefit"`` computes on a score
+column: the same threshold, ties to the lowest). The bands themselves are not a fit for
+``TunedThresholdClassifierCV``: it tunes one cut-off of one estimator for an unconstrained score, while a band search is two
 cut-offs per tier and policy, coupled across tiers (which texts reach a tier depends on the
 bands before it) and judged on cascade-level cost and escalation constraints.
 ``FixedThresholdClassifier`` is not used either: it wraps an estimator to apply one known
@@ -38,8 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safecascade.training.tune_cost import CostModel, SafeguardAssumption
-from safecascade.training.tune_scores import INPUT_BLOCK, INPUT_NONE, ScoreTable
+from safecascade.training.tuning.cost import CostModel, SafeguardAssumption
+from safecascade.training.tuning.scores import INPUT_BLOCK, INPUT_NONE, ScoreTable
 
 log = logging.getLogger(__name__)
 
@@ -465,35 +467,3 @@ def pareto_front(r: dict[str, np.ndarray], keys: Sequence[tuple[str, str]] = (("
         keep[s:s + 256] = ~(le & lt).any(axis=1)
     front = first[keep]
     return front[np.lexsort((front, cols[front, 1], cols[front, 0]))]
-
-
-# ---------------------------------------------------------------------------- final threshold
-def tune_final_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """The final tier's F1-best threshold on recorded verdicts, with scikit-learn's
-    ``TunedThresholdClassifierCV`` (``cv="prefit"``: the scores are already the classifier's
-    output; candidate thresholds are the observed scores). None without both classes."""
-    from sklearn.base import BaseEstimator, ClassifierMixin
-    from sklearn.model_selection import TunedThresholdClassifierCV
-
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
-    ok = np.isfinite(s)
-    s, y = s[ok], y[ok]
-    if len(np.unique(y)) < 2:
-        return None
-
-    class _Recorded(ClassifierMixin, BaseEstimator):
-        """The recorded score column as a fitted probabilistic classifier."""
-
-        def fit(self, X: Any, y: Any) -> "_Recorded":
-            self.classes_ = np.array([0, 1])
-            return self
-
-        def predict_proba(self, X: Any) -> np.ndarray:
-            p = np.asarray(X, dtype=np.float64)[:, 0]
-            return np.column_stack([1.0 - p, p])
-
-    X = s[:, None]
-    tuned = TunedThresholdClassifierCV(_Recorded().fit(X, y), scoring="f1", cv="prefit", refit=False,
-                                       thresholds=np.unique(s))
-    tuned.fit(X, y)
-    return float(tuned.best_threshold_)
