@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from experiments.exp_instruction_hierarchy import _words, leaked_ngrams, longest_shared_run, reference_text
 from safecascade.router.policy import Policy, builtin_policies
-from safecascade.tiers.safeguard_prompt import developer_text
+from safecascade.tiers.safeguard.prompt import developer_text
 
 
 def _ref():
