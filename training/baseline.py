@@ -13,8 +13,12 @@ import argparse
 import functools
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
+
+from safecascade.training.datasets import benchmark_splits, load_benchmark
+from safecascade.training.metrics import classification_summary
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ class BaselineResult:
 
 def make_pipeline(*, seed: int = 0) -> Any:
     """An unfitted sklearn pipeline (word 1-2 + char_wb 3-5 TF-IDF -> balanced logistic regression)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import TfidfVectorizer  # heavy, optional (sklearn)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import FeatureUnion, Pipeline
 
@@ -50,8 +54,6 @@ def make_pipeline(*, seed: int = 0) -> Any:
 
 
 def _train_split(benchmark: str) -> str:
-    from safecascade.training.datasets import benchmark_splits
-
     return "train" if "train" in benchmark_splits(benchmark) else ""
 
 
@@ -62,10 +64,6 @@ _TRAIN_FALLBACK = {"xstest": "moderation"}
 @functools.lru_cache(maxsize=8)
 def fitted_baseline(benchmark: str) -> tuple[Any, str, float]:
     """(fitted pipeline, "<benchmark>/<split>" it was fitted on, seconds) — cached in process."""
-    import time
-
-    from safecascade.training.datasets import load_benchmark
-
     train_bench = benchmark if _train_split(benchmark) else _TRAIN_FALLBACK.get(benchmark, "")
     if not train_bench:
         raise ValueError(f"benchmark {benchmark!r} has no train split and no fallback for the baseline")
@@ -89,9 +87,6 @@ def baseline_scores(benchmark: str, texts: Sequence[str]) -> list[float]:
 def evaluate_baseline(benchmark: str, split: str = "test", *, examples: Sequence[Any] | None = None,
                       threshold: float = 0.5) -> BaselineResult:
     """Fit (or reuse) the baseline and score it on ``examples`` (default: the whole split)."""
-    from safecascade.training.datasets import load_benchmark
-    from safecascade.training.metrics import classification_summary
-
     exs = list(examples) if examples is not None else load_benchmark(benchmark, split)
     _, fitted_on, secs = fitted_baseline(benchmark)
     scores = baseline_scores(benchmark, [e.text for e in exs])

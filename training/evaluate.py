@@ -42,6 +42,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm import tqdm
+
+from safecascade.paths import artifact_dir
+from safecascade.router.cascade import Router
+from safecascade.training.baseline import evaluate_baseline
+from safecascade.training.datasets import benchmark_names, benchmark_policy, load_benchmark
+from safecascade.training.metrics import classification_summary, latency_summary
+
 log = logging.getLogger(__name__)
 
 
@@ -189,10 +197,6 @@ def evaluate_router_with_decisions(router: Any, examples: Sequence[Any], *, poli
     ``d.score``). With ``benchmark`` set and ``baseline=True`` the TF-IDF baseline (fitted on
     the benchmark's train split, cached in process) is scored on the same texts.
     """
-    from tqdm import tqdm
-
-    from safecascade.training.metrics import classification_summary, latency_summary
-
     exs = list(examples)
     if not exs:
         raise ValueError("evaluate_router: no examples to evaluate")
@@ -211,8 +215,6 @@ def evaluate_router_with_decisions(router: Any, examples: Sequence[Any], *, poli
     router_policies = list(getattr(router, "policies", {}) or {})
     notes: list[str] = []
     if policy is None and benchmark:
-        from safecascade.training.datasets import benchmark_policy
-
         policy = benchmark_policy(benchmark)
     if policy is None and len(router_policies) == 1:
         policy = router_policies[0]
@@ -276,12 +278,10 @@ def evaluate_router_with_decisions(router: Any, examples: Sequence[Any], *, poli
     base = None
     if baseline and benchmark:
         try:
-            import sklearn  # noqa: F401
+            import sklearn  # noqa: F401  (heavy, optional: is the `train` extra installed?)
         except ImportError:
             notes.append("TF-IDF baseline skipped: scikit-learn is not installed (pip install 'safecascade[train]')")
         else:
-            from safecascade.training.baseline import evaluate_baseline
-
             base = evaluate_baseline(benchmark, split or "test", examples=exs).to_dict()
 
     return EvalReport(
@@ -298,8 +298,6 @@ def evaluate_router_with_decisions(router: Any, examples: Sequence[Any], *, poli
 # ---------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``safecascade eval``."""
-    from safecascade.training.datasets import benchmark_names
-
     parser.add_argument("--benchmark", default="jailbreak", choices=benchmark_names(), help="benchmark (default: jailbreak)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="split (default: test)")
     parser.add_argument("--config", default=None, help="router YAML or models:/name@alias (default: embedded)")
@@ -313,10 +311,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``safecascade eval``: print the Markdown report and write it (and JSON) to --out."""
-    from safecascade.paths import artifact_dir
-    from safecascade.router.cascade import Router
-    from safecascade.training.datasets import load_benchmark
-
     examples = load_benchmark(args.benchmark, args.split)
     if args.limit is not None:
         examples = stratified_sample(examples, args.limit)

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from safecascade.tiers.onnx_encoder import WindowConfig, Windower
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,12 @@ class FinetuneConfig:
 def sample_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SetFit pair sampling: indices ``(a, b)`` and target similarity (1 same label, 0 different).
 
-    Half the pairs are same-label (each class equally often), half cross-label; seeded.
+    Half the pairs are same-label (each class equally often), half cross-label; seeded. Labels
+    beyond 0/1 (several policies: 0 benign, k = violates policy k) use :func:`sample_class_pairs`.
     """
     y = np.asarray(labels, dtype=int)
+    if len(np.unique(y)) > 2 or y.max(initial=0) > 1:
+        return sample_class_pairs(y, n_pairs, seed=seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if len(pos) < 2 or len(neg) < 2:
         raise ValueError(f"contrastive fine-tuning needs at least 2 texts of each class (got {len(pos)} positive, {len(neg)} negative)")
@@ -83,8 +89,37 @@ def sample_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) -> tuple
     return a[order], b[order], sim[order]
 
 
+def sample_class_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair sampling over several classes (0 = benign, 1..k = a violation of policy k): half the pairs
+    same-class (the classes in turn), half cross-class, of which half pair a violation with a
+    benign text and half two different violations; seeded."""
+    y = np.asarray(labels, dtype=int)
+    classes = [c for c in np.unique(y) if (y == c).sum() >= 2]
+    if 0 not in classes or len(classes) < 2:
+        raise ValueError("contrastive fine-tuning needs at least 2 benign texts and 2 texts of one violation class")
+    members = {c: np.flatnonzero(y == c) for c in classes}
+    bad = [c for c in classes if c != 0]
+    rng = np.random.default_rng(seed)
+    a = np.empty(n_pairs, dtype=np.int64)
+    b = np.empty(n_pairs, dtype=np.int64)
+    sim = np.empty(n_pairs, dtype=np.float32)
+    for i in range(n_pairs):
+        kind = i % 4  # 0, 1: same class; 2: violation vs benign; 3: two different violations (or vs benign)
+        if kind < 2:
+            c = classes[(i // 4 * 2 + kind) % len(classes)]
+            a[i], b[i] = rng.choice(members[c], 2, replace=False)
+            sim[i] = 1.0
+            continue
+        c1 = bad[(i // 4) % len(bad)]
+        c2 = 0 if kind == 2 or len(bad) < 2 else bad[(bad.index(c1) + 1 + (i // 4) % (len(bad) - 1)) % len(bad)]
+        a[i], b[i] = rng.choice(members[c1]), rng.choice(members[c2])
+        sim[i] = 0.0
+    order = rng.permutation(n_pairs)
+    return a[order], b[order], sim[order]
+
+
 def _features(windows: Sequence[np.ndarray]) -> dict[str, Any]:
-    import torch
+    import torch  # heavy, optional (torch)
 
     length = max(len(w) for w in windows)
     ids = torch.zeros((len(windows), length), dtype=torch.long)
@@ -102,11 +137,8 @@ def finetune_encoder(st_model: Any, texts: Sequence[str], labels: Sequence[int],
     Each text contributes one window per pair draw, picked at random among its windows (seeded), so
     long jailbreaks are seen beyond their first ``seq_len`` tokens.
     """
-    import torch
-    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
-    from tqdm.auto import tqdm
-
-    from safecascade.tiers.onnx_encoder import WindowConfig, Windower
+    import torch  # heavy, optional (torch)
+    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss  # heavy, optional
 
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")

@@ -41,6 +41,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tqdm.auto import tqdm
+
+from safecascade.hashing import text_hash
 from safecascade.mlflow_store import (
     MODEL_NAMES,
     ModelNotFoundError,
@@ -50,7 +53,15 @@ from safecascade.mlflow_store import (
     resolve_model_uri,
     set_alias,
 )
+from safecascade.paths import artifact_dir
+from safecascade.tiers.fast import FastTier
+from safecascade.training.datasets import benchmark_policy, load_benchmark
+from safecascade.training.evaluate import stratified_sample
+from safecascade.training.fast_train import train_fast
 from safecascade.training.mlflow_runs import flat_metrics, log_training_run
+from safecascade.training.train_config import TrainConfig
+from safecascade.training.train_metrics import score_metrics
+from safecascade.training.verdict_rows import teacher_rows
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +213,6 @@ def score_model(model_dir: str | Path, texts: Sequence[str], policy: str, *, thr
     """Score ``texts`` with a fast-tier artifact through ONNX Runtime (the served path).
 
     Returns (scores, the card's val-best-F1 threshold or 0.5, texts that got no score)."""
-    from tqdm.auto import tqdm
-
-    from safecascade.tiers.fast import FastTier
-
     tier = FastTier(model_dir=model_dir, threads=threads)
     if policy not in tier.policies:
         raise ValueError(f"model {model_dir} does not score policy {policy!r} (it scores {list(tier.policies)})")
@@ -225,8 +232,6 @@ def score_model(model_dir: str | Path, texts: Sequence[str], policy: str, *, thr
 
 
 def _metrics(scores: list[float], thr: float, errors: int, labels: Sequence[int]) -> tuple[dict[str, Any], list[float]]:
-    from safecascade.training.train_metrics import score_metrics
-
     if not scores:
         return {"n": 0, "positives": 0, "threshold": thr}, scores
     m = score_metrics(list(labels), scores, threshold=thr)
@@ -266,8 +271,6 @@ def resolve_champion(spec: str, workdir: Path) -> tuple[Path | None, dict[str, A
         return d, {"source": uri, "version": version}
     except ModelNotFoundError as exc:
         log.info("no registered champion (%s); trying the built default fast tier", exc)
-    from safecascade.paths import artifact_dir
-
     d = artifact_dir("models") / "fast-default"
     if (d / "card.json").is_file():
         return d, {"source": str(d)}
@@ -301,13 +304,6 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
     artifact dir goes (default ``<cache>/models/retrain/<UTC time>``). ``cache_root``: the
     embedding cache (default: the shared one, so re-training re-embeds nothing).
     """
-    from safecascade.hashing import text_hash
-    from safecascade.training.datasets import benchmark_policy, load_benchmark
-    from safecascade.training.evaluate import stratified_sample
-    from safecascade.training.fast_train import train_fast
-    from safecascade.training.train_config import TrainConfig
-    from safecascade.training.verdict_rows import teacher_rows
-
     t_start = time.perf_counter()
     secs: dict[str, float] = {}
     log_path = Path(cfg.log_path)
@@ -319,8 +315,6 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
         raise ValueError("retrain builds a fast tier candidate (TrainConfig.kind must be 'fast')")
     train_cfg = replace(train_cfg, benchmark=cfg.benchmark, policies=(policy,))
     if out_dir is None:
-        from safecascade.paths import artifact_dir
-
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out_dir = artifact_dir("models", "retrain") / stamp
     out = Path(out_dir)
@@ -501,8 +495,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``safecascade retrain``; exit 0 whether or not the candidate was promoted."""
-    from safecascade.training.train_config import TrainConfig
-
     cfg = RetrainConfig(log_path=args.from_log, benchmark=args.benchmark, teacher_tier=args.teacher_tier,
                         decided_only=args.decided_only, holdout_fraction=args.holdout, min_holdout=args.min_holdout,
                         tolerance=args.tolerance, metric=args.metric, champion=args.champion, test_limit=args.limit,

@@ -19,13 +19,15 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import yaml
+from tqdm import tqdm
 
 from safecascade.tiers.heuristic import HeuristicTier, RuleScanner, RuleSet, default_rules_path, load_rules, parse_rules
+from safecascade.training.datasets import load_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +73,11 @@ class TierMetrics:
 
 def load_split(benchmark: str, split: str) -> list[tuple[str, int]]:
     """(text, label) pairs of a benchmark split, through ``safecascade.training.datasets``."""
-    from safecascade.training.datasets import load_benchmark
-
     return [(ex.text, int(ex.label)) for ex in load_benchmark(benchmark, split)]
 
 
 def scan_all(tier: HeuristicTier | RuleScanner, texts: Sequence[str], *, desc: str = "scan") -> list[tuple[str, ...]]:
     """Matched rule ids for each text (``tier`` is anything with ``scan(text)``)."""
-    from tqdm import tqdm
-
     out = []
     for t in tqdm(texts, desc=desc, unit="text", leave=False, disable=None):
         out.append(tuple(m.rule.id for m in tier.scan(t).matches))
@@ -101,8 +99,6 @@ def measure(ruleset: RuleSet, matched: Sequence[tuple[str, ...]], labels: Sequen
 
 def with_measurements(ruleset: RuleSet, stats: Iterable[RuleStats]) -> RuleSet:
     """The rule set with ``precision`` / ``support`` replaced by ``stats`` (for scoring other splits)."""
-    from dataclasses import replace
-
     by_id = {s.rule_id: s for s in stats}
     rules = tuple(replace(r, precision=by_id[r.id].precision, support=by_id[r.id].matches) if r.id in by_id else r for r in ruleset.rules)
     return replace(ruleset, rules=rules)
