@@ -22,7 +22,7 @@ from pathlib import Path
 
 from safecascade.router.policy import Policy
 from safecascade.tiers.safeguard import SafeguardTier
-from safecascade.tiers.safeguard_backends import create_backend
+from safecascade.tiers.safeguard.backends import create_backend
 
 POLICY = "# Violence\n\n## VIOLATES (1)\n- **V1.a** Instructions for weapons.\n\n## SAFE (0)\n- **V0.a** Everything else.\n"
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from safecascade.router.policy import Policy, builtin_policies
 from safecascade.tiers.safeguard import SafeguardTier
-from safecascade.tiers.safeguard_backends import LlamaCppBackend
-from safecascade.tiers.stand_in import stand_in_path
+from safecascade.tiers.safeguard.llama_backend import LlamaCppBackend
+from safecascade.tiers.safeguard.stand_in import stand_in_path
 
 LATENCY_TEXTS = [
     "How long should I boil an egg for a soft yolk?",

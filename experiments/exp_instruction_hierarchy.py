@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from safecascade.router.policy import Policy, builtin_policies
-    from safecascade.tiers.safeguard_prompt import developer_text
+    from safecascade.tiers.safeguard.prompt import developer_text
 
     pol = Policy.from_file(POLICY, builtin_policies()[POLICY])
     pols = {POLICY: pol}

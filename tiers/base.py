@@ -1,11 +1,19 @@
-"""The one Tier protocol, its result type, and the registry that finds tiers by type name."""
+"""The one Tier protocol, its result type, the registry that finds tiers by type name, and the
+typed-options check every tier type goes through (:func:`parse_options`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import types
+import typing
+from collections.abc import Mapping as MappingABC
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, TypeVar, Union, runtime_checkable
+
+O = TypeVar("O")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,28 +62,151 @@ class TierSpec:
     name: str
     type: str
     options: Mapping[str, Any]
+    """The ``options:`` mapping of the config entry, as written."""
     policies: Mapping[str, Any]  # policy name -> safecascade.router.policy.Policy
     base_dir: Path  # directory that relative paths in ``options`` are resolved against
+    parsed_options: Any = None
+    """``options`` as the tier type's options dataclass, set by :func:`create_tier` once checked
+    (``None`` for a spec built by hand, and for a tier registered without an options class)."""
+
+    def options_as(self, cls: typing.Type[O]) -> O:  # typing.Type: `type` here is the field above
+        """The options as ``cls``: :attr:`parsed_options` when it is one, else ``options`` checked
+        and parsed now (so a factory called directly, not through :func:`create_tier`, checks too)."""
+        if isinstance(self.parsed_options, cls):
+            return self.parsed_options
+        return parse_options(cls, self.options, tier_name=self.name, tier_type=self.type)
 
 
 TierFactory = Callable[[TierSpec], Tier]
 
-# Built-in tiers are named as "module:attribute" so their heavy imports happen only when used.
-_BUILTIN: dict[str, str] = {
-    "heuristic": "safecascade.tiers.heuristic:HeuristicTier.from_spec",
-    "replay": "safecascade.tiers.replay:ReplayTier.from_spec",
-    "fast": "safecascade.tiers.fast:FastTier.from_spec",
-    "static": "safecascade.tiers.static:StaticTier.from_spec",
-    "safeguard": "safecascade.tiers.safeguard:SafeguardTier.from_spec",
+
+# --------------------------------------------------------------------------- typed options
+def _describe(tp: Any) -> str:
+    """What a value of type ``tp`` is, in config words ("an integer", "one of 'a', 'b'", ...)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return "anything"
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (list, tuple, SequenceABC):
+        return f"a list (each item {_describe(args[0])})" if args else "a list"
+    if origin in (dict, Mapping, MappingABC) or tp in (dict, Mapping):
+        return "a mapping"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+    return names.get(tp, f"a {getattr(tp, '__name__', tp)}")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` (as YAML or a caller gives it) is a ``tp``: a bool is no int, an int is a float."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin in (list, tuple, SequenceABC):
+        item = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    if origin in (dict, Mapping, MappingABC) or tp in (dict, Mapping):
+        return isinstance(value, MappingABC)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _convert(value: Any, tp: Any) -> Any:
+    """A checked value in the field's own form: a YAML list for a tuple field becomes a tuple,
+    an int for a number field a float."""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    if isinstance(value, list) and any(typing.get_origin(m) is tuple for m in members):
+        return tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool) and float in members and int not in members:
+        return float(value)
+    return value
+
+
+def option_keys(cls: type) -> list[str]:
+    """The option names an options dataclass accepts, sorted."""
+    return sorted(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def parse_options(cls: type[O], options: Mapping[str, Any] | None, *, tier_name: str, tier_type: str) -> O:
+    """Check a tier's ``options`` mapping against its options dataclass ``cls`` and build one.
+
+    Every key must be a field of ``cls`` and every value of the field's type: a bool must be
+    ``true``/``false`` (not ``"yes"`` or ``1``), an integer an integer, a number an integer or a
+    float, an enumeration (``Literal``) one of its values, a list a list of the item type.
+    A field without a default is required. Anything else raises ``ValueError`` naming the key,
+    the tier (name and type) and the valid keys; so does a ``ValueError`` from the dataclass's
+    own ``__post_init__`` (range checks).
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"tier options class must be a dataclass, got {cls!r}")
+    where = f"{tier_type} tier {tier_name!r}"
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    valid = f"valid keys: {', '.join(sorted(fields))}" if fields else "this tier type takes no options"
+    if options is None:
+        options = {}
+    if not isinstance(options, MappingABC):
+        raise ValueError(f"{where}: options must be a mapping, got {type(options).__name__} ({valid})")
+    hints = typing.get_type_hints(cls)
+    for key in options:
+        if key not in fields:
+            raise ValueError(f"{where}: unknown option {key!r} ({valid})")
+    for name, f in fields.items():
+        if name not in options and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{where}: options.{name} is required ({valid})")
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        tp = hints[key]
+        if not _matches(value, tp):
+            raise ValueError(f"{where}: options.{key} must be {_describe(tp)}, got {value!r} ({valid})")
+        values[key] = _convert(value, tp)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc} ({valid})") from None
+
+
+# --------------------------------------------------------------------------- the registry
+# Built-in tiers are named as "module:attribute" (factory, options class) so their heavy imports
+# happen only when used.
+_BUILTIN: dict[str, tuple[str, str]] = {
+    "heuristic": ("safecascade.tiers.heuristic:HeuristicTier.from_spec", "safecascade.tiers.heuristic:HeuristicOptions"),
+    "replay": ("safecascade.tiers.replay:ReplayTier.from_spec", "safecascade.tiers.replay:ReplayOptions"),
+    "fast": ("safecascade.tiers.fast:FastTier.from_spec", "safecascade.tiers.fast:FastOptions"),
+    "static": ("safecascade.tiers.static:StaticTier.from_spec", "safecascade.tiers.static:StaticOptions"),
+    "safeguard": ("safecascade.tiers.safeguard.tier:SafeguardTier.from_spec", "safecascade.tiers.safeguard.options:SafeguardOptions"),
 }
-_REGISTERED: dict[str, TierFactory] = {}
+_REGISTERED: dict[str, tuple[TierFactory, type | None]] = {}
 
 
-def register_tier(type_name: str) -> Callable[[TierFactory], TierFactory]:
-    """Decorator: make ``factory(spec) -> Tier`` available as ``type: <type_name>`` in configs."""
+def register_tier(type_name: str, *, options: type | None = None) -> Callable[[TierFactory], TierFactory]:
+    """Decorator: make ``factory(spec) -> Tier`` available as ``type: <type_name>`` in configs.
+
+    With ``options`` (a dataclass, as the built-in tiers' ``FastOptions`` ...), :func:`create_tier`
+    checks the config's ``options:`` against it before calling the factory, exactly as for the
+    built-in tiers (unknown key, wrong type, missing required key -> ``ValueError`` at load), and
+    the factory reads the result as ``spec.parsed_options`` (or ``spec.options_as(cls)``).
+    Without ``options`` the mapping is passed through unchecked in ``spec.options`` (the factory
+    owns its checks; ``spec.parsed_options`` is ``None``).
+    """
+    if options is not None and not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise TypeError(f"register_tier({type_name!r}): options must be a dataclass, got {options!r}")
 
     def deco(factory: TierFactory) -> TierFactory:
-        _REGISTERED[type_name] = factory
+        _REGISTERED[type_name] = (factory, options)
         return factory
 
     return deco
@@ -86,7 +217,7 @@ def available_tiers() -> list[str]:
     return sorted(set(_BUILTIN) | set(_REGISTERED))
 
 
-def _resolve(target: str) -> TierFactory:
+def _resolve(target: str) -> Any:
     module_name, _, attr_path = target.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in attr_path.split("."):
@@ -94,12 +225,27 @@ def _resolve(target: str) -> TierFactory:
     return obj
 
 
+def tier_options_class(type_name: str) -> type | None:
+    """The options dataclass of a tier type (``None``: registered without one); unknown type -> ``ValueError``."""
+    return _lookup(type_name, "?")[1]
+
+
+def _lookup(type_name: str, tier_name: str) -> tuple[TierFactory, type | None]:
+    if type_name in _REGISTERED:
+        return _REGISTERED[type_name]
+    if type_name in _BUILTIN:
+        factory, options = _BUILTIN[type_name]
+        return _resolve(factory), _resolve(options)
+    raise ValueError(f"unknown tier type {type_name!r} for tier {tier_name!r}; known: {', '.join(available_tiers())}")
+
+
 def create_tier(spec: TierSpec) -> Tier:
-    """Build the tier that ``spec.type`` names; unknown names fail with the known ones listed."""
-    if spec.type in _REGISTERED:
-        factory = _REGISTERED[spec.type]
-    elif spec.type in _BUILTIN:
-        factory = _resolve(_BUILTIN[spec.type])
-    else:
-        raise ValueError(f"unknown tier type {spec.type!r} for tier {spec.name!r}; known: {', '.join(available_tiers())}")
+    """Build the tier that ``spec.type`` names; unknown names fail with the known ones listed.
+
+    The options are checked against the type's options dataclass first (see :func:`parse_options`)
+    and handed to the factory as ``spec.parsed_options``."""
+    factory, options_cls = _lookup(spec.type, spec.name)
+    if options_cls is not None and not isinstance(spec.parsed_options, options_cls):
+        parsed: Any = parse_options(options_cls, spec.options, tier_name=spec.name, tier_type=spec.type)
+        spec = dataclasses.replace(spec, parsed_options=parsed)
     return factory(spec)

@@ -1,20 +1,8 @@
 """The ``fast`` tier: one ONNX graph (encoder -> mean pooling -> L2 norm -> per-policy head ->
 calibrated probability) served with ``tokenizers`` + ``onnxruntime`` + numpy; no torch.
 
-Options::
-
-    model: default          # "default" (the model shipped in the package, models/fast-default, checked
-                            # against its provenance sha256s), a path to an artifact dir (e.g. one built
-                            # by `safecascade train fast`; relative to the config),
-                            # or an MLflow model URI "models:/safecascade-fast/1" / "...@champion"
-    threads: 2              # onnxruntime intra-op threads
-    max_windows: 8          # cap on windows per text (beyond it: evenly spread windows, truncated=True)
-    window_tokens: 256      # default from the card
-    stride: 224             # default from the card
-    batch_size: 32          # windows per ONNX call for the fp32 graph (the int8 graph always runs one:
-                            # its dynamic quantisation would let batch-mates change a text's score)
-    quantized: false        # true: serve model.int8.onnx (an error if the artifact has none);
-                            # auto: serve it when the card offers one (it passed the val F1 gate), else fp32
+Options: :class:`FastOptions` (``model``, ``threads``, ``max_windows``, ``window_tokens``,
+``stride``, ``batch_size``, ``quantized``); an unknown key or a wrong type fails at load.
 
 Long texts are cut into overlapping windows, each window is scored, and the maximum is the
 text's score; ``TierResult.info`` reports ``n_windows``, ``tokens`` and ``truncated``.
@@ -31,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -43,6 +32,7 @@ from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel,
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
     TOKENIZER_NAME,
+    EncoderOptions,
     WindowConfig,
     Windower,
     make_session,
@@ -79,11 +69,19 @@ def resolve_model_dir(model: Any, *, base_dir: Path, kind: str, tier_name: str) 
     return _verified(p, kind=kind, tier_name=tier_name) if (p / PROVENANCE).is_file() else p
 
 
-def _int_option(options: Mapping[str, Any], key: str, default: int, tier: str) -> int:
-    v = options.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"tier {tier!r}: options.{key} must be an integer, got {v!r}")
-    return v
+@dataclass(frozen=True, kw_only=True)
+class FastOptions(EncoderOptions):
+    """Options of a ``type: fast`` tier: the encoder options (``model``, ``max_windows``,
+    ``window_tokens``, ``stride``) and these."""
+
+    threads: int = 2
+    """onnxruntime intra-op threads."""
+    batch_size: int = 32
+    """Windows per ONNX call for the fp32 graph (the int8 graph always runs one: its dynamic
+    quantisation would let batch-mates change a text's score)."""
+    quantized: bool | Literal["auto"] = False
+    """``true``: serve ``model.int8.onnx`` (an error if the artifact has none); ``auto``: serve it
+    when the card offers one (it passed the val F1 gate), else fp32; ``false``: fp32."""
 
 
 class FastTier:
@@ -164,12 +162,12 @@ class FastTier:
 
     @classmethod
     def from_spec(cls, spec: TierSpec) -> "FastTier":
-        o = spec.options
-        d = resolve_model_dir(o.get("model", "default"), base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
-        return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None,
-                   threads=_int_option(o, "threads", 2, spec.name),
-                   max_windows=o.get("max_windows"), window_tokens=o.get("window_tokens"), stride=o.get("stride"),
-                   batch_size=_int_option(o, "batch_size", 32, spec.name), quantized=o.get("quantized", False))
+        """Build from a router config entry (options: :class:`FastOptions`)."""
+        o = spec.options_as(FastOptions)
+        d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
+        return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, threads=o.threads,
+                   max_windows=o.max_windows, window_tokens=o.window_tokens, stride=o.stride,
+                   batch_size=o.batch_size, quantized=o.quantized)
 
     def window_probs(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
         """Windows of each text and the per-window matrix [n_windows, n_policies]: calibrated

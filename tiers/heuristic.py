@@ -12,11 +12,8 @@ the YAML by ``python -m safecascade.training.rule_precision --write``. A rule ne
 measured on fewer than ``min_support`` matches, scores at most ``default_precision`` - so with
 the band ``[null, 0.98]`` only well-supported rules with precision >= 0.98 decide alone.
 
-Options (router config ``tiers[].options``)::
-
-    rules: my_rules.yaml    # another rules file, relative to the config's directory
-    decode_depth: 1         # 0 = no decoding; 2 = also decode payloads inside decoded payloads
-    leetspeak: true         # scan a leetspeak-folded view when the text looks leet
+Options (router config ``tiers[].options``): :class:`HeuristicOptions` (``rules``,
+``decode_depth``, ``leetspeak``); an unknown key or a wrong type fails at load.
 """
 
 from __future__ import annotations
@@ -433,6 +430,23 @@ class RuleScanner:
 
 
 # --------------------------------------------------------------------------- the tier
+@dataclass(frozen=True, kw_only=True)
+class HeuristicOptions:
+    """Options of a ``type: heuristic`` tier."""
+
+    rules: str | Path | None = None
+    """Another rules file, relative to the config's directory (default: the shipped one)."""
+    decode_depth: int = 1
+    """0 = no decoding; 1 = decode payloads (base64, hex, rot13, tags); up to 3 = also decode
+    payloads inside decoded payloads."""
+    leetspeak: bool = True
+    """Scan a leetspeak-folded view when the text looks leet."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.decode_depth <= 3:
+            raise ValueError(f"options.decode_depth must be an integer in 0..3, got {self.decode_depth!r}")
+
+
 @dataclass
 class HeuristicTier:
     """Scores each covered policy as the best measured precision among the rules a text matches."""
@@ -452,16 +466,13 @@ class HeuristicTier:
 
     @classmethod
     def from_spec(cls, spec: TierSpec) -> "HeuristicTier":
-        """Build from a router config entry; options ``rules`` (path) and ``decode_depth``."""
-        opts = dict(spec.options or {})
-        unknown = sorted(set(opts) - {"rules", "decode_depth", "leetspeak"})
-        if unknown:
-            raise ValueError(f"heuristic tier {spec.name!r}: unknown option {unknown[0]!r} (allowed: rules, decode_depth, leetspeak)")
-        rules_opt = opts.get("rules")
+        """Build from a router config entry (options: :class:`HeuristicOptions`)."""
+        o = spec.options_as(HeuristicOptions)
+        rules_opt = o.rules
         if rules_opt is None:
             path = None
         else:
-            if not isinstance(rules_opt, (str, Path)) or not str(rules_opt):
+            if not str(rules_opt):
                 raise ValueError(f"heuristic tier {spec.name!r}: options.rules must be a file path, got {rules_opt!r}")
             path = Path(rules_opt) if Path(rules_opt).is_absolute() else Path(spec.base_dir) / rules_opt
         ruleset = load_rules(path)
@@ -472,11 +483,7 @@ class HeuristicTier:
                 f"none of which is in the router config (policies: {list(spec.policies)}); "
                 "add a 'jailbreak' policy to the config or drop the heuristic tier"
             )
-        depth = opts.get("decode_depth", 1)
-        leet = opts.get("leetspeak", True)
-        if not isinstance(leet, bool):  # a YAML string such as 'no' is not a boolean
-            raise ValueError(f"heuristic tier {spec.name!r}: options.leetspeak must be true or false, got {leet!r}")
-        return cls(name=spec.name, policies=covered, ruleset=ruleset, decode_depth=depth, leetspeak=leet)
+        return cls(name=spec.name, policies=covered, ruleset=ruleset, decode_depth=o.decode_depth, leetspeak=o.leetspeak)
 
     @classmethod
     def default(cls, *, name: str = "heuristic", policies: Sequence[str] = ("jailbreak",), rules: str | Path | None = None,

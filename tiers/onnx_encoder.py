@@ -1,6 +1,8 @@
-"""Serving helpers shared by the ``fast`` tier and the trainer: tokenise, window, run ONNX.
+"""Serving helpers shared by the ``fast`` and ``static`` tiers and the trainer: their common
+options, tokenise, window, run ONNX.
 
-No torch here: only ``tokenizers``, ``onnxruntime`` and numpy (imported lazily).
+No torch here: only ``tokenizers``, ``onnxruntime`` (both imported where used: the optional
+``fast`` extra) and numpy.
 
 Windowing: a text is tokenised without special tokens; its content tokens are cut into windows
 of ``window_tokens - 2`` tokens (room for ``[CLS]``/``[SEP]``) whose starts are ``stride``
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,25 @@ class WindowConfig:
 
     def to_dict(self) -> dict[str, int]:
         return {"window_tokens": self.window_tokens, "stride": self.stride, "max_windows": self.max_windows}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderOptions:
+    """The options every windowed-encoder tier (``fast``, ``static``) takes in its ``options:``.
+
+    The window settings default to the model card's (``window`` section); 0 also means the card's.
+    """
+
+    model: str | Path | None = "default"
+    """``default`` (the model shipped in the package, checked against its provenance sha256s), a
+    path to an artifact dir (relative to the config), or an MLflow model URI
+    (``models:/safecascade-fast/1``, ``models:/safecascade-fast@champion``)."""
+    max_windows: int | None = None
+    """Cap on windows per text; beyond it evenly spread windows are scored and ``truncated`` is set."""
+    window_tokens: int | None = None
+    """Tokens per window, ``[CLS]``/``[SEP]`` included (the card's, 256 for the shipped models)."""
+    stride: int | None = None
+    """Tokens between window starts (the card's; at most ``window_tokens - 2``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +97,7 @@ class Windower:
     """Tokeniser + window cutter around a ``tokenizer.json`` (BERT-style ``[CLS]``/``[SEP]``)."""
 
     def __init__(self, tokenizer_path: str | Path, config: WindowConfig):
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # optional: the [fast] extra
 
         p = Path(tokenizer_path)
         try:
@@ -133,7 +155,7 @@ class Windower:
 
 def make_session(model_path: str | Path, *, threads: int = 2) -> Any:
     """An onnxruntime CPU session with ``threads`` intra-op threads and full graph optimisation."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy, optional: the [fast] extra
 
     p = Path(model_path)
     if not p.is_file():
@@ -149,7 +171,7 @@ def make_session(model_path: str | Path, *, threads: int = 2) -> Any:
         raise ValueError(f"cannot load ONNX model {p}: {exc}") from exc
 
 
-def _length_batches(sorted_lengths: Sequence[int], batch_size: int, *, growth: float = 1.5) -> list[tuple[int, int]]:
+def length_batches(sorted_lengths: Sequence[int], batch_size: int, *, growth: float = 1.5) -> list[tuple[int, int]]:
     """Cut length-sorted windows into batches of at most ``batch_size`` that pad little: a batch
     closes when the next window is more than ``growth`` times as long as its first one (so a
     batch's padding is under a third of its tokens; short texts no longer pad to 256 tokens
@@ -167,7 +189,7 @@ def _length_batches(sorted_lengths: Sequence[int], batch_size: int, *, growth: f
 def run_windows(session: Any, windows: Sequence[np.ndarray], *, batch_size: int = 32, output: str | None = None,
                 progress: bool = False, desc: str = "encoding") -> np.ndarray:
     """Run ``session`` over token windows (length-sorted, padded per batch, batches cut by
-    :func:`_length_batches`); returns rows in input order.
+    :func:`length_batches`); returns rows in input order.
 
     ``output`` names the graph output to return (default: the first).
     """
@@ -180,10 +202,8 @@ def run_windows(session: Any, windows: Sequence[np.ndarray], *, batch_size: int 
     input_names = {i.name for i in session.get_inputs()}
     order = np.argsort([len(w) for w in windows], kind="stable")
     result: np.ndarray | None = None
-    batches = _length_batches([len(windows[i]) for i in order], batch_size)
+    batches = length_batches([len(windows[i]) for i in order], batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         batches = tqdm(batches, desc=desc, unit="batch")
     for lo, hi in batches:
         idx = order[lo:hi]

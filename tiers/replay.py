@@ -1,21 +1,31 @@
 """The ``replay`` tier: recorded verdicts, looked up by text hash.
 
 This is how the expensive tier is evaluated and tuned offline from logged verdicts, and how
-tests exercise escalation without an LLM. Options::
-
-    path: verdicts.csv     # CSV with text_hash or text, and a column per policy (score in [0, 1])
-                           # optional "<policy>_rule_ids" columns ("JB1.a;JB2.b")
-    missing: error         # error (the router's on_error applies) | allow (score 0) | block (score 1)
+tests exercise escalation without an LLM. Options: :class:`ReplayOptions` (``path``,
+required; ``missing``); an unknown key or a wrong type fails at load.
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 from safecascade.hashing import text_hash
 from safecascade.tiers.base import TierResult, TierSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayOptions:
+    """Options of a ``type: replay`` tier."""
+
+    path: str | Path
+    """CSV with a ``text_hash`` or ``text`` column and a column per policy (score in [0, 1]);
+    optional ``<policy>_rule_ids`` columns (``JB1.a;JB2.b``). Relative to the config. Required."""
+    missing: Literal["error", "allow", "block"] = "error"
+    """A text with no recorded verdict: ``error`` (the router's ``on_error`` applies), ``allow``
+    (score 0) or ``block`` (score 1)."""
 
 
 class ReplayTier:
@@ -31,11 +41,12 @@ class ReplayTier:
 
     @classmethod
     def from_spec(cls, spec: TierSpec) -> "ReplayTier":
-        path = spec.options.get("path")
-        if not path:
+        """Build from a router config entry (options: :class:`ReplayOptions`)."""
+        o = spec.options_as(ReplayOptions)
+        if not str(o.path):
             raise ValueError(f"replay tier {spec.name!r}: options.path is required")
-        p = Path(path) if Path(path).is_absolute() else spec.base_dir / path
-        return cls.from_csv(p, name=spec.name, policies=list(spec.policies), missing=spec.options.get("missing", "error"))
+        p = Path(o.path) if Path(o.path).is_absolute() else spec.base_dir / o.path
+        return cls.from_csv(p, name=spec.name, policies=list(spec.policies), missing=o.missing)
 
     @classmethod
     def from_csv(cls, path: str | Path, *, name: str = "replay", policies: Sequence[str], missing: str = "error") -> "ReplayTier":

@@ -5,8 +5,9 @@ A text's tokens (no special tokens, unknown tokens dropped, as model2vec does) a
 same overlapping windows as the fast tier; each window's embedding is the mean of its token
 vectors (L2-normalised when the card says so), each window is scored by the head, and the text
 score is the max. Serving folds each head's first layer into the token table (the same scores
-up to float32 rounding; see ``StaticTier.__init__``). Options: ``model`` (default / path / models:/ URI), ``max_windows``,
-``window_tokens``, ``stride`` (as for the ``fast`` tier).
+up to float32 rounding; see ``StaticTier.__init__``). Options: :class:`StaticOptions` (``model``:
+default / path / models:/ URI, ``max_windows``, ``window_tokens``, ``stride``, as for the ``fast``
+tier); an unknown key or a wrong type fails at load.
 
 Artifact dir: ``static.npy`` (vocab x dim float32), ``tokenizer.json``, ``heads.npz``,
 ``card.json`` (policies, calibration per policy, window config).
@@ -16,19 +17,28 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from safecascade.tiers.base import TierResult, TierSpec
+from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
-from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, WindowConfig, Windower, Windows, read_card
+from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
 log = logging.getLogger(__name__)
 
 STATIC_EMB = "static.npy"
 HEADS = "heads.npz"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StaticOptions(EncoderOptions):
+    """Options of a ``type: static`` tier: exactly the encoder options (``model``,
+    ``max_windows``, ``window_tokens``, ``stride``; see :class:`EncoderOptions`)."""
 
 
 class StaticEncoder:
@@ -97,8 +107,6 @@ class StaticEncoder:
 
     def embed(self, texts: Sequence[str], *, progress: bool = False, batch: int = 512) -> list[np.ndarray]:
         """Window-embedding matrix per text (progress bar over batches)."""
-        from tqdm.auto import tqdm
-
         res: list[np.ndarray] = []
         for s in tqdm(range(0, len(texts), batch), desc="static embedding", disable=not progress, unit="batch"):
             res += self.embed_windows(texts[s : s + batch])[1]
@@ -189,12 +197,11 @@ class StaticTier:
 
     @classmethod
     def from_spec(cls, spec: TierSpec) -> "StaticTier":
-        from safecascade.tiers.fast import resolve_model_dir
-
-        o = spec.options
-        d = resolve_model_dir(o.get("model", "default"), base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
-        return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.get("max_windows"),
-                   window_tokens=o.get("window_tokens"), stride=o.get("stride"))
+        """Build from a router config entry (options: :class:`StaticOptions`)."""
+        o = spec.options_as(StaticOptions)
+        d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
+        return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.max_windows,
+                   window_tokens=o.window_tokens, stride=o.stride)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""

@@ -140,17 +140,17 @@ def export_encoder(st_model: Any, out_path: str | Path, *, opset: int = OPSET) -
 
 def torch_embed_windows(st_model: Any, windows: Sequence[np.ndarray], *, batch_size: int = 32) -> np.ndarray:
     """Training-time reference: the sentence-transformers model (torch) on the same token windows,
-    batched exactly as the served ONNX path batches them (:func:`_length_batches`)."""
+    batched exactly as the served ONNX path batches them (:func:`length_batches`)."""
     import torch
 
-    from safecascade.tiers.onnx_encoder import _length_batches
+    from safecascade.tiers.onnx_encoder import length_batches
 
     st_model.eval()
     dim_fn = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
     res = np.zeros((len(windows), dim_fn()), dtype=np.float32)
     order = np.argsort([len(w) for w in windows], kind="stable")
     with torch.no_grad():
-        for lo, hi in _length_batches([len(windows[i]) for i in order], batch_size):
+        for lo, hi in length_batches([len(windows[i]) for i in order], batch_size):
             idx = order[lo:hi]
             length = max(len(windows[i]) for i in idx)
             ids = torch.zeros((len(idx), length), dtype=torch.long)

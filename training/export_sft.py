@@ -21,7 +21,7 @@ the model, plus the model's answer::
      "n_tokens": 812}
 
 * The **developer** and **user** messages are built with the tier's own functions
-  (:func:`~safecascade.tiers.safeguard_prompt.developer_text`, ``user_text``: delimited,
+  (:func:`~safecascade.tiers.safeguard.prompt.developer_text`, ``user_text``: delimited,
   special tokens neutralised), so fine-tuning sees what inference sends.
 * The **policy** is resolved by the hash logged with the row (``policy_hashes``) among the
   shipped policies (``models/policies``) and any ``--policy-dir`` / ``--policy`` files; a row
@@ -125,7 +125,7 @@ def _final_answer(detail: Mapping[str, Any], label: int, rule_ids: Sequence[str]
 
 def build_messages(*, policy: Any, content: str, thinking: str, final: str, reasoning_effort: str) -> list[dict[str, Any]]:
     """The four JSONL messages (system text is filled in by :func:`render_and_check`)."""
-    from safecascade.tiers.safeguard_prompt import HARMONY_SPECIAL, developer_text, user_text
+    from safecascade.tiers.safeguard.prompt import HARMONY_SPECIAL, developer_text, user_text
 
     head, clean, tail, _ = user_text(content, HARMONY_SPECIAL)
     return [
@@ -171,7 +171,7 @@ def render_and_check(messages: list[dict[str, Any]], enc: Any) -> tuple[list[dic
 
 
 def _harmony() -> Any:
-    from safecascade.tiers.safeguard_prompt import harmony_encoding
+    from safecascade.tiers.safeguard.prompt import harmony_encoding
 
     enc = harmony_encoding()
     if enc is None:
@@ -192,7 +192,7 @@ def export_sft(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str
     (atomically; see the module docstring for the format). Returns what was written / skipped."""
     from tqdm.auto import tqdm
 
-    from safecascade.tiers.safeguard_prompt import REASONING_EFFORTS
+    from safecascade.tiers.safeguard.prompt import REASONING_EFFORTS
     from safecascade.training.verdict_rows import teacher_rows
 
     if reasoning_effort not in REASONING_EFFORTS:

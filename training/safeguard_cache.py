@@ -21,7 +21,7 @@ produced the output.
     results[0].verdicts["jailbreak"].violation
 
 The tier is built through :class:`safecascade.tiers.safeguard.SafeguardTier` and
-:func:`safecascade.tiers.safeguard_backends.create_backend` - no llama.cpp calls here.
+:func:`safecascade.tiers.safeguard.backends.create_backend` - no llama.cpp calls here.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class SafeguardJudge:
     @property
     def backend(self) -> _Recorder:
         if self._backend is None:
-            from safecascade.tiers.safeguard_backends import create_backend
+            from safecascade.tiers.safeguard.backends import create_backend
 
             t0 = time.perf_counter()
             self._backend = _Recorder(create_backend(dict(self.backend_options), Path.cwd()))
@@ -178,7 +178,7 @@ class SafeguardJudge:
             return f"openai:{o.get('base_url', '')}:{o.get('model', '')}:{o.get('endpoint', 'completions')}"
         mp = o.get("model_path", "stand-in")
         if mp in (None, "", "stand-in"):
-            from safecascade.tiers.stand_in import stand_in_path
+            from safecascade.tiers.safeguard.stand_in import stand_in_path
 
             path = stand_in_path()
         else:

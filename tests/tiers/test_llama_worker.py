@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from safecascade.tiers.llama_worker import _read_frame, _write_frame
-from safecascade.tiers.safeguard_backends import BackendError, create_backend
+from safecascade.tiers.safeguard.llama_worker import read_frame, write_frame
+from safecascade.tiers.safeguard.backends import create_backend
+from safecascade.tiers.safeguard.completion import BackendError
 
 POLICY = """# Violence
 
@@ -45,11 +46,11 @@ def test_frames_round_trip_and_a_stopped_reader_cannot_block_the_writer():
     r, w = os.pipe()
     try:
         os.set_blocking(w, False)
-        _write_frame(w, ("complete", (1, "x"), {"k": None}), time.monotonic() + 1)
-        assert _read_frame(r, time.monotonic() + 1) == ("complete", (1, "x"), {"k": None})
+        write_frame(w, ("complete", (1, "x"), {"k": None}), time.monotonic() + 1)
+        assert read_frame(r, time.monotonic() + 1) == ("complete", (1, "x"), {"k": None})
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):  # nobody reads: a 1 MB frame does not fit the pipe
-            _write_frame(w, "x" * (1 << 20), time.monotonic() + 0.3)
+            write_frame(w, "x" * (1 << 20), time.monotonic() + 0.3)
         assert time.monotonic() - t0 < 2
     finally:
         os.close(r)
@@ -61,11 +62,11 @@ def test_read_deadline_and_eof():
     os.set_blocking(r, False)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
-        _read_frame(r, time.monotonic() + 0.2)
+        read_frame(r, time.monotonic() + 0.2)
     assert time.monotonic() - t0 < 2
     os.close(w)
     with pytest.raises(EOFError):
-        _read_frame(r, time.monotonic() + 1)
+        read_frame(r, time.monotonic() + 1)
     os.close(r)
 
 
@@ -73,7 +74,7 @@ def test_read_deadline_and_eof():
 def test_isolation_option_is_strict(value, tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(ValueError, match="isolation must be process or none"):
+    with pytest.raises(ValueError, match=r"options.isolation must be one of .process., .none."):
         create_backend({"backend": "llama_cpp", "model_path": str(gguf), "isolation": value}, tmp_path)
 
 
@@ -136,7 +137,7 @@ def _worker_pids() -> set[int]:
 
 def _small_generation(backend) -> None:
     """A short real generation (a later call succeeds after a restart) without the policy prompt's cold prefill."""
-    from safecascade.tiers.safeguard_prompt import render_chat
+    from safecascade.tiers.safeguard.prompt import render_chat
 
     prompt = render_chat("Answer with one word.", "Say hello.", architecture="gemma3",
                          extra_tokens=backend.control_tokens)
@@ -315,7 +316,7 @@ def test_concurrent_callers_through_a_crash(router):
 
 @pytest.mark.slow
 def test_restart_that_cannot_load_is_down_with_backoff(tmp_path):
-    from safecascade.tiers.stand_in import stand_in_path
+    from safecascade.tiers.safeguard.stand_in import stand_in_path
 
     link = tmp_path / "model.gguf"
     link.symlink_to(stand_in_path())
@@ -356,7 +357,7 @@ def test_bad_gguf_fails_at_load_naming_the_path(tmp_path):
 
 @pytest.mark.slow
 def test_worker_dying_while_loading_is_a_load_error_naming_the_path(tmp_path):
-    from safecascade.tiers.stand_in import stand_in_path
+    from safecascade.tiers.safeguard.stand_in import stand_in_path
 
     model = tmp_path / "dies.gguf"
     model.symlink_to(stand_in_path())
@@ -390,7 +391,7 @@ def test_worker_dying_while_loading_is_a_load_error_naming_the_path(tmp_path):
 
 @pytest.mark.slow
 def test_load_deadline(tmp_path):
-    from safecascade.tiers.stand_in import stand_in_path
+    from safecascade.tiers.safeguard.stand_in import stand_in_path
 
     with pytest.raises(ValueError, match=r"gemma.*did not load the model within 0\.01s"):
         create_backend({**WORKER, "model_path": str(stand_in_path()), "worker_load_timeout_s": 0.01}, tmp_path)

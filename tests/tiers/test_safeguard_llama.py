@@ -24,7 +24,7 @@ from safecascade.hashing import text_hash  # noqa: E402
 from safecascade.router.policy import Policy  # noqa: E402
 from safecascade.tiers.base import TierSpec  # noqa: E402
 from safecascade.tiers.safeguard import SafeguardTier  # noqa: E402
-from safecascade.tiers.stand_in import stand_in_path  # noqa: E402
+from safecascade.tiers.safeguard.stand_in import stand_in_path  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

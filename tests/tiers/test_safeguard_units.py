@@ -8,8 +8,9 @@ import pytest
 
 from safecascade.router.policy import Policy
 from safecascade.tiers.safeguard import SafeguardTier
-from safecascade.tiers.safeguard_backends import BackendError, Completion, _completion_logprobs
-from safecascade.tiers.safeguard_parse import (
+from safecascade.tiers.safeguard.completion import BackendError, Completion
+from safecascade.tiers.safeguard.openai_backend import completion_logprobs
+from safecascade.tiers.safeguard.parse import (
     Malformed,
     TokenLP,
     Verdict,
@@ -19,7 +20,7 @@ from safecascade.tiers.safeguard_parse import (
     probability,
     split_channels,
 )
-from safecascade.tiers.safeguard_prompt import (
+from safecascade.tiers.safeguard.prompt import (
     harmony_encoding,
     is_harmony_model,
     json_grammar,
@@ -158,7 +159,7 @@ def test_probability_fallbacks_and_penalty():
 
 
 def test_server_logprobs_are_read_from_top_logprobs():
-    toks = _completion_logprobs({"tokens": ["{", '"violation": ', "1"],
+    toks = completion_logprobs({"tokens": ["{", '"violation": ', "1"],
                                  "top_logprobs": [None, None, {"1": -0.2, "0": -1.8, " 1": -5.0}]})
     assert toks[2].lp0 == -1.8 and toks[2].lp1 == pytest.approx(math.log(math.exp(-0.2) + math.exp(-5.0)))
 
@@ -250,7 +251,7 @@ def test_extra_buffer_types_are_off_while_loading_and_restored_after():
 
 @pytest.mark.parametrize("value", ["no", "yes", 1, 0, None])
 def test_llama_boolean_options_must_be_booleans(value, tmp_path):
-    from safecascade.tiers.safeguard_backends import create_backend
+    from safecascade.tiers.safeguard.backends import create_backend
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")

@@ -13,7 +13,7 @@ from safecascade.router.decision import Decision, PolicyVerdict, TierTrace  # no
 from safecascade.hashing import text_hash  # noqa: E402
 from safecascade.router.policy import Policy, builtin_policy_path  # noqa: E402
 from safecascade.router.verdict_log import VerdictLog  # noqa: E402
-from safecascade.tiers.safeguard_prompt import BEGIN_MARK, END_MARK, harmony_encoding  # noqa: E402
+from safecascade.tiers.safeguard.prompt import BEGIN_MARK, END_MARK, harmony_encoding  # noqa: E402
 from safecascade.training.export_sft import export_sft, read_jsonl  # noqa: E402
 
 POL = "jailbreak"

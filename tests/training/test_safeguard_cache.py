@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from safecascade.router.policy import Policy, builtin_policies
-from safecascade.tiers.safeguard_backends import Completion
+from safecascade.tiers.safeguard.completion import Completion
 from safecascade.training.safeguard_cache import Judgement, SafeguardJudge, _Recorder
 
 

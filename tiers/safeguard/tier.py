@@ -1,53 +1,12 @@
 """The ``safeguard`` tier: gpt-oss-safeguard (or a stand-in GGUF) as a policy-following judge.
 
-Config (``type: safeguard``; all options optional except where noted)::
-
-    options:
-      backend: llama_cpp            # llama_cpp (in process) | openai (any OpenAI-compatible server)
-      # llama_cpp
-      model_path: stand-in          # a GGUF path (relative to the config) or "stand-in"
-      n_ctx: 4096
-      n_threads: null               # llama.cpp default
-      n_gpu_layers: 0               # -1 = all layers on the GPU
-      prefix_reuse: true            # keep the policy prefix's KV state between calls
-      isolation: process            # process (a worker process: crash/hang -> recorded error, restart) | none
-      worker_timeout_s: 600         # hard deadline per worker call (complete: call_timeout_s + worker_grace_s)
-      worker_grace_s: 5
-      worker_backoff_s: 0.5         # restart delay after a crash: backoff * 2**(failures-1), capped
-      worker_backoff_max_s: 30
-      worker_load_timeout_s: 600
-      # openai
-      base_url: http://127.0.0.1:8080/v1
-      model: gpt-oss-safeguard-20b
-      api_key_env: null             # name of the env var holding the key
-      timeout_s: 30
-      retries: 2                    # on connection errors, timeouts, 429, 5xx; backoff_s * 2**i
-      backoff_s: 0.5
-      max_concurrency: 4
-      endpoint: completions         # completions (raw harmony prompt) | chat
-      constrain: none               # none | grammar (llama.cpp servers) | guided_json (vLLM)
-      top_logprobs: 10
-      context_tokens: 8192          # the server's context (for windowing)
-      # both
-      prompt_format: auto           # auto | harmony | chat   (auto: harmony when the model is gpt-oss)
-      reasoning_effort: low         # low | medium | high  (harmony only)
-      multi_policy: joint           # joint (one call, a verdict per policy) | separate (a call per policy)
-      policies: null                # subset of the router's policies (default: all)
-      max_tokens: 512               # completion budget per call (reasoning + answer)
-      temperature: 0.0
-      seed: 0
-      grammar: auto                 # auto (chat format: on) | on | off  - GBNF on the JSON answer
-      prefill: auto                 # auto (chat format, single policy: on) | on | off
-      malformed_retries: 1
-      on_overflow: window           # window (split the content, score = max) | error
-      max_windows: 8
-      window_overlap: 32            # tokens
-      call_timeout_s: null          # in-process generation time limit per call
-      hallucination_penalty: toward_half   # toward_half: p -> 0.5 + (p - 0.5) * factor | scale: p -> p * factor
-      hallucination_factor: 0.5
+Options (``type: safeguard``, all optional): :class:`~safecascade.tiers.safeguard.options.SafeguardOptions`
+- the backend (``llama_cpp`` in a worker process or in process, or ``openai``: any
+OpenAI-compatible server) and the prompt, decoding, windowing and citation settings; an unknown
+key or a wrong type fails at load.
 
 Result: ``scores`` = violation probability per policy (from label-token log-probs; from the
-confidence word via :data:`~safecascade.tiers.safeguard_parse.CONFIDENCE_PROB` when log-probs
+confidence word via :data:`~safecascade.tiers.safeguard.parse.CONFIDENCE_PROB` when log-probs
 are unavailable - ``info.verdicts[policy].probability_source`` says which); ``rule_ids`` =
 known cited rules; ``warnings`` may hold ``hallucinated_rule_ids``, ``content_neutralised``,
 ``windowed``; ``info`` holds the backend, latency, the per-policy verdict (violation,
@@ -65,8 +24,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from safecascade.tiers.base import TierResult, TierSpec
-from safecascade.tiers.safeguard_parse import (
+from safecascade.tiers.base import TierResult, TierSpec, parse_options
+from safecascade.tiers.safeguard.backends import create_backend
+from safecascade.tiers.safeguard.completion import BackendError
+from safecascade.tiers.safeguard.options import SafeguardOptions, switch
+from safecascade.tiers.safeguard.parse import (
     Malformed,
     Verdict,
     label_logprobs,
@@ -75,8 +37,7 @@ from safecascade.tiers.safeguard_parse import (
     probability,
     split_channels,
 )
-from safecascade.tiers.safeguard_prompt import (
-    REASONING_EFFORTS,
+from safecascade.tiers.safeguard.prompt import (
     RenderedPrompt,
     developer_text,
     is_harmony_model,
@@ -87,17 +48,13 @@ from safecascade.tiers.safeguard_prompt import (
 
 log = logging.getLogger(__name__)
 
+# The tier-level options that ``SafeguardTier.opts`` always holds (the values given override them).
 _DEFAULTS: dict[str, Any] = {
     "backend": "llama_cpp", "prompt_format": "auto", "reasoning_effort": "low", "multi_policy": "joint",
     "max_tokens": 512, "temperature": 0.0, "grammar": "auto", "prefill": "auto", "malformed_retries": 1,
     "on_overflow": "window", "max_windows": 8, "window_overlap": 32, "call_timeout_s": None,
     "hallucination_penalty": "toward_half", "hallucination_factor": 0.5,
 }
-_KNOWN = set(_DEFAULTS) | {"model_path", "n_ctx", "n_threads", "n_gpu_layers", "prefix_reuse", "seed", "n_batch",
-                           "flash_attn", "extra_buffer_types", "base_url", "model", "api_key_env", "timeout_s", "retries", "backoff_s",
-                           "max_concurrency", "endpoint", "constrain", "top_logprobs", "context_tokens",
-                           "chars_per_token", "policies", "isolation", "worker_timeout_s", "worker_grace_s",
-                           "worker_load_timeout_s", "worker_backoff_s", "worker_backoff_max_s"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,38 +75,28 @@ class SafeguardTier:
     """The last tier: a policy-following LLM judge (see the module docstring for options)."""
 
     def __init__(self, *, name: str, policies: Mapping[str, Any], backend: Any, options: Mapping[str, Any]):
-        opts = {**_DEFAULTS, **dict(options)}
-        unknown = sorted(set(options) - _KNOWN)
-        if unknown:
-            raise ValueError(f"safeguard tier {name!r}: unknown option(s) {unknown} (known: {', '.join(sorted(_KNOWN))})")
-        if opts["reasoning_effort"] not in REASONING_EFFORTS:
-            raise ValueError(f"safeguard tier {name!r}: reasoning_effort must be low|medium|high, got {opts['reasoning_effort']!r}")
-        if opts["multi_policy"] not in ("joint", "separate"):
-            raise ValueError(f"safeguard tier {name!r}: multi_policy must be joint|separate, got {opts['multi_policy']!r}")
-        if opts["prompt_format"] not in ("auto", "harmony", "chat"):
-            raise ValueError(f"safeguard tier {name!r}: prompt_format must be auto|harmony|chat, got {opts['prompt_format']!r}")
-        if opts["on_overflow"] not in ("window", "error"):
-            raise ValueError(f"safeguard tier {name!r}: on_overflow must be window|error, got {opts['on_overflow']!r}")
-        penalise(0.5, mode=opts["hallucination_penalty"], factor=float(opts["hallucination_factor"]))  # validates
+        #: the options, checked (:class:`SafeguardOptions`: unknown key or wrong type -> ValueError)
+        self.options = o = parse_options(SafeguardOptions, options, tier_name=name, tier_type="safeguard")
+        #: the options as given over the tier-level defaults, a plain dict (what the judge's cache key reads)
+        self.opts = {**_DEFAULTS, **dict(options)}
         self.name = name
         self.policy_objs = dict(policies)
         self.policies = tuple(self.policy_objs)
         self.backend = backend
-        self.opts = opts
-        fmt = opts["prompt_format"]
+        fmt = o.prompt_format
         if fmt == "auto":
             fmt = "harmony" if is_harmony_model(getattr(backend, "metadata", {}) or {}) else "chat"
             if getattr(backend, "name", "") == "openai" and not getattr(backend, "metadata", {}).get("general.architecture"):
                 model = str(getattr(backend, "model", "")).lower()
                 fmt = "harmony" if ("gpt-oss" in model or "safeguard" in model or not model) else "chat"
         self.harmony = fmt == "harmony"
-        self.joint = opts["multi_policy"] == "joint" and len(self.policies) > 1
+        self.joint = o.multi_policy == "joint" and len(self.policies) > 1
         groups = [self.policies] if self.joint else [(p,) for p in self.policies]
         self.groups: list[tuple[str, ...]] = [tuple(g) for g in groups]
         self._dev = {g: developer_text({p: self.policy_objs[p] for p in g}, joint=len(g) > 1) for g in self.groups}
-        gram = opts["grammar"]
+        gram = switch(o.grammar)
         self.use_grammar = (gram == "on") or (gram == "auto" and not self.harmony)
-        pre = opts["prefill"]
+        pre = switch(o.prefill)
         self.use_prefill = not self.harmony and ((pre == "on") or pre == "auto")
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = {"calls": 0, "texts": 0, "retries": 0, "malformed": 0, "errors": 0,
@@ -160,16 +107,15 @@ class SafeguardTier:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_spec(cls, spec: TierSpec) -> "SafeguardTier":
-        """Build from a router config entry; a model that cannot be loaded -> ValueError naming it."""
-        from safecascade.tiers.safeguard_backends import create_backend
-
-        opts = dict(spec.options)
-        wanted = opts.get("policies") or list(spec.policies)
+        """Build from a router config entry (options: :class:`SafeguardOptions`); a model that cannot
+        be loaded -> ValueError naming it."""
+        o = spec.options_as(SafeguardOptions)
+        wanted = list(o.policies or spec.policies)
         missing = [p for p in wanted if p not in spec.policies]
         if missing:
             raise ValueError(f"safeguard tier {spec.name!r}: options.policies names unknown policies {missing}")
-        backend = create_backend(opts, spec.base_dir)
-        return cls(name=spec.name, policies={p: spec.policies[p] for p in wanted}, backend=backend, options=opts)
+        backend = create_backend(o, spec.base_dir, tier_name=spec.name)
+        return cls(name=spec.name, policies={p: spec.policies[p] for p in wanted}, backend=backend, options=spec.options)
 
     def health(self) -> dict[str, Any]:
         """The backend's health (state up | restarting | down, worker pid, restarts, last error)."""
@@ -187,7 +133,7 @@ class SafeguardTier:
     def render(self, group: tuple[str, ...], content: str) -> RenderedPrompt:
         dev = self._dev[group]
         if self.harmony:
-            return render_harmony(dev, content, effort=self.opts["reasoning_effort"])
+            return render_harmony(dev, content, effort=self.options.reasoning_effort)
         md = getattr(self.backend, "metadata", {}) or {}
         prefill = '{"violation": ' if (self.use_prefill and len(group) == 1) else ""
         return render_chat(dev, content, template=md.get("tokenizer.chat_template") or None,
@@ -242,7 +188,7 @@ class SafeguardTier:
                         hallucinated.setdefault(pol, []).extend(bad)
                         detail["hallucinated_rule_ids"] = list(bad)
                         detail["probability_raw"] = round(p, 6)
-                        p = penalise(p, mode=self.opts["hallucination_penalty"], factor=float(self.opts["hallucination_factor"]))
+                        p = penalise(p, mode=self.options.hallucination_penalty, factor=self.options.hallucination_factor)
                     if pol not in best or p > best[pol][0]:
                         best[pol] = (p, verdict, detail)
         if hallucinated:
@@ -269,18 +215,18 @@ class SafeguardTier:
     def _call(self, group: tuple[str, ...], content: str) -> _Call | TierResult:
         prompt = self.render(group, content)
         grammar = json_grammar(group, joint=len(group) > 1, prefilled=bool(prompt.prefill)) if self.use_grammar else None
-        attempts = 1 + int(self.opts["malformed_retries"])
+        attempts = 1 + self.options.malformed_retries
         reasons: list[str] = []
         totals = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "cached_tokens": 0}
         raw_texts: list[str] = []
         t0 = time.perf_counter()
         for attempt in range(attempts):
-            kwargs: dict[str, Any] = {"max_tokens": int(self.opts["max_tokens"]), "temperature": float(self.opts["temperature"]),
+            kwargs: dict[str, Any] = {"max_tokens": self.options.max_tokens, "temperature": self.options.temperature,
                                       "grammar": grammar, "harmony": self.harmony}
             if self.harmony:
-                kwargs["effort"] = self.opts["reasoning_effort"]
-            if self.opts["call_timeout_s"] is not None:
-                kwargs["timeout_s"] = float(self.opts["call_timeout_s"])
+                kwargs["effort"] = self.options.reasoning_effort
+            if self.options.call_timeout_s is not None:
+                kwargs["timeout_s"] = self.options.call_timeout_s
             comp = self.backend.complete(prompt, **kwargs)
             self._bump(calls=1, prompt_tokens=comp.prompt_tokens, completion_tokens=comp.completion_tokens,
                        cached_tokens=comp.cached_tokens, tokens=comp.prompt_tokens + comp.completion_tokens)
@@ -321,16 +267,16 @@ class SafeguardTier:
             return [text]
         group = max(self.groups, key=len)
         overhead = self.backend.count_tokens(self.render(group, "").text) + 8
-        budget = n_ctx - overhead - int(self.opts["max_tokens"])
+        budget = n_ctx - overhead - self.options.max_tokens
         n = self.backend.count_tokens(text)
         if n <= budget:
             return [text]
-        if self.opts["on_overflow"] == "error" or budget < 32:
+        if self.options.on_overflow == "error" or budget < 32:
             raise _overflow(f"content of ~{n} tokens does not fit the context ({n_ctx} tokens; {max(budget, 0)} left for content)")
-        overlap = min(int(self.opts["window_overlap"]), budget // 4)
+        overlap = min(self.options.window_overlap, budget // 4)
         windows = self.backend.split_tokens(text, budget, overlap)
-        if len(windows) > int(self.opts["max_windows"]):
-            raise _overflow(f"content needs {len(windows)} windows of {budget} tokens, more than max_windows={self.opts['max_windows']}")
+        if len(windows) > self.options.max_windows:
+            raise _overflow(f"content needs {len(windows)} windows of {budget} tokens, more than max_windows={self.options.max_windows}")
         self._bump(windowed=1)
         return windows
 
@@ -338,7 +284,7 @@ class SafeguardTier:
         d = dict(self.backend.describe()) if hasattr(self.backend, "describe") else {"backend": type(self.backend).__name__}
         d["prompt_format"] = "harmony" if self.harmony else "chat"
         if self.harmony:
-            d["reasoning_effort"] = self.opts["reasoning_effort"]
+            d["reasoning_effort"] = self.options.reasoning_effort
         return d
 
     def _bump(self, **counts: int) -> None:
@@ -348,8 +294,6 @@ class SafeguardTier:
 
 
 def _overflow(msg: str) -> Exception:
-    from safecascade.tiers.safeguard_backends import BackendError
-
     return BackendError("overflow", msg)
 
 

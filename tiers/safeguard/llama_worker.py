@@ -1,10 +1,11 @@
 """llama.cpp in a worker process: a crash, hang or OOM kill there is a recorded error, not the end of the service.
 
 :class:`WorkerBackend` has the interface of
-:class:`~safecascade.tiers.safeguard_backends.LlamaCppBackend` (``tokenize_prompt``,
+:class:`~safecascade.tiers.safeguard.llama_backend.LlamaCppBackend` (``tokenize_prompt``,
 ``count_tokens``, ``split_tokens``, ``token_text``, ``stop_ids``, ``complete``, ``describe``,
 ``close``, ``metadata``, ``n_ctx``, ``n_vocab``, ``control_tokens``) and runs a
-``LlamaCppBackend`` in a child process (``python -m safecascade.tiers.llama_worker``). Each call
+``LlamaCppBackend`` in a child process (``python -m safecascade.tiers.safeguard.llama_worker_child``,
+:mod:`~safecascade.tiers.safeguard.llama_worker_child`). Each call
 is one pickled request over a private pipe, answered before a deadline:
 
 - the child dies (segfault, ``SIGKILL``, OOM kill)  -> ``BackendError("crashed")``
@@ -35,22 +36,23 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from safecascade.tiers.safeguard.completion import BackendError
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">Q")
+CHILD_MODULE = "safecascade.tiers.safeguard.llama_worker_child"  # run as python -m CHILD_MODULE IN_FD OUT_FD
 TOKEN_CALL_S = 30.0  # answer deadline of tokeniser calls (milliseconds of work even for long texts)
-_METHODS = frozenset({"tokenize_prompt", "count_tokens", "split_tokens", "token_text", "stop_ids", "complete"})
 
 
 def _error(kind: str, message: str) -> Exception:
-    from safecascade.tiers.safeguard_backends import BackendError
-
     return BackendError(kind, message)
 
 
 # --------------------------------------------------------------------------- framing
-def _write_frame(fd: int, obj: Any, deadline: float | None = None) -> None:
-    """Length-prefixed pickle; with a deadline the fd is non-blocking and polled (a stopped reader cannot block us)."""
+def write_frame(fd: int, obj: Any, deadline: float | None = None) -> None:
+    """Send ``obj`` over the pipe as a length-prefixed pickle; with a deadline the fd is
+    non-blocking and polled (a stopped reader cannot block us)."""
     payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     data = memoryview(_HEADER.pack(len(payload)) + payload)
     poller = None
@@ -86,56 +88,14 @@ def _read_exact(fd: int, n: int, deadline: float | None, poller: Any) -> bytes:
     return bytes(buf)
 
 
-def _read_frame(fd: int, deadline: float | None = None) -> Any:
+def read_frame(fd: int, deadline: float | None = None) -> Any:
+    """Receive one object sent by :func:`write_frame` (``TimeoutError`` past the deadline, ``EOFError`` at the end)."""
     poller = None
     if deadline is not None:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
     (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline, poller))
     return pickle.loads(_read_exact(fd, size, deadline, poller))
-
-
-# --------------------------------------------------------------------------- child
-def _serve(fd_in: int, fd_out: int) -> None:
-    """The worker: load the model named by the first frame, then answer requests until EOF."""
-    from safecascade.tiers.safeguard_backends import BackendError, LlamaCppBackend
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which closes us
-    kwargs = _read_frame(fd_in)
-    try:
-        backend = LlamaCppBackend(**kwargs)
-    except Exception as exc:
-        _write_frame(fd_out, ("err", "load", str(exc)))
-        return
-    _write_frame(fd_out, ("ready", {"pid": os.getpid(), "metadata": backend.metadata, "n_ctx": backend.n_ctx,
-                                    "n_vocab": backend.n_vocab, "control_tokens": backend.control_tokens}))
-    while True:
-        try:
-            method, args, kw = _read_frame(fd_in)
-        except EOFError:
-            break
-        if method == "exit":
-            break
-        try:
-            if method not in _METHODS:
-                raise BackendError("error", f"unknown worker method {method!r}")
-            reply: tuple = ("ok", getattr(backend, method)(*args, **kw))
-        except BackendError as exc:
-            reply = ("err", exc.kind, str(exc).removeprefix(f"{exc.kind}: "))
-        except Exception as exc:  # reported to the caller; the worker stays up
-            reply = ("err", "error", f"{type(exc).__name__}: {exc}")
-        _write_frame(fd_out, reply)
-    backend.close()
-
-
-def main(argv: list[str] | None = None) -> None:  # pragma: no cover - runs in the child
-    """``python -m safecascade.tiers.llama_worker IN_FD OUT_FD`` (started by :class:`WorkerBackend`)."""
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    try:
-        _serve(int(args[0]), int(args[1]))
-    except (EOFError, BrokenPipeError):
-        pass  # the parent went away
 
 
 # --------------------------------------------------------------------------- parent
@@ -162,7 +122,7 @@ class _Worker:
         c_in, p_out = os.pipe()  # parent -> child
         self.stderr = tempfile.TemporaryFile(prefix="safecascade-llama-worker-")
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "safecascade.tiers.llama_worker", str(c_in), str(c_out)],
+            self.proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE, str(c_in), str(c_out)],
                                          pass_fds=(c_in, c_out), stdin=subprocess.DEVNULL, stdout=self.stderr,
                                          stderr=self.stderr, close_fds=True)
         finally:
@@ -176,8 +136,8 @@ class _Worker:
         self.mark = 0  # stderr offset: what came before is not about the current request
         deadline = time.monotonic() + load_timeout_s
         try:
-            _write_frame(self.fd_out, load_kwargs, deadline)
-            reply = _read_frame(self.fd_in, deadline)
+            write_frame(self.fd_out, load_kwargs, deadline)
+            reply = read_frame(self.fd_in, deadline)
         except TimeoutError:
             self.kill()
             raise ValueError(f"llama.cpp worker did not load the model within {load_timeout_s:g}s") from None
@@ -360,8 +320,8 @@ class WorkerBackend:
             deadline = time.monotonic() + budget
             worker.mark = worker.stderr_size()
             try:
-                _write_frame(worker.fd_out, (method, args, kw), deadline)
-                reply = _read_frame(worker.fd_in, deadline)
+                write_frame(worker.fd_out, (method, args, kw), deadline)
+                reply = read_frame(worker.fd_in, deadline)
             except TimeoutError:
                 msg = f"llama.cpp worker pid {worker.pid} did not answer {method} within {budget:g}s; killed, restarting"
                 self._failed(worker, "timeout", msg)
@@ -459,7 +419,7 @@ class WorkerBackend:
         if worker is not None:
             if worker.alive() and self.lock.acquire(timeout=0):  # idle: ask politely first
                 try:
-                    _write_frame(worker.fd_out, ("exit", (), {}), time.monotonic() + 1)
+                    write_frame(worker.fd_out, ("exit", (), {}), time.monotonic() + 1)
                     worker.proc.wait(5)
                 except (OSError, TimeoutError, subprocess.TimeoutExpired):
                     pass
@@ -469,7 +429,3 @@ class WorkerBackend:
         self._thread.join(15)
         if worker is not None and not self._thread.is_alive():
             worker.close_fds()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

