@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from safecascade.tiers.lexical import apply_calibration
+from safecascade.tiers.onnx_encoder import length_batches
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def export_encoder(st_model: Any, out_path: str | Path, *, opset: int = OPSET) -
 
     Dynamic batch and sequence axes; inputs ``input_ids``, ``attention_mask``; output ``embedding``.
     """
-    import torch
+    import torch  # heavy, optional (torch)
 
     transformer = st_model[0].auto_model
     transformer.eval()
@@ -141,9 +142,7 @@ def export_encoder(st_model: Any, out_path: str | Path, *, opset: int = OPSET) -
 def torch_embed_windows(st_model: Any, windows: Sequence[np.ndarray], *, batch_size: int = 32) -> np.ndarray:
     """Training-time reference: the sentence-transformers model (torch) on the same token windows,
     batched exactly as the served ONNX path batches them (:func:`length_batches`)."""
-    import torch
-
-    from safecascade.tiers.onnx_encoder import length_batches
+    import torch  # heavy, optional (torch)
 
     st_model.eval()
     dim_fn = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
@@ -168,7 +167,7 @@ def torch_embed_windows(st_model: Any, windows: Sequence[np.ndarray], *, batch_s
 
 
 def _head_nodes(h: HeadSpec, k: int, inp: str) -> tuple[list[Any], list[Any], str]:
-    from onnx import helper, numpy_helper
+    from onnx import helper, numpy_helper  # heavy, optional (onnx)
 
     nodes, inits = [], []
     cur = inp
@@ -212,8 +211,8 @@ def _head_nodes(h: HeadSpec, k: int, inp: str) -> tuple[list[Any], list[Any], st
 def attach_heads(encoder_path: str | Path, heads: Sequence[HeadSpec], out_path: str | Path) -> Path:
     """Append per-policy heads to an encoder graph: adds outputs ``probs`` [batch, n_policies]
     (calibrated) and ``logits`` (the heads' raw logits, which the stacked lexical block uses)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # heavy, optional (onnx)
+    from onnx import TensorProto, helper, numpy_helper  # heavy, optional (onnx)
 
     model = onnx.load(str(encoder_path))
     g = model.graph
@@ -240,8 +239,8 @@ def attach_heads(encoder_path: str | Path, heads: Sequence[HeadSpec], out_path: 
 
 def heads_only_model(dim: int, heads: Sequence[HeadSpec], out_path: str | Path) -> Path:
     """A small graph ``embedding -> probs`` (used to score cached embeddings through ONNX ops)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # heavy, optional (onnx)
+    from onnx import TensorProto, helper, numpy_helper  # heavy, optional (onnx)
 
     nodes, inits, probs = [], [numpy_helper.from_array(np.array(0.0, np.float32), "cal_zero"),
                                numpy_helper.from_array(np.array(1.0, np.float32), "cal_one")], []
@@ -267,8 +266,8 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     scale per tensor lost 0.017 (docs/fast-tier.md). The heads (the nodes writing ``head*``
     tensors, see :func:`attach_heads`) stay fp32: they are tiny and carry the calibrated boundary.
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx  # heavy, optional (onnx)
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional (the `fast` extra)
 
     # onnxruntime rewrites Gemm as MatMul + Add before it filters nodes, so the heads are kept out by
     # naming the encoder's MatMuls (named by the torch export) rather than by excluding the heads

@@ -51,6 +51,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from tqdm.auto import tqdm
+
+from safecascade.hashing import text_hash
+from safecascade.router.policy import Policy, builtin_policies
+from safecascade.tiers.safeguard.prompt import HARMONY_SPECIAL, REASONING_EFFORTS, developer_text, harmony_encoding, user_text
+from safecascade.training.datasets import benchmark_names, benchmark_policy, benchmark_splits, load_benchmark
+from safecascade.training.verdict_rows import teacher_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -78,8 +86,6 @@ class ExportStats:
 def policy_index(policy_dirs: Sequence[str | Path] = (), policy_files: Mapping[str, str | Path] | None = None) -> dict[str, Any]:
     """sha -> :class:`~safecascade.router.policy.Policy` for the shipped policies, every ``*.md``
     in ``policy_dirs`` and ``policy_files`` (name -> path)."""
-    from safecascade.router.policy import Policy, builtin_policies
-
     out: dict[str, Any] = {}
     candidates: list[tuple[str, Path]] = list(builtin_policies().items())
     for d in policy_dirs:
@@ -100,9 +106,6 @@ def policy_index(policy_dirs: Sequence[str | Path] = (), policy_files: Mapping[s
 
 def gold_index() -> dict[tuple[str, str], dict[str, Any]]:
     """(text hash, policy) -> gold label of every labelled benchmark text."""
-    from safecascade.hashing import text_hash
-    from safecascade.training.datasets import benchmark_names, benchmark_policy, benchmark_splits, load_benchmark
-
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for bench in benchmark_names():
         pol = benchmark_policy(bench)
@@ -125,8 +128,6 @@ def _final_answer(detail: Mapping[str, Any], label: int, rule_ids: Sequence[str]
 
 def build_messages(*, policy: Any, content: str, thinking: str, final: str, reasoning_effort: str) -> list[dict[str, Any]]:
     """The four JSONL messages (system text is filled in by :func:`render_and_check`)."""
-    from safecascade.tiers.safeguard.prompt import HARMONY_SPECIAL, developer_text, user_text
-
     head, clean, tail, _ = user_text(content, HARMONY_SPECIAL)
     return [
         {"role": "system", "content": None, "reasoning_effort": reasoning_effort},
@@ -140,7 +141,7 @@ def render_and_check(messages: list[dict[str, Any]], enc: Any) -> tuple[list[dic
     """Render the conversation with openai-harmony (training rendering, analysis kept), parse
     the tokens back and check every message round-trips. Returns (messages with the system
     text filled in, tokens). Raises ``ValueError`` on any mismatch."""
-    import openai_harmony as oh
+    import openai_harmony as oh  # optional (the `llm` extra)
 
     sys_m, dev_m, user_m, asst_m = messages
     effort = oh.ReasoningEffort(str(sys_m.get("reasoning_effort") or "low").capitalize())
@@ -171,8 +172,6 @@ def render_and_check(messages: list[dict[str, Any]], enc: Any) -> tuple[list[dic
 
 
 def _harmony() -> Any:
-    from safecascade.tiers.safeguard.prompt import harmony_encoding
-
     enc = harmony_encoding()
     if enc is None:
         raise ValueError("export-sft needs openai-harmony with its o200k vocab (pip install 'safecascade[llm]'; "
@@ -190,11 +189,6 @@ def export_sft(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str
                since: Any = None, progress: bool = False) -> ExportStats:
     """Write the teacher's logged verdicts in ``log_path`` as harmony JSONL to ``out_path``
     (atomically; see the module docstring for the format). Returns what was written / skipped."""
-    from tqdm.auto import tqdm
-
-    from safecascade.tiers.safeguard.prompt import REASONING_EFFORTS
-    from safecascade.training.verdict_rows import teacher_rows
-
     if reasoning_effort not in REASONING_EFFORTS:
         raise ValueError(f"reasoning effort must be one of {REASONING_EFFORTS}, got {reasoning_effort!r}")
     enc = _harmony()
@@ -222,8 +216,6 @@ def export_sft(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str
                         counts["skipped_policy_unresolved"] += 1
                         continue
                     if policy.name != pol_name:  # same text, registered under the log's name
-                        from safecascade.router.policy import Policy
-
                         policy = Policy.from_text(pol_name, policy.text, path=policy.path)
                     detail = dict(details.get(pol_name) or {})
                     thinking = str(detail.get("analysis") or "") or str(detail.get("rationale") or "")

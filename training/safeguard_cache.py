@@ -37,6 +37,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tqdm import tqdm
+
+from safecascade.tiers.safeguard import SafeguardTier
+from safecascade.tiers.safeguard.backends import create_backend
+from safecascade.tiers.safeguard.stand_in import stand_in_path
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "sgcache-v1"
@@ -164,8 +170,6 @@ class SafeguardJudge:
     @property
     def backend(self) -> _Recorder:
         if self._backend is None:
-            from safecascade.tiers.safeguard.backends import create_backend
-
             t0 = time.perf_counter()
             self._backend = _Recorder(create_backend(dict(self.backend_options), Path.cwd()))
             log.info("safeguard backend %s loaded in %.1f s", self.fingerprint(), time.perf_counter() - t0)
@@ -178,8 +182,6 @@ class SafeguardJudge:
             return f"openai:{o.get('base_url', '')}:{o.get('model', '')}:{o.get('endpoint', 'completions')}"
         mp = o.get("model_path", "stand-in")
         if mp in (None, "", "stand-in"):
-            from safecascade.tiers.safeguard.stand_in import stand_in_path
-
             path = stand_in_path()
         else:
             path = Path(str(mp)).expanduser()
@@ -205,8 +207,6 @@ class SafeguardJudge:
     # ------------------------------------------------------------------ tiers
     def tier(self, policies: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Any:
         """The (memoised) SafeguardTier for these policies and options."""
-        from safecascade.tiers.safeguard import SafeguardTier
-
         opts = {**self.tier_options, **dict(options or {})}
         tkey = json.dumps({"p": {n: p.sha for n, p in policies.items()}, "o": opts}, sort_keys=True, default=str)
         t = self._tiers.get(tkey)
@@ -229,8 +229,6 @@ class SafeguardJudge:
     def judge(self, policies: Mapping[str, Any], texts: Sequence[str], *, options: Mapping[str, Any] | None = None,
               desc: str = "", progress: bool = True) -> list[Judgement]:
         """One :class:`Judgement` per text for ``policies`` (name -> Policy), cached on disk."""
-        from tqdm import tqdm
-
         tier = self.tier(policies, options)
         out: list[Judgement] = []
         for text in tqdm(list(texts), desc=desc or "safeguard", disable=not progress, leave=False):
