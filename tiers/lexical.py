@@ -157,7 +157,7 @@ class LexicalModel:
 
 def feature_matrix(token_ids: Sequence[np.ndarray], texts: Sequence[str], cfg: LexicalConfig) -> Any:
     """Raw (tf, not yet IDF-weighted) CSR matrix [n_texts, buckets] for training (scipy)."""
-    from scipy import sparse
+    from scipy import sparse  # heavy, optional: training only (the [train] extra)
 
     indptr, indices, data = [0], [], []
     for ids, t in zip(token_ids, texts):

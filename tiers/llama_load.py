@@ -50,7 +50,7 @@ def _with_extra_bufts(original: Callable[[], Any], enabled: bool) -> Callable[[]
 @contextlib.contextmanager
 def extra_buffer_types(enabled: bool) -> Iterator[None]:
     """While active, ``llama_model_default_params()`` returns params with ``use_extra_bufts = enabled``."""
-    import llama_cpp.llama_cpp as lc
+    import llama_cpp.llama_cpp as lc  # heavy, optional: the [llm] extra
 
     with _LOCK:
         original = lc.llama_model_default_params
@@ -63,7 +63,7 @@ def extra_buffer_types(enabled: bool) -> Iterator[None]:
 
 def load_llama(*, extra_bufts: bool = False, **kwargs: Any) -> Any:
     """``llama_cpp.Llama(**kwargs)`` with llama.cpp's extra buffer types on or off (default off)."""
-    import llama_cpp
+    import llama_cpp  # heavy, optional: the [llm] extra
 
     with extra_buffer_types(extra_bufts):
         return llama_cpp.Llama(**kwargs)
@@ -71,8 +71,8 @@ def load_llama(*, extra_bufts: bool = False, **kwargs: Any) -> Any:
 
 def main() -> None:  # pragma: no cover - exercised through a subprocess in the tests
     """``llama_cpp.server``'s command line, with the extra buffer types off unless the env var says on."""
-    import llama_cpp.llama_cpp as lc
-    from llama_cpp.server.__main__ import main as server_main
+    import llama_cpp.llama_cpp as lc  # heavy, optional: the [llm] extra
+    from llama_cpp.server.__main__ import main as server_main  # heavy, optional: llama-cpp-python[server]
 
     # this process only serves the model: the setting holds for its lifetime
     lc.llama_model_default_params = _with_extra_bufts(lc.llama_model_default_params, env_extra_buffer_types())

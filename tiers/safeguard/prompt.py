@@ -23,14 +23,19 @@ token.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import logging
 import os
 import re
+import struct
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from safecascade.paths import artifact_dir
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +204,10 @@ def _harmony_vocab_dir() -> Path | None:
     package's o200k table into ``artifact_dir("tiktoken")`` and accepted only when its sha256
     equals the published one.
     """
-    from safecascade.paths import artifact_dir
-
     target = artifact_dir("tiktoken") / "o200k_base.tiktoken"
     if target.is_file():
         return target.parent
     try:
-        import base64
-        import struct
-        from importlib.resources import files
-
         raw = files("quicktok").joinpath("data", "o200k.vocab").read_bytes()
     except Exception:  # quicktok not installed
         return None
@@ -240,7 +239,7 @@ O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d
 def harmony_encoding() -> Any | None:
     """The openai-harmony ``HARMONY_GPT_OSS`` encoding, or None when it cannot be loaded."""
     try:
-        import openai_harmony as oh
+        import openai_harmony as oh  # optional: the [llm] extra
     except ImportError:
         return None
     try:
@@ -272,7 +271,7 @@ def render_harmony(developer: str, content: str, *, effort: str = "low",
     head, clean, tail, n = user_text(content, HARMONY_SPECIAL)
     enc = harmony_encoding() if use_library else None
     if enc is not None:
-        import openai_harmony as oh
+        import openai_harmony as oh  # optional: the [llm] extra
 
         sentinel = "\x1eSAFECASCADE_CONTENT\x1e"
         sys_c = oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort(effort.capitalize()))
@@ -314,7 +313,7 @@ def render_chat(developer: str, content: str, *, template: str | None = None, ar
     sentinel = "\x1eSAFECASCADE_CONTENT\x1e"
     user = head + sentinel + tail
     if template:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from jinja2.sandbox import ImmutableSandboxedEnvironment  # optional: comes with llama-cpp-python ([llm])
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
