@@ -65,6 +65,15 @@ def encoder_fingerprint(encoder: str = "default") -> tuple[str, str]:
     return name, file_sha(weights, 16)
 
 
+def row_class(row: TrainRow, policies: Sequence[str]) -> int:
+    """The fine-tuning class of a row: 1 + the index of the first policy it violates (target >= 0.5),
+    0 when it violates none it is labelled for (one policy: the plain 0/1 label)."""
+    for k, p in enumerate(policies):
+        if row.targets.get(p, 0.0) >= 0.5:
+            return k + 1
+    return 0
+
+
 def finetuned_encoder(cfg: TrainConfig, rows: Sequence[TrainRow], *, progress: bool) -> tuple[str, dict[str, Any]]:
     """Contrastively tune the encoder on the hard-labelled rows (cached under ``<cache>/encoders``).
 
@@ -74,7 +83,8 @@ def finetuned_encoder(cfg: TrainConfig, rows: Sequence[TrainRow], *, progress: b
     """
     pol = cfg.policies[0]
     fcfg = cfg.finetune_config()
-    labelled = [r for r in rows if pol in r.targets]
+    multi = len(cfg.policies) > 1
+    labelled = [r for r in rows if (any(p in r.targets for p in cfg.policies) if multi else pol in r.targets)]
     _, base_sha = encoder_fingerprint(cfg.encoder)
     key = hashlib.sha256(json.dumps([base_sha, fcfg.to_dict(), data_hash(labelled)], sort_keys=True).encode()).hexdigest()[:16]
     target = artifact_dir("encoders") / f"finetuned-{key}"
@@ -86,7 +96,7 @@ def finetuned_encoder(cfg: TrainConfig, rows: Sequence[TrainRow], *, progress: b
     st = load_st(cfg.encoder)
     tmp = Path(tempfile.mkdtemp(prefix=".finetune-", dir=target.parent))
     try:
-        summary = finetune_encoder(st, [r.text for r in labelled], [int(r.targets[pol] >= 0.5) for r in labelled],
+        summary = finetune_encoder(st, [r.text for r in labelled], [row_class(r, cfg.policies) for r in labelled],
                                    tokenizer_path=base_dir / TOKENIZER_NAME, cfg=fcfg, out_dir=tmp, progress=progress)
         summary["base_encoder_sha"] = base_sha
         if not (tmp / TOKENIZER_NAME).is_file():

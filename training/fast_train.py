@@ -28,11 +28,14 @@ from safecascade.training.heads import text_logits, train_heads
 from safecascade.training.int8_gate import int8_gate, int8_measure, record_int8
 from safecascade.training.lexical_train import train_lexical_block
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
+from safecascade.training.policy_data import POLICIES, load_policy_benchmark
 from safecascade.training.static_train import train_static
 from safecascade.training.train_config import TrainConfig
-from safecascade.training.train_rows import prepare_rows, stratified_limit
+from safecascade.training.train_rows import prepare_rows, split_labels, stratified_limit
 
 log = logging.getLogger(__name__)
+
+POLICY_BENCHMARK = "policies"  # the multi-policy benchmark's name for train_from_benchmark / --benchmark
 
 
 def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (), test: Sequence[Any] = (),
@@ -40,13 +43,15 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
                cache_root: str | Path | None = None) -> TrainResult:
     """Train the fast tier and write its artifact dir (model.onnx, tokenizer.json, card.json).
 
-    ``train``/``val``/``test`` are labelled examples for ``cfg.policies[0]``; ``verdicts`` a
-    replay-format CSV of safeguard probabilities (soft targets, all policies it has columns for).
+    ``train``/``val``/``test`` are labelled examples: single-policy ones (``label``) for
+    ``cfg.policies[0]``, or multi-policy ones (``labels`` per policy, e.g. the multi-policy
+    benchmark of :mod:`safecascade.training.policy_data`), each used for the policies it is
+    labelled for; ``verdicts`` a replay-format CSV of safeguard probabilities (soft targets, all
+    policies it has columns for).
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pol = cfg.policies[0]
     rows = prepare_rows(cfg, train, verdicts)
     ft_info: dict[str, Any] = {}
     encoder = cfg.encoder
@@ -68,8 +73,8 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         train_embs = embedder.embed([r.text for r in rows], progress=progress, desc="embedding train")
         val_embs = embedder.embed([e.text for e in val], progress=progress, desc="embedding val") if val else []
         test_embs = embedder.embed([e.text for e in test], progress=progress, desc="embedding test") if test else []
-        val_labels = {pol: [int(e.label) for e in val]} if val else {}
-        test_labels = {pol: [int(e.label) for e in test]} if test else {}
+        val_labels = split_labels(cfg, val)
+        test_labels = split_labels(cfg, test)
         heads, ests, calinfo = train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
         lexical = None
         if cfg.lexical and not val_labels:
@@ -112,11 +117,22 @@ def _int8_twin(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any], ve
 
 def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str | Path | None = None,
                          progress: bool = True, with_test: bool = True, **kw: Any) -> TrainResult:
-    """Train on ``cfg.benchmark``'s train split, calibrate on val, report on test (``with_test``)."""
-    pol = benchmark_policy(cfg.benchmark)
-    if cfg.policies != (pol,):
-        cfg = replace(cfg, policies=(pol,))
-    train, val, test = (load_benchmark(cfg.benchmark, s) for s in ("train", "val", "test"))
+    """Train on ``cfg.benchmark``'s train split, calibrate on val, report on test (``with_test``).
+
+    ``cfg.benchmark == "policies"`` is the multi-policy benchmark
+    (:mod:`safecascade.training.policy_data`): one head per policy of ``cfg.policies`` (a subset of
+    jailbreak, prompt_injection, harmful_request), each trained, calibrated and scored on the texts
+    labelled for it."""
+    if cfg.benchmark == POLICY_BENCHMARK:
+        unknown = [p for p in cfg.policies if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"the {POLICY_BENCHMARK!r} benchmark has the policies {list(POLICIES)}; not {unknown}")
+        train, val, test = (load_policy_benchmark(s) for s in ("train", "val", "test"))
+    else:
+        pol = benchmark_policy(cfg.benchmark)
+        if cfg.policies != (pol,):
+            cfg = replace(cfg, policies=(pol,))
+        train, val, test = (load_benchmark(cfg.benchmark, s) for s in ("train", "val", "test"))
     if cfg.limit is not None:  # quick runs: cap every split, keeping the positive share
         val, test = stratified_limit(list(val), cfg.limit), stratified_limit(list(test), cfg.limit)
     if not with_test:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from safecascade.training.export_onnx import Calibration, HeadSpec
 from safecascade.training.train_config import TrainConfig
 from safecascade.training.train_metrics import log_loss, score_metrics
-from safecascade.training.train_rows import TrainRow
+from safecascade.training.train_rows import TrainRow, labelled
 
 log = logging.getLogger(__name__)
 
@@ -187,25 +187,31 @@ def train_heads(cfg: TrainConfig, train_embs: list[np.ndarray], train_rows: list
     """
     heads, ests, calinfo = [], [], {}
     for pol in tqdm(cfg.policies, desc="training heads", disable=not progress, unit="policy"):
-        refit = cfg.fit_on == "train+val" and bool(val_embs) and pol in val_labels
-        oof = _oof_val_logits(cfg, train_embs, train_rows, val_embs, val_labels[pol], pol) if refit else None
+        # val texts not labelled for this policy (-1, a multi-policy benchmark) take no part
+        idx = labelled(val_labels[pol]) if val_embs and pol in val_labels else np.zeros(0, dtype=int)
+        v_embs = [val_embs[i] for i in idx]
+        v_y = np.asarray(val_labels[pol], dtype=int)[idx] if len(idx) else np.zeros(0, dtype=int)
+        refit = cfg.fit_on == "train+val" and len(idx) > 0
+        oof = _oof_val_logits(cfg, train_embs, train_rows, v_embs, v_y.tolist(), pol) if refit else None
         fit_embs, fit_rows = train_embs, train_rows
         if refit:
-            fit_embs = list(train_embs) + list(val_embs)
-            fit_rows = list(train_rows) + _val_rows(val_labels[pol], pol)
+            fit_embs = list(train_embs) + v_embs
+            fit_rows = list(train_rows) + _val_rows(v_y.tolist(), pol)
         X, y, w = window_design(fit_embs, fit_rows, pol)
         t0 = time.perf_counter()
         est, head = fit_head(X, y, w, cfg, pol)
         log.info("policy %s: %s head on %d windows (%s) in %.1fs", pol, cfg.head, len(y), cfg.fit_on, time.perf_counter() - t0)
-        if val_embs and pol in val_labels:
-            z_val = oof if oof is not None else text_logits(val_embs, head)
-            cal, losses = fit_calibration(z_val, np.asarray(val_labels[pol]), cfg.calibration, seed=cfg.seed)
+        if len(idx):
+            z_val = oof if oof is not None else text_logits(v_embs, head)
+            cal, losses = fit_calibration(z_val, v_y, cfg.calibration, seed=cfg.seed)
         else:
             cal, losses = Calibration(method="none"), {}
         head = replace(head, calibration=cal)
         calinfo[pol] = {"chosen": cal.method, "cv_log_loss": losses}
-        if oof is not None:
-            calinfo[pol]["val_logits_oof"] = oof
+        if oof is not None:  # full length, NaN where the val text has no label for this policy
+            full = np.full(len(val_labels[pol]), np.nan)
+            full[idx] = oof
+            calinfo[pol]["val_logits_oof"] = full
         heads.append(head)
         ests.append(est)
     return heads, ests, calinfo
@@ -227,8 +233,12 @@ def evaluate_heads(heads: Sequence[Any], embs: list[np.ndarray], labels: dict[st
         z = oof_logits[h.policy] if oof_logits and h.policy in oof_logits else text_logits(embs, h)
         s = lexical.scores(split, h.policy, z) if lexical is not None else h.calibration.apply(z)
         scores[h.policy] = s.tolist()
-        m = score_metrics(labels[h.policy], s)
+        idx = labelled(labels[h.policy])
+        if not len(idx):
+            continue
+        y = np.asarray(labels[h.policy], dtype=int)[idx]
+        m = score_metrics(y.tolist(), np.asarray(s)[idx])
         if thresholds and h.policy in thresholds:
-            m["at_val_best_f1_threshold"] = score_metrics(labels[h.policy], s, threshold=thresholds[h.policy])
+            m["at_val_best_f1_threshold"] = score_metrics(y.tolist(), np.asarray(s)[idx], threshold=thresholds[h.policy])
         metrics[h.policy] = m
     return metrics, scores

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, feature_matrix
 from safecascade.training.heads import fit_calibration, val_folds
+from safecascade.training.train_rows import labelled
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +180,19 @@ def train_lexical_block(cfg: Any, windower: Any, rows: Sequence[Any], val: Seque
     steps.update()
     refit = cfg.fit_on == "train+val" and X_val is not None
     z_val: dict[str, np.ndarray] = {}
+    # val texts not labelled for a policy (-1, a multi-policy benchmark) take no part in its fits
+    vidx = {p: labelled(val_labels[p]) for p in pols if p in val_labels}
     for k, p in enumerate(pols):
-        if X_val is not None and p in val_labels and refit:
-            z_val[p] = oof_logits(X_rows, T[:, k], W, X_val, np.asarray(val_labels[p]), lcfg, C=cfg.lexical_C,
-                                  folds=cfg.refit_folds, seed=cfg.seed)
+        if X_val is not None and p in vidx and len(vidx[p]) and refit:
+            full = np.full(X_val.shape[0], np.nan)
+            full[vidx[p]] = oof_logits(X_rows, T[:, k], W, X_val[vidx[p]], np.asarray(val_labels[p])[vidx[p]], lcfg,
+                                       C=cfg.lexical_C, folds=cfg.refit_folds, seed=cfg.seed)
+            z_val[p] = full
     if refit:
         yv = np.full((X_val.shape[0], len(pols)), np.nan)
         for k, p in enumerate(pols):
-            if p in val_labels:
-                yv[:, k] = val_labels[p]
+            if p in vidx:
+                yv[vidx[p], k] = np.asarray(val_labels[p], dtype=float)[vidx[p]]
         X_fit, T_fit, W_fit = sparse.vstack([X_rows, X_val]).tocsr(), np.vstack([T, yv]), np.r_[W, np.ones(X_val.shape[0])]
     else:
         X_fit, T_fit, W_fit = X_rows, T, W
@@ -204,9 +209,10 @@ def train_lexical_block(cfg: Any, windower: Any, rows: Sequence[Any], val: Seque
         z_test = {p: zt[:, k] for k, p in enumerate(pols)}
     stacks: dict[str, dict[str, Any]] = {}
     for h in heads:
-        if h.policy in z_val and h.policy in emb_val_logits:
-            stacks[h.policy] = fit_stack(emb_val_logits[h.policy], z_val[h.policy], np.asarray(val_labels[h.policy]),
-                                         cfg.calibration, seed=cfg.seed)
+        if h.policy in z_val and h.policy in emb_val_logits and len(vidx.get(h.policy, ())):
+            i = vidx[h.policy]
+            stacks[h.policy] = fit_stack(np.asarray(emb_val_logits[h.policy])[i], z_val[h.policy][i],
+                                         np.asarray(val_labels[h.policy])[i], cfg.calibration, seed=cfg.seed)
         else:  # no labelled val data for this policy: the embedding head alone, as before
             stacks[h.policy] = {"a": 1.0, "b": 0.0, "c": 0.0, "calibration": h.calibration}
     fit.model.save(Path(out_dir) / LEXICAL_NAME)

@@ -19,7 +19,7 @@ from safecascade.tiers.onnx_encoder import CARD_NAME, WindowConfig
 from safecascade.training.heads import evaluate_heads
 from safecascade.training.train_config import TrainConfig
 from safecascade.training.train_metrics import best_f1_threshold
-from safecascade.training.train_rows import TrainRow, data_hash
+from safecascade.training.train_rows import TrainRow, data_hash, labelled
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +62,10 @@ def evaluate_and_card(cfg: TrainConfig, heads: Sequence[Any], calinfo: dict[str,
     Returns (card, ``{"val": ..., "test": ...}`` metrics, val metrics, test scores)."""
     val_metrics, val_scores = evaluate_heads(heads, val_embs, val_labels, lexical=lexical, split="val",
                                              oof_logits={p: c["val_logits_oof"] for p, c in calinfo.items() if "val_logits_oof" in c})
-    thr = {p: best_f1_threshold(val_labels[p], val_scores[p]) for p in val_scores}
+    thr = {}
+    for p in val_metrics:  # policies with labelled val texts; the threshold from those texts only
+        idx = labelled(val_labels[p])
+        thr[p] = best_f1_threshold([val_labels[p][i] for i in idx], [val_scores[p][i] for i in idx])
     test_metrics, test_scores = evaluate_heads(heads, test_embs, test_labels, thr, lexical=lexical, split="test")
     metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
     card = {

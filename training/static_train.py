@@ -21,7 +21,7 @@ from safecascade.training.export_onnx import heads_to_npz
 from safecascade.training.heads import train_heads
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
 from safecascade.training.train_config import TrainConfig
-from safecascade.training.train_rows import prepare_rows
+from safecascade.training.train_rows import prepare_rows, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ def train_static(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] =
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pol = cfg.policies[0]
     rows = prepare_rows(cfg, train, verdicts)
     enc_name, enc_sha = encoder_fingerprint(cfg.encoder)
     if static_source:
@@ -71,8 +70,8 @@ def train_static(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] =
     train_embs = encoder.embed([r.text for r in rows], progress=progress)
     val_embs = encoder.embed([e.text for e in val], progress=progress) if val else []
     test_embs = encoder.embed([e.text for e in test], progress=progress) if test else []
-    val_labels = {pol: [int(e.label) for e in val]} if val else {}
-    test_labels = {pol: [int(e.label) for e in test]} if test else {}
+    val_labels = split_labels(cfg, val)
+    test_labels = split_labels(cfg, test)
     heads, ests, calinfo = train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)
     heads_to_npz(heads, out / "heads.npz")
     card, metrics, val_metrics, test_scores = evaluate_and_card(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from safecascade.training.train_config import TrainConfig
 from safecascade.training.verdict_rows import DEFAULT_TEACHER, TeacherRow, is_verdict_log, teacher_rows
 
@@ -34,11 +36,55 @@ class TrainRow:
     source: str = ""
 
 
-def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: Mapping[str, float] | None = None) -> list[TrainRow]:
-    """Labelled examples (objects with ``text``, ``label``, ``source``) -> hard-target rows."""
+def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: Mapping[str, float] | None = None,
+                       policies: Sequence[str] = ()) -> list[TrainRow]:
+    """Labelled examples -> hard-target rows.
+
+    An example is either single-policy (``text``, ``label``, ``source``: the target is for
+    ``policy``) or multi-policy (``text``, ``labels`` mapping policy -> 0/1, ``weight``, ``source``,
+    as :class:`~safecascade.training.policy_data.PolicyExample`: the targets are its labels for
+    ``policies``, and an example labelled for none of them is skipped)."""
     sw = dict(source_weights or {})
-    return [TrainRow(text=e.text, targets={policy: float(e.label)}, weight=sw.get(getattr(e, "source", ""), 1.0),
-                     source=getattr(e, "source", "")) for e in examples]
+    pols = tuple(policies) or (policy,)
+    rows = []
+    for e in examples:
+        src = getattr(e, "source", "")
+        labels = getattr(e, "labels", None)
+        if labels is None:
+            rows.append(TrainRow(text=e.text, targets={policy: float(e.label)}, weight=sw.get(src, 1.0), source=src))
+            continue
+        targets = {p: float(labels[p]) for p in pols if p in labels}
+        if targets:
+            rows.append(TrainRow(text=e.text, targets=targets, weight=sw.get(src, 1.0) * float(getattr(e, "weight", 1.0)), source=src))
+    return rows
+
+
+def example_labels(examples: Sequence[Any], policy: str, *, first_policy: str) -> list[int]:
+    """Each example's 0/1 label for ``policy``, or -1 where it has none (a multi-policy example not
+    labelled for it, or a single-policy example when ``policy`` is not ``first_policy``)."""
+    out = []
+    for e in examples:
+        labels = getattr(e, "labels", None)
+        if labels is None:
+            out.append(int(e.label) if policy == first_policy else -1)
+        else:
+            out.append(int(labels[policy]) if policy in labels else -1)
+    return out
+
+
+def split_labels(cfg: TrainConfig, examples: Sequence[Any]) -> dict[str, list[int]]:
+    """``{policy: labels}`` of a val/test split for every policy of ``cfg`` (-1 = not labelled for
+    it; see :func:`example_labels`); empty for an empty split. Policies no example is labelled
+    for are left out."""
+    if not examples:
+        return {}
+    out = {p: example_labels(examples, p, first_policy=cfg.policies[0]) for p in cfg.policies}
+    return {p: v for p, v in out.items() if any(x >= 0 for x in v)}
+
+
+def labelled(labels: Sequence[int]) -> np.ndarray:
+    """Indices of the entries of ``labels`` that carry a label (not -1)."""
+    return np.flatnonzero(np.asarray(labels, dtype=int) >= 0)
 
 
 def rows_from_verdicts(path: str | Path, policies: Sequence[str], *, weight: float = 1.0) -> list[TrainRow]:
@@ -118,8 +164,12 @@ def data_hash(rows: Sequence[TrainRow]) -> str:
 
 def stratified_limit(examples: list[Any], limit: int) -> list[Any]:
     """First ``limit`` examples keeping the positive share (deterministic)."""
-    pos = [e for e in examples if e.label == 1]
-    neg = [e for e in examples if e.label != 1]
+    def positive(e: Any) -> bool:
+        labels = getattr(e, "labels", None)
+        return (max(labels.values(), default=0) == 1) if labels is not None else e.label == 1
+
+    pos = [e for e in examples if positive(e)]
+    neg = [e for e in examples if not positive(e)]
     n_pos = max(1, round(limit * len(pos) / max(len(examples), 1)))
     return pos[:n_pos] + neg[: max(1, limit - n_pos)]
 
@@ -131,7 +181,7 @@ def prepare_rows(cfg: TrainConfig, train: Sequence[Any], verdicts: str | Path | 
     train = list(train)
     if cfg.limit is not None:
         train = stratified_limit(train, cfg.limit)
-    rows = rows_from_examples(train, pol, source_weights=dict(cfg.source_weights))
+    rows = rows_from_examples(train, pol, source_weights=dict(cfg.source_weights), policies=cfg.policies)
     if verdicts:
         rows += rows_from_verdicts(verdicts, cfg.policies, weight=cfg.verdict_weight)
     if not rows:
