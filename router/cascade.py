@@ -402,7 +402,7 @@ class Router:
         outcomes = {pol: tc.band_for(pol).outcome(s) for pol, s in res.scores.items()}
         covered_all = all(pol in res.scores for pol in self.policies)
         if last:
-            action = "block" if any(s >= tc.threshold for s in res.scores.values()) else "allow"
+            action = "block" if any(s >= tc.threshold_for(pol) for pol, s in res.scores.items()) else "allow"
             reason = "last_tier"
         elif any(o == "block" for o in outcomes.values()):
             action, reason = "block", "band"
@@ -413,7 +413,7 @@ class Router:
             return
         p.path.append(self._trace(tc, res, action, latency_ms))
         self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
-                     threshold=tc.threshold if last else None, tc=tc)
+                     threshold=tc.threshold_for if last else None, tc=tc)
 
     @staticmethod
     def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:
@@ -428,7 +428,7 @@ class Router:
 
     def _finish(self, p: PendingText, action: str, *, tier: str, reason: str, scores: Mapping[str, float],
                 rule_ids: Mapping[str, tuple[str, ...]],
-                threshold: float | None = None, tc: TierConfig | None = None, error: str | None = None,
+                threshold: float | Callable[[str], float] | None = None, tc: TierConfig | None = None, error: str | None = None,
                 flags: Mapping[str, bool] | None = None) -> None:
         verdicts: dict[str, PolicyVerdict] = {}
         for pol in self.policies:
@@ -438,7 +438,7 @@ class Router:
             elif s is None:
                 flagged = False
             elif threshold is not None:
-                flagged = s >= threshold
+                flagged = s >= (threshold(pol) if callable(threshold) else threshold)
             elif tc is not None:
                 flagged = tc.band_for(pol).outcome(s) == "block"
             else:

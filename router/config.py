@@ -18,7 +18,8 @@ Schema (``version: 1``)::
         on_error: next              # non-final tiers: next | allow | block
       - name: fast
         type: fast
-        threshold: 0.5              # final tier: block when score >= threshold
+        threshold: 0.5              # final tier: block when score >= threshold; or per policy
+                                    # {default: 0.5, harmful_request: 0.7}
         on_error: block             # final tier: allow | block | fast-verdict
         on_budget_exhausted: block  # final tier, escalation budget spent: block | allow |
                                     # fast-verdict | queue; or per policy {default: block, pii: queue}
@@ -69,12 +70,17 @@ class TierConfig:
     type: str
     options: Mapping[str, Any] = field(default_factory=dict)
     bands: Mapping[str, Band] = field(default_factory=dict)
-    threshold: float = 0.5
+    threshold: float = 0.5  # the last tier's threshold for policies without their own
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # policy -> the last tier's threshold
     on_error: str = "next"
     on_budget_exhausted: Mapping[str, str] | None = None  # last tier only: policy (or "default") -> action
 
     def band_for(self, policy: str) -> Band:
         return self.bands.get(policy) or self.bands.get("default") or Band(allow_below=None, block_above=None)
+
+    def threshold_for(self, policy: str) -> float:
+        """The last tier's threshold for ``policy`` (its own, else the default ``threshold``)."""
+        return float(self.thresholds.get(policy, self.threshold))
 
     def budget_action_for(self, policy: str) -> str:
         """What an uncertain text gets for ``policy`` when the escalation budget refuses this
@@ -106,6 +112,8 @@ class RouterConfig:
             t["bands"] = {k: [b["allow_below"], b["block_above"]] for k, b in t["bands"].items()}
             if t.get("on_budget_exhausted") is None:
                 t.pop("on_budget_exhausted", None)
+            if not t.get("thresholds"):
+                t.pop("thresholds", None)  # a config without per-policy thresholds hashes as before
         return d
 
     @property
@@ -224,7 +232,16 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
             _expect(pname == "default" or pname in policies, f"{key}.bands.{pname}", f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
             bands[pname] = _parse_band(band, f"{key}.bands.{pname}")
         last = i == len(raw_tiers) - 1
-        threshold = _number(t.get("threshold", 0.5), f"{key}.threshold")
+        raw_thr = t.get("threshold", 0.5)
+        thresholds: dict[str, float] = {}
+        if isinstance(raw_thr, Mapping):
+            for pname, v in raw_thr.items():
+                _expect(pname == "default" or pname in policies, f"{key}.threshold.{pname}",
+                        f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
+                thresholds[str(pname)] = float(_number(v, f"{key}.threshold.{pname}"))
+            threshold = thresholds.pop("default", 0.5)
+        else:
+            threshold = _number(raw_thr, f"{key}.threshold")
         on_error = t.get("on_error", "block" if last else "next")
         allowed = _ON_ERROR_LAST if last else _ON_ERROR_MID
         _expect(on_error in allowed, f"{key}.on_error", f"expected one of {'|'.join(allowed)}, got {on_error!r}")
@@ -234,7 +251,7 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
             on_budget = None
         else:
             on_budget = parse_budget_action(t.get("on_budget_exhausted", DEFAULT_BUDGET_ACTION), f"{key}.on_budget_exhausted", policies)
-        tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), on_error=on_error,
+        tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), thresholds=thresholds, on_error=on_error,
                                 on_budget_exhausted=on_budget))
 
     return RouterConfig(

@@ -93,3 +93,25 @@ def test_heuristic_leetspeak_must_be_a_boolean(value):
             "tiers": [{"name": "h", "type": "heuristic", "options": {"leetspeak": value}}]}
     with pytest.raises(ValueError, match="leetspeak must be true or false"):
         Router.load(parse_config(data, base_dir="."))
+
+
+def test_per_policy_thresholds_decide_each_policy(make_config):
+    """The last tier's threshold may differ per policy: the same score blocks for one policy and
+    not for another, and the Decision flags only the policy over its own threshold."""
+    table = {"t1": {"a": 0.6, "b": 0.6}, "t2": {"a": 0.3, "b": 0.85}}
+    path = make_config([{"name": "last", "type": "table", "options": {"table": table},
+                         "threshold": {"default": 0.5, "b": 0.8}}], policies=("a", "b"))
+    router = Router.load(path)
+    tc = router.config.tiers[0]
+    assert (tc.threshold_for("a"), tc.threshold_for("b")) == (0.5, 0.8)
+    d1, d2 = router.classify_batch(["t1", "t2"])
+    assert d1.action == "block" and d1.policies["a"].flagged and not d1.policies["b"].flagged
+    assert d2.action == "block" and d2.policies["b"].flagged and not d2.policies["a"].flagged
+
+
+@pytest.mark.parametrize("threshold, needle", [({"nope": 0.5}, "unknown policy 'nope'"), ({"a": 1.5}, r"threshold\.a: must be in \[0, 1\]"),
+                                               ({"a": "high"}, "threshold.a")])
+def test_bad_per_policy_threshold_names_the_key(make_config, threshold, needle):
+    path = make_config([{"name": "last", "type": "table", "threshold": threshold}], policies=("a",))
+    with pytest.raises(ConfigError, match=needle):
+        load_config(path)
