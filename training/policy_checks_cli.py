@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _examples(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     if args.data:
-        exs = load_labelled(args.data)
+        exs: list[Any] = load_labelled(args.data)
         pool: list[Any] = []
     else:
         exs = load_benchmark(args.benchmark, args.split)
