@@ -24,10 +24,16 @@ DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults a
 # The recipe of the embedded defaults (and of `safecascade train fast|static` without flags), chosen
 # on the val split: see docs/fast-tier.md. Fine-tuning runs on the train split only, so the val
 # split stays out of sample for the heads' out-of-fold calibration and for band tuning.
+# Three policies (the multi-policy benchmark, training/policy_data.py): one head per policy on one
+# encoder pass. The encoder is fine-tuned on the jailbreak benchmark's train split (the tuned
+# encoder is cached by its data, so this stage is shared with the single-policy recipe).
+DEFAULT_POLICIES = ("jailbreak", "prompt_injection", "harmful_request")
 DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
-    "fast": {"finetune": True, "finetune_pairs": 8000, "finetune_max_seconds": 2400.0,  # 500 steps of 16 pairs
-             "int8": True},  # model.int8.onnx too, kept only if it passes the val F1 gate
-    "static": {},
+    "fast": {"benchmark": "policies", "policies": DEFAULT_POLICIES,
+             "finetune": True, "finetune_benchmark": "jailbreak", "finetune_pairs": 8000,
+             "finetune_max_seconds": 2400.0,  # 500 steps of 16 pairs
+             "int8": True},  # model.int8.onnx too, kept only if it passes the val F1 gate (every policy)
+    "static": {"benchmark": "policies", "policies": DEFAULT_POLICIES},
 }
 
 
@@ -41,7 +47,7 @@ def default_is_current(kind: str, d: Path) -> tuple[bool, str]:
         return False, f"unreadable card ({exc})"
     if fmt < DEFAULT_FORMAT[kind]:
         return False, f"card format {fmt} < {DEFAULT_FORMAT[kind]}"
-    stale = {k: cfg.get(k) for k, v in DEFAULT_RECIPE[kind].items() if cfg.get(k) != v}
+    stale = {k: cfg.get(k) for k, v in DEFAULT_RECIPE[kind].items() if cfg.get(k) != json.loads(json.dumps(v))}
     return (not stale), f"built with {stale}, the default recipe is {DEFAULT_RECIPE[kind]}"
 
 

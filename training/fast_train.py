@@ -55,7 +55,13 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
     rows = prepare_rows(cfg, train, verdicts)
     ft_info: dict[str, Any] = {}
     encoder = cfg.encoder
-    if cfg.finetune:
+    if cfg.finetune and cfg.finetune_benchmark:
+        fb_pol = benchmark_policy(cfg.finetune_benchmark)
+        fb_cfg = replace(cfg, benchmark=cfg.finetune_benchmark, policies=(fb_pol,), limit=None, source_weights=())
+        fb_rows = prepare_rows(fb_cfg, load_benchmark(cfg.finetune_benchmark, "train"), None)
+        encoder, ft_info = finetuned_encoder(fb_cfg, fb_rows, progress=progress)
+        ft_info = {**ft_info, "benchmark": cfg.finetune_benchmark}
+    elif cfg.finetune:
         encoder, ft_info = finetuned_encoder(cfg, rows, progress=progress)
     enc_dir = default_encoder_dir() if encoder == "default" else Path(encoder)
     enc_name, enc_sha = encoder_fingerprint(encoder)

@@ -53,6 +53,10 @@ class TrainConfig:
         finetune_seq_len: Tokens per window while fine-tuning.
         finetune_lr: Fine-tuning learning rate.
         finetune_max_seconds: Wall-clock cap on fine-tuning.
+        finetune_benchmark: Fine-tune the encoder on this benchmark's train split instead of the
+            training rows (e.g. ``jailbreak`` while the heads learn the multi-policy ``policies``
+            benchmark); empty: the training rows. The tuned encoder is cached by its data, so
+            the same fine-tuning is reused across recipes that share it.
         lexical: Fast tier: stack a hashed word-piece + character n-gram TF-IDF logit with the
             embedding head (``tiers/lexical.py``, ``training/lexical_train.py``); off = the embedding
             head alone (card format 1).
@@ -87,6 +91,7 @@ class TrainConfig:
     finetune_seq_len: int = 128
     finetune_lr: float = 2e-5
     finetune_max_seconds: float = 1200.0
+    finetune_benchmark: str = ""
     lexical: bool = True
     lexical_C: float = 30.0
     lexical_buckets: int = 1 << 20
