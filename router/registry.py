@@ -54,7 +54,7 @@ from safecascade.mlflow_store import (
 )
 from safecascade.router.config import ConfigError, RouterConfig, load_config, parse_config
 from safecascade.tiers.fast import resolve_model_dir
-from safecascade.tiers.heuristic import default_rules_path
+from safecascade.tiers.heuristic_rules import default_rules_path
 
 log = logging.getLogger(__name__)
 

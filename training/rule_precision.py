@@ -26,7 +26,8 @@ from typing import Iterable, Sequence
 import yaml
 from tqdm import tqdm
 
-from safecascade.tiers.heuristic import HeuristicTier, RuleScanner, RuleSet, default_rules_path, load_rules, parse_rules
+from safecascade.tiers.heuristic import HeuristicTier, RuleScanner
+from safecascade.tiers.heuristic_rules import RuleSet, default_rules_path, load_rules, parse_rules
 from safecascade.training.datasets import load_benchmark
 
 log = logging.getLogger(__name__)

@@ -12,16 +12,8 @@ from safecascade.router.cascade import Router
 from safecascade.router.config import parse_config
 from safecascade.router.policy import Policy
 from safecascade.tiers.base import TierResult, TierSpec, create_tier
-from safecascade.tiers.heuristic import (
-    DETECTORS,
-    HeuristicTier,
-    RuleScanner,
-    default_rules_path,
-    load_rules,
-    parse_rules,
-    relax_pattern,
-    words_of,
-)
+from safecascade.tiers.heuristic import HeuristicTier, RuleScanner, words_of
+from safecascade.tiers.heuristic_rules import DETECTORS, default_rules_path, load_rules, parse_rules, relax_pattern
 
 RULESET = load_rules()
 RULE_IDS = [r.id for r in RULESET.rules]

@@ -7,7 +7,6 @@ The stand-in (gemma-3 270m) is not gpt-oss-safeguard: these tests check the code
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
