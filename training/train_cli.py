@@ -16,16 +16,19 @@ from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
 from safecascade.training import datasets
 from safecascade.training.default_models import DEFAULT_RECIPE
-from safecascade.training.fast_train import train_from_benchmark
+from safecascade.training.fast_train import POLICY_BENCHMARK, train_from_benchmark
 from safecascade.training.int8_gate import int8_gate, record_int8
 from safecascade.training.mlflow_runs import log_training_run
+from safecascade.training.policy_data import load_policy_benchmark
 from safecascade.training.train_config import TrainConfig
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``safecascade train``."""
     parser.add_argument("kind", choices=["fast", "static"], help="which tier to train")
-    parser.add_argument("--benchmark", default="jailbreak", help="labelled benchmark (train split; val calibrates; test reports)")
+    parser.add_argument("--benchmark", default=None,
+                        help="labelled benchmark (train split; val calibrates; test reports); default: the recipe's, "
+                             "'policies' (jailbreak, prompt_injection, harmful_request); a single-policy benchmark trains one head")
     parser.add_argument("--from-log", dest="from_log", default=None, metavar="PATH",
                         help="logged safeguard verdicts used as soft targets: the SQLite verdict log (rows stored with "
                              "--store-text) or a replay CSV (text + a probability column per policy)")
@@ -65,7 +68,10 @@ def run_train(args: argparse.Namespace) -> int:
     for key in ("finetune_pairs", "finetune_max_seconds"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
-    cfg = TrainConfig(kind=args.kind, benchmark=args.benchmark, head=args.head, calibration=args.calibration,
+    if args.benchmark is not None and args.benchmark != recipe.get("benchmark"):
+        recipe["benchmark"] = args.benchmark
+        recipe.pop("policies", None)  # a single-policy benchmark trains its own policy's head
+    cfg = TrainConfig(kind=args.kind, head=args.head, calibration=args.calibration,
                       encoder=args.encoder, limit=args.limit, threads=args.threads,
                       verdict_weight=args.verdict_weight, fit_on=args.fit_on, **recipe,
                       finetune_seq_len=args.finetune_seq_len,
@@ -110,7 +116,9 @@ def run_export(args: argparse.Namespace) -> int:
             logging.getLogger(__name__).warning(
                 "%s was refitted on train+val: its val scores are in sample, so the int8 gate is lenient here; "
                 "`safecascade train fast --int8` decides on a train-only twin instead", src_dir)
-        gate = int8_gate(out, datasets.load_benchmark(cfg.get("benchmark", "jailbreak"), "val"), threads=int(cfg.get("threads", 2)))
+        bench = cfg.get("benchmark", "jailbreak")
+        val = load_policy_benchmark("val") if bench == POLICY_BENCHMARK else datasets.load_benchmark(bench, "val")
+        gate = int8_gate(out, val, threads=int(cfg.get("threads", 2)))
         record_int8(card, gate)
         (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True), encoding="utf-8")
         print(json.dumps({"int8": gate}, indent=2))
