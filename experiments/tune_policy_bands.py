@@ -1,0 +1,173 @@
+"""Tune the default router's bands and thresholds per policy, out of sample, for real traffic.
+
+    python -m experiments.tune_policy_bands --work /tmp/twins [--prevalence 0.03] [--benign-budget 0.0015]
+
+Twin static and fast tiers with the shipped recipe but heads fit on **train only** are built (the
+fine-tuned encoder and the embeddings come from the cache) and stored exactly as shipped
+(:func:`safecascade.training.ship_models.stage_served`). Every text of the multi-policy
+benchmark's **val** split, and the val split's benign real user prompts (ToxicChat, neither toxic
+nor a jailbreak), is scored by the heuristic, static and fast tiers. Then, per policy, on the texts
+labelled for it, with positives re-weighted to a real-traffic prevalence (``--prevalence``, default
+3%: a few percent of prompts violate, not the benchmark's 9-11%):
+
+* the fast tier's threshold: the F1-best threshold at that prevalence among thresholds that flag
+  at most ``--benign-budget`` of the benign real user prompts (default 0.15% per policy, so the
+  three policies together stay under 0.5%);
+* the static tier's block band: the lowest score at which its precision at that prevalence is at
+  least ``--block-precision`` (0.99) and it flags no more benign real prompts than the budget;
+* the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
+  policy's positives fall.
+
+Prints the chosen numbers and the val figures of the resulting cascade; paste them into
+``models/default.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from safecascade.tiers.fast import FastTier
+from safecascade.tiers.heuristic import HeuristicTier
+from safecascade.tiers.static import StaticTier
+from safecascade.training.policy_data import POLICIES, load_policy_benchmark, real_user_benign
+from safecascade.training.ship_models import stage_served
+from safecascade.training.train_rows import example_labels, labelled
+
+log = logging.getLogger("experiments.tune_policy_bands")
+
+
+def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
+    """Train-only twins of the shipped static and fast tiers, stored as shipped."""
+    out = {}
+    for kind in ("static", "fast"):
+        built, served = work / f"{kind}-train", work / f"{kind}-served"
+        if not (built / "card.json").is_file():
+            cmd = [sys.executable, "-m", "safecascade.cli", "-v", "train", kind, "--fit-on", "train", "--out", str(built), "--no-mlflow"]
+            log.info("$ %s", " ".join(cmd))
+            subprocess.run(cmd, check=True)
+        if not (served / "card.json").is_file():
+            stage_served(kind, built, served, bits)
+        out[kind] = served
+    return out
+
+
+def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """``{tier: {policy: scores}}`` for every text (a policy a tier does not score: 0)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, tier in tiers.items():
+        res = []
+        for s in range(0, len(texts), 256):
+            res += tier.classify(texts[s:s + 256])
+        out[name] = {p: np.array([r.scores.get(p, 0.0) for r in res]) for p in POLICIES}
+        log.info("scored %d texts with %s", len(texts), name)
+    return out
+
+
+def weighted_f1(y: np.ndarray, pred: np.ndarray, w_pos: float) -> float:
+    tp = w_pos * float((pred & (y == 1)).sum())
+    fn = w_pos * float((~pred & (y == 1)).sum())
+    fp = float((pred & (y == 0)).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast: np.ndarray, benign_static: np.ndarray,
+           *, prevalence: float, budget: float, block_precision: float, allow_miss: float) -> dict[str, float]:
+    """One policy's fast threshold and static band (see the module docstring)."""
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    w_pos = prevalence / (1 - prevalence) * n_neg / max(1, n_pos)  # positives re-weighted to the prevalence
+    cands = np.unique(np.r_[s_fast, 0.5])
+    best = (0.5, -1.0)
+    for t in cands:
+        if (benign_fast >= t).mean() > budget:
+            continue
+        f = weighted_f1(y, s_fast >= t, w_pos)
+        if f > best[1]:
+            best = (float(t), f)
+    thr = best[0]
+    block = 1.0
+    for t in np.unique(s_static)[::-1]:  # descending: keep lowering while the conditions hold
+        pred = s_static >= t
+        tp = w_pos * float((pred & (y == 1)).sum())
+        fp = float((pred & (y == 0)).sum())
+        if (tp and tp / (tp + fp) < block_precision) or (benign_static >= t).mean() > budget:
+            break
+        block = float(t)
+    pos_scores = np.sort(s_static[y == 1])
+    allow = float(pos_scores[int(np.floor(allow_miss * len(pos_scores)))]) if len(pos_scores) else 0.0
+    allow = min(allow, block)
+    return {"fast_threshold": round(thr, 4), "static_block_above": round(block, 4), "static_allow_below": round(allow * 0.999, 4),
+            "val_weighted_f1_fast": round(best[1], 4), "w_pos": round(w_pos, 4)}
+
+
+def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[str, dict[str, np.ndarray]],
+                 chosen: dict[str, dict[str, float]], heuristic_block: float) -> tuple[np.ndarray, np.ndarray]:
+    """Block decisions and 'reached fast' flags of the tuned cascade for every scored text."""
+    n = len(next(iter(sc["heuristic"].values())))
+    block = np.zeros(n, bool)
+    reached = np.zeros(n, bool)
+    h_block = np.any([sc["heuristic"][p] >= heuristic_block for p in POLICIES], axis=0)
+    s_block = np.any([sc["static"][p] >= chosen[p]["static_block_above"] for p in POLICIES], axis=0)
+    s_allow = np.all([sc["static"][p] <= chosen[p]["static_allow_below"] for p in POLICIES], axis=0)
+    f_block = np.any([sc["fast"][p] >= chosen[p]["fast_threshold"] for p in POLICIES], axis=0)
+    block = h_block | (~h_block & s_block) | (~h_block & ~s_block & ~s_allow & f_block)
+    reached = ~h_block & ~s_block & ~s_allow
+    return block, reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--prevalence", type=float, default=0.03)
+    ap.add_argument("--benign-budget", type=float, default=0.0015)
+    ap.add_argument("--block-precision", type=float, default=0.99)
+    ap.add_argument("--allow-miss", type=float, default=0.01)
+    ap.add_argument("--heuristic-block", type=float, default=0.992)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.work.mkdir(parents=True, exist_ok=True)
+    twins = build_twins(args.work)
+    val = load_policy_benchmark("val")
+    benign = [e.text for e in real_user_benign("val")]
+    texts = [e.text for e in val] + benign
+    cache = args.work / "val_scores.npz"
+    tiers = {"heuristic": HeuristicTier.default(policies=POLICIES), "static": StaticTier(model_dir=twins["static"]),
+             "fast": FastTier(model_dir=twins["fast"], quantized=True)}
+    if cache.is_file():
+        z = np.load(cache)
+        sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in tiers}
+    else:
+        sc = score_all(tiers, texts)
+        np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
+    nv = len(val)
+    chosen, y, idx = {}, {}, {}
+    for p in POLICIES:
+        lab = example_labels(val, p, first_policy=POLICIES[0])
+        idx[p] = labelled(lab)
+        y[p] = np.asarray(lab)[idx[p]]
+        chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static"][p][idx[p]], sc["fast"][p][nv:], sc["static"][p][nv:],
+                           prevalence=args.prevalence, budget=args.benign_budget, block_precision=args.block_precision,
+                           allow_miss=args.allow_miss)
+    block, reached = cascade_eval(y, idx, sc, chosen, args.heuristic_block)
+    report: dict[str, Any] = {"chosen": chosen, "val": {}}
+    for p in POLICIES:
+        b = block[:nv][idx[p]]
+        tp, fp, fn = int((b & (y[p] == 1)).sum()), int((b & (y[p] == 0)).sum()), int((~b & (y[p] == 1)).sum())
+        report["val"][p] = {"n": int(len(idx[p])), "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
+                            "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
+    report["val"]["benign_real_flag_rate"] = float(block[nv:].mean())
+    report["val"]["reached_fast"] = float(reached[:nv].mean())
+    print(json.dumps(report, indent=2))
+    (args.work / "chosen.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
