@@ -38,6 +38,7 @@ from typing import Any, Literal, Mapping, overload
 import yaml
 
 from safecascade.router.policy import Policy, builtin_policy_path
+from safecascade.tiers.base import available_tiers
 
 _ON_ERROR_MID = ("next", "allow", "block")
 _ON_ERROR_LAST = ("allow", "block", "fast-verdict")
@@ -185,8 +186,6 @@ def parse_budget_action(v: Any, key: str, policies: Mapping[str, Any]) -> dict[s
 
 def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>") -> RouterConfig:
     """Validate a config mapping (as loaded from YAML) and return a :class:`RouterConfig`."""
-    from safecascade.tiers.base import available_tiers
-
     _expect(isinstance(data, Mapping), source, "config must be a mapping")
     _check_keys(data, {"version", "name", "policies", "input", "tiers"}, "config")
     version = data.get("version", 1)

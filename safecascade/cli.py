@@ -9,6 +9,8 @@ import json
 import logging
 import sys
 
+from safecascade.router.cascade import Router
+
 # name -> (module, one-line help). Modules must be cheap to import (heavy imports inside run()).
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("safecascade.cli", "classify a text (or '-' for stdin) and print the Decision"),
@@ -35,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``classify``."""
-    from safecascade.router.cascade import Router
-
     text = sys.stdin.buffer.read() if args.text == "-" else args.text
     router = Router.load(args.config)
     try:

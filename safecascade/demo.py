@@ -21,7 +21,15 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from safecascade.paths import artifact_dir
+from safecascade.router.cache import LRUDecisionCache
+from safecascade.router.cascade import Router
+from safecascade.router.config import load_config
+from safecascade.training.datasets import load_benchmark
+from safecascade.training.evaluate import evaluate_router, stratified_sample
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fast_alone_config(config):
     """``config`` with only its fast tier, deciding alone at 0.5 (the fast tier as served)."""
-    from dataclasses import replace
-
     fast = next(t for t in config.tiers if t.type == "fast")
     return replace(config, name="fast-alone", tiers=(replace(fast, bands={}, threshold=0.5),))
 
 
 def _evaluate(router, examples, *, benchmark: str, split: str, name: str, baseline: bool = True):
-    from safecascade.training.evaluate import evaluate_router
-
     cpu0, wall0 = time.process_time(), time.perf_counter()
     report = evaluate_router(router, examples, benchmark=benchmark, split=split, progress=True,
                              baseline=baseline, name=name)
@@ -62,13 +66,6 @@ def _evaluate(router, examples, *, benchmark: str, split: str, name: str, baseli
 
 
 def run(args: argparse.Namespace) -> int:
-    from safecascade.paths import artifact_dir
-    from safecascade.router.cache import LRUDecisionCache
-    from safecascade.router.cascade import Router
-    from safecascade.router.config import load_config
-    from safecascade.training.datasets import load_benchmark
-    from safecascade.training.evaluate import stratified_sample
-
     t_start = time.perf_counter()
     out = Path(args.out) if args.out else artifact_dir("eval", f"demo-{args.benchmark}-{args.split}")
     config = load_config(args.config)
@@ -113,10 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _stand_in_section() -> str:
     """The with-safeguard preset on the stand-in GGUF: a few texts forced through every tier."""
-    from dataclasses import replace
-    from safecascade.router.cascade import Router
-    from safecascade.router.config import load_config
-
     config = load_config(None, safeguard="stand-in")
 
     # every non-final band wide open, so each text reaches the LLM: this section shows the path, not quality
