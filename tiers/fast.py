@@ -7,6 +7,23 @@ Options: :class:`FastOptions` (``model``, ``threads``, ``max_windows``, ``window
 Long texts are cut into overlapping windows, each window is scored, and the maximum is the
 text's score; ``TierResult.info`` reports ``n_windows``, ``tokens`` and ``truncated``.
 
+**No attack hides in length.** A text that needs more windows than ``max_windows`` is not cut
+down to evenly spread windows: every window's span of the text is scored by the lexical block
+(cheap, numpy), and the encoder scores the first and the last window plus the windows the lexical
+block ranks highest, up to ``max_windows``; ``info`` reports ``n_windows_needed``, ``n_windows``
+(scored), ``windows_skipped`` and ``window_selection: lexical-top-k``. A short attack inside a
+long document shares its window with benign text, which dilutes its score, so a text longer than
+one window is also cut at line breaks into *segments* of at most ``segment_tokens`` tokens; the
+lexical block ranks them and the ``segments`` best are scored as texts of their own (``info``:
+``segments_scored``, ``segments_total``). Each policy's score is the maximum over the text and
+its scored segments.
+
+**Obfuscation is carried through.** When the text hides its content (zero-width or bidi
+characters, look-alike letters, leetspeak, spaced-out letters, one word per line, base64 / hex /
+rot13 / Unicode-tag payloads: :func:`safecascade.tiers.obfuscation.scoring_views`), the decoded or
+normalised readings are scored too and each policy takes the maximum; ``info["views"]`` counts
+them and ``info["view_raised"]`` says whether a reading scored higher than the raw text.
+
 When the card has a ``lexical`` section (the default since card format 2), the text's word-piece
 and character n-grams are also scored by a hashed TF-IDF linear model (``tiers/lexical.py``,
 numpy) and the two logits are stacked: ``p = calibration(a * max_window_logit + b * lexical_logit
@@ -19,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -29,12 +46,14 @@ from safecascade.mlflow_store import download_model_dir
 from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, verify_dir
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
+from safecascade.tiers.obfuscation import scoring_views
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
     TOKENIZER_NAME,
     EncoderOptions,
     WindowConfig,
     Windower,
+    Windows,
     make_session,
     read_card,
     run_windows,
@@ -82,6 +101,13 @@ class FastOptions(EncoderOptions):
     quantized: bool | Literal["auto"] = False
     """``true``: serve ``model.int8.onnx`` (an error if the artifact has none); ``auto``: serve it
     when the card offers one (it passed the val F1 gate), else fp32; ``false``: fp32."""
+    deobfuscate: bool = True
+    """Also score the decoded / normalised readings of a text that hides its content (see the
+    module docstring); costs nothing on ordinary text."""
+    segments: int = 4
+    """Line-break segments of a long text scored as texts of their own (0: off)."""
+    segment_tokens: int = 128
+    """Largest segment, in tokens (consecutive lines are joined up to it)."""
 
 
 class FastTier:
@@ -91,7 +117,8 @@ class FastTier:
 
     def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
                  threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
-                 stride: int | None = None, batch_size: int = 32, quantized: bool | str = False):
+                 stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
+                 segments: int = 4, segment_tokens: int = 128):
         d = Path(model_dir)
         self.model_dir = d
         self.card = read_card(d)
@@ -108,9 +135,16 @@ class FastTier:
             raise ValueError(f"fast tier {name!r}: ONNX model missing: {onnx_path}")
         win = self.card.get("window", {})
         wt = int(window_tokens or win.get("window_tokens", 256))
-        cfg = WindowConfig(window_tokens=wt, stride=int(stride or min(win.get("stride", wt - 32), wt - 2)),
-                           max_windows=int(max_windows or win.get("max_windows", 8)))
+        self.max_windows = int(max_windows or win.get("max_windows", 8))
+        if self.max_windows < 1:
+            raise ValueError(f"fast tier {name!r}: max_windows must be >= 1, got {self.max_windows}")
+        # The windower cuts every window; the tier picks which ones the encoder scores (_select).
+        cfg = WindowConfig(window_tokens=wt, stride=int(stride or min(win.get("stride", wt - 32), wt - 2)), max_windows=1 << 30)
         self.windower = Windower(tok_path, cfg)
+        self.deobfuscate = bool(deobfuscate)
+        if segments < 0 or segment_tokens < 8:
+            raise ValueError(f"fast tier {name!r}: segments must be >= 0 and segment_tokens >= 8, got {segments}, {segment_tokens}")
+        self.segments, self.segment_tokens = int(segments), int(segment_tokens)
         self.session = make_session(onnx_path, threads=threads)
         outs = [o.name for o in self.session.get_outputs()]
         if "probs" not in outs:
@@ -167,12 +201,51 @@ class FastTier:
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, threads=o.threads,
                    max_windows=o.max_windows, window_tokens=o.window_tokens, stride=o.stride,
-                   batch_size=o.batch_size, quantized=o.quantized)
+                   batch_size=o.batch_size, quantized=o.quantized, deobfuscate=o.deobfuscate,
+                   segments=o.segments, segment_tokens=o.segment_tokens)
+
+    def _segments(self, text: str, ws: Windows) -> tuple[list[tuple[int, int]], np.ndarray | None]:
+        """Each window's character span of ``text`` and (with a lexical block) its lexical logits
+        [n_windows, n_policies]."""
+        enc = self.windower.tokenizer.encode(text, add_special_tokens=False)
+        offs = enc.offsets
+        n, body = len(offs), self.windower.config.window_tokens - 2
+        spans = [(offs[s][0], offs[min(s + body, n) - 1][1]) for s in ws.starts] if n else [(0, len(text))] * len(ws.starts)
+        if self.lexical is None:
+            return spans, None
+        z = np.stack([self.lexical.logits(*features(ws.content[s : s + body], text[a:b], self.lexical.config)[:2])
+                      for s, (a, b) in zip(ws.starts, spans)])
+        return spans, z
+
+    def _select(self, text: str, ws: Windows) -> tuple[Windows, dict[str, Any]]:
+        """At most ``max_windows`` windows of a long text: the first, the last and the segments the
+        lexical block ranks highest (evenly spread ones without a lexical block)."""
+        total = len(ws.starts)
+        if total <= self.max_windows:
+            return ws, {}
+        spans, z = self._segments(text, ws)
+        if z is None or self.max_windows < 3:
+            pick = np.unique(np.linspace(0, total - 1, self.max_windows).round().astype(int))
+            how = "evenly-spread"
+        else:
+            rank = np.argsort(-z[:, [c for c in self._col.values()]].max(axis=1), kind="stable")
+            keep = [0, total - 1] + [int(i) for i in rank if i not in (0, total - 1)][: self.max_windows - 2]
+            pick = np.array(sorted(set(keep)))
+            how = "lexical-top-k"
+        sel = replace(ws, ids=[ws.ids[i] for i in pick], starts=tuple(ws.starts[i] for i in pick), truncated=True)
+        seg = {"spans": [spans[i] for i in pick], "z_lex": None if z is None else z[pick], "selection": how}
+        return sel, seg
 
     def window_probs(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
         """Windows of each text and the per-window matrix [n_windows, n_policies]: calibrated
-        probabilities, or the heads' raw logits when the model stacks a lexical block."""
+        probabilities, or the heads' raw logits when the model stacks a lexical block. A text
+        needing more than ``max_windows`` windows keeps the ones :meth:`_select` picks; its
+        segment facts are in ``self._last_segments`` (text index -> dict)."""
         wins = self.windower.windows(texts)
+        self._last_segments: dict[int, dict[str, Any]] = {}
+        for i, (t, ws) in enumerate(zip(texts, wins)):
+            if len(ws.starts) > self.max_windows:
+                wins[i], self._last_segments[i] = self._select(t, ws)
         flat = [w for ws in wins for w in ws.ids]
         output = "logits" if self.lexical is not None else "probs"
         probs = run_windows(self.session, flat, batch_size=self.batch_size, output=output) if flat else np.zeros((0, 1))
@@ -194,27 +267,106 @@ class FastTier:
             else:
                 results[i] = TierResult(scores={}, error=f"fast tier expects str, got {type(t).__name__}")
         if good:
+            # the decoded / normalised readings of obfuscated texts are scored in the same batch
+            views = [scoring_views(t) if self.deobfuscate else [] for t in good]
+            batch = good + [v for vs in views for v in vs]
             try:
-                wins, probs = self.window_probs(good)
+                wins, probs = self.window_probs(batch)
+                segments = self._last_segments
             except Exception as exc:  # e.g. onnxruntime failure: recorded per text, never raised
                 log.exception("fast tier %r failed on a batch", self.name)
                 for i in good_idx:
                     results[i] = TierResult(scores={}, error=f"fast tier failed: {type(exc).__name__}: {exc}")
-                wins, probs = [], []
+                wins, probs, segments = [], [], {}
             elapsed = (time.perf_counter() - t0) * 1000.0
             per = elapsed / max(len(good), 1)
-            for i, t, ws, p in zip(good_idx, good, wins, probs):
-                info = ws.info()
-                if self.lexical is None:
-                    scores = {pol: float(np.clip(p[:, c].max(), 0.0, 1.0)) for pol, c in self._col.items()}
-                else:
-                    scores = self._stacked(t, ws, p, info)
-                if len(ws.ids) > 1:
-                    info["max_window"] = int(np.argmax(p.max(axis=1)))
+            scored = [self._text_scores(t, ws, p, segments.get(k)) for k, (t, ws, p) in enumerate(zip(batch, wins, probs))]
+            if wins and self.segments and self.lexical is not None:
+                self._score_segments(batch, wins, scored)
+            k_view = len(good)
+            for j, (i, ws) in enumerate(zip(good_idx, wins)):
+                scores, info = scored[j]
+                if views[j]:
+                    raised = False
+                    for v_scores, _ in scored[k_view : k_view + len(views[j])]:
+                        for pol, s in v_scores.items():
+                            if s > scores[pol]:
+                                scores[pol], raised = s, True
+                    info["views"], info["view_raised"] = len(views[j]), raised
+                    k_view += len(views[j])
                 warnings = ("truncated_windows",) if ws.truncated else ()
                 results[i] = TierResult(scores=scores, info=info, warnings=warnings, latency_ms=per,
                                         cost={"windows": float(len(ws.ids)), "tokens": float(ws.tokens)})
         return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
+
+    def _line_segments(self, text: str) -> list[str]:
+        """``text`` cut at line breaks into segments of at most ``segment_tokens`` tokens
+        (consecutive lines joined; a longer line is its own segment)."""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if len(lines) < 2:
+            return []
+        lens = [len(e.ids) for e in self.windower.tokenizer.encode_batch(lines, add_special_tokens=False)]
+        out: list[str] = []
+        cur: list[str] = []
+        n = 0
+        for ln, k in zip(lines, lens):
+            if cur and n + k > self.segment_tokens:
+                out.append("\n".join(cur))
+                cur, n = [], 0
+            cur.append(ln)
+            n += k
+        if cur:
+            out.append("\n".join(cur))
+        return out if len(out) > 1 else []
+
+    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]]) -> None:
+        """Score the best line segments of every text longer than one window as texts of their own
+        and raise its scores to theirs (fills ``segments_scored`` / ``segments_total``)."""
+        assert self.lexical is not None
+        body = self.windower.config.window_tokens - 2
+        picked: list[tuple[int, str]] = []
+        for k, (t, ws) in enumerate(zip(batch, wins)):
+            if ws.tokens <= body:
+                continue
+            segs = self._line_segments(t)
+            if not segs:
+                continue
+            cfg = self.lexical.config
+            seg_wins = self.windower.windows(segs, with_ids=False)
+            z = np.stack([self.lexical.logits(*features(sw.content, s, cfg)[:2]) for s, sw in zip(segs, seg_wins)])
+            rank = np.argsort(-z[:, list(self._col.values())].max(axis=1), kind="stable")[: self.segments]
+            picked += [(k, segs[int(i)]) for i in rank]
+            scored[k][1]["segments_total"] = len(segs)
+            scored[k][1]["segments_scored"] = len(rank)
+        if not picked:
+            return
+        s_wins, s_probs = self.window_probs([s for _, s in picked])
+        for (k, s), ws, p in zip(picked, s_wins, s_probs):
+            seg_scores = self._stacked(s, ws, p, {})
+            parent = scored[k][0]
+            for pol, v in seg_scores.items():
+                if v > parent[pol]:
+                    parent[pol] = v
+                    scored[k][1]["segment_raised"] = True
+
+    def _text_scores(self, text: str, ws: Windows, p: np.ndarray, seg: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, Any]]:
+        """One text's scores per policy and its ``info`` (segments of a long text included)."""
+        info = ws.info()
+        if self.lexical is None:
+            scores = {pol: float(np.clip(p[:, c].max(), 0.0, 1.0)) for pol, c in self._col.items()}
+        else:
+            scores = self._stacked(text, ws, p, info)
+        if len(ws.ids) > 1:
+            info["max_window"] = int(np.argmax(p.max(axis=1)))
+        if seg:
+            info["n_windows_needed"] = ws.n_windows_total
+            info["windows_skipped"] = ws.n_windows_total - len(ws.ids)
+            info["window_selection"] = seg["selection"]
+            if self.lexical is not None and seg["z_lex"] is not None:
+                for pol, c in self._col.items():  # each scored segment stacked as a text of its own
+                    s = self.stacks[pol].apply(p[:, c], seg["z_lex"][:, c])
+                    scores[pol] = max(scores[pol], float(np.clip(s.max(), 0.0, 1.0)))
+        return scores, info
 
     def _stacked(self, text: str, ws: Any, z: np.ndarray, info: dict[str, Any]) -> dict[str, float]:
         """Stack the max window logit with the lexical logit, per policy (fills ``info``)."""

@@ -32,6 +32,9 @@ from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, Windo
 log = logging.getLogger(__name__)
 
 STATIC_EMB = "static.npy"
+# The cheap tier scores every window of a long text (a gather and a sum per window): up to 512
+# windows, about 115,000 tokens, unless ``max_windows`` says otherwise.
+STATIC_MAX_WINDOWS = 512
 HEADS = "heads.npz"
 
 
@@ -152,7 +155,7 @@ class StaticTier:
         win = card.get("window", {})
         wt = int(window_tokens or win.get("window_tokens", 256))
         cfg = WindowConfig(window_tokens=wt, stride=int(stride or min(win.get("stride", wt - 32), wt - 2)),
-                           max_windows=int(max_windows or win.get("max_windows", 8)))
+                           max_windows=int(max_windows or max(int(win.get("max_windows", 8)), STATIC_MAX_WINDOWS)))
         self.encoder = StaticEncoder(embedding=emb, tokenizer_path=d / TOKENIZER_NAME, window=cfg, normalize=bool(card.get("normalize", True)))
         card_pols = list(card["policies"])
         self.heads: dict[str, _NumpyHead] = {}
