@@ -9,6 +9,7 @@ out of ``Router.classify``, and a later call succeeds after the restart.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from safecascade.tiers.safeguard.llama_worker import read_frame, write_frame
 from safecascade.tiers.safeguard.backends import create_backend
 from safecascade.tiers.safeguard.completion import BackendError
+from safecascade.tiers.safeguard.llama_worker import read_frame, write_frame
 
 POLICY = """# Violence
 
@@ -254,13 +255,14 @@ def test_hung_worker_times_out_then_recovers(router):
     h = _wait_up(b)
     b.count_tokens(UNCERTAIN)  # cached in the parent: the hang meets the generation, not a tokeniser call
     os.kill(h["pid"], signal.SIGSTOP)  # a hang: alive, never answers
-    tier.opts["call_timeout_s"] = 2.0
+    before = tier.options
+    tier.options = dataclasses.replace(before, call_timeout_s=2.0)
     try:
         t0 = time.monotonic()
         d = router.classify(UNCERTAIN)
         took = time.monotonic() - t0
     finally:
-        tier.opts["call_timeout_s"] = None
+        tier.options = before
     err = _assert_fallback(d, ("timeout",))
     assert "did not answer complete within 3s" in err
     assert 2.5 <= took < 8, took  # call_timeout_s 2 + worker_grace_s 1, then killed
