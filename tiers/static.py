@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
+from safecascade.tiers.obfuscation import scoring_views
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,13 @@ HEADS = "heads.npz"
 
 @dataclass(frozen=True, kw_only=True)
 class StaticOptions(EncoderOptions):
-    """Options of a ``type: static`` tier: exactly the encoder options (``model``,
-    ``max_windows``, ``window_tokens``, ``stride``; see :class:`EncoderOptions`)."""
+    """Options of a ``type: static`` tier: the encoder options (``model``, ``max_windows``,
+    ``window_tokens``, ``stride``; see :class:`EncoderOptions`) and ``deobfuscate``."""
+
+    deobfuscate: bool = True
+    """Also score the decoded / normalised readings of a text that hides its content
+    (:func:`safecascade.tiers.obfuscation.scoring_views`), each policy taking the maximum; without
+    it an obfuscated attack could fall under the allow band here and never reach the fast tier."""
 
 
 class StaticEncoder:
@@ -140,7 +146,7 @@ class StaticTier:
     kind = "static"
 
     def __init__(self, *, model_dir: str | Path, name: str = "static", policies: Sequence[str] | None = None,
-                 max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None):
+                 max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None, deobfuscate: bool = True):
         d = Path(model_dir)
         self.model_dir = d
         self.card = card = read_card(d)
@@ -176,6 +182,7 @@ class StaticTier:
         else:
             self.policies = tuple(card_pols)
         self.name = name
+        self.deobfuscate = bool(deobfuscate)
         # Serving folds each head's first layer into the token table: a window's mean is linear in
         # its token rows, so mean @ W0 is the mean of the rows of E @ W0, and L2 normalisation only
         # rescales it. One gather of [E | E @ W0 per policy] then replaces a (windows x dim) @
@@ -204,7 +211,7 @@ class StaticTier:
         o = spec.options_as(StaticOptions)
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.max_windows,
-                   window_tokens=o.window_tokens, stride=o.stride)
+                   window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""
@@ -217,6 +224,8 @@ class StaticTier:
         if idx:
             try:
                 good = [texts[i].encode("utf-8", errors="replace").decode("utf-8") for i in idx]
+                views = [scoring_views(t) if self.deobfuscate else [] for t in good]
+                good = good + [v for vs in views for v in vs]
                 wins = self.encoder.windower.windows(good, with_ids=False)
                 sums, count, offsets = self.encoder.window_sums(wins, self._table)
                 scale = self.encoder.window_scale(sums[:, : self._emb_cols], count)
@@ -227,9 +236,20 @@ class StaticTier:
                     # every text has at least one window (an empty text scores its empty window)
                     top[p] = np.clip(np.maximum.reduceat(self.heads[p].after_first_layer(first), offsets[:-1]), 0.0, 1.0)
                 per = (time.perf_counter() - t0) * 1000.0 / len(idx)
+                k_view = len(idx)
                 for j, (i, ws) in enumerate(zip(idx, wins)):
                     n = int(offsets[j + 1] - offsets[j])
-                    results[i] = TierResult(scores={p: float(top[p][j]) for p in self.policies}, info=ws.info(), latency_ms=per,
+                    scores = {p: float(top[p][j]) for p in self.policies}
+                    info = ws.info()
+                    if views[j]:
+                        raised = False
+                        for k in range(k_view, k_view + len(views[j])):
+                            for p in self.policies:
+                                if float(top[p][k]) > scores[p]:
+                                    scores[p], raised = float(top[p][k]), True
+                        info["views"], info["view_raised"] = len(views[j]), raised
+                        k_view += len(views[j])
+                    results[i] = TierResult(scores=scores, info=info, latency_ms=per,
                                             warnings=("truncated_windows",) if ws.truncated else (),
                                             cost={"windows": float(n), "tokens": float(ws.tokens)})
             except Exception as exc:
