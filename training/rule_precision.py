@@ -29,6 +29,8 @@ from tqdm import tqdm
 from safecascade.tiers.heuristic import HeuristicTier, RuleScanner
 from safecascade.tiers.heuristic_rules import RuleSet, default_rules_path, load_rules, parse_rules
 from safecascade.training.datasets import load_benchmark
+from safecascade.training.policy_data import POLICIES, load_policy_benchmark
+from safecascade.training.train_rows import example_labels
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +87,20 @@ def scan_all(tier: HeuristicTier | RuleScanner, texts: Sequence[str], *, desc: s
     return out
 
 
-def measure(ruleset: RuleSet, matched: Sequence[tuple[str, ...]], labels: Sequence[int]) -> list[RuleStats]:
-    """Per-rule matches / TP / FP from precomputed scans."""
+def measure(ruleset: RuleSet, matched: Sequence[tuple[str, ...]], labels: Sequence[int],
+            labels_by_policy: dict[str, Sequence[int]] | None = None) -> list[RuleStats]:
+    """Per-rule matches / TP / FP from precomputed scans. With ``labels_by_policy`` (the
+    multi-policy benchmark: -1 = not labelled for that policy), each rule is counted against its
+    own policy's labels, on the texts labelled for it."""
     tp = {r.id: 0 for r in ruleset.rules}
     fp = {r.id: 0 for r in ruleset.rules}
-    for ids, y in zip(matched, labels):
+    policy_of = {r.id: r.policy for r in ruleset.rules}
+    for k, (ids, y) in enumerate(zip(matched, labels)):
         for rid in ids:
+            if labels_by_policy is not None:
+                y = labels_by_policy.get(policy_of[rid], [-1] * len(matched))[k]
+                if y < 0:
+                    continue
             if y == 1:
                 tp[rid] += 1
             else:
@@ -146,7 +156,7 @@ _FIELD_LINE = re.compile(r"^(\s+)(precision|support):.*$")
 _MEASURED_LINE = re.compile(r"^measured_on:.*$")
 
 
-def rewrite_measurements(text: str, stats: Sequence[RuleStats], *, measured_on: str) -> str:
+def rewrite_measurements(text: str, stats: Sequence[RuleStats], *, measured_on: str | None) -> str:
     """Return the rules YAML ``text`` with each rule's ``precision`` / ``support`` lines replaced.
 
     Rules lacking those lines get them inserted right after their ``id`` line. Only those lines
@@ -175,7 +185,7 @@ def rewrite_measurements(text: str, stats: Sequence[RuleStats], *, measured_on: 
             value = ("null" if s.precision is None else f"{s.precision:.4f}") if key == "precision" else str(s.matches)
             out.append(f"{f.group(1)}{key}: {value}\n")
             continue
-        if _MEASURED_LINE.match(line):
+        if _MEASURED_LINE.match(line) and measured_on is not None:
             out.append(f"measured_on: {yaml.safe_dump(measured_on, default_style=None).splitlines()[0]}\n")
             continue
         out.append(line)
@@ -191,12 +201,12 @@ def rewrite_measurements(text: str, stats: Sequence[RuleStats], *, measured_on: 
             ins.append(f"{indent}{k}: {value}\n")
         out[idx + 1 : idx + 1] = ins
     new = "".join(out)
-    if not any(_MEASURED_LINE.match(x) for x in new.splitlines()):
+    if measured_on is not None and not any(_MEASURED_LINE.match(x) for x in new.splitlines()):
         new = f"measured_on: {yaml.safe_dump(measured_on).splitlines()[0]}\n" + new
     return new
 
 
-def write_measurements(path: Path, stats: Sequence[RuleStats], *, measured_on: str) -> None:
+def write_measurements(path: Path, stats: Sequence[RuleStats], *, measured_on: str | None) -> None:
     """Rewrite ``path`` in place (atomically), after checking the result still validates."""
     text = path.read_text(encoding="utf-8")
     new = rewrite_measurements(text, stats, measured_on=measured_on)
@@ -222,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--split", default="train", help="split to measure precision on (default train)")
     ap.add_argument("--block-above", type=float, default=0.98, help="the heuristic tier's block_above band edge")
     ap.add_argument("--write", action="store_true", help="write precision/support into the rules file")
+    ap.add_argument("--only-policy", default=None, help="measure / write only the rules of this policy (e.g. prompt_injection "
+                                                        "with --benchmark policies; the other rules keep their measurements)")
     ap.add_argument("--evaluate", metavar="SPLIT", default=None, help="also report the tier alone on this split, scored with the new measurements")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -230,10 +242,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ruleset = load_rules(path)
     # check_gates: also run each rule where its keywords are absent, to prove they are a safe pre-filter
     scanner = RuleScanner(ruleset, check_gates=True)
-    data = load_split(args.benchmark, args.split)
-    texts, labels = [t for t, _ in data], [y for _, y in data]
+    by_policy = None
+    if args.benchmark == "policies":  # each rule against its own policy's labels (training/policy_data.py)
+        ex = load_policy_benchmark(args.split)
+        texts = [e.text for e in ex]
+        by_policy = {p: example_labels(ex, p, first_policy=POLICIES[0]) for p in POLICIES}
+        labels = [max(v) for v in zip(*by_policy.values())]
+    else:
+        data = load_split(args.benchmark, args.split)
+        texts, labels = [t for t, _ in data], [y for _, y in data]
     matched = scan_all(scanner, texts, desc=f"{args.benchmark}/{args.split}")
-    stats = measure(ruleset, matched, labels)
+    stats = measure(ruleset, matched, labels, by_policy)
+    if args.only_policy:
+        keep = {r.id for r in ruleset.rules if r.policy == args.only_policy}
+        stats = [s for s in stats if s.rule_id in keep]
     print(f"Rule precision on {args.benchmark}/{args.split}: {len(texts)} texts, {sum(labels)} positive; "
           f"min_support={ruleset.min_support}, block_above={args.block_above}\n")
     print(markdown_table(ruleset, stats, block_above=args.block_above))
@@ -246,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(metrics_table(tier_metrics(measured_tier, matched, labels, block_above=args.block_above), split=f"{args.benchmark}/{args.split}"))
     if args.write:
         measured_on = f"{args.benchmark}/{args.split} ({len(texts)} texts, {sum(labels)} positive)"
-        write_measurements(Path(path), stats, measured_on=measured_on)
+        write_measurements(Path(path), stats, measured_on=None if args.only_policy else measured_on)
         print(f"\nwrote precision/support of {len(stats)} rules to {path}")
     if args.evaluate:
         ev = load_split(args.benchmark, args.evaluate)
