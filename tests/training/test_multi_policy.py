@@ -1,0 +1,117 @@
+"""Several policies in one training run: the multi-policy benchmark and the masked labels.
+
+The benchmark tests read the vendored data (no model); the head tests train real sklearn heads on
+synthetic embeddings (one informative direction per policy), so they run in seconds and a
+masking mistake (a text scored for a policy it has no label for) shows as a wrong count or a
+wrong calibration.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from safecascade.training.datasets import normalise
+from safecascade.training.heads import evaluate_heads, train_heads
+from safecascade.training.policy_data import POLICIES, load_policy_benchmark, policy_view, real_user_benign
+from safecascade.training.train_config import TrainConfig
+from safecascade.training.train_rows import example_labels, labelled, rows_from_examples, split_labels, stratified_limit
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, list]:
+    return {s: load_policy_benchmark(s) for s in ("train", "val", "test")}
+
+
+def test_every_policy_has_both_classes_in_every_split(splits) -> None:
+    for s, ex in splits.items():
+        for pol in POLICIES:
+            view = policy_view(ex, pol)
+            c = Counter(e.label for e in view)
+            assert c[0] > 100 and c[1] > 100, (s, pol, c)
+
+
+def test_no_text_straddles_splits(splits) -> None:
+    """Exact (case/whitespace-folded) duplicates never sit in two splits."""
+    keys = {s: {" ".join(e.text.lower().split()) for e in ex} for s, ex in splits.items()}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["val"] and not keys["val"] & keys["test"]
+
+
+def test_grouped_sources_keep_groups_together(splits) -> None:
+    """BIPIA: every test text comes from the test file (attacks never seen in train); Gandalf keeps
+    its upstream split; the jailbreak benchmark's texts keep theirs."""
+    assert all(e.id.startswith("bipia-test") for e in splits["test"] if e.source == "bipia")
+    assert not any(e.id.startswith("bipia-test") for s in ("train", "val") for e in splits[s] if e.source == "bipia")
+    from safecascade.training.datasets import load_benchmark
+
+    fold = lambda t: " ".join(t.lower().split())  # noqa: E731
+    earlier = {fold(e.text) for s in ("train", "val") for e in splits[s]}
+    test_ids = {e.id for e in splits["test"]}
+    missing = [e for e in load_benchmark("jailbreak", "test") if e.id not in test_ids]
+    assert len(missing) < 10 and all(fold(e.text) in earlier for e in missing)  # only exact re-posts are dropped
+
+
+def test_labels_follow_the_cross_policy_rules(splits) -> None:
+    ex = splits["train"]
+    harm = [e for e in ex if e.source == "harmfulqa_catqa"]
+    assert harm and all(e.labels == {"jailbreak": 0, "prompt_injection": 0, "harmful_request": 1} for e in harm)
+    gandalf = [e for e in ex if e.source == "gandalf"]
+    assert gandalf and all("jailbreak" not in e.labels and e.labels["prompt_injection"] == 1 for e in gandalf)
+    beaver = [e for e in ex if e.source == "beavertails"]
+    assert beaver and all(e.weight == 0.5 for e in beaver)  # weak labels: a model's answer, not the prompt
+    advice = [e for e in ex if e.source == "ailuminate" and e.category.startswith("spc_")]
+    assert advice and all(e.labels["harmful_request"] == 0 for e in advice)
+    benign = real_user_benign("val")
+    assert benign and all(e.source == "toxicchat" and e.label == 0 for e in benign)
+    assert len({normalise(e.text) for e in benign}) > 100
+
+
+def test_rows_and_split_labels_mask_unlabelled_policies(splits) -> None:
+    cfg = TrainConfig(benchmark="policies", policies=POLICIES)
+    sample = stratified_limit(list(splits["val"]), 400)
+    rows = rows_from_examples(sample, POLICIES[0], policies=POLICIES)
+    assert all(set(r.targets) == {p for p in POLICIES if p in e.labels} for r, e in zip(rows, sample))
+    lab = split_labels(cfg, sample)
+    for pol in POLICIES:
+        assert lab[pol] == example_labels(sample, pol, first_policy=POLICIES[0])
+        assert sorted(labelled(lab[pol]).tolist()) == [i for i, e in enumerate(sample) if pol in e.labels]
+
+
+def _synthetic(n: int, seed: int) -> tuple[list[np.ndarray], list[dict[str, int]]]:
+    """Window embeddings with one informative dimension per policy; each text labelled for a
+    random subset of the policies (at least one)."""
+    rng = np.random.default_rng(seed)
+    embs, labels = [], []
+    for _ in range(n):
+        y = {p: int(rng.random() < 0.3) for p in POLICIES}
+        keep = [p for p in POLICIES if rng.random() < 0.7] or [POLICIES[0]]
+        e = rng.normal(size=(1, 8)) * 0.3
+        for k, p in enumerate(POLICIES):
+            e[0, k] += 2.0 * y[p]
+        embs.append(e.astype(np.float32))
+        labels.append({p: y[p] for p in keep})
+    return embs, labels
+
+
+@pytest.mark.parametrize("fit_on", ["train", "train+val"])
+def test_heads_calibrate_and_score_only_labelled_texts(fit_on: str) -> None:
+    from safecascade.training.train_rows import TrainRow
+
+    tr_embs, tr_lab = _synthetic(300, 0)
+    va_embs, va_lab = _synthetic(200, 1)
+    cfg = TrainConfig(benchmark="policies", policies=POLICIES, head="lr", fit_on=fit_on, refit_folds=3)
+    rows = [TrainRow(text=str(i), targets={p: float(v) for p, v in lab.items()}) for i, lab in enumerate(tr_lab)]
+    val_labels = {p: [lab.get(p, -1) for lab in va_lab] for p in POLICIES}
+    heads, _, calinfo = train_heads(cfg, tr_embs, rows, va_embs, val_labels, progress=False)
+    assert [h.policy for h in heads] == list(POLICIES)
+    metrics, scores = evaluate_heads(heads, va_embs, val_labels, oof_logits={p: c["val_logits_oof"] for p, c in calinfo.items()
+                                                                               if "val_logits_oof" in c})
+    for k, pol in enumerate(POLICIES):
+        n_lab = sum(1 for lab in va_lab if pol in lab)
+        assert metrics[pol]["n"] == n_lab < len(va_lab)  # only the texts labelled for the policy are scored
+        assert metrics[pol]["roc_auc"] > 0.95  # the head found its policy's direction
+        if fit_on == "train+val":  # out-of-fold logits exist exactly for the labelled val texts
+            oof = calinfo[pol]["val_logits_oof"]
+            assert np.isnan(oof).sum() == len(va_lab) - n_lab
