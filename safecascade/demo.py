@@ -28,8 +28,10 @@ from safecascade.paths import artifact_dir
 from safecascade.router.cache import LRUDecisionCache
 from safecascade.router.cascade import Router
 from safecascade.router.config import load_config
-from safecascade.training.datasets import load_benchmark
+from safecascade.training.datasets import load_benchmark, split_hash
 from safecascade.training.evaluate import evaluate_router, stratified_sample
+from safecascade.training.metrics import classification_summary
+from safecascade.training.policy_data import POLICIES, load_policy_benchmark, real_user_benign
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="a seeded stratified sample of this many texts (0 = the whole split)")
     parser.add_argument("--no-fast-alone", action="store_true", help="skip the fast-tier-alone comparison")
     parser.add_argument("--no-stand-in", action="store_true", help="skip the llama.cpp stand-in run")
+    parser.add_argument("--no-policies", action="store_true", help="skip the per-policy section (multi-policy test split)")
     parser.add_argument("--out", default=None, help="directory for the reports (default: <cache>/eval/demo-*)")
 
 
@@ -90,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
                             "the latencies in this table are cache hits.\n")
     finally:
         router.close()
+    if not args.no_policies:
+        sections.append(policies_section(config, limit=args.limit))
     if not args.no_fast_alone:
         fast = Router.load(fast_alone_config(config))
         try:
@@ -106,6 +111,41 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s; reports in {out}")
     return 0
+
+
+def policies_section(config, *, limit: int = 0) -> str:
+    """Per policy, on the multi-policy benchmark's test split (texts labelled for the policy):
+    precision, recall and F1 of "blocked" and of the policy's own flag; then the share of benign
+    real user prompts (ToxicChat test, neither toxic nor a jailbreak) blocked, and CPU ms per text."""
+    test = load_policy_benchmark("test")
+    if limit and limit < len(test):
+        test = sorted(test, key=lambda e: split_hash(e.text, salt="demo-limit"))[:limit]
+    benign = [e.text for e in real_user_benign("test")]
+    router = Router.load(config)
+    try:
+        cpu0 = time.process_time()
+        decisions = router.classify_batch([e.text for e in test])
+        cpu_ms = (time.process_time() - cpu0) * 1000.0 / max(1, len(test))
+        benign_d = router.classify_batch(benign)
+    finally:
+        router.close()
+    lines = [f"### Per policy: `{config.name}` on the multi-policy test split ({len(test)} texts; "
+             "training/policy_data.py: split by source group, BIPIA test attacks never seen in training)", "",
+             "| policy | texts | violating | P (blocked) | R (blocked) | F1 (blocked) | F1 (policy flag) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for pol in POLICIES:
+        pairs = [(e.labels[pol], d) for e, d in zip(test, decisions) if pol in e.labels]
+        y = [lab for lab, _ in pairs]
+        blocked = classification_summary(y, [d.action == "block" for _, d in pairs])
+        flag = classification_summary(y, [(d.policies[pol].flagged if pol in d.policies else d.action == "block") for _, d in pairs])
+        scored = "" if pol in config.policies else " (not scored by this router)"
+        lines.append(f"| {pol}{scored} | {len(y)} | {sum(y)} | {blocked['precision']:.3f} | {blocked['recall']:.3f} | "
+                     f"{blocked['f1']:.3f} | {flag['f1']:.3f} |")
+    rate = sum(d.action == "block" for d in benign_d) / max(1, len(benign_d))
+    lines += ["", f"Benign real user prompts blocked (ToxicChat test, neither toxic nor a jailbreak): "
+              f"{sum(d.action == 'block' for d in benign_d)} of {len(benign_d)} ({rate:.2%}). "
+              f"Mean CPU time per text on this split: {cpu_ms:.2f} ms.", ""]
+    return "\n".join(lines)
 
 
 def _stand_in_section() -> str:
