@@ -36,8 +36,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="artifact dir (default: <cache>/models/<kind>-default)")
     parser.add_argument("--head", choices=["lr", "mlp"], default="mlp", help="head on the embeddings")
     parser.add_argument("--calibration", choices=["auto", "platt", "isotonic", "none"], default="auto")
-    parser.add_argument("--fit-on", dest="fit_on", choices=["train", "train+val"], default="train+val",
-                        help="train+val (default): refit the head on train+val, calibrated on out-of-fold val logits")
+    parser.add_argument("--fit-on", dest="fit_on", choices=["train", "train+val"], default=None,
+                        help="train (the default recipe's): heads on train, val out of sample for calibration, the int8 gate "
+                             "and band tuning; train+val: refit the heads on train+val, calibrated on out-of-fold val logits")
     parser.add_argument("--encoder", default="default", help="sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
     parser.add_argument("--limit", type=int, default=None, help="use at most N training examples (quick runs)")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
@@ -68,12 +69,14 @@ def run_train(args: argparse.Namespace) -> int:
     for key in ("finetune_pairs", "finetune_max_seconds"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
+    if args.fit_on is not None:
+        recipe["fit_on"] = args.fit_on
     if args.benchmark is not None and args.benchmark != recipe.get("benchmark"):
         recipe["benchmark"] = args.benchmark
         recipe.pop("policies", None)  # a single-policy benchmark trains its own policy's head
     cfg = TrainConfig(kind=args.kind, head=args.head, calibration=args.calibration,
                       encoder=args.encoder, limit=args.limit, threads=args.threads,
-                      verdict_weight=args.verdict_weight, fit_on=args.fit_on, **recipe,
+                      verdict_weight=args.verdict_weight, **recipe,
                       finetune_seq_len=args.finetune_seq_len,
                       lexical=args.lexical, lexical_C=args.lexical_c)
     out = Path(args.out) if args.out else artifact_dir("models") / f"{args.kind}-default"
