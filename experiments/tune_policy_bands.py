@@ -2,9 +2,11 @@
 
     python -m experiments.tune_policy_bands --work /tmp/twins [--prevalence 0.03] [--benign-budget 0.0015]
 
-Twin static and fast tiers with the shipped recipe but heads fit on **train only** are built (the
-fine-tuned encoder and the embeddings come from the cache) and stored exactly as shipped
-(:func:`safecascade.training.ship_models.stage_served`). Every text of the multi-policy
+The shipped recipe fits its heads on **train only**, so the shipped models themselves are tuned on
+(``--models DIR``, e.g. ``models``: ``DIR/static-default`` and ``DIR/fast-default``); without it,
+twins with heads fit on train are built (the fine-tuned encoder and the embeddings come from the
+cache) and stored exactly as shipped (:func:`safecascade.training.ship_models.stage_served`).
+Every text of the multi-policy
 benchmark's **val** split, and the val split's benign real user prompts (ToxicChat, neither toxic
 nor a jailbreak), is scored by the heuristic, static and fast tiers. Then, per policy, on the texts
 labelled for it, with positives re-weighted to a real-traffic prevalence (``--prevalence``, default
@@ -125,6 +127,7 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--models", type=Path, default=None, help="tune these models (DIR/static-default, DIR/fast-default; heads fit on train)")
     ap.add_argument("--prevalence", type=float, default=0.03)
     ap.add_argument("--benign-budget", type=float, default=0.0015)
     ap.add_argument("--block-precision", type=float, default=0.99)
@@ -133,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
-    twins = build_twins(args.work)
+    if args.models is not None:
+        for kind in ("static", "fast"):
+            card = json.loads((args.models / f"{kind}-default" / "card.json").read_text(encoding="utf-8"))
+            if card.get("fit_on") != "train":
+                raise SystemExit(f"{args.models}/{kind}-default was fit on {card.get('fit_on')}: its val scores are in sample")
+        twins = {"static": args.models / "static-default", "fast": args.models / "fast-default"}
+    else:
+        twins = build_twins(args.work)
     val = load_policy_benchmark("val")
     benign = [e.text for e in real_user_benign("val")]
     texts = [e.text for e in val] + benign
