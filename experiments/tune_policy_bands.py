@@ -110,12 +110,12 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
 
 
 def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[str, dict[str, np.ndarray]],
-                 chosen: dict[str, dict[str, float]], heuristic_block: float) -> tuple[np.ndarray, np.ndarray]:
+                 chosen: dict[str, dict[str, float]], heuristic_block: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
     """Block decisions and 'reached fast' flags of the tuned cascade for every scored text."""
     n = len(next(iter(sc["heuristic"].values())))
     block = np.zeros(n, bool)
     reached = np.zeros(n, bool)
-    h_block = np.any([sc["heuristic"][p] >= heuristic_block for p in POLICIES], axis=0)
+    h_block = np.any([sc["heuristic"][p] >= heuristic_block.get(p, 1.01) for p in POLICIES], axis=0)
     s_block = np.any([sc["static"][p] >= chosen[p]["static_block_above"] for p in POLICIES], axis=0)
     s_allow = np.all([sc["static"][p] <= chosen[p]["static_allow_below"] for p in POLICIES], axis=0)
     f_block = np.any([sc["fast"][p] >= chosen[p]["fast_threshold"] for p in POLICIES], axis=0)
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-budget", type=float, default=0.0015)
     ap.add_argument("--block-precision", type=float, default=0.99)
     ap.add_argument("--allow-miss", type=float, default=0.01)
-    ap.add_argument("--heuristic-block", type=float, default=0.992)
+    ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99},
+                    help="the heuristic tier's block_above per policy (JSON)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
