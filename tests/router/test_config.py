@@ -115,3 +115,21 @@ def test_bad_per_policy_threshold_names_the_key(make_config, threshold, needle):
     path = make_config([{"name": "last", "type": "table", "threshold": threshold}], policies=("a",))
     with pytest.raises(ConfigError, match=needle):
         load_config(path)
+
+
+def test_a_policy_name_given_twice_fails_at_load(tmp_path):
+    """Two policies under one name (YAML would silently keep the last) are refused, naming the key."""
+    (tmp_path / "a.md").write_text("# A\n## VIOLATES (1)\n- **A1.a** Bad.\n")
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: t\npolicies:\n  jailbreak: a.md\n  jailbreak: builtin:jailbreak\n"
+                    "tiers:\n  - {name: last, type: table}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'jailbreak'"):
+        load_config(path)
+
+
+def test_a_policy_without_rule_ids_fails_at_load(tmp_path):
+    (tmp_path / "none.md").write_text("# Policy\nNo list of rules here.\n")
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\npolicies:\n  mine: none.md\ntiers:\n  - {name: last, type: table}\n")
+    with pytest.raises((ConfigError, ValueError), match="defines no rule ids"):
+        Router.load(load_config(path))
