@@ -34,7 +34,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "--store-text) or a replay CSV (text + a probability column per policy)")
     parser.add_argument("--verdict-weight", type=float, default=1.0, help="weight of each verdict row relative to a labelled row")
     parser.add_argument("--out", default=None, help="artifact dir (default: <cache>/models/<kind>-default)")
-    parser.add_argument("--head", choices=["lr", "mlp"], default="mlp", help="head on the embeddings")
+    parser.add_argument("--head", choices=["lr", "mlp"], default=None, help="head on the embeddings (default: the recipe's; mlp)")
     parser.add_argument("--calibration", choices=["auto", "platt", "isotonic", "none"], default="auto")
     parser.add_argument("--fit-on", dest="fit_on", choices=["train", "train+val"], default=None,
                         help="train (the default recipe's): heads on train, val out of sample for calibration, the int8 gate "
@@ -74,7 +74,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.benchmark is not None and args.benchmark != recipe.get("benchmark"):
         recipe["benchmark"] = args.benchmark
         recipe.pop("policies", None)  # a single-policy benchmark trains its own policy's head
-    cfg = TrainConfig(kind=args.kind, head=args.head, calibration=args.calibration,
+    if args.head is not None:
+        recipe["head"] = args.head
+    cfg = TrainConfig(kind=args.kind, calibration=args.calibration,
                       encoder=args.encoder, limit=args.limit, threads=args.threads,
                       verdict_weight=args.verdict_weight, **recipe,
                       finetune_seq_len=args.finetune_seq_len,
