@@ -105,7 +105,10 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
     pos_scores = np.sort(s_static[y == 1])
     allow = float(pos_scores[int(np.floor(allow_miss * len(pos_scores)))]) if len(pos_scores) else 0.0
     allow = min(allow, block)
-    return {"fast_threshold": round(thr, 4), "static_block_above": round(block, 4), "static_allow_below": round(allow * 0.999, 4),
+    fast_pos = np.sort(s_fast[y == 1])  # with a safeguard: the fast tier allows below this, escalates up to its threshold
+    fast_allow = min(float(fast_pos[int(np.floor(allow_miss * len(fast_pos)))]) if len(fast_pos) else 0.0, thr)
+    return {"fast_threshold": round(thr, 4), "fast_allow_below": round(fast_allow * 0.999, 4),
+            "static_block_above": round(block, 4), "static_allow_below": round(allow * 0.999, 4),
             "val_weighted_f1_fast": round(best[1], 4), "w_pos": round(w_pos, 4)}
 
 
