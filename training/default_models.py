@@ -24,24 +24,24 @@ DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults a
 # The recipe of the embedded defaults (and of `safecascade train fast|static` without flags), chosen
 # on the val split: see docs/fast-tier.md. Fine-tuning runs on the train split only, so the val
 # split stays out of sample for the heads' out-of-fold calibration and for band tuning.
-# Three policies (the multi-policy benchmark, training/policy_data.py): one head per policy on one
-# encoder pass. The encoder is fine-tuned on the jailbreak benchmark's train split (the tuned
-# encoder is cached by its data, so this stage is shared with the single-policy recipe). Heads fit
-# on train only: val stays out of sample for calibration, the lexical stack, the int8 gate and
-# the per-policy bands and thresholds (experiments/tune_policy_bands.py tunes on the shipped
-# models themselves).
-DEFAULT_POLICIES = ("jailbreak", "prompt_injection", "harmful_request")
 DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
-    # logistic-regression heads on the fine-tuned embeddings, stacked with the lexical block: an MLP
-    # head per policy took 7-20 minutes each on 2 cores here (36k windows); measured figures in
-    # models/README.md and docs/policies.md
-    "fast": {"benchmark": "policies", "policies": DEFAULT_POLICIES, "fit_on": "train", "head": "lr",
-             "finetune": True, "finetune_benchmark": "jailbreak", "finetune_pairs": 8000,
-             "finetune_max_seconds": 2400.0,  # 500 steps of 16 pairs
-             "int8": True},  # model.int8.onnx too, kept only if it passes the val F1 gate (every policy)
-    # the static tier's heads are logistic regressions: it is the cheap filter in front (its bands
-    # send the uncertain texts on), and three MLP heads cost about 40 minutes on 2 cores
-    "static": {"benchmark": "policies", "policies": DEFAULT_POLICIES, "fit_on": "train", "head": "lr"},
+    "fast": {"finetune": True, "finetune_pairs": 8000, "finetune_max_seconds": 2400.0,  # 500 steps of 16 pairs
+             "int8": True},  # model.int8.onnx too, kept only if it passes the val F1 gate
+    "static": {},
+}
+# The three-policy candidate (jailbreak, prompt_injection, harmful_request on the multi-policy
+# benchmark, training/policy_data.py): one head per policy on one encoder pass; the encoder
+# fine-tuned on the jailbreak train split (the cached tuned encoder of DEFAULT_RECIPE is reused);
+# heads fit on train so val stays out of sample for calibration, the lexical stack, the int8 gate
+# and per-policy bands (experiments/tune_policy_bands.py); logistic-regression heads (an MLP head
+# per policy took 7-20 minutes each on 2 cores). Not the shipped default yet: measured in
+# docs/policies.md. Used by `safecascade train fast|static --benchmark policies`.
+POLICIES_RECIPE: dict[str, dict[str, Any]] = {
+    "fast": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
+             "head": "lr", "finetune": True, "finetune_benchmark": "jailbreak", "finetune_pairs": 8000,
+             "finetune_max_seconds": 2400.0, "int8": True},
+    "static": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
+               "head": "lr"},
 }
 
 

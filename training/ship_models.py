@@ -32,7 +32,8 @@ from safecascade.shipped import PROVENANCE, SHIPPED_NAMES, verify_dir
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.static import StaticTier
 from safecascade.training.compact import compact_onnx_embeddings, compact_static_table
-from safecascade.training.default_models import ensure_default_models
+from safecascade.training.datasets import load_benchmark
+from safecascade.training.default_models import DEFAULT_RECIPE, ensure_default_models
 from safecascade.training.policy_data import load_policy_benchmark
 from safecascade.training.train_metrics import score_metrics
 from safecascade.training.train_rows import example_labels, labelled
@@ -41,12 +42,15 @@ log = logging.getLogger(__name__)
 
 FAST_FILES = ("card.json", "tokenizer.json", "lexical.npz")
 STATIC_FILES = ("card.json", "tokenizer.json", "heads.npz", "static.npy")
-BENCHMARK = "policies"  # the multi-policy benchmark (training/policy_data.py)
-TRAINING_SOURCES = {  # every vendored source the multi-policy benchmark reads (training/data/SOURCES.md)
+BENCHMARK = str(DEFAULT_RECIPE["fast"].get("benchmark", "jailbreak"))  # what the shipped recipe trains on
+JAILBREAK_SOURCES = {  # the jailbreak benchmark's vendored sources (training/data/SOURCES.md)
     "jailbreakhub.csv.gz": "MIT",
     "toxicchat_train.csv.gz": "CC BY-NC 4.0 (non-commercial)",
     "awesome_chatgpt_prompts.csv.gz": "CC0 1.0",
     "alpaca_sample.csv.gz": "CC BY-NC 4.0 (non-commercial)",
+}
+POLICIES_SOURCES = {  # every vendored source the multi-policy benchmark reads
+    **JAILBREAK_SOURCES,
     "alpaca_full.csv.gz": "CC BY-NC 4.0 (non-commercial)",
     "bipia_indirect_train.csv.gz": "MIT (attacks, e-mail contexts); CC BY-SA 4.0 (table and code contexts)",
     "bipia_indirect_test.csv.gz": "MIT (attacks, e-mail contexts); CC BY-SA 4.0 (table and code contexts)",
@@ -64,6 +68,7 @@ TRAINING_SOURCES = {  # every vendored source the multi-policy benchmark reads (
     "harm_toxigen.csv.gz": "MIT / CDLA-Permissive-2.0",
     "harm_phtest.csv.gz": "MIT (HF card)",
 }
+TRAINING_SOURCES = POLICIES_SOURCES if BENCHMARK == "policies" else JAILBREAK_SOURCES
 
 
 def git_commit() -> str:
@@ -133,7 +138,7 @@ def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str
 def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test")) -> dict[str, Any]:
     """Build (or reuse), compact, measure and write the shipped set into ``out_root``."""
     built = ensure_default_models(progress=True)
-    data = {s: load_policy_benchmark(s) for s in splits}
+    data = {s: load_policy_benchmark(s) if BENCHMARK == "policies" else load_benchmark(BENCHMARK, s) for s in splits}
     data_dir = Path(__file__).resolve().parent / "data"
     commit = git_commit()
     summary: dict[str, Any] = {}
