@@ -4,8 +4,9 @@
 
 Seeds are held-apart attacks: positives of the multi-policy benchmark's **test** split, per policy
 (jailbreak, prompt_injection without BIPIA's already-embedded documents, harmful_request), a fixed
-sample of ``--seeds`` each. Benign filler for padding and surrounding content comes from the test
-split's benign real user prompts and Alpaca instructions. Each transform of
+sample of ``--seeds`` each. Benign filler for padding and surrounding content: the test split's
+Alpaca instructions that the router allows on their own (``filler_alone_blocked`` checks the
+padding of each size alone). Each transform of
 :mod:`safecascade.training.evasion` is applied to every seed and the router classifies the result;
 the table gives the block rate per policy and overall, the gap to the plain rate, and the mean CPU
 time per text. Writes ``experiments/results/evasion.md`` and logs an MLflow run.
@@ -37,17 +38,18 @@ def seeds_per_policy(n: int) -> dict[str, list[str]]:
     return out
 
 
-def filler_text() -> str:
-    """Benign filler: the test split's benign real user prompts and Alpaca instructions, joined."""
-    benign = [e.text for e in real_user_benign("test")]
-    alpaca = [e.text for e in load_policy_benchmark("test") if e.source == "alpaca"][:400]
-    return "\n".join(benign[:300] + alpaca)
+def filler_text(router: Router) -> str:
+    """Benign filler: the test split's Alpaca instructions that the router allows on their own,
+    joined by newlines (a filler the router blocks would make every padded text look caught)."""
+    alpaca = [e.text for e in load_policy_benchmark("test") if e.source == "alpaca"][:1500]
+    allowed = [t for t, d in zip(alpaca, router.classify_batch(alpaca)) if d.action == "allow"]
+    return "\n".join(allowed)
 
 
 def run(config: str | None, n: int, transforms: list[str]) -> list[dict[str, object]]:
     router = Router.load(config)
     seeds = seeds_per_policy(n)
-    filler = filler_text()
+    filler = filler_text(router)
     rows: list[dict[str, object]] = []
     plain: dict[str, float] = {}
     for name in transforms:
@@ -63,6 +65,8 @@ def run(config: str | None, n: int, transforms: list[str]) -> list[dict[str, obj
             total += len(ds)
         row["all"] = blocked_all / max(1, total)
         row["cpu_ms_per_text"] = 1000 * (time.process_time() - t0) / max(1, total)
+        if name.startswith("pad_"):  # control: the padding alone must be allowed, or the row means nothing
+            row["filler_alone_blocked"] = float(router.classify(apply(name, "", filler)).action == "block")
         if name == "plain":
             plain = {k: float(row[k]) for k in (*POLICIES, "all")}  # type: ignore[arg-type]
         row["gap_points"] = 100 * (float(row["all"]) - plain.get("all", float(row["all"])))  # type: ignore[arg-type]
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args.config, args.seeds, names)
     with ResultWriter("evasion", params={"seeds_per_policy": args.seeds, "config": args.config or "default"}) as rw:
         rw.text(__doc__.split("\n\n", 2)[2])
-        rw.table(rows, columns=["transform", *POLICIES, "all", "gap_points", "cpu_ms_per_text"])
+        rw.table(rows, columns=["transform", *POLICIES, "all", "gap_points", "filler_alone_blocked", "cpu_ms_per_text"])
         worst = min(rows, key=lambda r: float(r["gap_points"]))  # type: ignore[arg-type]
         rw.metrics({"plain_block_rate": float(rows[0]["all"]), "worst_gap_points": float(worst["gap_points"])})  # type: ignore[arg-type]
         rw.text(f"Worst transform: {worst['transform']} ({float(worst['gap_points']):+.1f} points against plain).")  # type: ignore[arg-type]
