@@ -21,27 +21,27 @@ from safecascade.training.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults are built with
-# The recipe of the embedded defaults (and of `safecascade train fast|static` without flags), chosen
-# on the val split: see docs/fast-tier.md. Fine-tuning runs on the train split only, so the val
-# split stays out of sample for the heads' out-of-fold calibration and for band tuning.
-DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
-    "fast": {"finetune": True, "finetune_pairs": 8000, "finetune_max_seconds": 2400.0,  # 500 steps of 16 pairs
-             "int8": True},  # model.int8.onnx too, kept only if it passes the val F1 gate
-    "static": {},
-}
-# The three-policy candidate (jailbreak, prompt_injection, harmful_request on the multi-policy
-# benchmark, training/policy_data.py): one head per policy on one encoder pass; the encoder
-# fine-tuned on the jailbreak train split (the cached tuned encoder of DEFAULT_RECIPE is reused);
-# heads fit on train so val stays out of sample for calibration, the lexical stack, the int8 gate
-# and per-policy bands (experiments/tune_policy_bands.py); logistic-regression heads (an MLP head
-# per policy took 7-20 minutes each on 2 cores). Not the shipped default yet: measured in
-# docs/policies.md. Used by `safecascade train fast|static --benchmark policies`.
+# The recipe of the embedded defaults (and of `safecascade train fast|static` without flags): three
+# policies (jailbreak, prompt_injection, harmful_request) on the multi-policy benchmark
+# (training/policy_data.py); one head per policy on one encoder pass; the encoder fine-tuned on the
+# jailbreak train split (500 steps of 16 pairs); heads fit on train so val stays out of sample for
+# calibration, the lexical stack, the int8 gate and per-policy bands
+# (experiments/tune_policy_bands.py); logistic-regression heads (an MLP head per policy took 7-20
+# minutes each on 2 cores). Measured in docs/policies.md.
 POLICIES_RECIPE: dict[str, dict[str, Any]] = {
     "fast": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
              "head": "lr", "finetune": True, "finetune_benchmark": "jailbreak", "finetune_pairs": 8000,
              "finetune_max_seconds": 2400.0, "int8": True},
     "static": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
                "head": "lr"},
+}
+DEFAULT_RECIPE: dict[str, dict[str, Any]] = POLICIES_RECIPE
+# The jailbreak-only recipe the defaults shipped with before the three policies (kept for
+# `experiments/tune_default_bands.py` and to rebuild that set: `TrainConfig(**JAILBREAK_RECIPE[kind])`).
+JAILBREAK_RECIPE: dict[str, dict[str, Any]] = {
+    "fast": {"finetune": True, "finetune_pairs": 8000, "finetune_max_seconds": 2400.0,  # 500 steps of 16 pairs
+             "int8": True},  # model.int8.onnx too, kept only if it passes the val F1 gate
+    "static": {},
 }
 
 

@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 POLICIES = ("jailbreak", "prompt_injection", "harmful_request")
 GROUP_CUTS = (0.70, 0.85)  # train below 0.70, val below 0.85, test above
 EXTRA_ALPACA = 8000  # Alpaca rows beyond the jailbreak benchmark's, as benign instructions
+# Benign real user prompts (ToxicChat, neither toxic nor a jailbreak) are the traffic the benign-flag
+# rate is judged on, and a small share of the negatives (about 1,200 of 22,000 in train): with weight 1
+# the harmful-request head flagged 14% of the val split's benign real prompts at 0.5 (it learned
+# "a short question on an edgy topic"). Weighted up so every head pays for a real prompt it flags.
+REAL_BENIGN_WEIGHT = 4.0
+# BeaverTails labels a prompt by the harm of a model's answer ("Do you know much about drug
+# testing?" is a positive): down-weighted below the other weak sets.
+BEAVERTAILS_WEIGHT = 0.3
 _J, _P, _H = POLICIES
 
 
@@ -74,7 +82,9 @@ def _from_jailbreak_benchmark() -> Iterable[tuple[str, PolicyExample]]:
                 labels = _labels(1, None, None)
             else:
                 labels = _labels(0, 0, None if "toxic" in e.categories else 0)
-            yield split, PolicyExample(text=e.text, labels=labels, source=e.source, id=e.id)
+            real_benign = e.source == "toxicchat" and e.label == 0 and "toxic" not in e.categories
+            yield split, PolicyExample(text=e.text, labels=labels, source=e.source, id=e.id,
+                                       weight=REAL_BENIGN_WEIGHT if real_benign else 1.0)
 
 
 def _injection() -> Iterable[tuple[str, PolicyExample]]:
@@ -121,7 +131,7 @@ def _harm() -> Iterable[tuple[str, PolicyExample]]:
                              weight=0.5 if advice else 0.7, category=r["hazard"], meta={"language": r["locale"][:2]}))
     for i, r in enumerate(read_vendored("harm_beavertails.csv.gz")):
         yield (_group_split(r["text"], "beavertails"),
-               PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="beavertails", id=f"beavertails-{i}", weight=0.5,
+               PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="beavertails", id=f"beavertails-{i}", weight=BEAVERTAILS_WEIGHT,
                              category=r["harm_categories"].split(";")[0]))
     for i, r in enumerate(read_vendored("harm_safety_tuned_llamas.csv.gz")):
         labels = _labels(0, 0, 1) if r["label"] == "1" else _labels(0, 0, 0)

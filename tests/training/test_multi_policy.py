@@ -61,7 +61,11 @@ def test_labels_follow_the_cross_policy_rules(splits) -> None:
     gandalf = [e for e in ex if e.source == "gandalf"]
     assert gandalf and all("jailbreak" not in e.labels and e.labels["prompt_injection"] == 1 for e in gandalf)
     beaver = [e for e in ex if e.source == "beavertails"]
-    assert beaver and all(e.weight == 0.5 for e in beaver)  # weak labels: a model's answer, not the prompt
+    assert beaver and all(e.weight < 0.5 for e in beaver)  # weak labels: a model's answer, not the prompt
+    real = [e for e in ex if e.source == "toxicchat" and e.labels.get("harmful_request") == 0]
+    assert real and all(e.weight > 1.0 for e in real)  # benign real user prompts weigh more than other negatives
+    toxic = [e for e in ex if e.source == "toxicchat" and "harmful_request" not in e.labels]
+    assert toxic and all(e.weight == 1.0 for e in toxic)
     advice = [e for e in ex if e.source == "ailuminate" and e.category.startswith("spc_")]
     assert advice and all(e.labels["harmful_request"] == 0 for e in advice)
     benign = real_user_benign("val")
