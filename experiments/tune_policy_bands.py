@@ -127,6 +127,78 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
     return block, reached
 
 
+def _static_bands(c: dict[str, dict[str, float]]) -> str:
+    return "".join(f"      {p}: [{c[p]['static_allow_below']}, {c[p]['static_block_above']}]\n" for p in POLICIES)
+
+
+def _heuristic_bands(h: dict[str, float]) -> str:
+    return "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {v}]" for p, v in h.items()]) + "}"
+
+
+def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> None:
+    """Rewrite ``d/default.yaml`` and the tiers above the safeguard in ``d/with-safeguard.yaml``."""
+    c, v = report["chosen"], report["val"]
+    vals = "; ".join(f"{p} P {v[p]['precision']:.3f} R {v[p]['recall']:.3f} F1 {v[p]['f1']:.3f}" for p in POLICIES)
+    how = (f"# Bands and thresholds were tuned per policy on the val split for real traffic with\n"
+           f"# `python -m experiments.tune_policy_bands --models models --work /tmp/tune --write-presets models`\n"
+           f"# (the shipped heads are fit on train only, so val is out of sample): positives re-weighted to\n"
+           f"# {args.prevalence:.0%} prevalence; the fast threshold is the F1-best one that flags at most {args.benign_budget:.2%} of\n"
+           f"# the val split's benign real user prompts (ToxicChat, neither toxic nor a jailbreak) per policy;\n"
+           f"# the static tier blocks only at precision >= {args.block_precision} and allows below the score under\n"
+           f"# which {args.allow_miss:.0%} of the policy's violations fall. Expected on val (at {args.prevalence:.0%} prevalence): {vals};\n"
+           f"# benign real prompts blocked {v['benign_real_flag_rate']:.2%} of {v['benign_real_n']}; "
+           f"{v['reached_fast_benign_real']:.1%} of them reach the fast tier.\n")
+    policies = ("policies:\n"
+                "  jailbreak: builtin:jailbreak                # models/policies/jailbreak.md\n"
+                "  prompt_injection: builtin:prompt_injection  # models/policies/prompt_injection.md (direct, indirect, exfiltration)\n"
+                "  harmful_request: builtin:harmful_request    # models/policies/harmful_request.md\n"
+                "input:\n  max_chars: 200000\n  on_empty: allow\n  on_oversize: block\n")
+    rules = ", ".join(f"{p} >= {h}" for p, h in args.heuristic_block.items())
+    upper = ("tiers:\n"
+             f"  - name: heuristic                     # named rules; decides alone only on rules measured at precision {rules}\n"
+             "    type: heuristic\n"
+             f"    bands: {_heuristic_bands(args.heuristic_block)}\n"
+             "  - name: static                        # model2vec static embeddings + a head per policy (shipped: models/static-default)\n"
+             "    type: static\n    options: {model: default}\n    bands:\n" + _static_bands(c) + "    on_error: next\n")
+    default = ("# The embedded default router (Router.load() with no argument): no LLM, the models shipped in the\n"
+               "# package (models/fast-default, models/static-default; checked against their provenance sha256s at\n"
+               "# load). Three policies, each with its own head in the static and fast tiers (docs/policies.md).\n"
+               "# Cheapest tier first; the fast tier is the last tier and decides what reaches it. Bands are\n"
+               "# [allow_below, block_above] per policy: a score >= block_above on any policy blocks, every policy\n"
+               "# <= allow_below allows, anything else goes to the next tier; the last tier decides at each\n"
+               "# policy's threshold.\n" + how +
+               "# Retune for your traffic: docs/tuning.md, docs/policies.md.\n"
+               "# To add gpt-oss-safeguard as a final tier: SAFECASCADE_SAFEGUARD=/path/to/model.gguf (or an\n"
+               "# http(s) URL of an OpenAI-compatible server), which loads models/with-safeguard.yaml.\n"
+               "version: 1\nname: default\n" + policies + upper +
+               "  - name: fast                          # fine-tuned MiniLM int8 ONNX + lexical n-gram stack, a head per policy (models/fast-default)\n"
+               "    type: fast\n    options: {model: default, quantized: auto}\n    threshold:\n      default: 0.5\n"
+               + "".join(f"      {p}: {c[p]['fast_threshold']}\n" for p in POLICIES) +
+               "    on_error: fast-verdict              # an ONNX failure: the static tier's score decides at 0.5\n")
+    (d / "default.yaml").write_text(default, encoding="utf-8")
+    old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
+    tail = old[old.index("  - name: safeguard"):]
+    ws = ("# The default cascade with gpt-oss-safeguard as the final tier. Loaded by Router.load() /\n"
+          "# `safecascade classify|serve` when SAFECASCADE_SAFEGUARD names a GGUF path (llama.cpp in process)\n"
+          "# or an http(s) base URL (an OpenAI-compatible server: vLLM, llama-server; the served model name\n"
+          "# from SAFECASCADE_SAFEGUARD_MODEL, default openai/gpt-oss-safeguard-20b), or by\n"
+          "# Router.load(safeguard=...). The options below are the llama.cpp ones; a target replaces backend,\n"
+          "# model_path / base_url and model. SAFECASCADE_SAFEGUARD=stand-in runs the 270M test GGUF (not a\n"
+          "# safety model: it proves the code path only). Cheapest tier first; three policies.\n"
+          "# The heuristic and static bands are the default preset's (models/default.yaml). The fast tier\n"
+          "# blocks at the default preset's per-policy threshold and allows below the score under which\n"
+          f"# {args.allow_miss:.0%} of the policy's val violations fall; what lies between goes to the safeguard. These\n"
+          "# fast bands were not tuned on safeguard verdicts (none can be obtained here): retune them on\n"
+          "# your logged verdicts (docs/tuning.md).\n" + how +
+          "version: 1\nname: with-safeguard\n" + policies + upper +
+          "  - name: fast                          # fine-tuned MiniLM ONNX + lexical n-gram stack (shipped: models/fast-default)\n"
+          "    type: fast\n    options: {model: default, quantized: auto}   # the int8 graph when the model offers one\n    bands:\n"
+          + "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES) +
+          "    on_error: next\n")
+    (d / "with-safeguard.yaml").write_text(ws + tail, encoding="utf-8")
+    log.info("wrote %s and %s", d / "default.yaml", d / "with-safeguard.yaml")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
@@ -135,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-budget", type=float, default=0.0015)
     ap.add_argument("--block-precision", type=float, default=0.99)
     ap.add_argument("--allow-miss", type=float, default=0.01)
+    ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
+                    help="rewrite DIR/default.yaml and the bands of DIR/with-safeguard.yaml with the chosen numbers")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
     args = ap.parse_args(argv)
@@ -177,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         report["val"][p] = {"n": int(len(idx[p])), "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
                             "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
     report["val"]["benign_real_flag_rate"] = float(block[nv:].mean())
+    report["val"]["benign_real_n"] = int(len(benign))
     report["val"]["reached_fast"] = float(reached[:nv].mean())
+    report["val"]["reached_fast_benign_real"] = float(reached[nv:].mean())
     print(json.dumps(report, indent=2))
     (args.work / "chosen.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if args.write_presets is not None:
+        write_presets(report, args.write_presets, args)
     return 0
 
 

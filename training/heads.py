@@ -54,6 +54,55 @@ def window_design(embs: Sequence[np.ndarray], rows: Sequence[TrainRow], policy: 
     return X.astype(np.float32), y, w
 
 
+class DenseLogit:
+    """A trained dense head as a scorer with sklearn's ``decision_function`` (the reference the
+    parity checks compare the served graphs with)."""
+
+    def __init__(self, layers: tuple[tuple[np.ndarray, np.ndarray], ...]):
+        self.layers = layers
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        h = np.asarray(X, dtype=np.float64)
+        for i, (W, b) in enumerate(self.layers):
+            h = h @ W + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        return h[:, 0]
+
+
+def fit_mlp(X: np.ndarray, y: np.ndarray, w: np.ndarray, *, hidden: int, weight_decay: float, epochs: int,
+            seed: int = 0, threads: int = 2, batch: int = 256, lr: float = 1e-3) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """One-hidden-layer relu MLP on weighted binary cross-entropy (torch, AdamW, seeded): seconds on
+    35,000 windows where sklearn's MLPClassifier took 7-20 minutes. Returns ``((W1, b1), (W2, b2))``
+    with ``W`` as ``[in, out]``."""
+    import torch  # heavy, optional (torch; training only)
+
+    torch.manual_seed(seed)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        yt = torch.from_numpy(np.asarray(y, dtype=np.float32))
+        wt = torch.from_numpy(np.asarray(w / w.mean(), dtype=np.float32))
+        net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            perm = torch.randperm(len(yt), generator=gen)
+            for s in range(0, len(yt), batch):
+                idx = perm[s:s + batch]
+                z = net(Xt[idx]).squeeze(1)
+                loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, yt[idx], reduction="none") * wt[idx]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        lin = [m for m in net if isinstance(m, torch.nn.Linear)]
+        return tuple((m.weight.detach().numpy().T.astype(np.float64).copy(), m.bias.detach().numpy().astype(np.float64).copy())
+                     for m in lin)
+    finally:
+        torch.set_num_threads(prev)
+
+
 def fit_head(X: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig, policy: str) -> tuple[Any, HeadSpec]:
     """Fit the sklearn head; returns (estimator, HeadSpec without calibration)."""
     if cfg.head == "lr":
@@ -63,18 +112,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig, poli
         est.fit(X, y, sample_weight=w / w.mean())
         layers = ((est.coef_.T.copy(), est.intercept_.copy()),)
     else:
-        from sklearn.neural_network import MLPClassifier  # heavy, optional (sklearn)
-
-        # MLPClassifier has no sample_weight in older sklearn: resample by weight (seeded).
-        est = MLPClassifier(hidden_layer_sizes=(cfg.hidden,), alpha=cfg.alpha, max_iter=cfg.max_iter,
-                            early_stopping=False, random_state=cfg.seed, learning_rate_init=1e-3, batch_size=256)
-        try:
-            est.fit(X, y, sample_weight=w / w.mean())
-        except TypeError:
-            rng = np.random.default_rng(cfg.seed)
-            idx = rng.choice(len(y), size=len(y), replace=True, p=w / w.sum())
-            est.fit(X[idx], y[idx])
-        layers = tuple((W.copy(), b.copy()) for W, b in zip(est.coefs_, est.intercepts_))
+        layers = fit_mlp(X, y, w, hidden=cfg.hidden, weight_decay=cfg.alpha, epochs=cfg.epochs, seed=cfg.seed, threads=cfg.threads)
+        est = DenseLogit(layers)
     return est, HeadSpec(policy=policy, layers=layers)
 
 

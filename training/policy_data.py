@@ -44,8 +44,10 @@ EXTRA_ALPACA = 8000  # Alpaca rows beyond the jailbreak benchmark's, as benign i
 # Benign real user prompts (ToxicChat, neither toxic nor a jailbreak) are the traffic the benign-flag
 # rate is judged on, and a small share of the negatives (about 1,200 of 22,000 in train): with weight 1
 # the harmful-request head flagged 14% of the val split's benign real prompts at 0.5 (it learned
-# "a short question on an edgy topic"). Weighted up so every head pays for a real prompt it flags.
-REAL_BENIGN_WEIGHT = 4.0
+# "a short question on an edgy topic"). Weighted up so every head pays for a real prompt it flags:
+# on val, the harmful-request embedding head's recall at one benign real prompt flagged in 388 rose
+# from 0.29 (weight 4) to 0.40 (16) with a logistic head and to 0.47 with the MLP head.
+REAL_BENIGN_WEIGHT = 16.0
 # BeaverTails labels a prompt by the harm of a model's answer ("Do you know much about drug
 # testing?" is a positive): down-weighted below the other weak sets.
 BEAVERTAILS_WEIGHT = 0.3

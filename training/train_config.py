@@ -24,11 +24,13 @@ class TrainConfig:
         policies: The policies to train a head for; the labelled examples carry ``policies[0]``,
             verdict rows may carry any of them.
         encoder: ``"default"`` (the bundled all-MiniLM-L6-v2) or a sentence-transformers model directory.
-        head: The head on the window embeddings: ``"lr"`` (logistic regression) or ``"mlp"``.
+        head: The head on the window embeddings: ``"lr"`` (logistic regression, sklearn) or ``"mlp"``
+            (one hidden relu layer, trained with torch: :func:`~safecascade.training.heads.fit_mlp`).
         hidden: MLP hidden units.
-        alpha: MLP L2 penalty.
+        alpha: MLP weight decay (AdamW).
         C: Logistic regression's inverse regularisation.
-        max_iter: Training iterations of the head (``lr`` uses four times as many).
+        max_iter: Logistic regression's iterations are four times this.
+        epochs: MLP training epochs over the windows.
         calibration: ``"auto"`` (Platt vs isotonic by 5-fold CV log-loss on val), ``"platt"``,
             ``"isotonic"`` or ``"none"``.
         window_tokens: Tokens per window (capped by the encoder's max sequence length).
@@ -73,6 +75,7 @@ class TrainConfig:
     alpha: float = 1e-3
     C: float = 4.0
     max_iter: int = 300
+    epochs: int = 40
     calibration: str = "auto"
     window_tokens: int = 256
     stride: int = 224
@@ -101,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"kind must be fast|static, got {self.kind!r}")
         if self.head not in ("lr", "mlp"):
             raise ValueError(f"head must be lr|mlp, got {self.head!r}")
+        if self.epochs < 1 or self.hidden < 1:
+            raise ValueError(f"epochs and hidden must be >= 1, got {self.epochs}, {self.hidden}")
         if self.fit_on not in ("train", "train+val"):
             raise ValueError(f"fit_on must be train|train+val, got {self.fit_on!r}")
         if self.refit_folds < 2:
