@@ -54,22 +54,6 @@ def window_design(embs: Sequence[np.ndarray], rows: Sequence[TrainRow], policy: 
     return X.astype(np.float32), y, w
 
 
-class DenseLogit:
-    """A trained dense head as a scorer with sklearn's ``decision_function`` (the reference the
-    parity checks compare the served graphs with)."""
-
-    def __init__(self, layers: tuple[tuple[np.ndarray, np.ndarray], ...]):
-        self.layers = layers
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        h = np.asarray(X, dtype=np.float64)
-        for i, (W, b) in enumerate(self.layers):
-            h = h @ W + b
-            if i < len(self.layers) - 1:
-                h = np.maximum(h, 0.0)
-        return h[:, 0]
-
-
 def fit_mlp(X: np.ndarray, y: np.ndarray, w: np.ndarray, *, hidden: int, weight_decay: float, epochs: int,
             seed: int = 0, threads: int = 2, batch: int = 256, lr: float = 1e-3) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """One-hidden-layer relu MLP on weighted binary cross-entropy (torch, AdamW, seeded): seconds on
@@ -113,12 +97,15 @@ def fit_head(X: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig, poli
         layers = ((est.coef_.T.copy(), est.intercept_.copy()),)
     else:
         layers = fit_mlp(X, y, w, hidden=cfg.hidden, weight_decay=cfg.alpha, epochs=cfg.epochs, seed=cfg.seed, threads=cfg.threads)
-        est = DenseLogit(layers)
+        est = HeadSpec(policy=policy, layers=layers)  # its float64 numpy forward is the reference
     return est, HeadSpec(policy=policy, layers=layers)
 
 
 def sklearn_logit(est: Any, X: np.ndarray) -> np.ndarray:
-    """The head's logit through sklearn itself (reference for parity)."""
+    """The head's logit through sklearn itself, or a torch-trained head's float64 numpy forward
+    (the reference for parity)."""
+    if isinstance(est, HeadSpec):
+        return est.logit(X)
     if hasattr(est, "decision_function"):
         return np.asarray(est.decision_function(X), dtype=np.float64)
     p = np.clip(est.predict_proba(X)[:, 1].astype(np.float64), 1e-15, 1 - 1e-15)
