@@ -86,7 +86,10 @@ def finetuned_encoder(cfg: TrainConfig, rows: Sequence[TrainRow], *, progress: b
     multi = len(cfg.policies) > 1
     labelled = [r for r in rows if (any(p in r.targets for p in cfg.policies) if multi else pol in r.targets)]
     _, base_sha = encoder_fingerprint(cfg.encoder)
-    key = hashlib.sha256(json.dumps([base_sha, fcfg.to_dict(), data_hash(labelled)], sort_keys=True).encode()).hexdigest()[:16]
+    ident: list[Any] = [base_sha, fcfg.to_dict(), data_hash(labelled)]
+    if multi:
+        ident.append("pairs drawn by row weight")
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     target = artifact_dir("encoders") / f"finetuned-{key}"
     summary_path = target / "finetune.json"
     if summary_path.is_file():
@@ -97,7 +100,8 @@ def finetuned_encoder(cfg: TrainConfig, rows: Sequence[TrainRow], *, progress: b
     tmp = Path(tempfile.mkdtemp(prefix=".finetune-", dir=target.parent))
     try:
         summary = finetune_encoder(st, [r.text for r in labelled], [row_class(r, cfg.policies) for r in labelled],
-                                   tokenizer_path=base_dir / TOKENIZER_NAME, cfg=fcfg, out_dir=tmp, progress=progress)
+                                   tokenizer_path=base_dir / TOKENIZER_NAME, cfg=fcfg, out_dir=tmp, progress=progress,
+                                   weights=[r.weight for r in labelled] if multi else None)
         summary["base_encoder_sha"] = base_sha
         if not (tmp / TOKENIZER_NAME).is_file():
             shutil.copyfile(base_dir / TOKENIZER_NAME, tmp / TOKENIZER_NAME)

@@ -60,7 +60,8 @@ class FinetuneConfig:
         return asdict(self)
 
 
-def sample_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0,
+                 weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SetFit pair sampling: indices ``(a, b)`` and target similarity (1 same label, 0 different).
 
     Half the pairs are same-label (each class equally often), half cross-label; seeded. Labels
@@ -68,7 +69,7 @@ def sample_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) -> tuple
     """
     y = np.asarray(labels, dtype=int)
     if len(np.unique(y)) > 2 or y.max(initial=0) > 1:
-        return sample_class_pairs(y, n_pairs, seed=seed)
+        return sample_class_pairs(y, n_pairs, seed=seed, weights=weights)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if len(pos) < 2 or len(neg) < 2:
         raise ValueError(f"contrastive fine-tuning needs at least 2 texts of each class (got {len(pos)} positive, {len(neg)} negative)")
@@ -89,15 +90,26 @@ def sample_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) -> tuple
     return a[order], b[order], sim[order]
 
 
-def sample_class_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_class_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0,
+                       weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair sampling over several classes (0 = benign, 1..k = a violation of policy k): half the pairs
     same-class (the classes in turn), half cross-class, of which half pair a violation with a
-    benign text and half two different violations; seeded."""
+    benign text and half two different violations; seeded. With ``weights`` (the rows' training
+    weights) a class's texts are drawn in proportion to their weight (benign real user prompts more
+    often, weakly labelled rows less)."""
     y = np.asarray(labels, dtype=int)
     classes = [c for c in np.unique(y) if (y == c).sum() >= 2]
     if 0 not in classes or len(classes) < 2:
         raise ValueError("contrastive fine-tuning needs at least 2 benign texts and 2 texts of one violation class")
     members = {c: np.flatnonzero(y == c) for c in classes}
+    if weights is not None:
+        wv = np.asarray(weights, dtype=np.float64)
+        if wv.shape != y.shape or (wv < 0).any():
+            raise ValueError(f"weights must be {len(y)} non-negative numbers")
+        members = {c: m[wv[m] > 0] for c, m in members.items()}
+        probs = {c: wv[m] / wv[m].sum() for c, m in members.items()}
+    else:
+        probs = {c: None for c in members}
     bad = [c for c in classes if c != 0]
     rng = np.random.default_rng(seed)
     a = np.empty(n_pairs, dtype=np.int64)
@@ -107,12 +119,12 @@ def sample_class_pairs(labels: Sequence[int], n_pairs: int, *, seed: int = 0) ->
         kind = i % 4  # 0, 1: same class; 2: violation vs benign; 3: two different violations (or vs benign)
         if kind < 2:
             c = classes[(i // 4 * 2 + kind) % len(classes)]
-            a[i], b[i] = rng.choice(members[c], 2, replace=False)
+            a[i], b[i] = rng.choice(members[c], 2, replace=False, p=probs[c])
             sim[i] = 1.0
             continue
         c1 = bad[(i // 4) % len(bad)]
         c2 = 0 if kind == 2 or len(bad) < 2 else bad[(bad.index(c1) + 1 + (i // 4) % (len(bad) - 1)) % len(bad)]
-        a[i], b[i] = rng.choice(members[c1]), rng.choice(members[c2])
+        a[i], b[i] = rng.choice(members[c1], p=probs[c1]), rng.choice(members[c2], p=probs[c2])
         sim[i] = 0.0
     order = rng.permutation(n_pairs)
     return a[order], b[order], sim[order]
@@ -131,8 +143,11 @@ def _features(windows: Sequence[np.ndarray]) -> dict[str, Any]:
 
 
 def finetune_encoder(st_model: Any, texts: Sequence[str], labels: Sequence[int], *, tokenizer_path: str | Path,
-                     cfg: FinetuneConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+                     cfg: FinetuneConfig, out_dir: str | Path, progress: bool = True,
+                     weights: Sequence[float] | None = None) -> dict[str, Any]:
     """Tune ``st_model`` in place on pairs of windows and save it to ``out_dir``; returns a summary.
+
+    ``weights``: per-text sampling weights for the pairs (several classes only: :func:`sample_class_pairs`).
 
     Each text contributes one window per pair draw, picked at random among its windows (seeded), so
     long jailbreaks are seen beyond their first ``seq_len`` tokens.
@@ -146,7 +161,7 @@ def finetune_encoder(st_model: Any, texts: Sequence[str], labels: Sequence[int],
     torch.set_num_threads(cfg.threads)
     windower = Windower(tokenizer_path, WindowConfig(window_tokens=cfg.seq_len, stride=cfg.seq_len - 2, max_windows=64))
     wins = [w.ids for w in windower.windows(list(texts))]
-    a, b, sim = sample_pairs(labels, cfg.pairs, seed=cfg.seed)
+    a, b, sim = sample_pairs(labels, cfg.pairs, seed=cfg.seed, weights=weights)
     rng = np.random.default_rng(cfg.seed + 1)
     steps = (cfg.pairs + cfg.batch_pairs - 1) // cfg.batch_pairs
     loss_fn = CosineSimilarityLoss(st_model)

@@ -27,6 +27,23 @@ def test_sample_pairs_balanced_and_seeded() -> None:
         sample_pairs([1, 0, 0], 10)
 
 
+def test_class_pairs_follow_row_weights() -> None:
+    # class 0: texts 0-19 (0-9 weight 9, 10-19 weight 1), class 1: 20-29, class 2: 30-39 (38, 39 weight 0)
+    labels = [0] * 20 + [1] * 10 + [2] * 10
+    weights = [9.0] * 10 + [1.0] * 10 + [1.0] * 10 + [1.0] * 8 + [0.0] * 2
+    a, b, sim = sample_pairs(labels, 4000, seed=1, weights=weights)
+    drawn = np.r_[a, b]
+    benign = drawn[drawn < 20]
+    assert 0.85 < (benign < 10).mean() < 0.95  # 90% of the benign weight
+    assert not np.isin(drawn, [38, 39]).any()  # weight 0: never drawn
+    a2, b2, _ = sample_pairs(labels, 4000, seed=1, weights=weights)
+    assert np.array_equal(a, a2) and np.array_equal(b, b2)
+    a3, _, _ = sample_pairs(labels, 4000, seed=1)
+    assert not np.array_equal(a, a3)
+    with pytest.raises(ValueError, match="non-negative"):
+        sample_pairs(labels, 10, weights=[-1.0] * 40)
+
+
 def test_finetune_config_validation() -> None:
     with pytest.raises(ValueError, match="seq_len"):
         FinetuneConfig(seq_len=4)
