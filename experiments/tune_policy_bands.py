@@ -1,6 +1,6 @@
 """Tune the default router's bands and thresholds per policy, out of sample, for real traffic.
 
-    python -m experiments.tune_policy_bands --work /tmp/twins [--prevalence 0.03] [--benign-budget 0.0015]
+    python -m experiments.tune_policy_bands --work /tmp/twins [--models DIR] [--prevalence 0.03] [--write-presets models]
 
 The shipped recipe fits its heads on **train only**, so the shipped models themselves are tuned on
 (``--models DIR``, e.g. ``models``: ``DIR/static-default`` and ``DIR/fast-default``); without it,
@@ -13,12 +13,13 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
 3%: a few percent of prompts violate, not the benchmark's 9-11%):
 
 * the fast tier's threshold: the F1-best threshold at that prevalence among thresholds that flag
-  at most ``--benign-budget`` of the benign real user prompts (default 0.15% per policy, so the
-  three policies together stay under 0.5%);
+  at most ``--benign-budget`` of the benign real user prompts (per policy; default 0.1% jailbreak,
+  0.1% prompt injection, 0.3% harmful request: together 0.5%);
 * the static tier's block band: the lowest score at which its precision at that prevalence is at
   least ``--block-precision`` (0.99) and it flags no more benign real prompts than the budget;
 * the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
-  policy's positives fall.
+  positives that the fast tier blocks at its threshold fall (the recall the cheap path gives up
+  against the fast tier deciding alone).
 
 Prints the chosen numbers and the val figures of the resulting cascade; paste them into
 ``models/default.yaml``.
@@ -102,7 +103,10 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
         if (tp and tp / (tp + fp) < block_precision) or (benign_static >= t).mean() > budget:
             break
         block = float(t)
-    pos_scores = np.sort(s_static[y == 1])
+    # allow below the score under which allow_miss of the violations the fast tier would block fall:
+    # the recall the static tier's allow band costs, against the fast tier deciding alone
+    caught = (y == 1) & (s_fast >= thr)
+    pos_scores = np.sort(s_static[caught if caught.any() else y == 1])
     allow = float(pos_scores[int(np.floor(allow_miss * len(pos_scores)))]) if len(pos_scores) else 0.0
     allow = min(allow, block)
     fast_pos = np.sort(s_fast[y == 1])  # with a safeguard: the fast tier allows below this, escalates up to its threshold
@@ -113,18 +117,19 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
 
 
 def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[str, dict[str, np.ndarray]],
-                 chosen: dict[str, dict[str, float]], heuristic_block: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Block decisions and 'reached fast' flags of the tuned cascade for every scored text."""
-    n = len(next(iter(sc["heuristic"].values())))
-    block = np.zeros(n, bool)
-    reached = np.zeros(n, bool)
-    h_block = np.any([sc["heuristic"][p] >= heuristic_block.get(p, 1.01) for p in POLICIES], axis=0)
-    s_block = np.any([sc["static"][p] >= chosen[p]["static_block_above"] for p in POLICIES], axis=0)
+                 chosen: dict[str, dict[str, float]], heuristic_block: dict[str, float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Block decisions, 'reached fast' flags and each policy's own flag of the tuned cascade for
+    every scored text (a policy is flagged by the tier that decided)."""
+    h_pol = {p: sc["heuristic"][p] >= heuristic_block.get(p, 1.01) for p in POLICIES}
+    s_pol = {p: sc["static"][p] >= chosen[p]["static_block_above"] for p in POLICIES}
+    f_pol = {p: sc["fast"][p] >= chosen[p]["fast_threshold"] for p in POLICIES}
+    h_block = np.any(list(h_pol.values()), axis=0)
+    s_block = np.any(list(s_pol.values()), axis=0)
     s_allow = np.all([sc["static"][p] <= chosen[p]["static_allow_below"] for p in POLICIES], axis=0)
-    f_block = np.any([sc["fast"][p] >= chosen[p]["fast_threshold"] for p in POLICIES], axis=0)
-    block = h_block | (~h_block & s_block) | (~h_block & ~s_block & ~s_allow & f_block)
     reached = ~h_block & ~s_block & ~s_allow
-    return block, reached
+    flags = {p: np.where(h_block, h_pol[p], np.where(s_block, s_pol[p], reached & f_pol[p])) for p in POLICIES}
+    block = np.any(list(flags.values()), axis=0)
+    return block, reached, flags
 
 
 def _static_bands(c: dict[str, dict[str, float]]) -> str:
@@ -138,14 +143,16 @@ def _heuristic_bands(h: dict[str, float]) -> str:
 def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> None:
     """Rewrite ``d/default.yaml`` and the tiers above the safeguard in ``d/with-safeguard.yaml``."""
     c, v = report["chosen"], report["val"]
-    vals = "; ".join(f"{p} P {v[p]['precision']:.3f} R {v[p]['recall']:.3f} F1 {v[p]['f1']:.3f}" for p in POLICIES)
+    vals = "; ".join(f"{p} P {v[p]['precision_at_prevalence']:.3f} R {v[p]['recall']:.3f} F1 {v[p]['f1_at_prevalence']:.3f}" for p in POLICIES)
     how = (f"# Bands and thresholds were tuned per policy on the val split for real traffic with\n"
            f"# `python -m experiments.tune_policy_bands --models models --work /tmp/tune --write-presets models`\n"
            f"# (the shipped heads are fit on train only, so val is out of sample): positives re-weighted to\n"
-           f"# {args.prevalence:.0%} prevalence; the fast threshold is the F1-best one that flags at most {args.benign_budget:.2%} of\n"
-           f"# the val split's benign real user prompts (ToxicChat, neither toxic nor a jailbreak) per policy;\n"
+           f"# {args.prevalence:.0%} prevalence; the fast threshold is the F1-best one that flags at most\n"
+           f"# {', '.join(f'{b:.1%} ({p})' for p, b in args.benign_budget.items())} of the val split's\n"
+           f"# benign real user prompts (ToxicChat, neither toxic nor a jailbreak);\n"
            f"# the static tier blocks only at precision >= {args.block_precision} and allows below the score under\n"
-           f"# which {args.allow_miss:.0%} of the policy's violations fall. Expected on val (at {args.prevalence:.0%} prevalence): {vals};\n"
+           f"# which {args.allow_miss:.0%} of the violations the fast tier blocks fall. Expected on val, each policy's own flag\n"
+           f"# (at {args.prevalence:.0%} prevalence): {vals};\n"
            f"# benign real prompts blocked {v['benign_real_flag_rate']:.2%} of {v['benign_real_n']}; "
            f"{v['reached_fast_benign_real']:.1%} of them reach the fast tier.\n")
     policies = ("policies:\n"
@@ -204,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--models", type=Path, default=None, help="tune these models (DIR/static-default, DIR/fast-default; heads fit on train)")
     ap.add_argument("--prevalence", type=float, default=0.03)
-    ap.add_argument("--benign-budget", type=float, default=0.0015)
+    ap.add_argument("--benign-budget", type=json.loads, default={"jailbreak": 0.001, "prompt_injection": 0.001, "harmful_request": 0.003},
+                    help="per policy (JSON), the most of the val split's benign real user prompts its fast threshold may flag "
+                         "(together 0.5%%)")
     ap.add_argument("--block-precision", type=float, default=0.99)
     ap.add_argument("--allow-miss", type=float, default=0.01)
     ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
@@ -241,15 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         idx[p] = labelled(lab)
         y[p] = np.asarray(lab)[idx[p]]
         chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static"][p][idx[p]], sc["fast"][p][nv:], sc["static"][p][nv:],
-                           prevalence=args.prevalence, budget=args.benign_budget, block_precision=args.block_precision,
+                           prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
                            allow_miss=args.allow_miss)
-    block, reached = cascade_eval(y, idx, sc, chosen, args.heuristic_block)
+    block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block)
     report: dict[str, Any] = {"chosen": chosen, "val": {}}
     for p in POLICIES:
-        b = block[:nv][idx[p]]
+        b = flags[p][:nv][idx[p]]  # the policy's own flag (a block for another policy is not a false positive here)
         tp, fp, fn = int((b & (y[p] == 1)).sum()), int((b & (y[p] == 0)).sum()), int((~b & (y[p] == 1)).sum())
         report["val"][p] = {"n": int(len(idx[p])), "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
                             "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
+    for p in POLICIES:  # precision at the real-traffic prevalence
+        b, yy, w = flags[p][:nv][idx[p]], y[p], chosen[p]["w_pos"]
+        tp, fp = w * float((b & (yy == 1)).sum()), float((b & (yy == 0)).sum())
+        fn = w * float((~b & (yy == 1)).sum())
+        report["val"][p].update(precision_at_prevalence=tp / max(1e-9, tp + fp), f1_at_prevalence=2 * tp / max(1e-9, 2 * tp + fp + fn))
     report["val"]["benign_real_flag_rate"] = float(block[nv:].mean())
     report["val"]["benign_real_n"] = int(len(benign))
     report["val"]["reached_fast"] = float(reached[:nv].mean())

@@ -13,7 +13,8 @@ down to evenly spread windows: every window's span of the text is scored by the 
 block ranks highest, up to ``max_windows``; ``info`` reports ``n_windows_needed``, ``n_windows``
 (scored), ``windows_skipped`` and ``window_selection: lexical-top-k``. A short attack inside a
 long document shares its window with benign text, which dilutes its score, so a text longer than
-one window is also cut at line breaks into *segments* of at most ``segment_tokens`` tokens; the
+one window is also cut at line breaks into *segments* of at most ``segment_tokens`` tokens (a
+blank line always ends one; every line is also a candidate of its own); the
 lexical block ranks them and the ``segments`` best are scored as texts of their own (``info``:
 ``segments_scored``, ``segments_total``). Each policy's score is the maximum over the text and
 its scored segments.
@@ -301,23 +302,37 @@ class FastTier:
 
     def _line_segments(self, text: str) -> list[str]:
         """``text`` cut at line breaks into segments of at most ``segment_tokens`` tokens
-        (consecutive lines joined; a longer line is its own segment)."""
-        lines = [ln for ln in text.splitlines() if ln.strip()]
+        (consecutive lines joined; a blank line always ends a segment, so a paragraph planted
+        between others is scored on its own; a longer line is its own segment), and then every
+        line on its own, duplicates dropped."""
+        raw = text.splitlines()
+        lines = [ln for ln in raw if ln.strip()]
         if len(lines) < 2:
             return []
+        starts = set()  # indices (in ``lines``) of lines that follow a blank line
+        k = 0
+        for i, ln in enumerate(raw):
+            if ln.strip():
+                if i and not raw[i - 1].strip():
+                    starts.add(k)
+                k += 1
         lens = [len(e.ids) for e in self.windower.tokenizer.encode_batch(lines, add_special_tokens=False)]
         out: list[str] = []
         cur: list[str] = []
         n = 0
-        for ln, k in zip(lines, lens):
-            if cur and n + k > self.segment_tokens:
+        for j, (ln, k) in enumerate(zip(lines, lens)):
+            if cur and (n + k > self.segment_tokens or j in starts):
                 out.append("\n".join(cur))
                 cur, n = [], 0
             cur.append(ln)
             n += k
         if cur:
             out.append("\n".join(cur))
-        return out if len(out) > 1 else []
+        if len(out) < 2:
+            return []
+        # every line is a candidate too (a one-line attack among lines with no blank between them
+        # is otherwise packed with its neighbours); identical candidates are ranked once
+        return list(dict.fromkeys(out + lines))
 
     def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]]) -> None:
         """Score the best line segments of every text longer than one window as texts of their own

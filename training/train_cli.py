@@ -15,7 +15,7 @@ from safecascade.tiers.fast import FastTier
 from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
 from safecascade.training import datasets
-from safecascade.training.default_models import DEFAULT_RECIPE, POLICIES_RECIPE
+from safecascade.training.default_models import DEFAULT_RECIPE
 from safecascade.training.fast_train import POLICY_BENCHMARK, train_from_benchmark
 from safecascade.training.int8_gate import int8_gate, record_int8
 from safecascade.training.mlflow_runs import log_training_run
@@ -27,18 +27,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``safecascade train``."""
     parser.add_argument("kind", choices=["fast", "static"], help="which tier to train")
     parser.add_argument("--benchmark", default=None,
-                        help="labelled benchmark (train split; val calibrates; test reports); default: jailbreak (the shipped "
-                             "recipe); 'policies': the three-policy candidate recipe (jailbreak, prompt_injection, harmful_request)")
+                        help="labelled benchmark (train split; val calibrates; test reports); default: 'policies', the shipped "
+                             "recipe (jailbreak, prompt_injection, harmful_request); a single-policy benchmark (e.g. jailbreak) "
+                             "trains that policy's head only")
     parser.add_argument("--from-log", dest="from_log", default=None, metavar="PATH",
                         help="logged safeguard verdicts used as soft targets: the SQLite verdict log (rows stored with "
                              "--store-text) or a replay CSV (text + a probability column per policy)")
     parser.add_argument("--verdict-weight", type=float, default=1.0, help="weight of each verdict row relative to a labelled row")
     parser.add_argument("--out", default=None, help="artifact dir (default: <cache>/models/<kind>-default)")
-    parser.add_argument("--head", choices=["lr", "mlp"], default=None, help="head on the embeddings (default: the recipe's: mlp; lr for policies)")
+    parser.add_argument("--head", choices=["lr", "mlp"], default=None, help="head on the embeddings (default: the recipe's, mlp: one hidden layer, torch)")
     parser.add_argument("--calibration", choices=["auto", "platt", "isotonic", "none"], default="auto")
     parser.add_argument("--fit-on", dest="fit_on", choices=["train", "train+val"], default=None,
-                        help="train+val (the shipped recipe): refit the heads on train+val, calibrated on out-of-fold val logits; "
-                             "train (the policies recipe): heads on train, val out of sample for calibration, the int8 gate and band tuning")
+                        help="train (the shipped recipe): heads on train, val out of sample for calibration, the int8 gate and band "
+                             "tuning; train+val: refit the heads on train+val, calibrated on out-of-fold val logits")
     parser.add_argument("--encoder", default="default", help="sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
     parser.add_argument("--limit", type=int, default=None, help="use at most N training examples (quick runs)")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
@@ -61,7 +62,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, write the artifact dir, print metrics, log to MLflow."""
-    recipe = dict((POLICIES_RECIPE if args.benchmark == POLICY_BENCHMARK else DEFAULT_RECIPE)[args.kind])
+    recipe = dict(DEFAULT_RECIPE[args.kind])
     if args.finetune is not None:
         recipe["finetune"] = args.finetune
     if args.int8 is not None:

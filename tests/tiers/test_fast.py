@@ -192,22 +192,25 @@ def shipped_fast():
     return FastTier(model_dir=shipped_dir("fast"), quantized=True)
 
 
-@pytest.mark.parametrize("position", ["start", "middle", "end"])
+@pytest.mark.parametrize("position", ["start", "middle", "end", "no-blank-line"])
 def test_an_attack_in_a_long_document_is_not_lost(shipped_fast, position):
     """100k characters of recipe text around a jailbreak: the windows the encoder scores are the
-    first, the last and the lexical block's best, and the attack's segment is scored as a text of
-    its own, so the document scores like the attack (not like the recipe)."""
+    first, the last and the lexical block's best, and the attack's paragraph (or line, when no
+    blank line sets it apart) is scored as a text of its own, so the document scores like the
+    attack (not like the recipe)."""
     body = _FILLER * 1200  # ~100k characters, ~128 windows
     text = {"start": f"{_ATTACK}\n\n{body}", "end": f"{body}\n\n{_ATTACK}",
-            "middle": f"{body[:50_000]}\n\n{_ATTACK}\n\n{body[50_000:]}"}[position]
+            "middle": f"{body[:50_000]}\n\n{_ATTACK}\n\n{body[50_000:]}",
+            "no-blank-line": f"{body[:49_980]}{_ATTACK}\n{body[49_980:]}"}[position]  # the attack is line 596 of 1201
     alone = shipped_fast.classify([_ATTACK])[0].scores["jailbreak"]
     benign = shipped_fast.classify([body])[0]
     r = shipped_fast.classify([text])[0]
     assert alone > 0.9 and benign.scores["jailbreak"] < 0.2
-    assert r.scores["jailbreak"] > 0.5, r.info
+    assert r.scores["jailbreak"] >= alone - 0.02, r.info  # scored as the attack alone is
     assert r.info["n_windows"] == 8 and r.info["n_windows_needed"] > 100
     assert r.info["windows_skipped"] == r.info["n_windows_needed"] - 8
-    assert r.info["window_selection"] == "lexical-top-k" and r.info["segments_scored"] == 4
+    assert r.info["window_selection"] == "lexical-top-k" and r.info["segments_total"] >= 2
+    assert r.info["segments_scored"] == min(4, r.info["segments_total"])  # identical segments are ranked once
     assert "truncated_windows" in r.warnings
 
 

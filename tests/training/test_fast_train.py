@@ -329,5 +329,8 @@ def test_default_artifacts_rebuild_when_built_with_another_recipe(tmp_path: Path
     assert not ok and "finetune" in why
     (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "seed": 0}}))
     assert default_is_current("fast", d)[0] is True  # keys outside the recipe do not matter
-    (d / "card.json").write_text(json.dumps({"format": 1, "config": {}}))
-    assert default_is_current("static", d)[0] is True  # the static recipe has no extra keys
+    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["static"], "config": dict(DEFAULT_RECIPE["static"])}))
+    assert default_is_current("static", d)[0] is True
+    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["static"], "config": {}}))
+    ok, why = default_is_current("static", d)
+    assert not ok and "benchmark" in why  # a static tier built on another benchmark is rebuilt
