@@ -14,7 +14,8 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
 
 * the fast tier's threshold: the F1-best threshold at that prevalence among thresholds that flag
   at most ``--benign-budget`` of the benign real user prompts (per policy; default 0.1% jailbreak,
-  0.1% prompt injection, 0.3% harmful request: together 0.5%);
+  0.26% prompt injection, 0.26% harmful request: on the val split's 388 such prompts, none, one
+  and one);
 * the static tier's block band: the lowest score at which its precision at that prevalence is at
   least ``--block-precision`` (0.99) and it flags no more benign real prompts than the budget;
 * the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
@@ -211,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--models", type=Path, default=None, help="tune these models (DIR/static-default, DIR/fast-default; heads fit on train)")
     ap.add_argument("--prevalence", type=float, default=0.03)
-    ap.add_argument("--benign-budget", type=json.loads, default={"jailbreak": 0.001, "prompt_injection": 0.001, "harmful_request": 0.003},
+    ap.add_argument("--benign-budget", type=json.loads, default={"jailbreak": 0.001, "prompt_injection": 0.0026, "harmful_request": 0.0026},
                     help="per policy (JSON), the most of the val split's benign real user prompts its fast threshold may flag "
-                         "(together 0.5%%)")
+                         "(on the val split's 388 benign real prompts the defaults allow none, one and one)")
     ap.add_argument("--block-precision", type=float, default=0.99)
     ap.add_argument("--allow-miss", type=float, default=0.01)
     ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
