@@ -35,7 +35,7 @@ from safecascade.training.datasets import load_benchmark
 
 def unhardened(config: RouterConfig) -> RouterConfig:
     """``config`` with the obfuscation readings, the line segments and the every-window static scan off."""
-    off = {"static": {"deobfuscate": False, "max_windows": 8}, "fast": {"deobfuscate": False, "segments": 0}}
+    off = {"static": {"deobfuscate": False, "max_windows": 8, "allow_max_windows": 0}, "fast": {"deobfuscate": False, "segments": 0}}
     tiers = tuple(replace(t, options={**t.options, **off.get(t.type, {})}) for t in config.tiers)
     return replace(config, name=f"{config.name}-unhardened", tiers=tiers)
 

@@ -24,6 +24,8 @@ class TierResult:
     (higher = more likely a violation). ``error`` is set (and ``scores`` may be empty) when the
     tier could not judge the text; the router then applies the tier's ``on_error`` action.
     ``info`` carries tier-specific facts worth logging (windows, truncation, tokens, rationale).
+    ``may_allow`` False: the tier's allow band does not apply to this text (it may still block, or
+    pass the text on), e.g. a cheap tier that cannot see a short attack diluted in a long document.
     """
 
     scores: Mapping[str, float]
@@ -33,6 +35,7 @@ class TierResult:
     info: Mapping[str, Any] = field(default_factory=dict)
     cost: Mapping[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
+    may_allow: bool = True
 
     def __post_init__(self) -> None:
         for policy, score in self.scores.items():

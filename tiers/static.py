@@ -49,6 +49,12 @@ class StaticOptions(EncoderOptions):
     (:func:`safecascade.tiers.obfuscation.scoring_views`), each policy taking the maximum; without
     it an obfuscated attack could fall under the allow band here and never reach the fast tier."""
 
+    allow_max_windows: int = 1
+    """The tier's allow band applies only to texts of at most this many windows (0: every text).
+    A short attack in a long document is diluted in its window's mean embedding, so a longer text
+    is passed on (or blocked) rather than allowed here; the fast tier scores its paragraphs and
+    lines on their own."""
+
 
 class StaticEncoder:
     """Window embeddings from a static embedding matrix (numpy)."""
@@ -146,7 +152,11 @@ class StaticTier:
     kind = "static"
 
     def __init__(self, *, model_dir: str | Path, name: str = "static", policies: Sequence[str] | None = None,
-                 max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None, deobfuscate: bool = True):
+                 max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None, deobfuscate: bool = True,
+                 allow_max_windows: int = 1):
+        if allow_max_windows < 0:
+            raise ValueError(f"static tier {name!r}: allow_max_windows must be >= 0, got {allow_max_windows}")
+        self.allow_max_windows = int(allow_max_windows)
         d = Path(model_dir)
         self.model_dir = d
         self.card = card = read_card(d)
@@ -211,7 +221,7 @@ class StaticTier:
         o = spec.options_as(StaticOptions)
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.max_windows,
-                   window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate)
+                   window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate, allow_max_windows=o.allow_max_windows)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""
@@ -249,7 +259,10 @@ class StaticTier:
                                     scores[p], raised = float(top[p][k]), True
                         info["views"], info["view_raised"] = len(views[j]), raised
                         k_view += len(views[j])
-                    results[i] = TierResult(scores=scores, info=info, latency_ms=per,
+                    may_allow = not self.allow_max_windows or n <= self.allow_max_windows
+                    if not may_allow:
+                        info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
+                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, may_allow=may_allow,
                                             warnings=("truncated_windows",) if ws.truncated else (),
                                             cost={"windows": float(n), "tokens": float(ws.tokens)})
             except Exception as exc:

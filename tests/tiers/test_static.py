@@ -149,3 +149,28 @@ def test_static_serving_is_numpy_only(static_dir: Path) -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "HEAVY []" in p.stdout
+
+
+def test_static_allow_band_skips_long_texts(static_dir: Path) -> None:
+    """A text of more windows than ``allow_max_windows`` may be blocked or passed on by the static
+    tier, never allowed by its band (a short attack is diluted in a long document's windows)."""
+    from safecascade.router.cascade import Router
+    from safecascade.router.config import parse_config
+
+    short, long = "How do I bake bread?", "Preheat the oven to 180C and mix the flour.\n" * 300
+    r_short, r_long = StaticTier(model_dir=static_dir).classify([short, long])
+    assert r_short.may_allow and not r_long.may_allow
+    assert "allow_max_windows" in r_long.info["allow_band_skipped"]
+    assert StaticTier(model_dir=static_dir, allow_max_windows=0).classify([long])[0].may_allow
+    with pytest.raises(ValueError, match="allow_max_windows"):
+        StaticTier(model_dir=static_dir, allow_max_windows=-1)
+    cfg = parse_config({"version": 1, "name": "t", "policies": {"jailbreak": "builtin:jailbreak"}, "tiers": [
+        {"name": "static", "type": "static", "options": {"model": str(static_dir)}, "bands": {"default": [0.999, 1.0]}},
+        {"name": "last", "type": "static", "options": {"model": str(static_dir), "allow_max_windows": 0}, "threshold": 1.0}]})
+    router = Router.load(cfg)
+    try:
+        d_short, d_long = router.classify_batch([short, long])
+    finally:
+        router.close()
+    assert d_short.tier == "static" and d_short.action == "allow"
+    assert d_long.tier == "last" and [t.outcome for t in d_long.path] == ["escalate", "allow"]
