@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in POLICIES:  # precision at the real-traffic prevalence
         b, yy, w = flags[p][:nv][idx[p]], y[p], chosen[p]["w_pos"]
         tp, fp = w * float((b & (yy == 1)).sum()), float((b & (yy == 0)).sum())
-        fn = w * float((~b & (yy == 1)).sum())
-        report["val"][p].update(precision_at_prevalence=tp / max(1e-9, tp + fp), f1_at_prevalence=2 * tp / max(1e-9, 2 * tp + fp + fn))
+        report["val"][p].update(precision_at_prevalence=tp / max(1e-9, tp + fp), f1_at_prevalence=weighted_f1(yy, b, w))
     report["val"]["benign_real_flag_rate"] = float(block[nv:].mean())
     report["val"]["benign_real_n"] = int(len(benign))
     report["val"]["reached_fast"] = float(reached[:nv].mean())

@@ -305,17 +305,19 @@ class FastTier:
         (consecutive lines joined; a blank line always ends a segment, so a paragraph planted
         between others is scored on its own; a longer line is its own segment), and then every
         line on its own, duplicates dropped."""
-        raw = text.splitlines()
-        lines = [ln for ln in raw if ln.strip()]
+        lines: list[str] = []
+        starts: set[int] = set()  # indices (in ``lines``) of lines that follow a blank line
+        blank = False
+        for ln in text.splitlines():
+            if not ln.strip():
+                blank = True
+                continue
+            if blank and lines:
+                starts.add(len(lines))
+            lines.append(ln)
+            blank = False
         if len(lines) < 2:
             return []
-        starts = set()  # indices (in ``lines``) of lines that follow a blank line
-        k = 0
-        for i, ln in enumerate(raw):
-            if ln.strip():
-                if i and not raw[i - 1].strip():
-                    starts.add(k)
-                k += 1
         lens = [len(e.ids) for e in self.windower.tokenizer.encode_batch(lines, add_special_tokens=False)]
         out: list[str] = []
         cur: list[str] = []
