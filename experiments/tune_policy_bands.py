@@ -64,13 +64,18 @@ def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
 
 
 def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    """``{tier: {policy: scores}}`` for every text (a policy a tier does not score: 0)."""
+    """``{tier: {policy: scores}}`` for every text (a policy a tier does not score: 0). The static
+    tier also gives ``static_allow``: the score its allow band is tested on (the highest of the
+    text's and its parts' scores; 2.0 where the band may not allow the text: ``may_allow``)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, tier in tiers.items():
         res = []
         for s in range(0, len(texts), 256):
             res += tier.classify(texts[s:s + 256])
         out[name] = {p: np.array([r.scores.get(p, 0.0) for r in res]) for p in POLICIES}
+        if name == "static":
+            out["static_allow"] = {p: np.array([max(r.scores.get(p, 0.0), r.part_scores.get(p, 0.0)) if r.may_allow else 2.0
+                                                for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
     return out
 
@@ -83,7 +88,7 @@ def weighted_f1(y: np.ndarray, pred: np.ndarray, w_pos: float) -> float:
 
 
 def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast: np.ndarray, benign_static: np.ndarray,
-           *, prevalence: float, budget: float, block_precision: float, allow_miss: float) -> dict[str, float]:
+           s_static_allow: np.ndarray | None = None, *, prevalence: float, budget: float, block_precision: float, allow_miss: float) -> dict[str, float]:
     """One policy's fast threshold and static band (see the module docstring)."""
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     w_pos = prevalence / (1 - prevalence) * n_neg / max(1, n_pos)  # positives re-weighted to the prevalence
@@ -107,7 +112,8 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
     # allow below the score under which allow_miss of the violations the fast tier would block fall:
     # the recall the static tier's allow band costs, against the fast tier deciding alone
     caught = (y == 1) & (s_fast >= thr)
-    pos_scores = np.sort(s_static[caught if caught.any() else y == 1])
+    s_allow = s_static if s_static_allow is None else s_static_allow  # what the allow band is tested on
+    pos_scores = np.sort(s_allow[caught if caught.any() else y == 1])
     allow = float(pos_scores[int(np.floor(allow_miss * len(pos_scores)))]) if len(pos_scores) else 0.0
     allow = min(allow, block)
     fast_pos = np.sort(s_fast[y == 1])  # with a safeguard: the fast tier allows below this, escalates up to its threshold
@@ -126,7 +132,7 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
     f_pol = {p: sc["fast"][p] >= chosen[p]["fast_threshold"] for p in POLICIES}
     h_block = np.any(list(h_pol.values()), axis=0)
     s_block = np.any(list(s_pol.values()), axis=0)
-    s_allow = np.all([sc["static"][p] <= chosen[p]["static_allow_below"] for p in POLICIES], axis=0)
+    s_allow = np.all([sc.get("static_allow", sc["static"])[p] <= chosen[p]["static_allow_below"] for p in POLICIES], axis=0)
     reached = ~h_block & ~s_block & ~s_allow
     flags = {p: np.where(h_block, h_pol[p], np.where(s_block, s_pol[p], reached & f_pol[p])) for p in POLICIES}
     block = np.any(list(flags.values()), axis=0)
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
     if cache.is_file():
         z = np.load(cache)
-        sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in tiers}
+        sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in [*tiers, "static_allow"] if f"{t}|{POLICIES[0]}" in z}
     else:
         sc = score_all(tiers, texts)
         np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
@@ -250,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         lab = example_labels(val, p, first_policy=POLICIES[0])
         idx[p] = labelled(lab)
         y[p] = np.asarray(lab)[idx[p]]
-        chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static"][p][idx[p]], sc["fast"][p][nv:], sc["static"][p][nv:],
+        s_allow = sc["static_allow"][p][idx[p]] if "static_allow" in sc else None
+        chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static"][p][idx[p]], sc["fast"][p][nv:], sc["static"][p][nv:], s_allow,
                            prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
                            allow_miss=args.allow_miss)
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block)

@@ -26,6 +26,9 @@ class TierResult:
     ``info`` carries tier-specific facts worth logging (windows, truncation, tokens, rationale).
     ``may_allow`` False: the tier's allow band does not apply to this text (it may still block, or
     pass the text on), e.g. a cheap tier that cannot see a short attack diluted in a long document.
+    ``part_scores`` (per policy, optional): the highest score of the text's parts (paragraphs,
+    lines); the allow band applies to them as well as to ``scores``, so a part that looks like an
+    attack passes the text on. They never block.
     """
 
     scores: Mapping[str, float]
@@ -36,9 +39,10 @@ class TierResult:
     cost: Mapping[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
     may_allow: bool = True
+    part_scores: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for policy, score in self.scores.items():
+        for policy, score in [*self.scores.items(), *self.part_scores.items()]:
             if not (0.0 <= float(score) <= 1.0):
                 raise ValueError(f"TierResult score for policy {policy!r} is {score!r}, outside [0, 1]")
 

@@ -16,7 +16,9 @@ long document shares its window with benign text, which dilutes its score, so a 
 one window is also cut at line breaks into *segments* of at most ``segment_tokens`` tokens (a
 blank line always ends one; every line is also a candidate of its own); the
 lexical block ranks them and the ``segments`` best are scored as texts of their own (``info``:
-``segments_scored``, ``segments_total``). Each policy's score is the maximum over the text and
+``segments_scored``, ``segments_total``). A multi-line text that fits in one window (an email, a
+web page, a tool's result with an instruction planted in it) has its ``short_segments`` best
+paragraphs or lines scored the same way. Each policy's score is the maximum over the text and
 its scored segments.
 
 **Obfuscation is carried through.** When the text hides its content (zero-width or bidi
@@ -48,6 +50,7 @@ from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, veri
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.obfuscation import scoring_views
+from safecascade.tiers.segments import line_segments, may_have_parts
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
     TOKENIZER_NAME,
@@ -107,8 +110,26 @@ class FastOptions(EncoderOptions):
     module docstring); costs nothing on ordinary text."""
     segments: int = 4
     """Line-break segments of a long text scored as texts of their own (0: off)."""
+    short_segments: int = 2
+    """Parts (paragraphs, lines) of a multi-line text that fits in one window scored as texts of
+    their own (0: off): an instruction planted in an email, a web page or a tool's result."""
     segment_tokens: int = 128
     """Largest segment, in tokens (consecutive lines are joined up to it)."""
+
+
+def _covered_lines(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """The whole lines of ``text`` that the character ``spans`` touch, each span's lines a
+    paragraph of its own (overlapping spans merged)."""
+    merged: list[list[int]] = []
+    for a, b in sorted(spans):
+        a = text.rfind("\n", 0, a) + 1
+        e = text.find("\n", b)
+        b = len(text) if e < 0 else e
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return "\n\n".join(text[a:b] for a, b in merged)
 
 
 class FastTier:
@@ -119,7 +140,7 @@ class FastTier:
     def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
                  threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
                  stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
-                 segments: int = 4, segment_tokens: int = 128):
+                 segments: int = 4, segment_tokens: int = 128, short_segments: int = 2):
         d = Path(model_dir)
         self.model_dir = d
         self.card = read_card(d)
@@ -143,9 +164,10 @@ class FastTier:
         cfg = WindowConfig(window_tokens=wt, stride=int(stride or min(win.get("stride", wt - 32), wt - 2)), max_windows=1 << 30)
         self.windower = Windower(tok_path, cfg)
         self.deobfuscate = bool(deobfuscate)
-        if segments < 0 or segment_tokens < 8:
-            raise ValueError(f"fast tier {name!r}: segments must be >= 0 and segment_tokens >= 8, got {segments}, {segment_tokens}")
-        self.segments, self.segment_tokens = int(segments), int(segment_tokens)
+        if segments < 0 or short_segments < 0 or segment_tokens < 8:
+            raise ValueError(f"fast tier {name!r}: segments and short_segments must be >= 0 and segment_tokens >= 8, "
+                             f"got {segments}, {short_segments}, {segment_tokens}")
+        self.segments, self.segment_tokens, self.short_segments = int(segments), int(segment_tokens), int(short_segments)
         self.session = make_session(onnx_path, threads=threads)
         outs = [o.name for o in self.session.get_outputs()]
         if "probs" not in outs:
@@ -203,7 +225,7 @@ class FastTier:
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, threads=o.threads,
                    max_windows=o.max_windows, window_tokens=o.window_tokens, stride=o.stride,
                    batch_size=o.batch_size, quantized=o.quantized, deobfuscate=o.deobfuscate,
-                   segments=o.segments, segment_tokens=o.segment_tokens)
+                   segments=o.segments, segment_tokens=o.segment_tokens, short_segments=o.short_segments)
 
     def _segments(self, text: str, ws: Windows) -> tuple[list[tuple[int, int]], np.ndarray | None]:
         """Each window's character span of ``text`` and (with a lexical block) its lexical logits
@@ -282,8 +304,8 @@ class FastTier:
             elapsed = (time.perf_counter() - t0) * 1000.0
             per = elapsed / max(len(good), 1)
             scored = [self._text_scores(t, ws, p, segments.get(k)) for k, (t, ws, p) in enumerate(zip(batch, wins, probs))]
-            if wins and self.segments and self.lexical is not None:
-                self._score_segments(batch, wins, scored)
+            if wins and (self.segments or self.short_segments) and self.lexical is not None:
+                self._score_segments(batch, wins, scored, segments)
             k_view = len(good)
             for j, (i, ws) in enumerate(zip(good_idx, wins)):
                 scores, info = scored[j]
@@ -301,57 +323,34 @@ class FastTier:
         return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
 
     def _line_segments(self, text: str) -> list[str]:
-        """``text`` cut at line breaks into segments of at most ``segment_tokens`` tokens
-        (consecutive lines joined; a blank line always ends a segment, so a paragraph planted
-        between others is scored on its own; a longer line is its own segment), and then every
-        line on its own, duplicates dropped."""
-        lines: list[str] = []
-        starts: set[int] = set()  # indices (in ``lines``) of lines that follow a blank line
-        blank = False
-        for ln in text.splitlines():
-            if not ln.strip():
-                blank = True
-                continue
-            if blank and lines:
-                starts.add(len(lines))
-            lines.append(ln)
-            blank = False
-        if len(lines) < 2:
-            return []
-        lens = [len(e.ids) for e in self.windower.tokenizer.encode_batch(lines, add_special_tokens=False)]
-        out: list[str] = []
-        cur: list[str] = []
-        n = 0
-        for j, (ln, k) in enumerate(zip(lines, lens)):
-            if cur and (n + k > self.segment_tokens or j in starts):
-                out.append("\n".join(cur))
-                cur, n = [], 0
-            cur.append(ln)
-            n += k
-        if cur:
-            out.append("\n".join(cur))
-        if len(out) < 2:
-            return []
-        # every line is a candidate too (a one-line attack among lines with no blank between them
-        # is otherwise packed with its neighbours); identical candidates are ranked once
-        return list(dict.fromkeys(out + lines))
+        """The text's parts (:func:`safecascade.tiers.segments.line_segments`) in this tier's tokens."""
+        def lengths(lines: Sequence[str]) -> list[int]:
+            return [len(e.ids) for e in self.windower.tokenizer.encode_batch(list(lines), add_special_tokens=False)]
+        return line_segments(text, lengths, self.segment_tokens)
 
-    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]]) -> None:
-        """Score the best line segments of every text longer than one window as texts of their own
-        and raise its scores to theirs (fills ``segments_scored`` / ``segments_total``)."""
+    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]],
+                        selected: dict[int, dict[str, Any]]) -> None:
+        """Score the best line segments of every multi-line text as texts of their own (``segments``
+        of a text longer than one window, ``short_segments`` of a shorter one) and raise its
+        scores to theirs (fills ``segments_scored`` / ``segments_total``). A text cut down to
+        ``max_windows`` windows (``selected``: text index -> :meth:`_select`'s facts) has its
+        segments taken from the lines those windows cover: the lexical block already ranked every
+        window, so the line pass need not rank every line of a 100k-character document again."""
         assert self.lexical is not None
         body = self.windower.config.window_tokens - 2
         picked: list[tuple[int, str]] = []
         for k, (t, ws) in enumerate(zip(batch, wins)):
-            if ws.tokens <= body:
+            keep = self.segments if ws.tokens > body else self.short_segments
+            if not keep or not may_have_parts(t):
                 continue
-            segs = self._line_segments(t)
+            sel = selected.get(k)
+            segs = self._line_segments(_covered_lines(t, sel["spans"]) if sel else t)
             if not segs:
                 continue
             cfg = self.lexical.config
             seg_wins = self.windower.windows(segs, with_ids=False)
             z = np.stack([self.lexical.logits(*features(sw.content, s, cfg)[:2]) for s, sw in zip(segs, seg_wins)])
-            rank = np.argsort(-z[:, list(self._col.values())].max(axis=1), kind="stable")[: self.segments]
+            rank = np.argsort(-z[:, list(self._col.values())].max(axis=1), kind="stable")[:keep]
             picked += [(k, segs[int(i)]) for i in rank]
             scored[k][1]["segments_total"] = len(segs)
             scored[k][1]["segments_scored"] = len(rank)

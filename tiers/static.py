@@ -28,6 +28,7 @@ from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.obfuscation import scoring_views
+from safecascade.tiers.segments import line_segments, may_have_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ STATIC_EMB = "static.npy"
 # windows, about 115,000 tokens, unless ``max_windows`` says otherwise.
 STATIC_MAX_WINDOWS = 512
 HEADS = "heads.npz"
+# Largest paragraph part, in tokens (the fast tier's segment size).
+PART_TOKENS = 128
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +57,12 @@ class StaticOptions(EncoderOptions):
     A short attack in a long document is diluted in its window's mean embedding, so a longer text
     is passed on (or blocked) rather than allowed here; the fast tier scores its paragraphs and
     lines on their own."""
+
+    parts: bool = True
+    """Also score a multi-line text's paragraphs and lines (:func:`safecascade.tiers.segments.line_segments`)
+    on their own; the allow band then applies to the highest of those scores too
+    (``TierResult.part_scores``), so an instruction planted in an email, a web page or a tool's
+    result is passed on rather than allowed for the benign text around it. They never block."""
 
 
 class StaticEncoder:
@@ -153,10 +162,11 @@ class StaticTier:
 
     def __init__(self, *, model_dir: str | Path, name: str = "static", policies: Sequence[str] | None = None,
                  max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None, deobfuscate: bool = True,
-                 allow_max_windows: int = 1):
+                 allow_max_windows: int = 1, parts: bool = True):
         if allow_max_windows < 0:
             raise ValueError(f"static tier {name!r}: allow_max_windows must be >= 0, got {allow_max_windows}")
         self.allow_max_windows = int(allow_max_windows)
+        self.parts = bool(parts)
         d = Path(model_dir)
         self.model_dir = d
         self.card = card = read_card(d)
@@ -221,7 +231,8 @@ class StaticTier:
         o = spec.options_as(StaticOptions)
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.max_windows,
-                   window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate, allow_max_windows=o.allow_max_windows)
+                   window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate, allow_max_windows=o.allow_max_windows,
+                   parts=o.parts)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""
@@ -237,6 +248,12 @@ class StaticTier:
                 views = [scoring_views(t) if self.deobfuscate else [] for t in good]
                 good = good + [v for vs in views for v in vs]
                 wins = self.encoder.windower.windows(good, with_ids=False)
+                # the parts of the texts that may be allowed here (a longer one never is)
+                parts = [self._parts(t) if not self.allow_max_windows or len(ws.starts) <= self.allow_max_windows else []
+                         for t, ws in zip(good[: len(idx)], wins)]
+                flat_parts = [q for ps in parts for q in ps]
+                if flat_parts:
+                    wins = wins + self.encoder.windower.windows(flat_parts, with_ids=False)
                 sums, count, offsets = self.encoder.window_sums(wins, self._table)
                 scale = self.encoder.window_scale(sums[:, : self._emb_cols], count)
                 top = {}
@@ -247,6 +264,7 @@ class StaticTier:
                     top[p] = np.clip(np.maximum.reduceat(self.heads[p].after_first_layer(first), offsets[:-1]), 0.0, 1.0)
                 per = (time.perf_counter() - t0) * 1000.0 / len(idx)
                 k_view = len(idx)
+                k_part = len(good)  # the parts' rows follow the texts' and the views'
                 for j, (i, ws) in enumerate(zip(idx, wins)):
                     n = int(offsets[j + 1] - offsets[j])
                     scores = {p: float(top[p][j]) for p in self.policies}
@@ -259,10 +277,15 @@ class StaticTier:
                                     scores[p], raised = float(top[p][k]), True
                         info["views"], info["view_raised"] = len(views[j]), raised
                         k_view += len(views[j])
+                    part_scores: dict[str, float] = {}
+                    if parts[j]:
+                        part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
+                        info["parts"] = len(parts[j])
+                        k_part += len(parts[j])
                     may_allow = not self.allow_max_windows or n <= self.allow_max_windows
                     if not may_allow:
                         info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
-                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, may_allow=may_allow,
+                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, may_allow=may_allow, part_scores=part_scores,
                                             warnings=("truncated_windows",) if ws.truncated else (),
                                             cost={"windows": float(n), "tokens": float(ws.tokens)})
             except Exception as exc:
@@ -270,6 +293,16 @@ class StaticTier:
                 for i in idx:
                     results[i] = TierResult(scores={}, error=f"static tier failed: {type(exc).__name__}: {exc}")
         return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
+
+    def _parts(self, text: str) -> list[str]:
+        """The paragraphs and lines of a multi-line text (none when ``parts`` is off)."""
+        if not self.parts or not may_have_parts(text):
+            return []
+        tok = self.encoder.windower.tokenizer
+
+        def lengths(lines: Sequence[str]) -> list[int]:
+            return [len(e.ids) for e in tok.encode_batch(list(lines), add_special_tokens=False)]
+        return line_segments(text, lengths, PART_TOKENS)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -10,8 +10,10 @@ CALLS: dict[str, list[str]] = {}
 
 
 class TableTier:
-    def __init__(self, name: str, policies: Sequence[str], table: Mapping[str, Mapping[str, float]], fail_on: Sequence[str] = ()):
+    def __init__(self, name: str, policies: Sequence[str], table: Mapping[str, Mapping[str, float]], fail_on: Sequence[str] = (),
+                 parts: Mapping[str, Mapping[str, float]] | None = None):
         self.name = name
+        self.parts = parts or {}  # text -> part_scores
         self.policies = tuple(policies)
         self.table = table
         self.fail_on = set(fail_on)
@@ -26,11 +28,11 @@ class TableTier:
                 out.append(TierResult(scores={}, error="backend down"))
             else:
                 out.append(TierResult(scores=dict(self.table.get(t, {p: 0.5 for p in self.policies})),
-                                      rule_ids={p: ("X1.a",) for p in self.policies}))
+                                      rule_ids={p: ("X1.a",) for p in self.policies}, part_scores=dict(self.parts.get(t, {}))))
         return out
 
 
 @register_tier("table")
 def _make(spec: TierSpec) -> TableTier:
     return TableTier(spec.name, list(spec.options.get("policies", spec.policies)), spec.options.get("table", {}),
-                     spec.options.get("fail_on", ()))
+                     spec.options.get("fail_on", ()), spec.options.get("parts"))
