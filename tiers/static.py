@@ -212,7 +212,7 @@ class StaticTier:
         # when normalising; otherwise the kept-token count scales and they would be summed for nothing).
         dim = self.encoder.dim
         self._emb_cols = dim if self.encoder.normalize else 0
-        parts = [self.encoder.embedding[:, : self._emb_cols]]
+        blocks = [self.encoder.embedding[:, : self._emb_cols]]
         self._first: dict[str, tuple[int, int]] = {}  # policy -> its columns of the table
         col = self._emb_cols
         for pol in self.policies:
@@ -220,10 +220,10 @@ class StaticTier:
             if w0.shape[0] != dim:
                 raise ValueError(f"static tier {name!r}: {d / HEADS} head {pol!r} takes {w0.shape[0]} inputs, "
                                  f"the embedding in {d / STATIC_EMB} has {dim} dims")
-            parts.append((self.encoder.embedding.astype(np.float64) @ w0.astype(np.float64)).astype(np.float32))
+            blocks.append((self.encoder.embedding.astype(np.float64) @ w0.astype(np.float64)).astype(np.float32))
             self._first[pol] = (col, col + w0.shape[1])
             col += w0.shape[1]
-        self._table = np.ascontiguousarray(np.concatenate(parts, axis=1))
+        self._table = np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
     @classmethod
     def from_spec(cls, spec: TierSpec) -> "StaticTier":
