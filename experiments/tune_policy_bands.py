@@ -34,6 +34,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import numpy as np
@@ -139,16 +140,12 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
     return block, reached, flags
 
 
-def _static_bands(c: dict[str, dict[str, float]]) -> str:
-    return "".join(f"      {p}: [{c[p]['static_allow_below']}, {c[p]['static_block_above']}]\n" for p in POLICIES)
-
-
-def _heuristic_bands(h: dict[str, float]) -> str:
-    return "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {v}]" for p, v in h.items()]) + "}"
+PRESETS = Path(__file__).with_name("presets")  # the two presets, with ${...} where the tuned numbers go
 
 
 def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> None:
-    """Rewrite ``d/default.yaml`` and the tiers above the safeguard in ``d/with-safeguard.yaml``."""
+    """Rewrite ``d/default.yaml`` and the tiers above the safeguard in ``d/with-safeguard.yaml``
+    from the templates in ``experiments/presets`` (the safeguard tier of the existing file is kept)."""
     c, v = report["chosen"], report["val"]
     vals = "; ".join(f"{p} P {v[p]['precision_at_prevalence']:.3f} R {v[p]['recall']:.3f} F1 {v[p]['f1_at_prevalence']:.3f}" for p in POLICIES)
     how = (f"# Bands and thresholds were tuned per policy on the val split for real traffic with\n"
@@ -162,54 +159,21 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
            f"# (at {args.prevalence:.0%} prevalence): {vals};\n"
            f"# benign real prompts blocked {v['benign_real_flag_rate']:.2%} of {v['benign_real_n']}; "
            f"{v['reached_fast_benign_real']:.1%} of them reach the fast tier.\n")
-    policies = ("policies:\n"
-                "  jailbreak: builtin:jailbreak                # models/policies/jailbreak.md\n"
-                "  prompt_injection: builtin:prompt_injection  # models/policies/prompt_injection.md (direct, indirect, exfiltration)\n"
-                "  harmful_request: builtin:harmful_request    # models/policies/harmful_request.md\n"
-                "input:\n  max_chars: 200000\n  on_empty: allow\n  on_oversize: block\n")
-    rules = ", ".join(f"{p} >= {h}" for p, h in args.heuristic_block.items())
-    upper = ("tiers:\n"
-             f"  - name: heuristic                     # named rules; decides alone only on rules measured at precision {rules}\n"
-             "    type: heuristic\n"
-             f"    bands: {_heuristic_bands(args.heuristic_block)}\n"
-             "  - name: static                        # model2vec static embeddings + a head per policy (shipped: models/static-default)\n"
-             "    type: static\n    options: {model: default}\n    bands:\n" + _static_bands(c) + "    on_error: next\n")
-    default = ("# The embedded default router (Router.load() with no argument): no LLM, the models shipped in the\n"
-               "# package (models/fast-default, models/static-default; checked against their provenance sha256s at\n"
-               "# load). Three policies, each with its own head in the static and fast tiers (docs/policies.md).\n"
-               "# Cheapest tier first; the fast tier is the last tier and decides what reaches it. Bands are\n"
-               "# [allow_below, block_above] per policy: a score >= block_above on any policy blocks, every policy\n"
-               "# <= allow_below allows, anything else goes to the next tier; the last tier decides at each\n"
-               "# policy's threshold.\n" + how +
-               "# Retune for your traffic: docs/tuning.md, docs/policies.md.\n"
-               "# To add gpt-oss-safeguard as a final tier: SAFECASCADE_SAFEGUARD=/path/to/model.gguf (or an\n"
-               "# http(s) URL of an OpenAI-compatible server), which loads models/with-safeguard.yaml.\n"
-               "version: 1\nname: default\n" + policies + upper +
-               "  - name: fast                          # fine-tuned MiniLM int8 ONNX + lexical n-gram stack, a head per policy (models/fast-default)\n"
-               "    type: fast\n    options: {model: default, quantized: auto}\n    threshold:\n      default: 0.5\n"
-               + "".join(f"      {p}: {c[p]['fast_threshold']}\n" for p in POLICIES) +
-               "    on_error: fast-verdict              # an ONNX failure: the static tier's score decides at 0.5\n")
-    (d / "default.yaml").write_text(default, encoding="utf-8")
+    h = args.heuristic_block
+    fill = {
+        "how": how,
+        "allow_miss": f"{args.allow_miss:.0%}",
+        "rules": ", ".join(f"{p} >= {b}" for p, b in h.items()),
+        "heuristic_bands": "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {b}]" for p, b in h.items()]) + "}",
+        "static_bands": "".join(f"      {p}: [{c[p]['static_allow_below']}, {c[p]['static_block_above']}]\n" for p in POLICIES),
+        "fast_thresholds": "".join(f"      {p}: {c[p]['fast_threshold']}\n" for p in POLICIES),
+        "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
+    }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
-    tail = old[old.index("  - name: safeguard"):]
-    ws = ("# The default cascade with gpt-oss-safeguard as the final tier. Loaded by Router.load() /\n"
-          "# `safecascade classify|serve` when SAFECASCADE_SAFEGUARD names a GGUF path (llama.cpp in process)\n"
-          "# or an http(s) base URL (an OpenAI-compatible server: vLLM, llama-server; the served model name\n"
-          "# from SAFECASCADE_SAFEGUARD_MODEL, default openai/gpt-oss-safeguard-20b), or by\n"
-          "# Router.load(safeguard=...). The options below are the llama.cpp ones; a target replaces backend,\n"
-          "# model_path / base_url and model. SAFECASCADE_SAFEGUARD=stand-in runs the 270M test GGUF (not a\n"
-          "# safety model: it proves the code path only). Cheapest tier first; three policies.\n"
-          "# The heuristic and static bands are the default preset's (models/default.yaml). The fast tier\n"
-          "# blocks at the default preset's per-policy threshold and allows below the score under which\n"
-          f"# {args.allow_miss:.0%} of the policy's val violations fall; what lies between goes to the safeguard. These\n"
-          "# fast bands were not tuned on safeguard verdicts (none can be obtained here): retune them on\n"
-          "# your logged verdicts (docs/tuning.md).\n" + how +
-          "version: 1\nname: with-safeguard\n" + policies + upper +
-          "  - name: fast                          # fine-tuned MiniLM ONNX + lexical n-gram stack (shipped: models/fast-default)\n"
-          "    type: fast\n    options: {model: default, quantized: auto}   # the int8 graph when the model offers one\n    bands:\n"
-          + "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES) +
-          "    on_error: next\n")
-    (d / "with-safeguard.yaml").write_text(ws + tail, encoding="utf-8")
+    safeguard = old[old.index("  - name: safeguard"):]
+    for name, tail in (("default.yaml", ""), ("with-safeguard.yaml", safeguard)):
+        text = Template((PRESETS / name).read_text(encoding="utf-8")).substitute(fill)
+        (d / name).write_text(text + tail, encoding="utf-8")
     log.info("wrote %s and %s", d / "default.yaml", d / "with-safeguard.yaml")
 
 
