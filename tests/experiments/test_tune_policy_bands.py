@@ -1,0 +1,57 @@
+"""tune_policy_bands: the static allow band is tested on the parts' scores too, and the presets it
+writes are router configs carrying the chosen numbers."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from experiments.tune_policy_bands import POLICIES, cascade_eval, choose, write_presets
+from safecascade.router.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_allow_band_is_measured_on_what_it_is_tested_on():
+    y = np.array([1] * 100 + [0] * 100)
+    fast = np.r_[np.full(100, 0.99), np.full(100, 0.01)]
+    static = np.r_[np.linspace(0.0, 0.5, 100), np.linspace(0.0, 0.6, 100)]  # no precise block band
+    benign = np.zeros(10)
+    kw = dict(prevalence=0.03, budget=0.0, block_precision=0.99, allow_miss=0.01)
+    plain = choose(y, fast, static, benign, benign, **kw)
+    # the positives scoring lowest on the whole text have a part scoring high (or may not be allowed at all)
+    parts = static.copy()
+    parts[:10] = 2.0
+    with_parts = choose(y, fast, static, benign, benign, parts, **kw)
+    assert with_parts["static_allow_below"] > plain["static_allow_below"]
+    sc = {"heuristic": {p: np.zeros(200) for p in POLICIES}, "fast": {p: fast for p in POLICIES},
+          "static": {p: static for p in POLICIES}, "static_allow": {p: parts for p in POLICIES}}
+    chosen = {p: with_parts for p in POLICIES}
+    _, reached, _ = cascade_eval({}, {}, sc, chosen, {})
+    assert reached[:10].all()  # never allowed by the static band: their parts are over it
+
+
+def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
+    shutil.copy(REPO / "models" / "with-safeguard.yaml", tmp_path / "with-safeguard.yaml")
+    chosen = {p: {"fast_threshold": 0.9 + k / 100, "fast_allow_below": 0.01 * (k + 1), "static_block_above": 0.95,
+                  "static_allow_below": 0.2 + k / 10} for k, p in enumerate(POLICIES)}
+    val = {p: {"precision_at_prevalence": 0.9, "recall": 0.8, "f1_at_prevalence": 0.85} for p in POLICIES}
+    val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
+    args = argparse.Namespace(prevalence=0.03, benign_budget={p: 0.001 for p in POLICIES}, block_precision=0.99,
+                              allow_miss=0.01, heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99})
+    write_presets({"chosen": chosen, "val": val}, tmp_path, args)
+    (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
+    for name in ("default.yaml", "with-safeguard.yaml"):
+        cfg = load_config(tmp_path / name)
+        tiers = {t.name: t for t in cfg.tiers}
+        for k, p in enumerate(POLICIES):
+            assert tiers["static"].band_for(p).allow_below == chosen[p]["static_allow_below"]
+            assert tiers["heuristic"].band_for("prompt_injection").block_above == 0.99
+        if name == "default.yaml":
+            assert [tiers["fast"].threshold_for(p) for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
+        else:
+            assert [tiers["fast"].band_for(p).block_above for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
+            assert "safeguard" in tiers
