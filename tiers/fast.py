@@ -117,21 +117,6 @@ class FastOptions(EncoderOptions):
     """Largest segment, in tokens (consecutive lines are joined up to it)."""
 
 
-def _covered_lines(text: str, spans: Sequence[tuple[int, int]]) -> str:
-    """The whole lines of ``text`` that the character ``spans`` touch, each span's lines a
-    paragraph of its own (overlapping spans merged)."""
-    merged: list[list[int]] = []
-    for a, b in sorted(spans):
-        a = text.rfind("\n", 0, a) + 1
-        e = text.find("\n", b)
-        b = len(text) if e < 0 else e
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return "\n\n".join(text[a:b] for a, b in merged)
-
-
 class FastTier:
     """ONNX embedding classifier over windows of the text (see module doc)."""
 
@@ -305,7 +290,7 @@ class FastTier:
             per = elapsed / max(len(good), 1)
             scored = [self._text_scores(t, ws, p, segments.get(k)) for k, (t, ws, p) in enumerate(zip(batch, wins, probs))]
             if wins and (self.segments or self.short_segments) and self.lexical is not None:
-                self._score_segments(batch, wins, scored, segments)
+                self._score_segments(batch, wins, scored)
             k_view = len(good)
             for j, (i, ws) in enumerate(zip(good_idx, wins)):
                 scores, info = scored[j]
@@ -328,14 +313,12 @@ class FastTier:
             return [len(e.ids) for e in self.windower.tokenizer.encode_batch(list(lines), add_special_tokens=False)]
         return line_segments(text, lengths, self.segment_tokens)
 
-    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]],
-                        selected: dict[int, dict[str, Any]]) -> None:
+    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]]) -> None:
         """Score the best line segments of every multi-line text as texts of their own (``segments``
         of a text longer than one window, ``short_segments`` of a shorter one) and raise its
-        scores to theirs (fills ``segments_scored`` / ``segments_total``). A text cut down to
-        ``max_windows`` windows (``selected``: text index -> :meth:`_select`'s facts) has its
-        segments taken from the lines those windows cover: the lexical block already ranked every
-        window, so the line pass need not rank every line of a 100k-character document again."""
+        scores to theirs (fills ``segments_scored`` / ``segments_total``). Every line of a long
+        text is ranked, not only those of the windows :meth:`_select` kept: a short attack in the
+        middle of a long document can be too diluted in its window for the window ranking to keep it."""
         assert self.lexical is not None
         body = self.windower.config.window_tokens - 2
         picked: list[tuple[int, str]] = []
@@ -343,8 +326,7 @@ class FastTier:
             keep = self.segments if ws.tokens > body else self.short_segments
             if not keep or not may_have_parts(t):
                 continue
-            sel = selected.get(k)
-            segs = self._line_segments(_covered_lines(t, sel["spans"]) if sel else t)
+            segs = self._line_segments(t)
             if not segs:
                 continue
             cfg = self.lexical.config
