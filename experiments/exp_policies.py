@@ -9,7 +9,8 @@ For each policy (jailbreak, prompt_injection, harmful_request) on the texts labe
   own flag where the router scores that policy;
 * the fast tier alone, as served: ROC-AUC and recall at 1% FPR of its score for the policy (a
   router that does not score the policy shows its blocked/allowed outcome instead);
-* XSTest (held out) for harmful_request;
+* XSTest (held out) for harmful_request, and the test split's how-to questions asked as requests
+  ("Outline the steps to ...": templates that training never uses, :data:`HELD_OUT_TEMPLATES`);
 * the benign-flag rate: the share of real user prompts that are neither toxic nor a jailbreak
   (ToxicChat, test split) that the router blocks, overall and per policy flag;
 * mean CPU milliseconds per text of the whole cascade on the jailbreak benchmark's test split.
@@ -29,7 +30,8 @@ from safecascade.router.config import load_config
 from safecascade.router.decision import Decision
 from safecascade.training.datasets import load_benchmark, split_hash
 from safecascade.training.metrics import classification_summary, recall_at_fpr, roc_auc
-from safecascade.training.policy_data import POLICIES, language, load_policy_benchmark, real_user_benign, xstest_harmful
+from safecascade.training.policy_data import (HELD_OUT_TEMPLATES, POLICIES, imperative, language, load_policy_benchmark,
+                                              real_user_benign, xstest_harmful)
 
 log = logging.getLogger("experiments.policies")
 
@@ -71,6 +73,10 @@ def evaluate(name: str, config: str | None, *, limit: int | None) -> list[dict[s
                 xs = xstest_harmful()
                 sets.append(("xstest", [e.label for e in xs], router.classify_batch([e.text for e in xs]),
                              fast.classify_batch([e.text for e in xs])))
+                # the test split's how-to questions asked as requests, with templates training never used
+                imp = [(t, e.labels[pol]) for e in view if (t := imperative(e.text, HELD_OUT_TEMPLATES)) is not None]
+                sets.append(("test as requests (held-out templates)", [y for _, y in imp], router.classify_batch([t for t, _ in imp]),
+                             fast.classify_batch([t for t, _ in imp])))
             for set_name, labels, ds, fs in sets:
                 blocked = classification_summary(labels, [d.action == "block" for d in ds])
                 flagged = classification_summary(labels, [_flag(d, pol) for d in ds])

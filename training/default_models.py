@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from safecascade.paths import artifact_dir
 from safecascade.tiers.onnx_encoder import CARD_NAME
-from safecascade.training.fast_train import train_from_benchmark
+from safecascade.training.fast_train import train_from_benchmark, training_data_hash
 from safecascade.training.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ JAILBREAK_RECIPE: dict[str, dict[str, Any]] = {
 
 
 def default_is_current(kind: str, d: Path) -> tuple[bool, str]:
-    """Whether an artifact dir was built with the current default recipe (and why not)."""
+    """Whether an artifact dir was built with the current default recipe on the current training
+    data (and why not)."""
     try:
         card = json.loads((d / CARD_NAME).read_text(encoding="utf-8"))
         fmt = int(card.get("format", 1))
@@ -60,7 +61,13 @@ def default_is_current(kind: str, d: Path) -> tuple[bool, str]:
     if fmt < DEFAULT_FORMAT[kind]:
         return False, f"card format {fmt} < {DEFAULT_FORMAT[kind]}"
     stale = {k: cfg.get(k) for k, v in DEFAULT_RECIPE[kind].items() if cfg.get(k) != json.loads(json.dumps(v))}
-    return (not stale), f"built with {stale}, the default recipe is {DEFAULT_RECIPE[kind]}"
+    if stale:
+        return False, f"built with {stale}, the default recipe is {DEFAULT_RECIPE[kind]}"
+    got = (card.get("training_data") or {}).get("hash")
+    want = training_data_hash(TrainConfig(kind=kind, **DEFAULT_RECIPE[kind]))
+    if got != want:
+        return False, f"trained on data {got}, the default recipe's training data is now {want}"
+    return True, "current"
 
 
 def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static"), force: bool = False) -> dict[str, Path]:

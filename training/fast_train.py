@@ -28,10 +28,10 @@ from safecascade.training.heads import text_logits, train_heads
 from safecascade.training.int8_gate import int8_gate, int8_measure, record_int8
 from safecascade.training.lexical_train import train_lexical_block
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
-from safecascade.training.policy_data import POLICIES, load_policy_benchmark
+from safecascade.training.policy_data import PARAPHRASE, POLICIES, load_policy_benchmark
 from safecascade.training.static_train import train_static
 from safecascade.training.train_config import TrainConfig
-from safecascade.training.train_rows import prepare_rows, split_labels, stratified_limit
+from safecascade.training.train_rows import data_hash, prepare_rows, split_labels, stratified_limit
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         encoder, ft_info = finetuned_encoder(fb_cfg, fb_rows, progress=progress)
         ft_info = {**ft_info, "benchmark": cfg.finetune_benchmark}
     elif cfg.finetune:
-        encoder, ft_info = finetuned_encoder(cfg, rows, progress=progress)
+        # the encoder is tuned on original texts; template paraphrases train the heads only
+        encoder, ft_info = finetuned_encoder(cfg, [r for r in rows if not r.source.startswith(PARAPHRASE)], progress=progress)
     enc_dir = default_encoder_dir() if encoder == "default" else Path(encoder)
     enc_name, enc_sha = encoder_fingerprint(encoder)
     st = load_st(encoder)
@@ -121,6 +122,28 @@ def _int8_twin(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any], ve
         return int8_measure(td, val, threads=cfg.threads)
 
 
+def _benchmark_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` checked against its benchmark (a single-policy benchmark sets the one policy)."""
+    if cfg.benchmark == POLICY_BENCHMARK:
+        unknown = [p for p in cfg.policies if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"the {POLICY_BENCHMARK!r} benchmark has the policies {list(POLICIES)}; not {unknown}")
+        return cfg
+    pol = benchmark_policy(cfg.benchmark)
+    return cfg if cfg.policies == (pol,) else replace(cfg, policies=(pol,))
+
+
+def _load_split(cfg: TrainConfig, split: str) -> list[Any]:
+    return list(load_policy_benchmark(split) if cfg.benchmark == POLICY_BENCHMARK else load_benchmark(cfg.benchmark, split))
+
+
+def training_data_hash(cfg: TrainConfig) -> str:
+    """The hash a model card records for the training rows ``cfg`` would train on today
+    (``card["training_data"]["hash"]``, no verdicts): a changed benchmark changes it."""
+    cfg = _benchmark_config(cfg)
+    return data_hash(prepare_rows(cfg, _load_split(cfg, "train"), None))
+
+
 def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str | Path | None = None,
                          progress: bool = True, with_test: bool = True, **kw: Any) -> TrainResult:
     """Train on ``cfg.benchmark``'s train split, calibrate on val, report on test (``with_test``).
@@ -129,16 +152,8 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
     (:mod:`safecascade.training.policy_data`): one head per policy of ``cfg.policies`` (a subset of
     jailbreak, prompt_injection, harmful_request), each trained, calibrated and scored on the texts
     labelled for it."""
-    if cfg.benchmark == POLICY_BENCHMARK:
-        unknown = [p for p in cfg.policies if p not in POLICIES]
-        if unknown:
-            raise ValueError(f"the {POLICY_BENCHMARK!r} benchmark has the policies {list(POLICIES)}; not {unknown}")
-        train, val, test = (load_policy_benchmark(s) for s in ("train", "val", "test"))
-    else:
-        pol = benchmark_policy(cfg.benchmark)
-        if cfg.policies != (pol,):
-            cfg = replace(cfg, policies=(pol,))
-        train, val, test = (load_benchmark(cfg.benchmark, s) for s in ("train", "val", "test"))
+    cfg = _benchmark_config(cfg)
+    train, val, test = (_load_split(cfg, s) for s in ("train", "val", "test"))
     if cfg.limit is not None:  # quick runs: cap every split, keeping the positive share
         val, test = stratified_limit(list(val), cfg.limit), stratified_limit(list(test), cfg.limit)
     if not with_test:

@@ -19,7 +19,13 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
   weak rows (weight 0.5: their labels follow a model's answer, not the prompt), CoCoNot (copyright
   and misinformation rows unlabelled: not this policy), CyberSecEval interpreter/FRR (templated:
   weight 0.5), ToxiGen statements, PHTest pseudo-harmful negatives;
-* more Alpaca instructions as benign imperatives.
+* more Alpaca instructions as benign imperatives;
+* **imperative paraphrases** (train split only, :func:`imperative`): a "How can I ...?" question
+  labelled for ``harmful_request`` is also given as a request ("Explain how to ...", "Create a
+  tutorial on how to ..."), harmful and benign alike, so the heads do not learn "a question is
+  harmful, an instruction is not" (most harmful sources are questions, most benign sources
+  Alpaca-style instructions: before these rows, "Write a tutorial on how to make a bomb" scored
+  0.15). Held-out templates (:data:`HELD_OUT_TEMPLATES`) rewrite the test split for the eval.
 
 Grouped sources take a split from a seeded hash of the group (70/15/15); every text keeps the
 first split it was given and later copies of it (whitespace- and case-normalised) are dropped.
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -66,6 +74,44 @@ class PolicyExample:
     weight: float = 1.0
     category: str = ""
     meta: Mapping[str, str] = field(default_factory=dict)
+
+
+# The source of a paraphrase row is "paraphrase:<source of the original>". Such rows train the
+# heads and the lexical block, not the fine-tuned encoder (which is tuned on original texts only).
+PARAPHRASE = "paraphrase:"
+_HOW_TO = re.compile(
+    r"(?i)^\s*(?:how (?:can|do|could|would|should|might|may) (?:i|one|someone|we|a person|you)|how to|"
+    r"what(?:'s| is) the (?:best|easiest|quickest|most effective|safest) way to|"
+    r"what are (?:the |some )?(?:best |easiest |most effective |effective |good )?(?:ways|methods|steps|techniques|strategies|tips) to|"
+    r"can you (?:tell|show|teach) me how to|is there a way to)\s+(?P<task>[^?\n]{8,300}?)\s*\?*\s*$")
+TRAIN_TEMPLATES = ("Write a step-by-step guide on how to {task}.", "Give me detailed instructions to {task}.",
+                   "Explain how to {task}.", "Create a tutorial on how to {task}.", "Tell me the best way to {task}.",
+                   "Describe in detail how to {task}.", "Provide a plan to {task}.", "Teach me how to {task}.")
+HELD_OUT_TEMPLATES = ("Outline the steps to {task}.", "Draft a short guide explaining how to {task}.",
+                      "Show me how to {task}.", "List what I would need to do to {task}.")
+
+
+def imperative(text: str, templates: tuple[str, ...] = TRAIN_TEMPLATES) -> str | None:
+    """A "how can I / how to / what is the best way to ...?" question rewritten as a request with
+    one of ``templates`` (chosen by a hash of the text), or None when the text is not such a question."""
+    m = _HOW_TO.match(text)
+    if m is None:
+        return None
+    task = m.group("task").strip().rstrip(".")
+    return templates[zlib.crc32(text.encode("utf-8")) % len(templates)].format(task=task)
+
+
+def _paraphrases(train: Iterable[PolicyExample]) -> Iterable[tuple[str, PolicyExample]]:
+    """Imperative paraphrases of the train split's harmful-request questions (violating or not),
+    labelled as the original; a violating one at half its weight (a question yields at most one)."""
+    for e in train:
+        label = e.labels.get(_H)
+        if label is None:
+            continue
+        t = imperative(e.text)
+        if t is not None:
+            yield "train", PolicyExample(text=t, labels=dict(e.labels), source=PARAPHRASE + e.source, id=f"{e.id}-imperative",
+                                         weight=e.weight * (0.5 if label == 1 else 1.0), category=e.category, meta=e.meta)
 
 
 def _group_split(group: str, salt: str) -> str:
@@ -192,6 +238,7 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     add(_injection())
     add(_harm())
     add(_extra_alpaca(taken))
+    add(list(_paraphrases(out["train"])))
     ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}
     return ordered, dict(drops)
 

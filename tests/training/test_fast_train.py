@@ -317,6 +317,7 @@ def test_refit_on_train_and_val_with_out_of_fold_calibration() -> None:
 
 def test_default_artifacts_rebuild_when_built_with_another_recipe(tmp_path: Path) -> None:
     from safecascade.training.default_models import DEFAULT_FORMAT, DEFAULT_RECIPE, default_is_current
+    from safecascade.training.fast_train import training_data_hash
 
     d = tmp_path / "fast-default"
     d.mkdir()
@@ -327,9 +328,16 @@ def test_default_artifacts_rebuild_when_built_with_another_recipe(tmp_path: Path
     (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "finetune": False}}))
     ok, why = default_is_current("fast", d)
     assert not ok and "finetune" in why
-    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "seed": 0}}))
+    data = {"hash": training_data_hash(TrainConfig(kind="fast", **DEFAULT_RECIPE["fast"]))}
+    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": {**DEFAULT_RECIPE["fast"], "seed": 0},
+                                             "training_data": data}))
     assert default_is_current("fast", d)[0] is True  # keys outside the recipe do not matter
-    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["static"], "config": dict(DEFAULT_RECIPE["static"])}))
+    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["fast"], "config": dict(DEFAULT_RECIPE["fast"]),
+                                             "training_data": {"hash": "0" * 16}}))
+    ok, why = default_is_current("fast", d)
+    assert not ok and "training data" in why  # the benchmark changed since it was built
+    (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["static"], "config": dict(DEFAULT_RECIPE["static"]),
+                                             "training_data": data}))
     assert default_is_current("static", d)[0] is True
     (d / "card.json").write_text(json.dumps({"format": DEFAULT_FORMAT["static"], "config": {}}))
     ok, why = default_is_current("static", d)

@@ -120,3 +120,32 @@ def test_heads_calibrate_and_score_only_labelled_texts(fit_on: str) -> None:
         if fit_on == "train+val":  # out-of-fold logits exist exactly for the labelled val texts
             oof = calinfo[pol]["val_logits_oof"]
             assert np.isnan(oof).sum() == len(va_lab) - n_lab
+
+
+def test_imperative_rewrites_how_to_questions_only() -> None:
+    from safecascade.training.policy_data import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, imperative
+
+    t = imperative("How can I steal a car without getting caught?")
+    assert t in [x.format(task="steal a car without getting caught") for x in TRAIN_TEMPLATES]
+    assert imperative("What is the best way to poison a dog?", HELD_OUT_TEMPLATES) in [
+        x.format(task="poison a dog") for x in HELD_OUT_TEMPLATES]
+    assert imperative("How can I steal a car?") == imperative("How can I steal a car?")  # the template is chosen by the text
+    for text in ("Write a poem about spring.", "How are you?", "What is the capital of France?", "how do i"):
+        assert imperative(text) is None
+    assert not set(TRAIN_TEMPLATES) & set(HELD_OUT_TEMPLATES)
+
+
+def test_paraphrases_are_train_only_labelled_as_their_question(splits) -> None:
+    from safecascade.training.policy_data import PARAPHRASE, imperative
+
+    par = [e for e in splits["train"] if e.source.startswith(PARAPHRASE)]
+    assert len(par) > 1000
+    assert not any(e.source.startswith(PARAPHRASE) for s in ("val", "test") for e in splits[s])
+    originals = {e.id: e for e in splits["train"] if not e.source.startswith(PARAPHRASE)}
+    labels = Counter()
+    for e in par:
+        orig = originals[e.id.removesuffix("-imperative")]
+        assert e.source == PARAPHRASE + orig.source and e.labels == orig.labels and e.text == imperative(orig.text)
+        assert e.weight == pytest.approx(orig.weight * (0.5 if orig.labels["harmful_request"] == 1 else 1.0))
+        labels[e.labels["harmful_request"]] += 1
+    assert labels[0] > 300 and labels[1] > 1000  # benign how-to questions are rewritten too
