@@ -267,8 +267,23 @@ _SPACED_RE = re.compile(r"\b(?:[a-z][ .\-_*]){3,}[a-z]\b")
 _MAX_VIEW_CHARS = 20_000
 
 
+
+
+def segment_words(run: str) -> str:
+    """``run`` (letters only) cut back into English words (``wordninja``: the most likely split
+    by English Wikipedia word frequencies): "evaluationresults" -> "evaluation results". Letters
+    spaced apart one space each lose the spaces between words too; this puts them back. A run
+    that splits into mostly single letters (no words in it) is returned as it is."""
+    import wordninja  # loads its word list on first use, not at import of this module
+
+    pieces = wordninja.split(run)
+    if not pieces or sum(len(p) for p in pieces) / len(pieces) < 2.5:
+        return run
+    return " ".join(pieces)
+
+
 def _despace(folded: str) -> str:
-    return _SPACED_RE.sub(lambda m: re.sub(r"[ .\-_*]", "", m.group(0)), folded)
+    return _SPACED_RE.sub(lambda m: segment_words(re.sub(r"[ .\-_*]", "", m.group(0))), folded)
 
 
 def scoring_views(text: str) -> list[str]:
@@ -279,7 +294,8 @@ def scoring_views(text: str) -> list[str]:
 
     Empty for ordinary text (the common case costs one ``isascii`` and a few regex scans), so a
     tier that scores ``max(score(text), score(view) for view in views)`` pays only on obfuscated
-    input. Views are capped at 20,000 characters each.
+    input. Views are capped at 20,000 characters each. Letters spaced apart are cut back into
+    words (:func:`segment_words`), since one space between letters and one between words look alike.
     """
     views: list[str] = []
     f = fold(text)
