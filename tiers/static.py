@@ -281,6 +281,7 @@ class StaticTier:
                     if parts[j]:
                         part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
                         info["parts"] = len(parts[j])
+                        info["part_scores"] = {p: round(v, 4) for p, v in part_scores.items()}
                         k_part += len(parts[j])
                     may_allow = not self.allow_max_windows or n <= self.allow_max_windows
                     if not may_allow:

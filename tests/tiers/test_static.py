@@ -187,6 +187,7 @@ def test_static_part_scores_are_the_best_of_the_texts_lines(static_dir: Path) ->
     tok = tier.encoder.windower.tokenizer
     parts = line_segments(text, lambda ls: [len(e.ids) for e in tok.encode_batch(list(ls), add_special_tokens=False)], 128)
     assert r.info["parts"] == len(parts) >= 4
+    assert r.info["part_scores"] == {p: round(v, 4) for p, v in r.part_scores.items()}
     alone = tier.classify(parts)
     assert r.part_scores["jailbreak"] == pytest.approx(max(a.scores["jailbreak"] for a in alone), abs=1e-6)
     assert r.scores == tier.classify([text])[0].scores  # parts do not change the text's own score
