@@ -50,7 +50,7 @@ from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, veri
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.obfuscation import scoring_views
-from safecascade.tiers.segments import line_segments, may_have_parts
+from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
     TOKENIZER_NAME,
@@ -309,9 +309,7 @@ class FastTier:
 
     def _line_segments(self, text: str) -> list[str]:
         """The text's parts (:func:`safecascade.tiers.segments.line_segments`) in this tier's tokens."""
-        def lengths(lines: Sequence[str]) -> list[int]:
-            return [len(e.ids) for e in self.windower.tokenizer.encode_batch(list(lines), add_special_tokens=False)]
-        return line_segments(text, lengths, self.segment_tokens)
+        return tokenizer_parts(text, self.windower.tokenizer, self.segment_tokens)
 
     def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]]) -> None:
         """Score the best line segments of every multi-line text as texts of their own (``segments``

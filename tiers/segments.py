@@ -41,6 +41,13 @@ def may_have_parts(text: str) -> bool:
     return "\n" in text or "\r" in text or "<" in text or bool(_JSON_START.match(text))
 
 
+def tokenizer_parts(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
+    """:func:`line_segments` with the line lengths counted by a ``tokenizers.Tokenizer`` (no special tokens)."""
+    def lengths(lines: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in tokenizer.encode_batch(list(lines), add_special_tokens=False)]
+    return line_segments(text, lengths, max_tokens)
+
+
 def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[int]], max_tokens: int) -> list[str]:
     """``text`` cut at line breaks into segments of at most ``max_tokens`` tokens (consecutive
     lines joined; a blank line always ends a segment, so a paragraph planted between others is a

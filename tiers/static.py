@@ -28,7 +28,7 @@ from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.obfuscation import scoring_views
-from safecascade.tiers.segments import line_segments, may_have_parts
+from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
 log = logging.getLogger(__name__)
@@ -299,11 +299,7 @@ class StaticTier:
         """The paragraphs and lines of a multi-line text (none when ``parts`` is off)."""
         if not self.parts or not may_have_parts(text):
             return []
-        tok = self.encoder.windower.tokenizer
-
-        def lengths(lines: Sequence[str]) -> list[int]:
-            return [len(e.ids) for e in tok.encode_batch(list(lines), add_special_tokens=False)]
-        return line_segments(text, lengths, PART_TOKENS)
+        return tokenizer_parts(text, self.encoder.windower.tokenizer, PART_TOKENS)
 
     def close(self) -> None:
         """Nothing to release."""
