@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-miss", type=float, default=0.01)
     ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
                     help="rewrite DIR/default.yaml and the bands of DIR/with-safeguard.yaml with the chosen numbers")
-    ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99},
+    ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

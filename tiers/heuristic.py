@@ -53,6 +53,7 @@ class _Compiled:
     rule: Rule
     regex: re.Pattern[str] | None
     prefilter: re.Pattern[str] | None
+    unless: re.Pattern[str] | None  # vetoes a match where it occurs in the same text
     detector: Callable[[ScanView], bool] | None
     gate_words: frozenset[str]  # whole-word keywords
     gate_literals: tuple[str, ...]  # substring keywords
@@ -108,6 +109,7 @@ class RuleScanner:
                 # which would disable the fast prefix scan
                 regex=re.compile(r.pattern) if r.pattern else None,
                 prefilter=re.compile(relax_pattern(r.pattern)) if r.pattern and relax_pattern(r.pattern) != r.pattern else None,
+                unless=re.compile(r.unless) if r.unless else None,
                 detector=DETECTORS[r.detector] if r.detector else None,
                 gate_words=frozenset(k for k in r.keywords if _WORD_RE.fullmatch(k)),
                 gate_literals=tuple(k for k in r.keywords if not _WORD_RE.fullmatch(k)),
@@ -129,6 +131,8 @@ class RuleScanner:
                 if c.prefilter is not None and c.prefilter.search(text) is None:
                     continue
                 if c.regex.search(text) is None:
+                    continue
+                if c.unless is not None and c.unless.search(text) is not None:
                     continue
             elif c.detector is None or not c.detector(view):
                 continue

@@ -6,6 +6,8 @@ a regex ``pattern`` (:data:`DETECTORS`).
 Each rule has an ``id`` (``HR-DAN-1``), a ``family``, the ``policy`` it scores, a ``description``
 and either a regex ``pattern`` (matched against the *folded* text, lower case - see
 :mod:`safecascade.tiers.obfuscation`) or a ``detector``; ``keywords`` gate the regex, and the
+optional ``unless`` pattern vetoes a match when it occurs anywhere in the same text (a rule for
+"how to make a bomb" does not fire on "in the movie, how did the character make ..."); the
 measured ``precision`` / ``support`` (from ``python -m safecascade.training.rule_precision
 --write``) set the rule's score. Scanning and scoring: :mod:`safecascade.tiers.heuristic`.
 """
@@ -24,7 +26,7 @@ from safecascade.tiers.obfuscation import Folded
 
 DEFAULT_PRECISION = 0.5
 DEFAULT_MIN_SUPPORT = 10
-_RULE_KEYS = {"id", "family", "policy", "description", "pattern", "detector", "keywords", "precision", "support", "examples"}
+_RULE_KEYS = {"id", "family", "policy", "description", "pattern", "detector", "keywords", "unless", "precision", "support", "examples"}
 _ID_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+$")
 
 
@@ -122,6 +124,7 @@ class Rule:
     pattern: str | None = None
     detector: str | None = None
     keywords: tuple[str, ...] = ()
+    unless: str | None = None  # a match is vetoed where this pattern occurs in the same text
     precision: float | None = None
     support: int = 0
     positive_examples: tuple[str, ...] = ()
@@ -240,6 +243,18 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
                 raise _fail(path, where, "pattern has upper-case letters; rules match the lower-cased folded text, write them in lower case")
             if rx.search("") is not None:
                 raise _fail(path, where, "pattern matches the empty string (it would match every text)")
+        unless = r.get("unless")
+        if unless is not None:
+            if pattern is None or not isinstance(unless, str) or not unless:
+                raise _fail(path, where, "'unless' must be a non-empty regex string, on a rule with a 'pattern'")
+            try:
+                urx = re.compile(unless)
+            except re.error as exc:
+                raise _fail(path, where, f"bad 'unless' regex: {exc}") from None
+            if _has_upper_literal(unless):
+                raise _fail(path, where, "'unless' has upper-case letters; write it in lower case")
+            if urx.search("") is not None:
+                raise _fail(path, where, "'unless' matches the empty string (it would veto every match)")
         if detector is not None and detector not in DETECTORS:
             raise _fail(path, where, f"unknown detector {detector!r} (known: {', '.join(sorted(DETECTORS))})")
         keywords = r.get("keywords") or []
@@ -261,7 +276,7 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
             Rule(
                 id=rid, family=r["family"], policy=r["policy"], description=r["description"].strip(),
                 pattern=pattern, detector=detector, keywords=tuple(k.lower() for k in keywords),
-                precision=None if precision is None else float(precision), support=support,
+                unless=unless, precision=None if precision is None else float(precision), support=support,
                 positive_examples=tuple(str(x) for x in pos), negative_examples=tuple(str(x) for x in neg),
             )
         )
