@@ -163,6 +163,8 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
     fill = {
         "how": how,
         "allow_miss": f"{args.allow_miss:.0%}",
+        "allow_max_windows": str(args.allow_max_windows),
+        "allow_tokens": str(256 + (args.allow_max_windows - 1) * 224),  # the shipped static tier: 256-token windows, stride 224
         "rules": ", ".join(f"{p} >= {b}" for p, b in h.items()),
         "heuristic_bands": "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {b}]" for p, b in h.items()]) + "}",
         "static_bands": "".join(f"      {p}: [{c[p]['static_allow_below']}, {c[p]['static_block_above']}]\n" for p in POLICIES),
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(on the val split's 388 benign real prompts the defaults allow none, one and one)")
     ap.add_argument("--block-precision", type=float, default=0.99)
     ap.add_argument("--allow-miss", type=float, default=0.01)
+    ap.add_argument("--allow-max-windows", type=int, default=2,
+                    help="the static tier's allow_max_windows: the longest text (in windows) its allow band may allow; written "
+                         "into the presets (2: on real user prompts 1.0 ms a text cheaper than 1, block rates of padded attacks unchanged)")
     ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
                     help="rewrite DIR/default.yaml and the bands of DIR/with-safeguard.yaml with the chosen numbers")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
@@ -205,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     val = load_policy_benchmark("val")
     benign = [e.text for e in real_user_benign("val")]
     texts = [e.text for e in val] + benign
-    cache = args.work / "val_scores.npz"
-    tiers = {"heuristic": HeuristicTier.default(policies=POLICIES), "static": StaticTier(model_dir=twins["static"]),
+    cache = args.work / f"val_scores_amw{args.allow_max_windows}.npz"
+    tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
+             "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
     if cache.is_file():
         z = np.load(cache)

@@ -14,7 +14,8 @@ block ranks highest, up to ``max_windows``; ``info`` reports ``n_windows_needed`
 (scored), ``windows_skipped`` and ``window_selection: lexical-top-k``. A short attack inside a
 long document shares its window with benign text, which dilutes its score, so a text longer than
 one window is also cut at line breaks into *segments* of at most ``segment_tokens`` tokens (a
-blank line always ends one; every line is also a candidate of its own); the
+blank line always ends one; every line is also a candidate of its own; a longer line is cut at
+sentence ends, so an attack written into a long paragraph is a candidate too); the
 lexical block ranks them and the ``segments`` best are scored as texts of their own (``info``:
 ``segments_scored``, ``segments_total``). A multi-line text that fits in one window (an email, a
 web page, a tool's result with an instruction planted in it) has its ``short_segments`` best
@@ -64,6 +65,15 @@ from safecascade.tiers.onnx_encoder import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _top_per_column(z: np.ndarray, keep: int) -> list[int]:
+    """At most ``keep`` row indices of ``z`` [n, policies]: first each policy's best row (the
+    policies whose best is highest first), then the rows ranked by their highest value; so one
+    policy's many high rows (filler that reads like instructions) do not crowd out another's one."""
+    best = [int(np.argmax(z[:, c])) for c in np.argsort(-z.max(axis=0), kind="stable")]
+    overall = [int(i) for i in np.argsort(-z.max(axis=1), kind="stable")]
+    return list(dict.fromkeys(best + overall))[:keep]
 
 
 def _verified(d: Path, *, kind: str, tier_name: str) -> Path:
@@ -321,8 +331,9 @@ class FastTier:
         body = self.windower.config.window_tokens - 2
         picked: list[tuple[int, str]] = []
         for k, (t, ws) in enumerate(zip(batch, wins)):
-            keep = self.segments if ws.tokens > body else self.short_segments
-            if not keep or not may_have_parts(t):
+            long = ws.tokens > body  # a long text is cut at sentence ends too, line breaks or not
+            keep = self.segments if long else self.short_segments
+            if not keep or not (long or may_have_parts(t)):
                 continue
             segs = self._line_segments(t)
             if not segs:
@@ -330,7 +341,7 @@ class FastTier:
             cfg = self.lexical.config
             seg_wins = self.windower.windows(segs, with_ids=False)
             z = np.stack([self.lexical.logits(*features(sw.content, s, cfg)[:2]) for s, sw in zip(segs, seg_wins)])
-            rank = np.argsort(-z[:, list(self._col.values())].max(axis=1), kind="stable")[:keep]
+            rank = _top_per_column(z[:, list(self._col.values())], keep)
             picked += [(k, segs[int(i)]) for i in rank]
             scored[k][1]["segments_total"] = len(segs)
             scored[k][1]["segments_scored"] = len(rank)

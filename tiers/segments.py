@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 _TAG = re.compile(r"<[^<>]{0,500}>")
 _JSON_START = re.compile(r"\s*[\[{]")
+# a line shorter than this is never cut at sentence ends (128 tokens of English take ~500-700 characters)
+LONG_LINE_CHARS = 400
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]\u201d\u2019]))\s+")
 
 
 def _strings(v: Any) -> Iterator[str]:
@@ -37,8 +40,10 @@ def readable(text: str) -> str:
 
 
 def may_have_parts(text: str) -> bool:
-    """Whether :func:`line_segments` can find parts in ``text`` (a cheap test before tokenizing)."""
-    return "\n" in text or "\r" in text or "<" in text or bool(_JSON_START.match(text))
+    """Whether :func:`line_segments` can find parts in ``text`` (a cheap test before tokenizing):
+    several lines, markup, or one line long enough to hold more than one sentence worth cutting."""
+    return (len(text) > LONG_LINE_CHARS or "\n" in text or "\r" in text or "<" in text
+            or bool(_JSON_START.match(text)))
 
 
 def tokenizer_parts(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
@@ -48,11 +53,37 @@ def tokenizer_parts(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
     return line_segments(text, lengths, max_tokens)
 
 
+def sentences(line: str) -> list[str]:
+    """``line`` cut after sentence-ending punctuation (``.``, ``!``, ``?``, a closing quote or bracket
+    may follow) where whitespace comes next; pieces that are only whitespace are dropped."""
+    return [p for p in _SENTENCE_END.split(line) if p.strip()]
+
+
+def _pack(pieces: Sequence[str], lengths: Sequence[int], max_tokens: int, sep: str, starts: Collection[int] = ()) -> list[str]:
+    """Consecutive ``pieces`` joined by ``sep`` into chunks of at most ``max_tokens`` tokens (a longer
+    piece is a chunk of its own; a piece whose index is in ``starts`` always opens a new chunk)."""
+    out: list[str] = []
+    cur: list[str] = []
+    n = 0
+    for j, (piece, k) in enumerate(zip(pieces, lengths)):
+        if cur and (n + k > max_tokens or j in starts):
+            out.append(sep.join(cur))
+            cur, n = [], 0
+        cur.append(piece)
+        n += k
+    if cur:
+        out.append(sep.join(cur))
+    return out
+
+
 def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[int]], max_tokens: int) -> list[str]:
     """``text`` cut at line breaks into segments of at most ``max_tokens`` tokens (consecutive
     lines joined; a blank line always ends a segment, so a paragraph planted between others is a
-    segment of its own; a longer line is its own segment), and then every line on its own,
-    duplicates dropped. A text of one line has no parts: ``[]``; a text that packs into one
+    segment of its own), and then every line on its own, duplicates dropped. A line longer than
+    ``max_tokens`` is cut at sentence ends instead: its sentences packed into chunks of at most
+    ``max_tokens`` take its place among the segments, and every sentence is a part (an attack
+    written into a long paragraph of benign text, with no line break around it, is not diluted
+    by the paragraph). A text of one short line has no parts: ``[]``; a text that packs into one
     segment has its lines as parts.
 
     Markup is taken out first (:func:`readable`): the string values of a JSON document, the text
@@ -70,21 +101,40 @@ def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[i
             starts.add(len(lines))
         lines.append(ln)
         blank = False
-    if len(lines) < 2:
+    if not lines:
         return []
-    out: list[str] = []
-    cur: list[str] = []
-    n = 0
-    for j, (ln, k) in enumerate(zip(lines, token_lengths(lines))):
-        if cur and (n + k > max_tokens or j in starts):
-            out.append("\n".join(cur))
-            cur, n = [], 0
-        cur.append(ln)
-        n += k
-    if cur:
-        out.append("\n".join(cur))
+    lengths = list(token_lengths(lines))
+    if len(lines) < 2 and lengths[0] <= max_tokens:
+        return []
+    # long lines: their sentences (one token_lengths call for all of them)
+    split = {j: sentences(ln) for j, (ln, k) in enumerate(zip(lines, lengths)) if k > max_tokens}
+    split = {j: ss for j, ss in split.items() if len(ss) > 1}
+    flat = [x for ss in split.values() for x in ss]
+    flat_k = list(token_lengths(flat)) if flat else []
+    units: list[str] = []  # what segments are packed from: lines, and the sentence chunks of long lines
+    unit_k: list[int] = []
+    unit_starts: set[int] = set()
+    candidates: list[str] = []  # every line, and every sentence of a long line
+    i = 0
+    for j, (ln, k) in enumerate(zip(lines, lengths)):
+        if j in starts:
+            unit_starts.add(len(units))
+        if j in split:
+            ss, sk = split[j], flat_k[i : i + len(split[j])]
+            i += len(ss)
+            for c in _pack(ss, sk, max_tokens, " "):
+                units.append(c)
+                unit_k.append(max_tokens)  # a chunk is packed on its own
+            candidates += ss
+        else:
+            units.append(ln)
+            unit_k.append(k)
+            candidates.append(ln)
+    if len(units) < 2 and len(candidates) < 2:
+        return []
+    out = _pack(units, unit_k, max_tokens, "\n", unit_starts)
     if len(out) < 2:
         out = []  # the one segment is the text itself
     # every line is a candidate too (a one-line attack among lines with no blank between them
     # is otherwise packed with its neighbours); identical candidates are kept once
-    return list(dict.fromkeys(out + lines))
+    return list(dict.fromkeys(out + candidates))

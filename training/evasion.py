@@ -9,7 +9,9 @@ Transforms (each deterministic given the text; :data:`TRANSFORMS` names them):
 * ``leetspeak`` (a->4, e->3, i->1, o->0, s->5, t->7), ``spacing`` (letters of long words spaced
   apart), ``newline_split`` (one word per line);
 * benign padding: ``pad_<n>k_<pos>``: the attack at the start, middle or end of ``n`` thousand
-  characters of benign text (2k, 20k, 100k);
+  characters of benign text (2k, 20k, 100k), set off by blank lines; ``pad_inline_<n>k_<pos>``: the
+  same written into one paragraph with the benign text as sentences of its own, no line break
+  anywhere (2k, 20k);
 * embedding in what an application reads: ``email``, ``html`` (a hidden div in a web page),
   ``tool_result`` (a search tool's JSON result).
 
@@ -29,6 +31,7 @@ _LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7
                        "A": "4", "E": "3", "I": "1", "O": "0", "S": "5", "T": "7"})
 PAD_SIZES = (2_000, 20_000, 100_000)
 PAD_POSITIONS = ("start", "middle", "end")
+INLINE_PAD_SIZES = (2_000, 20_000)
 
 
 def b64(text: str) -> str:
@@ -84,6 +87,28 @@ def pad(text: str, filler: str, size: int, position: str) -> str:
     raise ValueError(f"position must be start, middle or end, got {position!r}")
 
 
+def pad_inline(text: str, filler: str, size: int, position: str) -> str:
+    """``text`` written into one paragraph of about ``size`` characters of ``filler`` as sentences of
+    its own, at the ``position`` (start / middle / end, at a sentence end of the filler where it has
+    one): every line break of both becomes a space."""
+    if not filler:
+        raise ValueError("padding needs benign filler text")
+    flat = " ".join(filler.split())
+    body = (f"{flat} " * (size // max(1, len(flat) + 1) + 1))[:size]
+    end = body.rfind(". ")
+    body = body[: end + 1] if end > 0 else body.strip()
+    attack = " ".join(text.split())
+    if position == "start":
+        return f"{attack} {body}"
+    if position == "end":
+        return f"{body} {attack}"
+    if position == "middle":
+        cut = body.rfind(". ", 0, len(body) // 2) + 1 or body.rfind(" ", 0, len(body) // 2)
+        cut = len(body) // 2 if cut <= 0 else cut
+        return f"{body[:cut]} {attack} {body[cut:].lstrip()}"
+    raise ValueError(f"position must be start, middle or end, got {position!r}")
+
+
 def email(text: str, filler: str = "") -> str:
     """The attack inside the body of an ordinary e-mail."""
     intro = filler[:400] or "Thanks for the update on the quarterly numbers."
@@ -128,6 +153,9 @@ def _transforms() -> dict[str, Transform]:
     for size in PAD_SIZES:
         for pos in PAD_POSITIONS:
             t[f"pad_{size // 1000}k_{pos}"] = (lambda s, f, size=size, pos=pos: pad(s, f, size, pos))
+    for size in INLINE_PAD_SIZES:
+        for pos in PAD_POSITIONS:
+            t[f"pad_inline_{size // 1000}k_{pos}"] = (lambda s, f, size=size, pos=pos: pad_inline(s, f, size, pos))
     return t
 
 

@@ -41,7 +41,8 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     val = {p: {"precision_at_prevalence": 0.9, "recall": 0.8, "f1_at_prevalence": 0.85} for p in POLICIES}
     val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
     args = argparse.Namespace(prevalence=0.03, benign_budget={p: 0.001 for p in POLICIES}, block_precision=0.99,
-                              allow_miss=0.01, heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99})
+                              allow_miss=0.01, allow_max_windows=3,
+                              heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99})
     write_presets({"chosen": chosen, "val": val}, tmp_path, args)
     (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
     for name in ("default.yaml", "with-safeguard.yaml"):
@@ -50,6 +51,8 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
         for k, p in enumerate(POLICIES):
             assert tiers["static"].band_for(p).allow_below == chosen[p]["static_allow_below"]
             assert tiers["heuristic"].band_for("prompt_injection").block_above == 0.99
+            assert tiers["heuristic"].band_for("harmful_request").block_above == 0.99
+        assert tiers["static"].options["allow_max_windows"] == 3
         if name == "default.yaml":
             assert [tiers["fast"].threshold_for(p) for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
         else:
