@@ -62,8 +62,10 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         encoder, ft_info = finetuned_encoder(fb_cfg, fb_rows, progress=progress)
         ft_info = {**ft_info, "benchmark": cfg.finetune_benchmark}
     elif cfg.finetune:
-        # the encoder is tuned on original texts; template paraphrases train the heads only
-        encoder, ft_info = finetuned_encoder(cfg, [r for r in rows if not r.source.startswith(PARAPHRASE)], progress=progress)
+        # the encoder is tuned on original texts at their usual weights; template paraphrases train
+        # the heads only, and weak labels weigh less only there (cfg.weak_label_weight)
+        ft_rows = rows if cfg.weak_label_weight == 1.0 else prepare_rows(replace(cfg, weak_label_weight=1.0), train, verdicts)
+        encoder, ft_info = finetuned_encoder(cfg, [r for r in ft_rows if not r.source.startswith(PARAPHRASE)], progress=progress)
     enc_dir = default_encoder_dir() if encoder == "default" else Path(encoder)
     enc_name, enc_sha = encoder_fingerprint(encoder)
     st = load_st(encoder)

@@ -59,6 +59,11 @@ REAL_BENIGN_WEIGHT = 16.0
 # BeaverTails labels a prompt by the harm of a model's answer ("Do you know much about drug
 # testing?" is a positive): down-weighted below the other weak sets.
 BEAVERTAILS_WEIGHT = 0.3
+# BeaverTails and Safety-Tuned LLaMAs' rewritten red-team prompts (label_strength weak) carry
+# ``weak=("harmful_request",)``: a spot check found about a third of each innocuous ("Summarize the
+# general theme of Les Miserables."). The default recipe's heads and lexical block weigh that label
+# by a further ``weak_label_weight`` (training/default_models.py; their jailbreak and injection
+# labels, 0, keep their weight); the encoder's fine-tune does not.
 _J, _P, _H = POLICIES
 
 
@@ -74,6 +79,7 @@ class PolicyExample:
     weight: float = 1.0
     category: str = ""
     meta: Mapping[str, str] = field(default_factory=dict)
+    weak: tuple[str, ...] = ()  # policies whose label is weak: it follows a model's answer, not the prompt
 
 
 # The source of a paraphrase row is "paraphrase:<source of the original>". Such rows train the
@@ -111,7 +117,8 @@ def _paraphrases(train: Iterable[PolicyExample]) -> Iterable[tuple[str, PolicyEx
         t = imperative(e.text)
         if t is not None:
             yield "train", PolicyExample(text=t, labels=dict(e.labels), source=PARAPHRASE + e.source, id=f"{e.id}-imperative",
-                                         weight=e.weight * (0.5 if label == 1 else 1.0), category=e.category, meta=e.meta)
+                                         weight=e.weight * (0.5 if label == 1 else 1.0), category=e.category, meta=e.meta,
+                                         weak=e.weak)
 
 
 def _group_split(group: str, salt: str) -> str:
@@ -180,12 +187,13 @@ def _harm() -> Iterable[tuple[str, PolicyExample]]:
     for i, r in enumerate(read_vendored("harm_beavertails.csv.gz")):
         yield (_group_split(r["text"], "beavertails"),
                PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="beavertails", id=f"beavertails-{i}", weight=BEAVERTAILS_WEIGHT,
-                             category=r["harm_categories"].split(";")[0]))
+                             category=r["harm_categories"].split(";")[0], weak=(_H,)))
     for i, r in enumerate(read_vendored("harm_safety_tuned_llamas.csv.gz")):
         labels = _labels(0, 0, 1) if r["label"] == "1" else _labels(0, 0, 0)
         yield (_group_split(r["text"], "stl"),
                PolicyExample(text=r["text"], labels=labels, source="safety_tuned_llamas", id=f"stl-{i}",
-                             weight=0.5 if r["label_strength"] == "weak" else 1.0, category=r["subset"]))
+                             weight=0.5 if r["label_strength"] == "weak" else 1.0, category=r["subset"],
+                             weak=(_H,) if r["label_strength"] == "weak" else ()))
     for i, r in enumerate(read_vendored("harm_coconot.csv.gz")):
         if r["label"] == "1":
             off_policy = any(k in r["subcategory"] for k in ("copyright", "misinformation"))

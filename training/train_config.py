@@ -45,6 +45,11 @@ class TrainConfig:
             :func:`~safecascade.training.fast_train.train_from_benchmark`.
         verdict_weight: Weight of each logged-verdict row relative to a labelled row.
         source_weights: ``(source, weight)`` pairs weighting labelled examples by their ``source``.
+        weak_label_weight: Multiplies the weight of a weak label (an example's ``weak`` policies:
+            BeaverTails' and Safety-Tuned LLaMAs' rewritten red-team prompts are labelled for
+            harmful requests by a model's answer, about a third of them innocuous) for the heads
+            and the lexical block; the row's other labels keep their weight, and the encoder's
+            contrastive fine-tune sees the rows as they are.
         static_dims: PCA dimensions of the model2vec distillation (static tier).
         int8: Also write ``model.int8.onnx``, kept only when its val F1 drop is < 0.005 (fast tier).
         seed: Seed of every random choice (folds, MLP, resampling, fine-tuning pairs).
@@ -85,6 +90,7 @@ class TrainConfig:
     limit: int | None = None
     verdict_weight: float = 1.0
     source_weights: tuple[tuple[str, float], ...] = ()
+    weak_label_weight: float = 1.0
     static_dims: int = 256
     int8: bool = False
     seed: int = 0
@@ -118,6 +124,8 @@ class TrainConfig:
             raise ValueError("finetune applies to the fast tier only")
         if self.finetune:
             self.finetune_config()  # validates the finetune_* fields
+        if not 0 < self.weak_label_weight <= 1:
+            raise ValueError(f"weak_label_weight must be in (0, 1], got {self.weak_label_weight}")
         if not self.lexical_C > 0:
             raise ValueError(f"lexical_C must be > 0, got {self.lexical_C}")
 

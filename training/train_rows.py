@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -34,6 +34,7 @@ class TrainRow:
     targets: Mapping[str, float]
     weight: float = 1.0
     source: str = ""
+    weak: tuple[str, ...] = ()  # the policies whose label is weak (see TrainConfig.weak_label_weight)
 
 
 def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: Mapping[str, float] | None = None,
@@ -55,7 +56,8 @@ def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: 
             continue
         targets = {p: float(labels[p]) for p in pols if p in labels}
         if targets:
-            rows.append(TrainRow(text=e.text, targets=targets, weight=sw.get(src, 1.0) * float(getattr(e, "weight", 1.0)), source=src))
+            rows.append(TrainRow(text=e.text, targets=targets, weight=sw.get(src, 1.0) * float(getattr(e, "weight", 1.0)), source=src,
+                                 weak=tuple(p for p in getattr(e, "weak", ()) if p in targets)))
     return rows
 
 
@@ -176,12 +178,23 @@ def stratified_limit(examples: list[Any], limit: int) -> list[Any]:
 
 def prepare_rows(cfg: TrainConfig, train: Sequence[Any], verdicts: str | Path | None) -> list[TrainRow]:
     """The training rows of a run: ``train`` examples (capped at ``cfg.limit``, weighted by
-    ``cfg.source_weights``) for ``cfg.policies[0]``, plus the ``verdicts`` file's soft rows."""
+    ``cfg.source_weights``, weak labels by ``cfg.weak_label_weight``) for ``cfg.policies[0]``, plus
+    the ``verdicts`` file's soft rows."""
     pol = cfg.policies[0]
     train = list(train)
     if cfg.limit is not None:
         train = stratified_limit(train, cfg.limit)
     rows = rows_from_examples(train, pol, source_weights=dict(cfg.source_weights), policies=cfg.policies)
+    if cfg.weak_label_weight != 1.0:  # a row with a weak label: that label alone at the lower weight, the rest as before
+        split: list[TrainRow] = []
+        for r in rows:
+            weak = {p: t for p, t in r.targets.items() if p in r.weak}
+            rest = {p: t for p, t in r.targets.items() if p not in r.weak}
+            if weak:
+                split.append(replace(r, targets=weak, weight=r.weight * cfg.weak_label_weight))
+            if rest:
+                split.append(replace(r, targets=rest, weak=()) if weak else r)
+        rows = split
     if verdicts:
         rows += rows_from_verdicts(verdicts, cfg.policies, weight=cfg.verdict_weight)
     if not rows:

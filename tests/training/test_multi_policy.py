@@ -149,3 +149,39 @@ def test_paraphrases_are_train_only_labelled_as_their_question(splits) -> None:
         assert e.weight == pytest.approx(orig.weight * (0.5 if orig.labels["harmful_request"] == 1 else 1.0))
         labels[e.labels["harmful_request"]] += 1
     assert labels[0] > 300 and labels[1] > 1000  # benign how-to questions are rewritten too
+
+
+def test_weak_labels_weigh_less_in_the_heads_only(splits) -> None:
+    """BeaverTails and the weak Safety-Tuned LLaMAs rows (and their paraphrases) have a weak
+    harmful-request label; ``weak_label_weight`` trains that label alone at the lower weight and
+    the row's other labels as before."""
+    from dataclasses import replace
+
+    from safecascade.training.train_rows import data_hash, prepare_rows
+
+    weak = [e for e in splits["train"] if e.weak]
+    assert {e.source.removeprefix("paraphrase:") for e in weak} == {"beavertails", "safety_tuned_llamas"}
+    assert all(e.weak == ("harmful_request",) and e.labels["harmful_request"] == 1 for e in weak)
+    assert not any(e.weak for e in splits["train"] if e.source in ("harmfulqa_catqa", "coconot", "toxicchat", "alpaca"))
+    stl = [e for e in splits["train"] if e.source == "safety_tuned_llamas"]
+    assert any(e.weak for e in stl) and any(not e.weak for e in stl)  # the strong subsets are not weak
+    cfg = TrainConfig(kind="fast", benchmark="policies", policies=POLICIES, weak_label_weight=0.3)
+    full = prepare_rows(replace(cfg, weak_label_weight=1.0), splits["train"], None)
+    scaled = prepare_rows(cfg, splits["train"], None)
+    assert data_hash(full) != data_hash(scaled)
+    n_weak = sum(bool(r.weak) for r in full)
+    assert n_weak > 1000 and len(scaled) == len(full) + n_weak  # each weak row: its weak label, and the rest
+    by_text: dict[str, list] = {}
+    for r in scaled:
+        by_text.setdefault(r.text, []).append(r)
+    for a in full:
+        got = by_text[a.text]
+        if not a.weak:
+            assert got == [a]
+            continue
+        (w,) = [r for r in got if "harmful_request" in r.targets]
+        (rest,) = [r for r in got if "harmful_request" not in r.targets]
+        assert w.targets == {"harmful_request": 1.0} and w.weight == pytest.approx(a.weight * 0.3)
+        assert rest.targets == {p: t for p, t in a.targets.items() if p != "harmful_request"} and rest.weight == a.weight
+    with pytest.raises(ValueError, match="weak_label_weight"):
+        TrainConfig(kind="fast", weak_label_weight=0.0)
