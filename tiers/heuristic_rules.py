@@ -194,6 +194,19 @@ def _fail(path: str, where: str, msg: str) -> ValueError:
     return ValueError(f"heuristic rules file {path}: {where}: {msg}")
 
 
+def _check_regex(path: str, where: str, name: str, rx: str, empty_would: str) -> None:
+    """A rule's regex (``pattern`` or ``unless``) compiles, is written in lower case (rules match
+    the lower-cased folded text) and does not match the empty string."""
+    try:
+        compiled = re.compile(rx, re.IGNORECASE)
+    except re.error as exc:
+        raise _fail(path, where, f"bad {name} regex: {exc}" if name != "pattern" else f"bad regex: {exc}") from None
+    if _has_upper_literal(rx):
+        raise _fail(path, where, f"{name} has upper-case letters; rules match the lower-cased folded text, write them in lower case")
+    if compiled.search("") is not None:
+        raise _fail(path, where, f"{name} matches the empty string (it would {empty_would})")
+
+
 def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
     """Validate a rules mapping (as loaded from YAML); errors name the rule and the file."""
     if not isinstance(data, Mapping):
@@ -234,27 +247,16 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
         if pattern is not None:
             if not isinstance(pattern, str) or not pattern:
                 raise _fail(path, where, "'pattern' must be a non-empty string")
+            _check_regex(path, where, "pattern", pattern, "match every text")
             try:
-                rx = re.compile(pattern, re.IGNORECASE)
                 re.compile(relax_pattern(pattern))
             except re.error as exc:
                 raise _fail(path, where, f"bad regex: {exc}") from None
-            if _has_upper_literal(pattern):
-                raise _fail(path, where, "pattern has upper-case letters; rules match the lower-cased folded text, write them in lower case")
-            if rx.search("") is not None:
-                raise _fail(path, where, "pattern matches the empty string (it would match every text)")
         unless = r.get("unless")
         if unless is not None:
             if pattern is None or not isinstance(unless, str) or not unless:
                 raise _fail(path, where, "'unless' must be a non-empty regex string, on a rule with a 'pattern'")
-            try:
-                urx = re.compile(unless)
-            except re.error as exc:
-                raise _fail(path, where, f"bad 'unless' regex: {exc}") from None
-            if _has_upper_literal(unless):
-                raise _fail(path, where, "'unless' has upper-case letters; write it in lower case")
-            if urx.search("") is not None:
-                raise _fail(path, where, "'unless' matches the empty string (it would veto every match)")
+            _check_regex(path, where, "'unless'", unless, "veto every match")
         if detector is not None and detector not in DETECTORS:
             raise _fail(path, where, f"unknown detector {detector!r} (known: {', '.join(sorted(DETECTORS))})")
         keywords = r.get("keywords") or []
