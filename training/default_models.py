@@ -31,10 +31,10 @@ DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults a
 # calibration, the lexical stack, the int8 gate and per-policy bands
 # (experiments/tune_policy_bands.py); MLP heads (one hidden layer of 256, torch, 40 epochs: seconds
 # per policy; on val they beat logistic heads, e.g. harmful-request ROC-AUC of the embedding head
-# 0.934 -> 0.959); weakly labelled harmful-request rows (BeaverTails, Safety-Tuned LLaMAs' rewritten
-# red-team prompts) weigh 0.3x more in the heads and the lexical block (on val, the harmful-request
-# embedding head's recall on the strongly labelled violations at one benign real prompt flagged in
-# 388 rose from 0.40 to 0.56). Measured in docs/policies.md.
+# 0.934 -> 0.959); the weak harmful-request labels (BeaverTails, Safety-Tuned LLaMAs' rewritten
+# red-team prompts) count 0.3x in the heads and the lexical block, the rows' other labels in full
+# (on val, the harmful-request embedding head's recall on the strongly labelled violations at one
+# benign real prompt flagged in 388 rose from 0.40 to 0.56). Measured in docs/policies.md.
 POLICIES_RECIPE: dict[str, dict[str, Any]] = {
     "fast": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
              "head": "mlp", "finetune": True, "finetune_benchmark": "", "finetune_pairs": 8000,
