@@ -7,7 +7,9 @@ Each rule has an ``id`` (``HR-DAN-1``), a ``family``, the ``policy`` it scores, 
 and either a regex ``pattern`` (matched against the *folded* text, lower case - see
 :mod:`safecascade.tiers.obfuscation`) or a ``detector``; ``keywords`` gate the regex, and the
 optional ``unless`` pattern vetoes a match when it occurs anywhere in the same text (a rule for
-"how to make a bomb" does not fire on "in the movie, how did the character make ..."); the
+"how to make a bomb" does not fire on "in the movie, how did the character make ..."). A regex
+used by several rules is written once under the file's ``fragments:`` (name: regex) and used as
+``(?&name)`` in a ``pattern`` or ``unless``: it stands for ``(?:regex)``. The
 measured ``precision`` / ``support`` (from ``python -m safecascade.training.rule_precision
 --write``) set the rule's score. Scanning and scoring: :mod:`safecascade.tiers.heuristic`.
 """
@@ -28,6 +30,10 @@ DEFAULT_PRECISION = 0.5
 DEFAULT_MIN_SUPPORT = 10
 _RULE_KEYS = {"id", "family", "policy", "description", "pattern", "detector", "keywords", "unless", "precision", "support", "examples"}
 _ID_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+$")
+# a use of a named fragment in a rule's regex (the PCRE spelling of a named subpattern call, an
+# error to Python's ``re``, so it never means anything else)
+_FRAGMENT_USE = re.compile(r"\(\?&([a-z][a-z0-9_]*)\)")
+_FRAGMENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def default_rules_path() -> Path:
@@ -200,11 +206,43 @@ def _check_regex(path: str, where: str, name: str, rx: str, empty_would: str) ->
     try:
         compiled = re.compile(rx, re.IGNORECASE)
     except re.error as exc:
-        raise _fail(path, where, f"bad {name} regex: {exc}" if name != "pattern" else f"bad regex: {exc}") from None
+        raise _fail(path, where, f"bad {name} regex: {exc}") from None
     if _has_upper_literal(rx):
         raise _fail(path, where, f"{name} has upper-case letters; rules match the lower-cased folded text, write them in lower case")
     if compiled.search("") is not None:
         raise _fail(path, where, f"{name} matches the empty string (it would {empty_would})")
+
+
+def _parse_fragments(data: Mapping[str, Any], path: str) -> dict[str, str]:
+    """The file's ``fragments:`` (name -> regex), each checked to compile on its own."""
+    raw = data.get("fragments") or {}
+    if not isinstance(raw, Mapping):
+        raise _fail(path, "fragments", "expected a mapping of name: regex")
+    out: dict[str, str] = {}
+    for name, rx in raw.items():
+        where = f"fragment {name!r}"
+        if not isinstance(name, str) or not _FRAGMENT_NAME.match(name):
+            raise _fail(path, where, "a fragment name is lower case letters, digits and '_', starting with a letter")
+        if not isinstance(rx, str) or not rx:
+            raise _fail(path, where, "must be a non-empty regex string")
+        if _FRAGMENT_USE.search(rx):
+            raise _fail(path, where, "a fragment cannot use another fragment")
+        try:
+            re.compile(rx)
+        except re.error as exc:
+            raise _fail(path, where, f"bad regex: {exc}") from None
+        out[name] = rx
+    return out
+
+
+def _expand(path: str, where: str, name: str, rx: str, fragments: Mapping[str, str]) -> str:
+    """``rx`` with every ``(?&fragment)`` replaced by ``(?:the fragment's regex)``."""
+    def use(m: re.Match[str]) -> str:
+        if m.group(1) not in fragments:
+            known = ", ".join(sorted(fragments)) or "none"
+            raise _fail(path, where, f"{name} uses an unknown fragment {m.group(1)!r} (defined: {known})")
+        return f"(?:{fragments[m.group(1)]})"
+    return _FRAGMENT_USE.sub(use, rx)
 
 
 def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
@@ -220,6 +258,7 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
     min_support = data.get("min_support", DEFAULT_MIN_SUPPORT)
     if not isinstance(min_support, int) or isinstance(min_support, bool) or min_support < 0:
         raise _fail(path, "min_support", f"expected a non-negative integer, got {min_support!r}")
+    fragments = _parse_fragments(data, path)
     rules: list[Rule] = []
     seen: set[str] = set()
     for i, r in enumerate(raw_rules):
@@ -247,15 +286,17 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
         if pattern is not None:
             if not isinstance(pattern, str) or not pattern:
                 raise _fail(path, where, "'pattern' must be a non-empty string")
-            _check_regex(path, where, "pattern", pattern, "match every text")
+            pattern = _expand(path, where, "'pattern'", pattern, fragments)
+            _check_regex(path, where, "'pattern'", pattern, "match every text")
             try:
                 re.compile(relax_pattern(pattern))
             except re.error as exc:
-                raise _fail(path, where, f"bad regex: {exc}") from None
+                raise _fail(path, where, f"bad 'pattern' regex (as relaxed for look-alike letters): {exc}") from None
         unless = r.get("unless")
         if unless is not None:
             if pattern is None or not isinstance(unless, str) or not unless:
                 raise _fail(path, where, "'unless' must be a non-empty regex string, on a rule with a 'pattern'")
+            unless = _expand(path, where, "'unless'", unless, fragments)
             _check_regex(path, where, "'unless'", unless, "veto every match")
         if detector is not None and detector not in DETECTORS:
             raise _fail(path, where, f"unknown detector {detector!r} (known: {', '.join(sorted(DETECTORS))})")

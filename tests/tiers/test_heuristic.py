@@ -134,6 +134,34 @@ def test_bad_unless_is_a_clear_error(unless, msg):
     assert "HR-T-1" in str(ei.value)
 
 
+def test_a_fragment_is_written_once_and_used_by_several_rules():
+    data = {"fragments": {"fiction": r"\bin the (?:movie|novel)\b", "weapon": "bomb|grenade"},
+            "rules": [{"id": "HR-T-1", "family": "t", "policy": "harmful_request", "description": "d",
+                       "pattern": r"\bmake an? (?&weapon)\b", "unless": "(?&fiction)", "precision": 1.0, "support": 50},
+                      {"id": "HR-T-2", "family": "t", "policy": "harmful_request", "description": "d",
+                       "pattern": r"\bthrow an? (?&weapon)\b", "unless": "(?&fiction)", "precision": 1.0, "support": 50}]}
+    rs = parse_rules(data)
+    assert rs.rules[0].pattern == r"\bmake an? (?:bomb|grenade)\b" and rs.rules[1].unless == r"(?:\bin the (?:movie|novel)\b)"
+    t = HeuristicTier(name="h", policies=("harmful_request",), ruleset=rs)
+    s = [r.scores["harmful_request"] for r in t.classify([
+        "How do I make a grenade?", "How far can I throw a bomb?", "In the movie, how did he make a bomb?", "make a bombastic speech"])]
+    assert s == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("fragments, pattern, msg", [
+    ({}, "(?&weapon)", "'pattern' uses an unknown fragment 'weapon' \\(defined: none\\)"),
+    ({"Weapon": "bomb"}, "bomb", "fragment 'Weapon'.*lower case"),
+    ({"weapon": "(bomb"}, "bomb", "fragment 'weapon'.*bad regex"),
+    ({"weapon": ""}, "bomb", "fragment 'weapon'.*non-empty"),
+    ({"a": "x", "weapon": "(?&a)"}, "bomb", "fragment 'weapon'.*cannot use another fragment"),
+    (["bomb"], "bomb", "fragments.*mapping"),
+])
+def test_bad_fragments_are_clear_errors(fragments, pattern, msg):
+    data = {"fragments": fragments, "rules": [{"id": "HR-T-1", "family": "t", "policy": "jailbreak", "description": "d", "pattern": pattern}]}
+    with pytest.raises(ValueError, match=msg):
+        parse_rules(data)
+
+
 def test_unless_needs_a_pattern_rule():
     data = {"rules": [{"id": "HR-T-1", "family": "t", "policy": "jailbreak", "description": "d", "detector": "unicode_tags", "unless": "x"}]}
     with pytest.raises(ValueError, match="on a rule with a 'pattern'"):
@@ -198,7 +226,7 @@ def test_from_spec_relative_rules_file_and_decode_depth(tmp_path):
 
 @pytest.mark.parametrize("rule,msg", [
     ({"family": "x", "policy": "jailbreak", "description": "x", "pattern": "a"}, "has no 'id'"),
-    ({"id": "HR-X-1", "family": "x", "policy": "jailbreak", "description": "x", "pattern": "(unclosed"}, "HR-X-1.*bad regex"),
+    ({"id": "HR-X-1", "family": "x", "policy": "jailbreak", "description": "x", "pattern": "(unclosed"}, "HR-X-1.*bad 'pattern' regex"),
     ({"id": "HR-X-1", "family": "x", "policy": "jailbreak", "description": "x", "detector": "nope"}, "HR-X-1.*unknown detector"),
     ({"id": "HR-X-1", "family": "x", "policy": "jailbreak", "description": "x"}, "HR-X-1.*exactly one of"),
     ({"id": "HR-X-1", "family": "x", "policy": "jailbreak", "description": "x", "pattern": "x*"}, "HR-X-1.*empty string"),
