@@ -41,6 +41,7 @@ import numpy as np
 
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
+from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
 from safecascade.training.policy_data import POLICIES, load_policy_benchmark, real_user_benign
 from safecascade.training.ship_models import stage_served
@@ -160,11 +161,12 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
            f"# benign real prompts blocked {v['benign_real_flag_rate']:.2%} of {v['benign_real_n']}; "
            f"{v['reached_fast_benign_real']:.1%} of them reach the fast tier.\n")
     h = args.heuristic_block
+    win = read_card(d / "static-default")["window"]  # the shipped static tier's window layout
     fill = {
         "how": how,
         "allow_miss": f"{args.allow_miss:.0%}",
         "allow_max_windows": str(args.allow_max_windows),
-        "allow_tokens": str(256 + (args.allow_max_windows - 1) * 224),  # the shipped static tier: 256-token windows, stride 224
+        "allow_tokens": str(win["window_tokens"] + (args.allow_max_windows - 1) * win["stride"]),
         "rules": ", ".join(f"{p} >= {b}" for p, b in h.items()),
         "heuristic_bands": "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {b}]" for p, b in h.items()]) + "}",
         "static_bands": "".join(f"      {p}: [{c[p]['static_allow_below']}, {c[p]['static_block_above']}]\n" for p in POLICIES),

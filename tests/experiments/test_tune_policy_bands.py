@@ -43,7 +43,9 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     args = argparse.Namespace(prevalence=0.03, benign_budget={p: 0.001 for p in POLICIES}, block_precision=0.99,
                               allow_miss=0.01, allow_max_windows=3,
                               heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99})
+    (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")  # its card's window layout
     write_presets({"chosen": chosen, "val": val}, tmp_path, args)
+    assert "up to 3 windows (about 704 tokens)" in (tmp_path / "default.yaml").read_text(encoding="utf-8")  # 256 + 2 x 224
     (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
     for name in ("default.yaml", "with-safeguard.yaml"):
         cfg = load_config(tmp_path / name)
