@@ -67,8 +67,8 @@ def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
 
 def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """``{tier: {policy: scores}}`` for every text (a policy a tier does not score: 0). The static
-    tier also gives ``static_allow``: the score its allow band is tested on (the highest of the
-    text's and its parts' scores; 2.0 where the band may not allow the text: ``may_allow``)."""
+    tier also gives ``static_allow``: the score its allow band is tested on (``TierResult.allow_score``:
+    the highest of the text's and its parts' scores; inf where the band may not allow the text)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, tier in tiers.items():
         res = []
@@ -76,8 +76,7 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
             res += tier.classify(texts[s:s + 256])
         out[name] = {p: np.array([r.scores.get(p, 0.0) for r in res]) for p in POLICIES}
         if name == "static":
-            out["static_allow"] = {p: np.array([max(r.scores.get(p, 0.0), r.part_scores.get(p, 0.0)) if r.may_allow else 2.0
-                                                for r in res]) for p in POLICIES}
+            out["static_allow"] = {p: np.array([r.allow_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
     return out
 

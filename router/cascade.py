@@ -406,8 +406,7 @@ class Router:
             reason = "last_tier"
         elif any(o == "block" for o in outcomes.values()):
             action, reason = "block", "band"
-        elif (covered_all and res.may_allow and all(o == "allow" for o in outcomes.values())
-              and all(tc.band_for(pol).outcome(s) == "allow" for pol, s in res.part_scores.items())):
+        elif covered_all and all(tc.band_for(pol).outcome(res.allow_score(pol)) == "allow" for pol in res.scores):
             action, reason = "allow", "band"
         else:
             p.path.append(self._trace(tc, res, "escalate", latency_ms))

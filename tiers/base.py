@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 import typing
 from collections.abc import Mapping as MappingABC
@@ -24,11 +25,12 @@ class TierResult:
     (higher = more likely a violation). ``error`` is set (and ``scores`` may be empty) when the
     tier could not judge the text; the router then applies the tier's ``on_error`` action.
     ``info`` carries tier-specific facts worth logging (windows, truncation, tokens, rationale).
-    ``may_allow`` False: the tier's allow band does not apply to this text (it may still block, or
-    pass the text on), e.g. a cheap tier that cannot see a short attack diluted in a long document.
-    ``part_scores`` (per policy, optional): the highest score of the text's parts (paragraphs,
-    lines); the allow band applies to them as well as to ``scores``, so a part that looks like an
-    attack passes the text on. They never block.
+    ``allow_scores`` (per policy, optional): the score the tier's allow band is tested on instead
+    of ``scores``; never lower than the policy's score, and they never block. A tier that also
+    scores a text's parts (paragraphs, lines) raises it to their highest, so a part that looks like
+    an attack passes the text on; ``math.inf`` means the band may not allow this text at all (a
+    cheap tier that cannot see a short attack diluted in a long document may still block it, or
+    pass it on).
     """
 
     scores: Mapping[str, float]
@@ -38,13 +40,21 @@ class TierResult:
     info: Mapping[str, Any] = field(default_factory=dict)
     cost: Mapping[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
-    may_allow: bool = True
-    part_scores: Mapping[str, float] = field(default_factory=dict)
+    allow_scores: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for policy, score in [*self.scores.items(), *self.part_scores.items()]:
+        for policy, score in self.scores.items():
             if not (0.0 <= float(score) <= 1.0):
                 raise ValueError(f"TierResult score for policy {policy!r} is {score!r}, outside [0, 1]")
+        for policy, score in self.allow_scores.items():
+            if not (0.0 <= float(score) <= 1.0 or score == math.inf):
+                raise ValueError(f"TierResult allow score for policy {policy!r} is {score!r}, outside [0, 1] (or inf: never allowed)")
+            if float(score) < float(self.scores.get(policy, 0.0)):
+                raise ValueError(f"TierResult allow score for policy {policy!r} is {score!r}, below its score {self.scores[policy]!r}")
+
+    def allow_score(self, policy: str) -> float:
+        """The score ``policy``'s allow band is tested on (``allow_scores``, else ``scores``)."""
+        return float(self.allow_scores.get(policy, self.scores[policy]))
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ Artifact dir: ``static.npy`` (vocab x dim float32), ``tokenizer.json``, ``heads.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,8 @@ class StaticOptions(EncoderOptions):
 
     parts: bool = True
     """Also score a multi-line text's paragraphs and lines (:func:`safecascade.tiers.segments.line_segments`)
-    on their own; the allow band then applies to the highest of those scores too
-    (``TierResult.part_scores``), so an instruction planted in an email, a web page or a tool's
+    on their own; the allow band is then tested on the highest of those scores and the text's
+    (``TierResult.allow_scores``), so an instruction planted in an email, a web page or a tool's
     result is passed on rather than allowed for the benign text around it. They never block."""
 
 
@@ -277,16 +278,17 @@ class StaticTier:
                                     scores[p], raised = float(top[p][k]), True
                         info["views"], info["view_raised"] = len(views[j]), raised
                         k_view += len(views[j])
-                    part_scores: dict[str, float] = {}
-                    if parts[j]:
+                    allow_scores: dict[str, float] = {}
+                    if parts[j]:  # the allow band is tested on the highest of the text's and its parts' scores
                         part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
                         info["parts"] = len(parts[j])
                         info["part_scores"] = {p: round(v, 4) for p, v in part_scores.items()}
+                        allow_scores = {p: max(scores[p], v) for p, v in part_scores.items()}
                         k_part += len(parts[j])
-                    may_allow = not self.allow_max_windows or n <= self.allow_max_windows
-                    if not may_allow:
+                    if self.allow_max_windows and n > self.allow_max_windows:
                         info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
-                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, may_allow=may_allow, part_scores=part_scores,
+                        allow_scores = {p: math.inf for p in self.policies}
+                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, allow_scores=allow_scores,
                                             warnings=("truncated_windows",) if ws.truncated else (),
                                             cost={"windows": float(n), "tokens": float(ws.tokens)})
             except Exception as exc:

@@ -13,7 +13,7 @@ class TableTier:
     def __init__(self, name: str, policies: Sequence[str], table: Mapping[str, Mapping[str, float]], fail_on: Sequence[str] = (),
                  parts: Mapping[str, Mapping[str, float]] | None = None):
         self.name = name
-        self.parts = parts or {}  # text -> part_scores
+        self.parts = parts or {}  # text -> its parts' highest scores (raise its allow_scores)
         self.policies = tuple(policies)
         self.table = table
         self.fail_on = set(fail_on)
@@ -27,8 +27,9 @@ class TableTier:
             if t in self.fail_on:
                 out.append(TierResult(scores={}, error="backend down"))
             else:
-                out.append(TierResult(scores=dict(self.table.get(t, {p: 0.5 for p in self.policies})),
-                                      rule_ids={p: ("X1.a",) for p in self.policies}, part_scores=dict(self.parts.get(t, {}))))
+                scores = dict(self.table.get(t, {p: 0.5 for p in self.policies}))
+                allow = {p: max(v, scores.get(p, 0.0)) for p, v in self.parts.get(t, {}).items()}
+                out.append(TierResult(scores=scores, rule_ids={p: ("X1.a",) for p in self.policies}, allow_scores=allow))
         return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -159,9 +160,9 @@ def test_static_allow_band_skips_long_texts(static_dir: Path) -> None:
 
     short, long = "How do I bake bread?", "Preheat the oven to 180C and mix the flour.\n" * 300
     r_short, r_long = StaticTier(model_dir=static_dir).classify([short, long])
-    assert r_short.may_allow and not r_long.may_allow
+    assert r_short.allow_scores == {} and set(r_long.allow_scores.values()) == {math.inf}
     assert "allow_max_windows" in r_long.info["allow_band_skipped"]
-    assert StaticTier(model_dir=static_dir, allow_max_windows=0).classify([long])[0].may_allow
+    assert math.inf not in StaticTier(model_dir=static_dir, allow_max_windows=0).classify([long])[0].allow_scores.values()
     with pytest.raises(ValueError, match="allow_max_windows"):
         StaticTier(model_dir=static_dir, allow_max_windows=-1)
     cfg = parse_config({"version": 1, "name": "t", "policies": {"jailbreak": "builtin:jailbreak"}, "tiers": [
@@ -177,8 +178,9 @@ def test_static_allow_band_skips_long_texts(static_dir: Path) -> None:
 
 
 def test_static_part_scores_are_the_best_of_the_texts_lines(static_dir: Path) -> None:
-    """A multi-line text's paragraphs and lines are scored too; ``part_scores`` is the highest of
-    them per policy, exactly what each part scores alone; one-line texts and ``parts: false`` have none."""
+    """A multi-line text's paragraphs and lines are scored too; its ``allow_scores`` are the highest
+    of its own and its parts' scores, exactly what each part scores alone; one-line texts and
+    ``parts: false`` have none."""
     from safecascade.tiers.segments import line_segments
 
     tier = StaticTier(model_dir=static_dir)
@@ -187,9 +189,10 @@ def test_static_part_scores_are_the_best_of_the_texts_lines(static_dir: Path) ->
     tok = tier.encoder.windower.tokenizer
     parts = line_segments(text, lambda ls: [len(e.ids) for e in tok.encode_batch(list(ls), add_special_tokens=False)], 128)
     assert r.info["parts"] == len(parts) >= 4
-    assert r.info["part_scores"] == {p: round(v, 4) for p, v in r.part_scores.items()}
     alone = tier.classify(parts)
-    assert r.part_scores["jailbreak"] == pytest.approx(max(a.scores["jailbreak"] for a in alone), abs=1e-6)
+    best = {p: max(a.scores[p] for a in alone) for p in tier.policies}
+    assert r.info["part_scores"] == {p: round(v, 4) for p, v in best.items()}
+    assert r.allow_scores["jailbreak"] == pytest.approx(max(r.scores["jailbreak"], best["jailbreak"]), abs=1e-6)
     assert r.scores == tier.classify([text])[0].scores  # parts do not change the text's own score
-    assert StaticTier(model_dir=static_dir, parts=False).classify([text])[0].part_scores == {}
-    assert tier.classify(["one line only"])[0].part_scores == {}
+    assert StaticTier(model_dir=static_dir, parts=False).classify([text])[0].allow_scores == {}
+    assert tier.classify(["one line only"])[0].allow_scores == {}
