@@ -106,8 +106,8 @@ def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[i
     ``max_tokens`` take its place among the segments, and every sentence is a part (an attack
     written into a long paragraph of benign text, with no line break around it, is not diluted
     by the paragraph), and so is every clause of such a sentence (:func:`clauses`: an attack with
-    no full stop is glued to the benign sentence after it). A text of one short line has no parts: ``[]``; a text that packs into one
-    segment has its lines as parts.
+    no full stop is glued to the benign sentence after it). A text of one short line has no parts:
+    ``[]``; a text that packs into one segment has its lines as parts.
 
     Markup is taken out first (:func:`readable`): the string values of a JSON document, the text
     between the tags of a web page. ``token_lengths`` gives the token count of each line (the
