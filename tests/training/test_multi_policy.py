@@ -54,6 +54,35 @@ def test_grouped_sources_keep_groups_together(splits) -> None:
     assert len(missing) < 10 and all(fold(e.text) in kept for e in missing)
 
 
+def test_planted_exfiltration_keeps_test_lines_in_test(splits) -> None:
+    """Every planted line sits in one clean BIPIA context of the file its split reads: the test
+    lines only in test texts, the train lines only in train/val texts; an attack line is an
+    injection (not labelled for the other policies), an ordinary line is benign for all three."""
+    from safecascade.training.datasets import read_vendored
+
+    lines = read_vendored("pi_exfil_planted.csv.gz")
+    for split, ex in splits.items():
+        planted = [e for e in ex if e.source == "exfil_planted"]
+        assert len(planted) > 50, split
+        own = [r for r in lines if r["split"] == ("test" if split == "test" else "train")]
+        for e in planted:
+            hit = [r for r in own if r["text"] in e.text]
+            assert len(hit) == 1, (split, e.text[:80])
+            want = {"prompt_injection": 1} if hit[0]["label"] == "1" else {p: 0 for p in POLICIES}
+            assert dict(e.labels) == want and e.category == hit[0]["kind"]
+            assert e.text.count(hit[0]["text"]) == 1 and len(e.text) > len(hit[0]["text"]) + 20
+
+
+def test_a_planted_line_goes_at_the_start_a_line_break_or_the_end() -> None:
+    from safecascade.training.policy_data import _plant
+
+    ctx = "a\nb\nc\nd"
+    assert _plant(ctx, "X", 0.1) == "X\n" + ctx and _plant(ctx, "X", 0.9) == ctx + "\nX"
+    middle = _plant(ctx, "X", 0.5).split("\n")
+    assert middle[0] == "a" and middle[-1] == "d" and "X" in middle[1:-1]
+    assert _plant("one line", "X", 0.5) == "one line\nX"  # no inner break: at the end
+
+
 def test_labels_follow_the_cross_policy_rules(splits) -> None:
     ex = splits["train"]
     harm = [e for e in ex if e.source == "harmfulqa_catqa"]
