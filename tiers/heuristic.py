@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.heuristic_rules import DETECTORS, Rule, RuleSet, ScanView, load_rules, relax_pattern
-from safecascade.tiers.obfuscation import decode_views, fold, fold_table, leet_fold, looks_leet
+from safecascade.tiers.obfuscation import decode_views, despaced, fold, fold_table, leet_fold, looks_leet
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,11 @@ class RuleScanner:
                 if "leetspeak" not in folds:
                     folds.append("leetspeak")
                 self._scan_view(view, leet, "leetspeak" if via == "plain" else f"{via}+leetspeak", found)
+        joined = despaced(folded.text)
+        if joined is not None:  # letters spaced apart ("i g n o r e"): the rules read the words
+            if "spacing" not in folds:
+                folds.append("spacing")
+            self._scan_view(view, joined, "spacing" if via == "plain" else f"{via}+spacing", found)
         if depth > 0:
             for dv in decode_views(raw, folded.text):
                 if dv.decoder not in decoders:

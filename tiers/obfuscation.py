@@ -131,9 +131,17 @@ def looks_leet(folded: str, *, min_hits: int = 2) -> bool:
     return False
 
 
+# "@" in an e-mail address ("0p5@d3v0p5.73ch") stays "@": read as "a" it would hide the address
+_EMAIL_AT_RE = re.compile(r"(?<=[\w.+-])@(?=[\w-]+\.\w)")
+_KEEP_AT = "\uf8ff"  # a private-use character: never in folded text that reaches here as "@"
+
+
 def leet_fold(folded: str) -> str:
-    """Map leetspeak characters to letters (apply to a folded, lower-case text)."""
-    return folded.translate(_LEET_TABLE)
+    """Map leetspeak characters to letters (apply to a folded, lower-case text); the "@" of an
+    e-mail address is kept."""
+    if "@" not in folded:
+        return folded.translate(_LEET_TABLE)
+    return _EMAIL_AT_RE.sub(_KEEP_AT, folded).translate(_LEET_TABLE).replace(_KEEP_AT, "@")
 
 
 # --------------------------------------------------------------------------- decoders
@@ -282,8 +290,13 @@ def segment_words(run: str) -> str:
     return " ".join(pieces)
 
 
-def _despace(folded: str) -> str:
-    return _SPACED_RE.sub(lambda m: segment_words(re.sub(r"[ .\-_*]", "", m.group(0))), folded)
+def despaced(folded: str) -> str | None:
+    """``folded`` with its letters spaced apart ("i g n o r e", "p.a.s.s") joined and cut back into
+    words, or None when it has no such run (or joining changes nothing)."""
+    if _SPACED_RE.search(folded) is None:
+        return None
+    joined = _SPACED_RE.sub(lambda m: segment_words(re.sub(r"[ .\-_*]", "", m.group(0))), folded)
+    return joined if joined != folded else None
 
 
 def scoring_views(text: str) -> list[str]:
@@ -304,10 +317,9 @@ def scoring_views(text: str) -> list[str]:
         views.append(folded)
     if looks_leet(folded):
         views.append(leet_fold(folded))
-    if _SPACED_RE.search(folded) is not None:
-        joined = _despace(folded)
-        if joined != folded:
-            views.append(joined)
+    joined = despaced(folded)
+    if joined is not None:
+        views.append(joined)
     lines = [ln.strip() for ln in folded.splitlines() if ln.strip()]
     if len(lines) >= 5 and sum(len(ln.split()) <= 2 for ln in lines) >= 0.8 * len(lines):
         views.append(" ".join(lines))
