@@ -133,7 +133,7 @@ def looks_leet(folded: str, *, min_hits: int = 2) -> bool:
 
 # "@" in an e-mail address ("0p5@d3v0p5.73ch") stays "@": read as "a" it would hide the address
 _EMAIL_AT_RE = re.compile(r"(?<=[\w.+-])@(?=[\w-]+\.\w)")
-_KEEP_AT = "\uf8ff"  # a private-use character: never in folded text that reaches here as "@"
+_KEEP_AT = "\uf8ff"  # a private-use character that holds a kept "@" while the table is applied
 
 
 def leet_fold(folded: str) -> str:

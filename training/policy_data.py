@@ -143,6 +143,14 @@ def _from_jailbreak_benchmark() -> Iterable[tuple[str, PolicyExample]]:
                                        weight=REAL_BENIGN_WEIGHT if real_benign else 1.0)
 
 
+def _bipia_split(context_id: str, file_tag: str) -> str:
+    """A BIPIA context's split: the test file is the test split; the train file's contexts go to
+    train or (one in five, by a seeded hash of the context) val."""
+    if file_tag == "test":
+        return "test"
+    return "val" if split_hash(context_id, salt="bipia") >= 0.8 else "train"
+
+
 def _injection() -> Iterable[tuple[str, PolicyExample]]:
     up = {"train": "train", "validation": "val", "test": "test"}
     for i, r in enumerate(read_vendored("pi_gandalf.csv.gz")):
@@ -166,7 +174,7 @@ def _injection() -> Iterable[tuple[str, PolicyExample]]:
                PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="notinject", id=f"notinject-{i}", category="hard_negative"))
     for fname, tag in (("bipia_indirect_train.csv.gz", "train"), ("bipia_indirect_test.csv.gz", "test")):
         for i, r in enumerate(read_vendored(fname)):
-            split = "test" if tag == "test" else ("val" if split_hash(r["context_id"], salt="bipia") >= 0.8 else "train")
+            split = _bipia_split(r["context_id"], tag)
             if r["label"] == "1":
                 labels = _labels(None, 1, None if r["attack_group"] == "code-malicious" else 0)
             else:
@@ -198,7 +206,7 @@ def _planted_exfiltration() -> Iterable[tuple[str, PolicyExample]]:
         pool = sorted((r for r in lines if r["split"] == tag), key=lambda r: split_hash(r["text"], salt="exfil-order"))
         clean = sorted((r for r in read_vendored(fname) if r["label"] == "0"), key=lambda r: r["context_id"])
         for k, r in enumerate(clean):
-            split = "test" if tag == "test" else ("val" if split_hash(r["context_id"], salt="bipia") >= 0.8 else "train")
+            split = _bipia_split(r["context_id"], tag)
             line = pool[k % len(pool)]
             text = _plant(r["text"], line["text"], split_hash(r["context_id"], salt="exfil-where"))
             labels = _labels(None, 1, None) if line["label"] == "1" else _labels(0, 0, 0)
