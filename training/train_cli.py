@@ -19,7 +19,7 @@ from safecascade.training.default_models import DEFAULT_RECIPE
 from safecascade.training.fast_train import POLICY_BENCHMARK, train_from_benchmark
 from safecascade.training.int8_gate import int8_gate, record_int8
 from safecascade.training.mlflow_runs import log_training_run
-from safecascade.training.policy_data import load_policy_benchmark
+from safecascade.training.policy_data import training_split
 from safecascade.training.train_config import TrainConfig
 
 
@@ -123,7 +123,7 @@ def run_export(args: argparse.Namespace) -> int:
                 "%s was refitted on train+val: its val scores are in sample, so the int8 gate is lenient here; "
                 "`safecascade train fast --int8` decides on a train-only twin instead", src_dir)
         bench = cfg.get("benchmark", "jailbreak")
-        val = load_policy_benchmark("val") if bench == POLICY_BENCHMARK else datasets.load_benchmark(bench, "val")
+        val = training_split("val") if bench == POLICY_BENCHMARK else datasets.load_benchmark(bench, "val")
         gate = int8_gate(out, val, threads=int(cfg.get("threads", 2)))
         record_int8(card, gate)
         (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True), encoding="utf-8")

@@ -73,6 +73,18 @@ def test_planted_exfiltration_keeps_test_lines_in_test(splits) -> None:
             assert e.text.count(hit[0]["text"]) == 1 and len(e.text) > len(hit[0]["text"]) + 20
 
 
+def test_planted_exfiltration_measures_but_does_not_train(splits) -> None:
+    """The learned tiers train, calibrate and gate on training_split: every source but the
+    measure-only ones, which stay in the benchmark for rule precision and evaluation."""
+    from safecascade.training.policy_data import MEASURE_ONLY, training_split
+
+    for split, ex in splits.items():
+        kept = training_split(split)
+        assert not any(e.source in MEASURE_ONLY for e in kept)
+        assert [e.id for e in kept] == [e.id for e in ex if e.source not in MEASURE_ONLY]
+        assert len(kept) < len(ex)
+
+
 def test_a_planted_line_goes_at_the_start_a_line_break_or_the_end() -> None:
     from safecascade.training.policy_data import _plant
 
