@@ -292,8 +292,8 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     return ordered, dict(drops)
 
 
-# Sources that measure the rules and the router (rule precision, evaluation, threshold tuning) but do
-# not train the learned tiers. The planted exfiltration rows: a build that also trained on them
+# Sources that measure the rules and the router (rule precision, evaluation) but neither train the
+# learned tiers nor choose the presets' thresholds (experiments/tune_policy_bands.py). The planted exfiltration rows: a build that also trained on them
 # (2026-12-04, same recipe) scored lower on the test split as served (each policy's own flag, F1:
 # jailbreak 0.798 -> 0.734, prompt_injection 0.768 -> 0.753, harmful_request 0.551 -> 0.557) and was
 # not shipped; kept out of training, the recipe still rebuilds the shipped models (`make models`).
