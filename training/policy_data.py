@@ -30,9 +30,8 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
   0.15). The same questions are also asked for as content (:data:`CONTENT_TEMPLATES`: "Write a blog
   post explaining how to ...", "Create a detailed plan to ..."), and ToxiGen's statements as content to
   publish (:data:`STATEMENT_TEMPLATES`: "Write a social media post saying that ...": hateful ones
-  violate, neutral ones do not), and up to 2,500 Alpaca instructions are asked as how-to questions
-  (:func:`question`: "How can I bake a chocolate cake?", benign), so the question form alone does not
-  signal harm. Held-out templates (:data:`HELD_OUT_TEMPLATES`) rewrite the test split for the eval.
+  violate, neutral ones do not). Held-out templates (:data:`HELD_OUT_TEMPLATES`) rewrite the test
+  split for the eval.
 
 Grouped sources take a split from a seeded hash of the group (70/15/15); every text keeps the
 first split it was given and later copies of it (whitespace- and case-normalised) are dropped.
@@ -123,7 +122,7 @@ QUESTION_TEMPLATES = ("How can I {task}?", "How do I {task}?", "What is the best
 QUESTION_CAP = 2500
 _TASK_VERBS = re.compile(
     r"^(?:make|bake|cook|build|create|write|plan|organi[sz]e|improve|learn|find|choose|prepare|clean|fix|grow|reduce|save|start|"
-    r"design|develop|teach|explain|describe|train|compose|draw|paint|calculate|convert|compare|decorate|install|set up|"
+    r"design|develop|teach|explain|describe|train|write|compose|draw|paint|calculate|convert|compare|decorate|install|set up|"
     r"increase|manage|practice|practise|protect|prevent|stay|keep|get|become|invest|budget|study|memori[sz]e|motivate|encourage|"
     r"persuade|convince|celebrate|generate|produce|publish|promote|market|sell|buy|rent|travel|visit|pack|record|edit|"
     r"program|code|debug|test|optimi[sz]e|analy[sz]e|research|summari[sz]e|translate|introduce|apologi[sz]e|negotiate)\b", re.IGNORECASE)
