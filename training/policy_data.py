@@ -27,11 +27,7 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
   tutorial on how to ..."), harmful and benign alike, so the heads do not learn "a question is
   harmful, an instruction is not" (most harmful sources are questions, most benign sources
   Alpaca-style instructions: before these rows, "Write a tutorial on how to make a bomb" scored
-  0.15). The same questions are also asked for as content (:data:`CONTENT_TEMPLATES`: "Write a blog
-  post explaining how to ...", "Create a detailed plan to ..."), and ToxiGen's statements as content to
-  publish (:data:`STATEMENT_TEMPLATES`: "Write a social media post saying that ...": hateful ones
-  violate, neutral ones do not). Held-out templates (:data:`HELD_OUT_TEMPLATES`) rewrite the test
-  split for the eval.
+  0.15). Held-out templates (:data:`HELD_OUT_TEMPLATES`) rewrite the test split for the eval.
 
 Grouped sources take a split from a seeded hash of the group (70/15/15); every text keeps the
 first split it was given and later copies of it (whitespace- and case-normalised) are dropped.
@@ -99,33 +95,6 @@ _HOW_TO = re.compile(
 TRAIN_TEMPLATES = ("Write a step-by-step guide on how to {task}.", "Give me detailed instructions to {task}.",
                    "Explain how to {task}.", "Create a tutorial on how to {task}.", "Tell me the best way to {task}.",
                    "Describe in detail how to {task}.", "Provide a plan to {task}.", "Teach me how to {task}.")
-# The same task asked for as a piece of content (a post, a script, a plan): most benchmark harmful
-# requests are content requests ("Write a blog post explaining how to ..."), and the heads saw almost
-# none among the violations (about 500 of 14,000 begin "Write / Create / Generate ..."), against 8,000
-# benign Alpaca instructions that do: "Write a defamatory article ..." was scored as Alpaca. Each
-# how-to question yields one row of each template set. No verb of HELD_OUT_TEMPLATES is used here.
-CONTENT_TEMPLATES = ("Write a blog post explaining how to {task}.", "Compose a social media thread teaching people how to {task}.",
-                     "Write a video script that demonstrates how to {task}.", "Create a detailed plan to {task}.",
-                     "Develop a strategy to {task}.", "Give me a numbered list of ways to {task}.",
-                     "Write an email telling a friend how to {task}.", "Produce a handbook chapter on how to {task}.",
-                     "Generate a checklist for anyone who wants to {task}.", "I need you to write instructions to {task}.")
-# A statement (ToxiGen: hateful or neutral, about a group) asked for as content to publish: a request
-# for the hateful ones is a harmful request (HR4.a), for the neutral ones it is not.
-STATEMENT_TEMPLATES = ("Write a social media post saying that {s}.", "Compose a short speech arguing that {s}.",
-                       "Generate five tweets claiming that {s}.", "Write a persuasive essay explaining why {s}.",
-                       "Create a flyer that tells people {s}.", "Write a blog post making the case that {s}.")
-# An Alpaca instruction asked as a how-to question ("Bake a chocolate cake." -> "How can I bake a
-# chocolate cake?"): among the harmful-request-labelled train texts, 83% of the "How can I / how to"
-# questions were violations (CatQA, BeaverTails), so the heads learned the question form itself
-# ("How can I sleeping?" scored 0.96); these benign questions (at most QUESTION_CAP) balance it.
-QUESTION_TEMPLATES = ("How can I {task}?", "How do I {task}?", "What is the best way to {task}?", "How should I {task}?")
-QUESTION_CAP = 2500
-_TASK_VERBS = re.compile(
-    r"^(?:make|bake|cook|build|create|write|plan|organi[sz]e|improve|learn|find|choose|prepare|clean|fix|grow|reduce|save|start|"
-    r"design|develop|teach|explain|describe|train|write|compose|draw|paint|calculate|convert|compare|decorate|install|set up|"
-    r"increase|manage|practice|practise|protect|prevent|stay|keep|get|become|invest|budget|study|memori[sz]e|motivate|encourage|"
-    r"persuade|convince|celebrate|generate|produce|publish|promote|market|sell|buy|rent|travel|visit|pack|record|edit|"
-    r"program|code|debug|test|optimi[sz]e|analy[sz]e|research|summari[sz]e|translate|introduce|apologi[sz]e|negotiate)\b", re.IGNORECASE)
 HELD_OUT_TEMPLATES = ("Outline the steps to {task}.", "Draft a short guide explaining how to {task}.",
                       "Show me how to {task}.", "List what I would need to do to {task}.")
 
@@ -140,47 +109,18 @@ def imperative(text: str, templates: tuple[str, ...] = TRAIN_TEMPLATES) -> str |
     return templates[zlib.crc32(text.encode("utf-8")) % len(templates)].format(task=task)
 
 
-def statement_request(text: str, templates: tuple[str, ...] = STATEMENT_TEMPLATES) -> str | None:
-    """A one-sentence statement (at most 200 characters) asked for as content, with one of
-    ``templates`` (chosen by a hash of the text); None for a longer or multi-sentence text."""
-    s = " ".join(text.split()).rstrip(".!")
-    if not 12 <= len(s) <= 200 or re.search(r"[.!?]\s", s) or s.endswith("?"):
-        return None
-    s = s[0].lower() + s[1:] if not s[:2].isupper() else s
-    return templates[zlib.crc32(text.encode("utf-8")) % len(templates)].format(s=s)
-
-
-def question(text: str, templates: tuple[str, ...] = QUESTION_TEMPLATES) -> str | None:
-    """A one-line instruction that starts with a task verb ("Bake a chocolate cake.") asked as a
-    how-to question with one of ``templates`` (chosen by a hash of the text); None otherwise."""
-    t = " ".join(text.split()).rstrip(".!")
-    if not 12 <= len(t) <= 150 or "\n" in text.strip() or re.search(r"[.!?:;]\s|[?:;\"]", t) or not _TASK_VERBS.match(t):
-        return None
-    return templates[zlib.crc32(text.encode("utf-8")) % len(templates)].format(task=t[0].lower() + t[1:])
-
-
 def _paraphrases(train: Iterable[PolicyExample]) -> Iterable[tuple[str, PolicyExample]]:
-    """Paraphrases of the train split's harmful-request questions (violating or not), labelled as
-    the original: each how-to question as an imperative (:data:`TRAIN_TEMPLATES`) and as a content
-    request (:data:`CONTENT_TEMPLATES`), a violating one at half its weight; and each ToxiGen
-    statement as a request to publish it (:data:`STATEMENT_TEMPLATES`); and up to
-    :data:`QUESTION_CAP` Alpaca instructions as how-to questions (:func:`question`)."""
-    train = list(train)
-    asked = sorted((e for e in train if e.source == "alpaca" and question(e.text) is not None),
-                   key=lambda e: split_hash(e.text, salt="alpaca-question"))[:QUESTION_CAP]
-    for e in asked:
-        yield "train", PolicyExample(text=str(question(e.text)), labels=dict(e.labels), source=PARAPHRASE + e.source,
-                                     id=f"{e.id}-question", weight=e.weight, category=e.category, meta=e.meta)
+    """Imperative paraphrases of the train split's harmful-request questions (violating or not),
+    labelled as the original; a violating one at half its weight (a question yields at most one)."""
     for e in train:
         label = e.labels.get(_H)
         if label is None:
             continue
-        w = e.weight * (0.5 if label == 1 else 1.0)
-        for suffix, t in (("imperative", imperative(e.text)), ("content", imperative(e.text, CONTENT_TEMPLATES)),
-                          ("statement", statement_request(e.text) if e.source == "toxigen" else None)):
-            if t is not None:
-                yield "train", PolicyExample(text=t, labels=dict(e.labels), source=PARAPHRASE + e.source, id=f"{e.id}-{suffix}",
-                                             weight=w, category=e.category, meta=e.meta, weak=e.weak)
+        t = imperative(e.text)
+        if t is not None:
+            yield "train", PolicyExample(text=t, labels=dict(e.labels), source=PARAPHRASE + e.source, id=f"{e.id}-imperative",
+                                         weight=e.weight * (0.5 if label == 1 else 1.0), category=e.category, meta=e.meta,
+                                         weak=e.weak)
 
 
 def _group_split(group: str, salt: str) -> str:

@@ -176,49 +176,20 @@ def test_imperative_rewrites_how_to_questions_only() -> None:
     assert not set(TRAIN_TEMPLATES) & set(HELD_OUT_TEMPLATES)
 
 
-def test_statement_request_wraps_one_sentence_statements_only() -> None:
-    from safecascade.training.policy_data import STATEMENT_TEMPLATES, statement_request
-
-    t = statement_request("Immigrants are ruining this country.")
-    assert t in [x.format(s="immigrants are ruining this country") for x in STATEMENT_TEMPLATES]
-    assert statement_request("AI models are useful") in [x.format(s="AI models are useful") for x in STATEMENT_TEMPLATES]
-    for text in ("Short.", "Is this a question about people?", "One sentence here. And a second one follows it.", "x" * 201):
-        assert statement_request(text) is None
-
-
-def test_question_asks_one_line_task_instructions_only() -> None:
-    from safecascade.training.policy_data import QUESTION_TEMPLATES, question
-
-    assert question("Bake a chocolate cake.") in [x.format(task="bake a chocolate cake") for x in QUESTION_TEMPLATES]
-    for text in ("Summarize the article below: the cat sat.", "Who wrote Hamlet?", "Bake.", "Bake a cake.\nThen eat it.",
-                 "The sky is blue today."):
-        assert question(text) is None, text
-
-
 def test_paraphrases_are_train_only_labelled_as_their_question(splits) -> None:
-    from safecascade.training.policy_data import (CONTENT_TEMPLATES, HELD_OUT_TEMPLATES, PARAPHRASE, QUESTION_CAP, imperative,
-                                                  question, statement_request)
+    from safecascade.training.policy_data import PARAPHRASE, imperative
 
     par = [e for e in splits["train"] if e.source.startswith(PARAPHRASE)]
     assert len(par) > 1000
     assert not any(e.source.startswith(PARAPHRASE) for s in ("val", "test") for e in splits[s])
     originals = {e.id: e for e in splits["train"] if not e.source.startswith(PARAPHRASE)}
-    rewrite = {"imperative": imperative, "content": lambda t: imperative(t, CONTENT_TEMPLATES), "statement": statement_request,
-               "question": question}
-    labels: Counter[tuple[str, int]] = Counter()
+    labels = Counter()
     for e in par:
-        oid, kind = e.id.rsplit("-", 1)
-        orig = originals[oid]
-        assert e.source == PARAPHRASE + orig.source and e.labels == orig.labels and e.text == rewrite[kind](orig.text)
-        assert kind != "statement" or orig.source == "toxigen"
-        assert kind != "question" or orig.source == "alpaca"
+        orig = originals[e.id.removesuffix("-imperative")]
+        assert e.source == PARAPHRASE + orig.source and e.labels == orig.labels and e.text == imperative(orig.text)
         assert e.weight == pytest.approx(orig.weight * (0.5 if orig.labels["harmful_request"] == 1 else 1.0))
-        labels[kind, e.labels["harmful_request"]] += 1
-    for kind in ("imperative", "content", "statement"):  # benign texts are rewritten too, so a template alone never signals harm
-        assert labels[kind, 0] > 100 and labels[kind, 1] > 200, labels
-    assert labels["question", 0] == QUESTION_CAP and labels["question", 1] == 0  # benign how-to questions
-    held_out_verbs = {t.split()[0] for t in HELD_OUT_TEMPLATES}
-    assert not any(t.split()[0] in held_out_verbs for t in CONTENT_TEMPLATES)  # the eval's templates stay unseen
+        labels[e.labels["harmful_request"]] += 1
+    assert labels[0] > 300 and labels[1] > 1000  # benign how-to questions are rewritten too
 
 
 def test_weak_labels_weigh_less_in_the_heads_only(splits) -> None:
