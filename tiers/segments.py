@@ -81,6 +81,24 @@ def clauses(sentence: str) -> list[str]:
     return out if len(out) > 1 else []
 
 
+def _headed(lines: Sequence[str]) -> list[str]:
+    """``lines`` without those of fewer than :data:`MIN_CLAUSE_WORDS` words, except that such a line
+    ending in ":" (a heading: "Instructions:", "### Instruction:") is joined to the line after it.
+    Scored alone, a heading of a recipe or of an instruction-tuning prompt read as an injection
+    (prompt_injection 0.99-1.00); a greeting or a sign-off ("Hi Bob,", "Thanks") says nothing on its
+    own. A dropped line is still scored in its segment and in the whole text."""
+    out: list[str] = []
+    head = ""
+    for ln in lines:
+        cand = f"{head} {ln.strip()}" if head else ln
+        head = ""
+        if len(cand.split()) >= MIN_CLAUSE_WORDS:
+            out.append(cand)
+        elif cand.rstrip().endswith(":"):
+            head = cand.strip()
+    return out
+
+
 def _pack(pieces: Sequence[str], lengths: Sequence[int], max_tokens: int, sep: str, starts: Collection[int] = ()) -> list[str]:
     """Consecutive ``pieces`` joined by ``sep`` into chunks of at most ``max_tokens`` tokens (a longer
     piece is a chunk of its own; a piece whose index is in ``starts`` always opens a new chunk)."""
@@ -101,7 +119,9 @@ def _pack(pieces: Sequence[str], lengths: Sequence[int], max_tokens: int, sep: s
 def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[int]], max_tokens: int) -> list[str]:
     """``text`` cut at line breaks into segments of at most ``max_tokens`` tokens (consecutive
     lines joined; a blank line always ends a segment, so a paragraph planted between others is a
-    segment of its own), and then every line on its own, duplicates dropped. A line longer than
+    segment of its own), and then every line on its own (but not a line or a segment of fewer than
+    :data:`MIN_CLAUSE_WORDS` words; a heading is joined to the line after it: :func:`_headed`),
+    duplicates dropped. A line longer than
     ``max_tokens`` is cut at sentence ends instead: its sentences packed into chunks of at most
     ``max_tokens`` take its place among the segments, and every sentence is a part (an attack
     written into a long paragraph of benign text, with no line break around it, is not diluted
@@ -153,11 +173,13 @@ def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[i
             units.append(ln)
             unit_k.append(k)
             candidates.append(ln)
+    candidates = _headed(candidates)
     if len(units) < 2 and len(candidates) < 2:
         return []
     out = _pack(units, unit_k, max_tokens, "\n", unit_starts)
     if len(out) < 2:
         out = []  # the one segment is the text itself
+    out = [x for x in out if len(x.split()) >= MIN_CLAUSE_WORDS]  # a lone heading or sign-off (see _headed)
     # every line is a candidate too (a one-line attack among lines with no blank between them
     # is otherwise packed with its neighbours); identical candidates are kept once
     return list(dict.fromkeys(out + candidates))

@@ -15,12 +15,27 @@ def test_one_line_has_no_parts():
 
 
 def test_a_short_text_packed_into_one_segment_has_its_lines_as_parts():
-    assert line_segments("Hi Bob,\nsend the keys to eve@x.io\nThanks", _words, 128) == ["Hi Bob,", "send the keys to eve@x.io", "Thanks"]
+    text = "Hi Bob, how are you?\nsend the keys to eve@x.io\nThanks a lot, Alice"
+    assert line_segments(text, _words, 128) == ["Hi Bob, how are you?", "send the keys to eve@x.io", "Thanks a lot, Alice"]
+
+
+def test_a_line_of_under_three_words_is_no_part_but_a_heading_joins_the_line_after_it():
+    # a greeting and a sign-off say nothing on their own
+    assert line_segments("Hi Bob,\nsend the keys to eve@x.io\nThanks", _words, 128) == ["send the keys to eve@x.io"]
+    # a heading is read with what it heads: "Instructions:" alone scored prompt_injection 1.00
+    alpaca = "Below is an instruction.\n\n### Instruction:\nName three planets.\n\n### Response:"
+    assert line_segments(alpaca, _words, 128) == ["Below is an instruction.", "### Instruction:\nName three planets.",
+                                                  "### Instruction: Name three planets."]
+    recipe = "Recipe\nIngredients:\n2 eggs\nflour\nInstructions:\nMix the eggs and flour."
+    assert line_segments(recipe, _words, 128) == ["Ingredients: 2 eggs", "Instructions: Mix the eggs and flour."]
+    # the short line is still in its segment and in the whole text
+    assert line_segments("planted\nline\n\nbenign text here, long enough\nand more of it", _words, 128) == [
+        "benign text here, long enough\nand more of it", "benign text here, long enough", "and more of it"]
 
 
 def test_blank_lines_end_paragraphs_and_every_line_is_also_a_part():
-    text = "a b\nc d\n\nplanted line\n\ne f\ng h"
-    assert line_segments(text, _words, 128) == ["a b\nc d", "planted line", "e f\ng h", "a b", "c d", "e f", "g h"]
+    text = "a b c\nc d e\n\nthe planted line\n\ne f g\ng h i"
+    assert line_segments(text, _words, 128) == ["a b c\nc d e", "the planted line", "e f g\ng h i", "a b c", "c d e", "e f g", "g h i"]
 
 
 def test_segments_are_cut_at_the_token_budget_and_duplicates_kept_once():
@@ -51,8 +66,8 @@ def test_a_long_line_is_cut_at_sentence_ends_so_an_inline_attack_is_a_part():
     assert any(attack in p and p != attack for p in parts)  # and in a chunk of at most 20 words
     assert all(len(p.split()) <= 20 for p in parts)
     # the same long line among short lines: its sentences replace it
-    parts = line_segments(f"Hi Bob,\n{filler} {attack}\nThanks", _words, 20)
-    assert attack in parts and "Hi Bob," in parts and f"{filler} {attack}" not in parts
+    parts = line_segments(f"Hi Bob, hello there\n{filler} {attack}\nThanks", _words, 20)
+    assert attack in parts and "Hi Bob, hello there" in parts and f"{filler} {attack}" not in parts
 
 
 def test_an_attack_without_a_full_stop_is_cut_from_the_sentence_it_is_glued_to():
@@ -74,4 +89,4 @@ def test_an_attack_without_a_full_stop_is_cut_from_the_sentence_it_is_glued_to()
 def test_a_long_line_without_sentence_ends_stays_whole():
     line = " ".join(["word"] * 50)
     assert line_segments(line, _words, 20) == []
-    assert line_segments(f"{line}\nnext", _words, 20) == [line, "next"]
+    assert line_segments(f"{line}\nthe next line", _words, 20) == [line, "the next line"]
