@@ -121,8 +121,8 @@ def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[i
     lines joined; a blank line always ends a segment, so a paragraph planted between others is a
     segment of its own), and then every line on its own (but not a line or a segment of fewer than
     :data:`MIN_CLAUSE_WORDS` words; a heading is joined to the line after it: :func:`_headed`),
-    duplicates dropped. A line longer than
-    ``max_tokens`` is cut at sentence ends instead: its sentences packed into chunks of at most
+    duplicates dropped. A line longer than ``max_tokens`` is cut at sentence ends instead: its
+    sentences packed into chunks of at most
     ``max_tokens`` take its place among the segments, and every sentence is a part (an attack
     written into a long paragraph of benign text, with no line break around it, is not diluted
     by the paragraph), and so is every clause of such a sentence (:func:`clauses`: an attack with

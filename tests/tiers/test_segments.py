@@ -28,7 +28,7 @@ def test_a_line_of_under_three_words_is_no_part_but_a_heading_joins_the_line_aft
                                                   "### Instruction: Name three planets."]
     recipe = "Recipe\nIngredients:\n2 eggs\nflour\nInstructions:\nMix the eggs and flour."
     assert line_segments(recipe, _words, 128) == ["Ingredients: 2 eggs", "Instructions: Mix the eggs and flour."]
-    # the short line is still in its segment and in the whole text
+    # a paragraph of under three words is no part either (the whole text is still scored)
     assert line_segments("planted\nline\n\nbenign text here, long enough\nand more of it", _words, 128) == [
         "benign text here, long enough\nand more of it", "benign text here, long enough", "and more of it"]
 
