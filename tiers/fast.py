@@ -51,6 +51,7 @@ from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, veri
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.obfuscation import scoring_views
+from safecascade.tiers.retractions import own_retractions
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
@@ -281,12 +282,12 @@ class FastTier:
         for i, t in enumerate(texts):
             if isinstance(t, str):
                 good_idx.append(i)
-                good.append(t.encode("utf-8", errors="replace").decode("utf-8"))
+                good.append(own_retractions(t.encode("utf-8", errors="replace").decode("utf-8")))
             else:
                 results[i] = TierResult(scores={}, error=f"fast tier expects str, got {type(t).__name__}")
         if good:
             # the decoded / normalised readings of obfuscated texts are scored in the same batch
-            views = [scoring_views(t) if self.deobfuscate else [] for t in good]
+            views = [[own_retractions(v) for v in scoring_views(t)] if self.deobfuscate else [] for t in good]
             batch = good + [v for vs in views for v in vs]
             try:
                 wins, probs = self.window_probs(batch)
