@@ -17,7 +17,7 @@ _WHEN = r"(?:(?:last|previous|prior|earlier|above|first|second|former|other|orig
 _I_DID = r"(?:i|that i)\s+(?:just\s+)?(?:said|wrote|asked|typed|sent|told you|mentioned|pasted|posted|shared|gave you|suggested)"
 _RETRACTION = re.compile(
     r"\b(ignore|disregard|forget(?:\s+about)?)\s+"
-    r"(?=(?:my\s+" + _WHEN + r"(?:[\w-]+\s+)?" + _OWN_THING + r"\b"
+    r"(?=(?:my\s+" + _WHEN + _OWN_THING + r"\b"  # no other word between: "my system prompt" is not the user's own
     r"|what\s+" + _I_DID + r"\b"  # not "everything I said": resetting the whole conversation is an injection payload of its own
     r"|(?:the|that|this)\s+" + _WHEN + _OWN_THING + r"\s+" + _I_DID + r"\b))",
     re.IGNORECASE,
