@@ -50,8 +50,7 @@ from safecascade.mlflow_store import download_model_dir
 from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, verify_dir
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
-from safecascade.tiers.obfuscation import scoring_views
-from safecascade.tiers.retractions import own_retractions
+from safecascade.tiers.retractions import model_readings
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
@@ -282,12 +281,13 @@ class FastTier:
         for i, t in enumerate(texts):
             if isinstance(t, str):
                 good_idx.append(i)
-                good.append(own_retractions(t.encode("utf-8", errors="replace").decode("utf-8")))
+                good.append(t.encode("utf-8", errors="replace").decode("utf-8"))
             else:
                 results[i] = TierResult(scores={}, error=f"fast tier expects str, got {type(t).__name__}")
         if good:
             # the decoded / normalised readings of obfuscated texts are scored in the same batch
-            views = [[own_retractions(v) for v in scoring_views(t)] if self.deobfuscate else [] for t in good]
+            read = [model_readings(t, deobfuscate=self.deobfuscate) for t in good]
+            good, views = [r for r, _ in read], [vs for _, vs in read]
             batch = good + [v for vs in views for v in vs]
             try:
                 wins, probs = self.window_probs(batch)

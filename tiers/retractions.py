@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from safecascade.tiers.obfuscation import scoring_views
+
 # what a user may take back: their own message, question, code, typo ... (never instructions or rules)
 _OWN_THING = (r"(?:message|question|request|prompt|comment|reply|answer|typo|mistake|code|text|e-?mail|post|"
               r"sentence|paragraph|query|input|example|attempt|point|idea|version|draft)s?")
@@ -31,3 +33,12 @@ def own_retractions(text: str) -> str:
     if not _RETRACTION.search(text):
         return text
     return _RETRACTION.sub(lambda m: "Never mind " if m.group(1)[0].isupper() else "never mind ", text)
+
+
+def model_readings(text: str, *, deobfuscate: bool) -> tuple[str, list[str]]:
+    """What a model tier scores for ``text``: the text with the user's own retractions read as
+    "never mind" (:func:`own_retractions`) and, with ``deobfuscate``, its decoded or normalised
+    readings (:func:`safecascade.tiers.obfuscation.scoring_views`), read the same way. The static
+    and the fast tier both take their inputs from here."""
+    read = own_retractions(text)
+    return read, [own_retractions(v) for v in scoring_views(read)] if deobfuscate else []

@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
-from safecascade.tiers.obfuscation import scoring_views
-from safecascade.tiers.retractions import own_retractions
+from safecascade.tiers.retractions import model_readings
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
@@ -246,8 +245,9 @@ class StaticTier:
                 results[i] = TierResult(scores={}, error=f"static tier expects str, got {type(t).__name__}")
         if idx:
             try:
-                good = [own_retractions(texts[i].encode("utf-8", errors="replace").decode("utf-8")) for i in idx]
-                views = [[own_retractions(v) for v in scoring_views(t)] if self.deobfuscate else [] for t in good]
+                read = [model_readings(texts[i].encode("utf-8", errors="replace").decode("utf-8"), deobfuscate=self.deobfuscate)
+                        for i in idx]
+                good, views = [r for r, _ in read], [vs for _, vs in read]
                 good = good + [v for vs in views for v in vs]
                 wins = self.encoder.windower.windows(good, with_ids=False)
                 # the parts of the texts that may be allowed here (a longer one never is)
