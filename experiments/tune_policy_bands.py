@@ -68,7 +68,9 @@ def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
 def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """``{tier: {policy: scores}}`` for every text (a policy a tier does not score: 0). The static
     tier also gives ``static_allow``: the score its allow band is tested on (``TierResult.allow_score``:
-    the highest of the text's and its parts' scores; inf where the band may not allow the text)."""
+    the highest of the text's and its parts' scores; inf where the band may not allow the text), and
+    ``static_block``: the score its block band is tested on (``TierResult.block_score``: lower for a
+    text mostly outside the Latin script, which it passes on)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, tier in tiers.items():
         res = []
@@ -77,6 +79,7 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
         out[name] = {p: np.array([r.scores.get(p, 0.0) for r in res]) for p in POLICIES}
         if name == "static":
             out["static_allow"] = {p: np.array([r.allow_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
+            out["static_block"] = {p: np.array([r.block_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
     return out
 
@@ -129,7 +132,7 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
     """Block decisions, 'reached fast' flags and each policy's own flag of the tuned cascade for
     every scored text (a policy is flagged by the tier that decided)."""
     h_pol = {p: sc["heuristic"][p] >= heuristic_block.get(p, 1.01) for p in POLICIES}
-    s_pol = {p: sc["static"][p] >= chosen[p]["static_block_above"] for p in POLICIES}
+    s_pol = {p: sc.get("static_block", sc["static"])[p] >= chosen[p]["static_block_above"] for p in POLICIES}
     f_pol = {p: sc["fast"][p] >= chosen[p]["fast_threshold"] for p in POLICIES}
     h_block = np.any(list(h_pol.values()), axis=0)
     s_block = np.any(list(s_pol.values()), axis=0)
@@ -217,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
              "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
-    if cache.is_file():
-        z = np.load(cache)
-        sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in [*tiers, "static_allow"] if f"{t}|{POLICIES[0]}" in z}
-    else:
+    keys = [*tiers, "static_allow", "static_block"]
+    z = np.load(cache) if cache.is_file() else None
+    if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys):
+        sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in keys}
+    else:  # no cache, or one written before a key was added
         sc = score_all(tiers, texts)
         np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
     nv = len(val)
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         idx[p] = labelled(lab)
         y[p] = np.asarray(lab)[idx[p]]
         s_allow = sc["static_allow"][p][idx[p]] if "static_allow" in sc else None
-        chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static"][p][idx[p]], sc["fast"][p][nv:], sc["static"][p][nv:], s_allow,
+        chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static_block"][p][idx[p]], sc["fast"][p][nv:], sc["static_block"][p][nv:], s_allow,
                            prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
                            allow_miss=args.allow_miss)
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block)

@@ -399,13 +399,15 @@ class Router:
             self._finish(p, action, tier=tc.name, reason=f"fallback:{action}", scores={}, rule_ids={}, error=error)
             return
 
-        outcomes = {pol: tc.band_for(pol).outcome(s) for pol, s in res.scores.items()}
+        blocks = {pol: tc.band_for(pol).outcome(res.block_score(pol)) == "block" for pol in res.scores}
         covered_all = all(pol in res.scores for pol in self.policies)
         if last:
             action = "block" if any(s >= tc.threshold_for(pol) for pol, s in res.scores.items()) else "allow"
             reason = "last_tier"
-        elif any(o == "block" for o in outcomes.values()):
-            action, reason = "block", "band"
+        elif any(blocks.values()):
+            p.path.append(self._trace(tc, res, "block", latency_ms))
+            self._finish(p, "block", tier=tc.name, reason="band", scores=res.scores, rule_ids=res.rule_ids, flags=blocks)
+            return
         elif covered_all and all(tc.band_for(pol).outcome(res.allow_score(pol)) == "allow" for pol in res.scores):
             action, reason = "allow", "band"
         else:

@@ -31,6 +31,10 @@ class TierResult:
     an attack passes the text on; ``math.inf`` means the band may not allow this text at all (a
     cheap tier that cannot see a short attack diluted in a long document may still block it, or
     pass it on).
+    ``block_scores`` (per policy, optional): the score the tier's *block band* is tested on instead
+    of ``scores``; never above the policy's score. A tier that cannot read a text well enough to
+    block it (the static tier on a text mostly outside the Latin script) lowers it, so the text is
+    passed on rather than blocked; the last tier of a cascade still decides on ``scores``.
     """
 
     scores: Mapping[str, float]
@@ -41,6 +45,7 @@ class TierResult:
     cost: Mapping[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
     allow_scores: Mapping[str, float] = field(default_factory=dict)
+    block_scores: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for policy, score in self.scores.items():
@@ -51,10 +56,17 @@ class TierResult:
                 raise ValueError(f"TierResult allow score for policy {policy!r} is {score!r}, outside [0, 1] (or inf: never allowed)")
             if float(score) < float(self.scores.get(policy, 0.0)):
                 raise ValueError(f"TierResult allow score for policy {policy!r} is {score!r}, below its score {self.scores[policy]!r}")
+        for policy, score in self.block_scores.items():
+            if not (0.0 <= float(score) <= float(self.scores.get(policy, 1.0))):
+                raise ValueError(f"TierResult block score for policy {policy!r} is {score!r}: outside [0, its score {self.scores.get(policy)!r}]")
 
     def allow_score(self, policy: str) -> float:
         """The score ``policy``'s allow band is tested on (``allow_scores``, else ``scores``)."""
         return float(self.allow_scores.get(policy, self.scores[policy]))
+
+    def block_score(self, policy: str) -> float:
+        """The score ``policy``'s block band is tested on (``block_scores``, else ``scores``)."""
+        return float(self.block_scores.get(policy, self.scores[policy]))
 
 
 @runtime_checkable

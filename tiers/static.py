@@ -29,6 +29,7 @@ from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.retractions import model_readings
+from safecascade.tiers.scripts import mostly_latin
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
@@ -64,6 +65,13 @@ class StaticOptions(EncoderOptions):
     on their own; the allow band is then tested on the highest of those scores and the text's
     (``TierResult.allow_scores``), so an instruction planted in an email, a web page or a tool's
     result is passed on rather than allowed for the benign text around it. They never block."""
+
+    block_other_scripts: bool = False
+    """Block a text written mostly outside the Latin script (:func:`safecascade.tiers.scripts.mostly_latin`)
+    on this tier's score. Off: such a text is passed on instead (``TierResult.block_scores``; an
+    obfuscated text's Latin reading still blocks). The shipped model's training texts in other
+    scripts are nearly all violations, so its score there tells the script, not the request: it
+    blocked 6 of 8 ordinary Hindi prompts of ours as prompt injection."""
 
 
 class StaticEncoder:
@@ -163,11 +171,12 @@ class StaticTier:
 
     def __init__(self, *, model_dir: str | Path, name: str = "static", policies: Sequence[str] | None = None,
                  max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None, deobfuscate: bool = True,
-                 allow_max_windows: int = 1, parts: bool = True):
+                 allow_max_windows: int = 1, parts: bool = True, block_other_scripts: bool = False):
         if allow_max_windows < 0:
             raise ValueError(f"static tier {name!r}: allow_max_windows must be >= 0, got {allow_max_windows}")
         self.allow_max_windows = int(allow_max_windows)
         self.parts = bool(parts)
+        self.block_other_scripts = bool(block_other_scripts)
         d = Path(model_dir)
         self.model_dir = d
         self.card = card = read_card(d)
@@ -233,7 +242,7 @@ class StaticTier:
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.max_windows,
                    window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate, allow_max_windows=o.allow_max_windows,
-                   parts=o.parts)
+                   parts=o.parts, block_other_scripts=o.block_other_scripts)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""
@@ -270,15 +279,25 @@ class StaticTier:
                 for j, (i, ws) in enumerate(zip(idx, wins)):
                     n = int(offsets[j + 1] - offsets[j])
                     scores = {p: float(top[p][j]) for p in self.policies}
+                    # what may block: the readings in a script this tier reads (see block_other_scripts)
+                    readable = self.block_other_scripts or mostly_latin(good[j])
+                    block = {p: v if readable else 0.0 for p, v in scores.items()}
                     info = ws.info()
                     if views[j]:
                         raised = False
-                        for k in range(k_view, k_view + len(views[j])):
+                        for k, view in zip(range(k_view, k_view + len(views[j])), views[j]):
+                            view_readable = self.block_other_scripts or mostly_latin(view)
                             for p in self.policies:
-                                if float(top[p][k]) > scores[p]:
-                                    scores[p], raised = float(top[p][k]), True
+                                v = float(top[p][k])
+                                if v > scores[p]:
+                                    scores[p], raised = v, True
+                                if view_readable and v > block[p]:
+                                    block[p] = v
                         info["views"], info["view_raised"] = len(views[j]), raised
                         k_view += len(views[j])
+                    block_scores = {p: v for p, v in block.items() if v < scores[p]}
+                    if block_scores:
+                        info["block_withheld"] = "text mostly outside the Latin script"
                     allow_scores: dict[str, float] = {}
                     if parts[j]:  # the allow band is tested on the highest of the text's and its parts' scores
                         part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
@@ -289,7 +308,7 @@ class StaticTier:
                     if self.allow_max_windows and n > self.allow_max_windows:
                         info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
                         allow_scores = {p: math.inf for p in self.policies}
-                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, allow_scores=allow_scores,
+                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, allow_scores=allow_scores, block_scores=block_scores,
                                             warnings=("truncated_windows",) if ws.truncated else (),
                                             cost={"windows": float(n), "tokens": float(ws.tokens)})
             except Exception as exc:

@@ -11,9 +11,10 @@ CALLS: dict[str, list[str]] = {}
 
 class TableTier:
     def __init__(self, name: str, policies: Sequence[str], table: Mapping[str, Mapping[str, float]], fail_on: Sequence[str] = (),
-                 parts: Mapping[str, Mapping[str, float]] | None = None):
+                 parts: Mapping[str, Mapping[str, float]] | None = None, blocks: Mapping[str, Mapping[str, float]] | None = None):
         self.name = name
         self.parts = parts or {}  # text -> its parts' highest scores (raise its allow_scores)
+        self.blocks = blocks or {}  # text -> its block_scores (what the block band is tested on)
         self.policies = tuple(policies)
         self.table = table
         self.fail_on = set(fail_on)
@@ -29,11 +30,12 @@ class TableTier:
             else:
                 scores = dict(self.table.get(t, {p: 0.5 for p in self.policies}))
                 allow = {p: max(v, scores.get(p, 0.0)) for p, v in self.parts.get(t, {}).items()}
-                out.append(TierResult(scores=scores, rule_ids={p: ("X1.a",) for p in self.policies}, allow_scores=allow))
+                out.append(TierResult(scores=scores, rule_ids={p: ("X1.a",) for p in self.policies}, allow_scores=allow,
+                                      block_scores=dict(self.blocks.get(t, {}))))
         return out
 
 
 @register_tier("table")
 def _make(spec: TierSpec) -> TableTier:
     return TableTier(spec.name, list(spec.options.get("policies", spec.policies)), spec.options.get("table", {}),
-                     spec.options.get("fail_on", ()), spec.options.get("parts"))
+                     spec.options.get("fail_on", ()), spec.options.get("parts"), spec.options.get("blocks"))

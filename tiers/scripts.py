@@ -1,0 +1,31 @@
+"""Which writing system a text is in, as far as a tier's training data covers it.
+
+The shipped training data is English but for its attacks: of its texts written mostly outside the
+Latin script, nearly all are violations (every Devanagari one is a CyberSecEval injection; of the
+1,154 such texts in the multi-policy benchmark, 91 are benign, 68 of the 867 in its train split).
+A bag-of-tokens model learns the script from that, not the request: the static tier scored
+ordinary Hindi questions ("भारत की राजधानी क्या है?") prompt_injection 0.97-1.00 and blocked them.
+:func:`mostly_latin` says whether a text's letters are mostly Latin (English and the other
+languages written in it, Vietnamese included), so a tier can pass a text in another script on to a
+tier better able to read it instead of blocking it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# letters of the Latin script: Basic Latin, Latin-1, Extended-A/B, IPA, Extended Additional (Vietnamese)
+_LATIN = re.compile(r"[A-Za-z\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F\u0250-\u02AF\u1E00-\u1EFF]")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def mostly_latin(text: str) -> bool:
+    """True when at least half of ``text``'s letters are Latin, or it has no letter at all.
+
+    Combining marks (Devanagari vowel signs, for example) are not letters here, so a script's
+    share is counted on its base letters. Linear in the text: two regex scans, and none for pure ASCII.
+    """
+    if text.isascii():
+        return True
+    letters = len(_LETTER.findall(text))
+    return not letters or 2 * len(_LATIN.findall(text)) >= letters
