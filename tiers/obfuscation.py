@@ -7,6 +7,9 @@ precomputed once (the homoglyph fold table) and every decoder sits behind a chea
   Unicode tag) characters removed, NFKC, Latin diacritics stripped, confusable homoglyphs
   (Cyrillic ``і``/``о``, Greek ``ο``, ...) mapped to ASCII through a table built from the
   ``confusable-homoglyphs`` data, and lower-cased. ASCII text takes a fast path (``lower()`` only).
+  In a text written mostly in another script (:func:`safecascade.tiers.scripts.mostly_latin`),
+  only words that mix in ASCII letters are mapped: folded whole, Russian "Игнорируй все
+  предыдущие инструкции" became "иrнopиpyи вce пpeдыдyщиe ..." and matched no rule.
 * :func:`leet_fold` - digits / symbols used as letters (``1gn0r3`` -> ``ignore``), tried only
   when :func:`looks_leet` finds several letter-digit-letter runs.
 * :func:`decode_views` - base64 / hex blobs (candidate runs found by a length-bounded regex,
@@ -28,6 +31,8 @@ import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
+from safecascade.tiers.scripts import mostly_latin
+
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- invisible characters
@@ -44,6 +49,8 @@ _BIDI_RE = re.compile(f"[{BIDI_CONTROLS}]")
 # runs of tag characters, except the ones that spell a subdivision flag after U+1F3F4 (🏴)
 _TAG_RE = re.compile("(?<![\U0001f3f4\U000e0020-\U000e007e])[\U000e0020-\U000e007e]{4,}")
 _COMBINING_RE = re.compile("[\u0300-\u036f]")
+_WORD_RE = re.compile(r"\w+")
+_ASCII_LETTER_RE = re.compile("[A-Za-z]")
 
 
 @functools.cache
@@ -102,11 +109,25 @@ def fold(text: str) -> Folded:
     homoglyphs = 0
     if not text.isascii():
         table = fold_table()
-        for ch in set(text):
-            rep = table.get(ch)
-            if rep is not None:
-                text = text.replace(ch, rep)
-                homoglyphs += 1
+        if mostly_latin(text):
+            for ch in set(text):
+                rep = table.get(ch)
+                if rep is not None:
+                    text = text.replace(ch, rep)
+                    homoglyphs += 1
+        else:  # a text in another script: only its words that mix in Latin letters hide anything
+            seen: set[str] = set()
+
+            def mixed(m: re.Match[str]) -> str:
+                word = m.group(0)
+                if not _ASCII_LETTER_RE.search(word):
+                    return word
+                swapped = [ch for ch in word if ch in table]
+                seen.update(swapped)
+                return "".join(table.get(ch, ch) for ch in word) if swapped else word
+
+            text = _WORD_RE.sub(mixed, text)
+            homoglyphs = len(seen)
     return Folded(text=text.lower(), zero_width_in_words=zw, bidi_controls=bidi, homoglyphs=homoglyphs, tag_chars=tags)
 
 
