@@ -399,15 +399,15 @@ class Router:
             self._finish(p, action, tier=tc.name, reason=f"fallback:{action}", scores={}, rule_ids={}, error=error)
             return
 
+        # the block band is tested on block_score: a tier may pass on a text it cannot read well enough to block
         blocks = {pol: tc.band_for(pol).outcome(res.block_score(pol)) == "block" for pol in res.scores}
         covered_all = all(pol in res.scores for pol in self.policies)
+        flags: dict[str, bool] | None = None
         if last:
             action = "block" if any(s >= tc.threshold_for(pol) for pol, s in res.scores.items()) else "allow"
             reason = "last_tier"
         elif any(blocks.values()):
-            p.path.append(self._trace(tc, res, "block", latency_ms))
-            self._finish(p, "block", tier=tc.name, reason="band", scores=res.scores, rule_ids=res.rule_ids, flags=blocks)
-            return
+            action, reason, flags = "block", "band", blocks
         elif covered_all and all(tc.band_for(pol).outcome(res.allow_score(pol)) == "allow" for pol in res.scores):
             action, reason = "allow", "band"
         else:
@@ -415,7 +415,7 @@ class Router:
             return
         p.path.append(self._trace(tc, res, action, latency_ms))
         self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
-                     threshold=tc.threshold_for if last else None, tc=tc)
+                     threshold=tc.threshold_for if last else None, tc=tc, flags=flags)
 
     @staticmethod
     def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:
