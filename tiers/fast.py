@@ -51,6 +51,7 @@ from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, veri
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.retractions import model_readings
+from safecascade.tiers.scripts import readable_block_scores
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
@@ -125,6 +126,12 @@ class FastOptions(EncoderOptions):
     their own (0: off): an instruction planted in an email, a web page or a tool's result."""
     segment_tokens: int = 128
     """Largest segment, in tokens (consecutive lines are joined up to it)."""
+    block_other_scripts: bool = False
+    """Let the block band block a text written mostly outside the Latin script
+    (:func:`safecascade.tiers.scripts.mostly_latin`). Off: such a text is passed on to the next
+    tier instead (``TierResult.block_scores``), as the static tier does; as the last tier (the
+    default preset) the fast tier still decides it on its threshold. With a safeguard after it, a
+    Hindi or Russian text the English encoder would block goes to the model that can read it."""
 
 
 class FastTier:
@@ -135,7 +142,8 @@ class FastTier:
     def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
                  threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
                  stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
-                 segments: int = 4, segment_tokens: int = 128, short_segments: int = 2):
+                 segments: int = 4, segment_tokens: int = 128, short_segments: int = 2, block_other_scripts: bool = False):
+        self.block_other_scripts = bool(block_other_scripts)
         d = Path(model_dir)
         self.model_dir = d
         self.card = read_card(d)
@@ -220,7 +228,8 @@ class FastTier:
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, threads=o.threads,
                    max_windows=o.max_windows, window_tokens=o.window_tokens, stride=o.stride,
                    batch_size=o.batch_size, quantized=o.quantized, deobfuscate=o.deobfuscate,
-                   segments=o.segments, segment_tokens=o.segment_tokens, short_segments=o.short_segments)
+                   segments=o.segments, segment_tokens=o.segment_tokens, short_segments=o.short_segments,
+                   block_other_scripts=o.block_other_scripts)
 
     def _segments(self, text: str, ws: Windows) -> tuple[list[tuple[int, int]], np.ndarray | None]:
         """Each window's character span of ``text`` and (with a lexical block) its lexical logits
@@ -305,16 +314,22 @@ class FastTier:
             k_view = len(good)
             for j, (i, ws) in enumerate(zip(good_idx, wins)):
                 scores, info = scored[j]
+                reading_scores = [dict(scores)]
                 if views[j]:
                     raised = False
                     for v_scores, _ in scored[k_view : k_view + len(views[j])]:
+                        reading_scores.append(dict(v_scores))
                         for pol, s in v_scores.items():
                             if s > scores[pol]:
                                 scores[pol], raised = s, True
                     info["views"], info["view_raised"] = len(views[j]), raised
                     k_view += len(views[j])
+                # what may block: the readings in a script this tier reads (see block_other_scripts)
+                block_scores = {} if self.block_other_scripts else readable_block_scores([good[j], *views[j]], reading_scores, scores)
+                if block_scores:
+                    info["block_withheld"] = "text mostly outside the Latin script"
                 warnings = ("truncated_windows",) if ws.truncated else ()
-                results[i] = TierResult(scores=scores, info=info, warnings=warnings, latency_ms=per,
+                results[i] = TierResult(scores=scores, info=info, warnings=warnings, latency_ms=per, block_scores=block_scores,
                                         cost={"windows": float(len(ws.ids)), "tokens": float(ws.tokens)})
         return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
 

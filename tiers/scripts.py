@@ -13,6 +13,7 @@ tier better able to read it instead of blocking it.
 from __future__ import annotations
 
 import re
+from typing import Mapping, Sequence
 
 # letters of the Latin script: Basic Latin, Latin-1, Extended-A/B, IPA, Extended Additional (Vietnamese)
 _LATIN = re.compile(r"[A-Za-z\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F\u0250-\u02AF\u1E00-\u1EFF]")
@@ -29,3 +30,18 @@ def mostly_latin(text: str) -> bool:
         return True
     letters = len(_LETTER.findall(text))
     return not letters or 2 * len(_LATIN.findall(text)) >= letters
+
+
+def readable_block_scores(readings: Sequence[str], reading_scores: Sequence[Mapping[str, float]],
+                          scores: Mapping[str, float]) -> dict[str, float]:
+    """A model tier's ``TierResult.block_scores``: per policy, the highest score among the text's
+    readings (the text itself first, then its decoded / normalised views) that are
+    :func:`mostly_latin`, 0 when none is; only the policies where that is below ``scores`` (the
+    highest over all readings) are returned, so a Latin text gets ``{}``."""
+    block = {p: 0.0 for p in scores}
+    for text, per in zip(readings, reading_scores):
+        if mostly_latin(text):
+            for p, v in per.items():
+                if p in block and v > block[p]:
+                    block[p] = v
+    return {p: v for p, v in block.items() if v < scores[p]}

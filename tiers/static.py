@@ -29,7 +29,7 @@ from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.retractions import model_readings
-from safecascade.tiers.scripts import mostly_latin
+from safecascade.tiers.scripts import readable_block_scores
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
@@ -279,23 +279,19 @@ class StaticTier:
                 for j, (i, ws) in enumerate(zip(idx, wins)):
                     n = int(offsets[j + 1] - offsets[j])
                     scores = {p: float(top[p][j]) for p in self.policies}
-                    # what may block: the readings in a script this tier reads (see block_other_scripts)
-                    readable = self.block_other_scripts or mostly_latin(good[j])
-                    block = {p: v if readable else 0.0 for p, v in scores.items()}
+                    reading_scores = [dict(scores)]
                     info = ws.info()
                     if views[j]:
                         raised = False
-                        for k, view in zip(range(k_view, k_view + len(views[j])), views[j]):
-                            view_readable = self.block_other_scripts or mostly_latin(view)
+                        for k in range(k_view, k_view + len(views[j])):
+                            reading_scores.append({p: float(top[p][k]) for p in self.policies})
                             for p in self.policies:
-                                v = float(top[p][k])
-                                if v > scores[p]:
-                                    scores[p], raised = v, True
-                                if view_readable and v > block[p]:
-                                    block[p] = v
+                                if float(top[p][k]) > scores[p]:
+                                    scores[p], raised = float(top[p][k]), True
                         info["views"], info["view_raised"] = len(views[j]), raised
                         k_view += len(views[j])
-                    block_scores = {p: v for p, v in block.items() if v < scores[p]}
+                    # what may block: the readings in a script this tier reads (see block_other_scripts)
+                    block_scores = {} if self.block_other_scripts else readable_block_scores([good[j], *views[j]], reading_scores, scores)
                     if block_scores:
                         info["block_withheld"] = "text mostly outside the Latin script"
                     allow_scores: dict[str, float] = {}
