@@ -155,8 +155,7 @@ def test_static_serving_is_numpy_only(static_dir: Path) -> None:
 def test_static_allow_band_skips_long_texts(static_dir: Path) -> None:
     """A text of more windows than ``allow_max_windows`` may be blocked or passed on by the static
     tier, never allowed by its band (a short attack is diluted in a long document's windows)."""
-    from safecascade.router.cascade import Router
-    from safecascade.router.config import parse_config
+    from tests.tiers.two_tiers import decide_two_tiers
 
     short, long = "How do I bake bread?", "Preheat the oven to 180C and mix the flour.\n" * 300
     r_short, r_long = StaticTier(model_dir=static_dir).classify([short, long])
@@ -165,14 +164,9 @@ def test_static_allow_band_skips_long_texts(static_dir: Path) -> None:
     assert math.inf not in StaticTier(model_dir=static_dir, allow_max_windows=0).classify([long])[0].allow_scores.values()
     with pytest.raises(ValueError, match="allow_max_windows"):
         StaticTier(model_dir=static_dir, allow_max_windows=-1)
-    cfg = parse_config({"version": 1, "name": "t", "policies": {"jailbreak": "builtin:jailbreak"}, "tiers": [
+    d_short, d_long = decide_two_tiers(
         {"name": "static", "type": "static", "options": {"model": str(static_dir)}, "bands": {"default": [0.999, 1.0]}},
-        {"name": "last", "type": "static", "options": {"model": str(static_dir), "allow_max_windows": 0}, "threshold": 1.0}]})
-    router = Router.load(cfg)
-    try:
-        d_short, d_long = router.classify_batch([short, long])
-    finally:
-        router.close()
+        {"name": "last", "type": "static", "options": {"model": str(static_dir), "allow_max_windows": 0}, "threshold": 1.0}, [short, long])
     assert d_short.tier == "static" and d_short.action == "allow"
     assert d_long.tier == "last" and [t.outcome for t in d_long.path] == ["escalate", "allow"]
 
