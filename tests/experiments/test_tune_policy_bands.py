@@ -34,6 +34,19 @@ def test_the_allow_band_is_measured_on_what_it_is_tested_on():
     assert reached[:10].all()  # never allowed by the static band: their parts are over it
 
 
+def test_a_withheld_static_block_is_passed_on_not_counted_as_a_block():
+    """The cascade the tuner evaluates tests the static block band on ``static_block``
+    (``TierResult.block_score``): a text the static tier passes on for its script reaches the fast tier."""
+    static = np.array([0.999, 0.999, 0.1])
+    withheld = np.array([0.999, 0.0, 0.1])  # the second text is written in another script
+    sc = {"heuristic": {p: np.zeros(3) for p in POLICIES}, "fast": {p: np.array([0.2, 0.2, 0.2]) for p in POLICIES},
+          "static": {p: static for p in POLICIES}, "static_allow": {p: static for p in POLICIES},
+          "static_block": {p: withheld for p in POLICIES}}
+    chosen = {p: {"static_block_above": 0.99, "static_allow_below": 0.05, "fast_threshold": 0.5} for p in POLICIES}
+    block, reached, _ = cascade_eval({}, {}, sc, chosen, {})
+    assert block.tolist() == [True, False, False] and reached.tolist() == [False, True, True]
+
+
 def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     shutil.copy(REPO / "models" / "with-safeguard.yaml", tmp_path / "with-safeguard.yaml")
     chosen = {p: {"fast_threshold": 0.9 + k / 100, "fast_allow_below": 0.01 * (k + 1), "static_block_above": 0.95,
