@@ -51,7 +51,7 @@ from safecascade.shipped import PROVENANCE, ShippedModelError, shipped_dir, veri
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.retractions import model_readings
-from safecascade.tiers.scripts import readable_block_scores
+from safecascade.tiers.scripts import tier_block_scores
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
@@ -325,9 +325,8 @@ class FastTier:
                     info["views"], info["view_raised"] = len(views[j]), raised
                     k_view += len(views[j])
                 # what may block: the readings in a script this tier reads (see block_other_scripts)
-                block_scores = {} if self.block_other_scripts else readable_block_scores([good[j], *views[j]], reading_scores, scores)
-                if block_scores:
-                    info["block_withheld"] = "text mostly outside the Latin script"
+                block_scores = tier_block_scores([good[j], *views[j]], reading_scores, scores, info,
+                                                 block_other_scripts=self.block_other_scripts)
                 warnings = ("truncated_windows",) if ws.truncated else ()
                 results[i] = TierResult(scores=scores, info=info, warnings=warnings, latency_ms=per, block_scores=block_scores,
                                         cost={"windows": float(len(ws.ids)), "tokens": float(ws.tokens)})

@@ -13,7 +13,7 @@ tier better able to read it instead of blocking it.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Any, Mapping, MutableMapping, Sequence
 
 # letters of the Latin script: Basic Latin, Latin-1, Extended-A/B, IPA, Extended Additional (Vietnamese)
 _LATIN = re.compile(r"[A-Za-z\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F\u0250-\u02AF\u1E00-\u1EFF]")
@@ -45,3 +45,19 @@ def readable_block_scores(readings: Sequence[str], reading_scores: Sequence[Mapp
                 if p in block and v > block[p]:
                     block[p] = v
     return {p: v for p, v in block.items() if v < scores[p]}
+
+
+WITHHELD = "text mostly outside the Latin script"  #: ``TierResult.info["block_withheld"]`` when a tier withholds its block
+
+
+def tier_block_scores(readings: Sequence[str], reading_scores: Sequence[Mapping[str, float]], scores: Mapping[str, float],
+                      info: MutableMapping[str, Any], *, block_other_scripts: bool) -> dict[str, float]:
+    """What the static and fast tiers report as ``TierResult.block_scores`` for one text: ``{}`` when
+    the tier blocks on any script (``block_other_scripts``) or every reading is ASCII, otherwise
+    :func:`readable_block_scores`; notes ``info["block_withheld"]`` when a block is withheld."""
+    if block_other_scripts or all(r.isascii() for r in readings):
+        return {}
+    block = readable_block_scores(readings, reading_scores, scores)
+    if block:
+        info["block_withheld"] = WITHHELD
+    return block

@@ -29,7 +29,7 @@ from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.retractions import model_readings
-from safecascade.tiers.scripts import readable_block_scores
+from safecascade.tiers.scripts import tier_block_scores
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
@@ -291,9 +291,8 @@ class StaticTier:
                         info["views"], info["view_raised"] = len(views[j]), raised
                         k_view += len(views[j])
                     # what may block: the readings in a script this tier reads (see block_other_scripts)
-                    block_scores = {} if self.block_other_scripts else readable_block_scores([good[j], *views[j]], reading_scores, scores)
-                    if block_scores:
-                        info["block_withheld"] = "text mostly outside the Latin script"
+                    block_scores = tier_block_scores([good[j], *views[j]], reading_scores, scores, info,
+                                                     block_other_scripts=self.block_other_scripts)
                     allow_scores: dict[str, float] = {}
                     if parts[j]:  # the allow band is tested on the highest of the text's and its parts' scores
                         part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
