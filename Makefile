@@ -8,6 +8,8 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch that lies on this machine's disk; anything else pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# The suite runs on every core (pytest-xdist), one test file per worker at a time; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= auto
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -31,7 +33,7 @@ demo: setup
 # fifteen slowest tests are listed at the end (the suite aims at about 8 minutes on 2 cores).
 test: setup
 	$(PY) -m mypy
-	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
+	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) tests
 
 # Only the type check (the files and options are in pyproject.toml, [tool.mypy]).
 typecheck: setup
@@ -39,7 +41,7 @@ typecheck: setup
 
 # Everything except tests marked slow (a quick loop for development; CI runs `make test`).
 test-fast: setup
-	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	SAFECASCADE_HOME=$(CURDIR)/.cache/test-home $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS) tests
 
 # Rebuild exactly the shipped default models into models/ (slow: ~30 min on 2 cores; a deliberate commit).
 models: setup

@@ -72,7 +72,7 @@ def test_calibration_choice_by_cv_log_loss() -> None:
     assert single.method == "none"
 
 
-def test_card_metrics_and_embedding_cache(tiny_models: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_card_metrics_and_embedding_cache(tiny_models: dict, tmp_path_factory: pytest.TempPathFactory, shared_tmp: Path) -> None:
     res = tiny_models["fast"]
     card = json.loads((res.out_dir / "card.json").read_text())
     for key in ("encoder", "window", "policies", "calibration", "training_data", "metrics", "created", "model_sha"):
@@ -84,7 +84,7 @@ def test_card_metrics_and_embedding_cache(tiny_models: dict, tmp_path_factory: p
     assert c["tp"] + c["fn"] == m["positives"] and sum(c.values()) == m["n"] == 80
     assert m["f1"] == pytest.approx(2 * c["tp"] / (2 * c["tp"] + c["fp"] + c["fn"]))  # the F1 of its own confusion
     assert m["roc_auc"] > 0.8 and m["recall_at_1pct_fpr"] is not None  # the tiny recipe learns the task (0.97)
-    cache = tmp_path_factory.getbasetemp() / "emb-cache"
+    cache = shared_tmp / "emb-cache"  # the tiny build's (tests/conftest.py)
     files = list(cache.rglob("*.npy"))
     assert len(files) >= card["training_data"]["rows"]
     # a second embedder over the same cache never needs its ONNX session (cache hit)
