@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.heuristic_rules import DETECTORS, Rule, RuleSet, ScanView, load_rules, relax_pattern
-from safecascade.tiers.obfuscation import decode_views, despaced, fold, fold_table, leet_fold, looks_leet
+from safecascade.tiers.obfuscation import decode_views, despaced, fold, fold_table, leet_fold, looks_leet, unsplit_lines
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,11 @@ class RuleScanner:
             if "spacing" not in folds:
                 folds.append("spacing")
             self._scan_view(view, joined, "spacing" if via == "plain" else f"{via}+spacing", found)
+        unsplit = unsplit_lines(folded.text)
+        if unsplit is not None:  # one word per line: the rules read the sentence (the model tiers' view too)
+            if "newline_split" not in folds:
+                folds.append("newline_split")
+            self._scan_view(view, unsplit, "newline_split" if via == "plain" else f"{via}+newline_split", found)
         if depth > 0:
             for dv in decode_views(raw, folded.text):
                 if dv.decoder not in decoders:

@@ -320,6 +320,15 @@ def despaced(folded: str) -> str | None:
     return joined if joined != folded else None
 
 
+def unsplit_lines(folded: str) -> str | None:
+    """``folded`` written one word per line ("ignore\\nall\\nprevious ...": at least five lines,
+    80% of them of one or two words) joined back into one line, or None when it is not."""
+    lines = [ln.strip() for ln in folded.splitlines() if ln.strip()]
+    if len(lines) >= 5 and sum(len(ln.split()) <= 2 for ln in lines) >= 0.8 * len(lines):
+        return " ".join(lines)
+    return None
+
+
 def scoring_views(text: str) -> list[str]:
     """Extra texts a model tier should also score when ``text`` hides its content: the folded text
     (zero-width / bidi / tag characters removed, look-alikes mapped to ASCII) when folding changed
@@ -341,9 +350,9 @@ def scoring_views(text: str) -> list[str]:
     joined = despaced(folded)
     if joined is not None:
         views.append(joined)
-    lines = [ln.strip() for ln in folded.splitlines() if ln.strip()]
-    if len(lines) >= 5 and sum(len(ln.split()) <= 2 for ln in lines) >= 0.8 * len(lines):
-        views.append(" ".join(lines))
+    unsplit = unsplit_lines(folded)
+    if unsplit is not None:
+        views.append(unsplit)
     views.extend(v.text for v in decode_views(text, folded))
     out: list[str] = []
     for v in views:
