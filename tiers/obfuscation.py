@@ -135,13 +135,20 @@ def fold(text: str) -> Folded:
 _LEET_TABLE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s", "!": "i", "|": "l", "+": "t", "€": "e"})
 # a leet character glued between letters ("1gn0r3" has "gn0r" -> 0 between letters)
 _LEET_HINT_RE = re.compile(r"[a-z][013457@$][a-z]|\b[13457@$][a-z]{2,}[013457@$]")
+# a word with two leet digits and a letter ("53x157", "4r3", "wh47": a short word mostly in digits);
+# tables and codes have such words too ("14.50m", "b737"), so they count only as a share of the words
+_LEET_DENSE_RE = re.compile(r"\b(?=[a-z013457]*[a-z])[a-z]*[013457][a-z]*[013457][a-z013457]*\b")
+_WORD_RE = re.compile(r"\w+")
+LEET_DENSE_SHARE = 0.25
 
 
 _LEET_PRE_RE = re.compile(r"[013457@$][a-z]")  # starts with a rare character class: fast scan
 
 
 def looks_leet(folded: str, *, min_hits: int = 2) -> bool:
-    """Cheap check: at least ``min_hits`` leet characters sit inside words."""
+    """Cheap check: at least ``min_hits`` leet characters sit inside words, or at least ``min_hits``
+    words written mostly in leet digits make up :data:`LEET_DENSE_SHARE` of the words
+    ("Wh47 4r3 50m3 53x157 1n5ul75?")."""
     if _LEET_PRE_RE.search(folded) is None:
         return False
     n = 0
@@ -149,7 +156,8 @@ def looks_leet(folded: str, *, min_hits: int = 2) -> bool:
         n += 1
         if n >= min_hits:
             return True
-    return False
+    dense = len(_LEET_DENSE_RE.findall(folded))
+    return dense >= min_hits and dense >= LEET_DENSE_SHARE * len(_WORD_RE.findall(folded))
 
 
 # "@" in an e-mail address ("0p5@d3v0p5.73ch") stays "@": read as "a" it would hide the address
