@@ -126,7 +126,6 @@ def test_an_exfiltration_line_in_leetspeak_or_spaced_letters_is_still_matched():
     assert "HR-EXF-1" not in plain.rule_ids.get("prompt_injection", ())
 
 
-
 def test_an_exfiltration_line_written_one_word_per_line_is_read_as_a_sentence():
     """The exfiltration rule does not run across line breaks (a line is a sentence of its own), so
     a line written one word per line is matched on the view that joins it back."""
@@ -139,6 +138,7 @@ def test_an_exfiltration_line_written_one_word_per_line_is_read_as_a_sentence():
     (items,) = tier.classify(["Shopping:\nmilk\neggs\nbread\nsend\nreceipt\nto\nmom@example.com"])
     assert "HR-EXF-1" not in items.rule_ids.get("prompt_injection", ())
     assert unsplit_lines("Dear Ana,\nthe meeting moved to Friday at ten.\nBest, Bo") is None
+
 
 @pytest.mark.parametrize("text", [
     "The SHA-256 is 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.",
