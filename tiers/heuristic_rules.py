@@ -164,18 +164,22 @@ class RuleSet:
 
 
 def relax_pattern(pattern: str) -> str:
-    """``pattern`` with every ``\\b`` word-boundary assertion removed.
+    """``pattern`` with every ``\\b`` word-boundary assertion removed, except inside a negative
+    lookaround (``(?!...)``, ``(?<!...)``).
 
     Removing a zero-width assertion only widens what a pattern matches, so the relaxed regex is
-    a correct pre-filter: when it finds nothing, neither does the rule. Without a leading
-    ``\\b`` Python's ``re`` can use its literal / first-character prefix scan, which is 10-50x
-    faster than trying the full pattern at every position of a text that does not match.
+    a correct pre-filter: when it finds nothing, neither does the rule. Inside a negative
+    lookaround it would narrow it instead (``are (?!no\\b)`` rejects "are nothing" once the
+    ``\\b`` is gone), so those are kept. Without a leading ``\\b`` Python's ``re`` can use its
+    literal / first-character prefix scan, which is 10-50x faster than trying the full pattern at
+    every position of a text that does not match.
     """
     out, i, in_class = [], 0, False
+    groups: list[bool] = []  # one entry per open group: is it a negative lookaround?
     while i < len(pattern):
         c = pattern[i]
         if c == "\\" and i + 1 < len(pattern):
-            if pattern[i + 1] == "b" and not in_class:
+            if pattern[i + 1] == "b" and not in_class and not any(groups):
                 i += 2
                 continue
             out.append(pattern[i : i + 2])
@@ -185,6 +189,10 @@ def relax_pattern(pattern: str) -> str:
             in_class = True
         elif c == "]" and in_class:
             in_class = False
+        elif c == "(" and not in_class:
+            groups.append(pattern.startswith("(?!", i) or pattern.startswith("(?<!", i))
+        elif c == ")" and not in_class and groups:
+            groups.pop()
         out.append(c)
         i += 1
     return "".join(out)
