@@ -121,6 +121,8 @@ class Router:
         self.cache = cache
         self.sinks = list(sinks)
         self.budget = budget
+        # a heuristic tier's rule ids are the rules that matched (see _named)
+        self._heuristic_tiers = frozenset(tc.name for tc in config.tiers if tc.type == "heuristic")
 
     @contextlib.contextmanager
     def strict_sinks(self):
@@ -408,7 +410,8 @@ class Router:
             reason = "last_tier"
         elif any(blocks.values()):
             action, reason, flags = "block", "band", blocks
-        elif covered_all and all(tc.band_for(pol).outcome(res.allow_score(pol)) == "allow" for pol in res.scores):
+        elif covered_all and all(tc.band_for(pol).outcome(res.allow_score(pol)) == "allow" for pol in res.scores) \
+                and not self._named(p):
             action, reason = "allow", "band"
         else:
             p.path.append(self._trace(tc, res, "escalate", latency_ms))
@@ -416,6 +419,13 @@ class Router:
         p.path.append(self._trace(tc, res, action, latency_ms))
         self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
                      threshold=tc.threshold_for if last else None, tc=tc, flags=flags)
+
+    def _named(self, p: PendingText) -> bool:
+        """Whether a heuristic tier's named rule matched ``p`` on its way here without deciding (a
+        rule measured too weakly to decide alone, an obfuscation detector): such a text is never
+        allowed by a later cheap tier's allow band, so the tiers after it see it (the last one
+        decides at its threshold; with a safeguard configured, the uncertain band reaches it)."""
+        return any(ids for t in p.path if t.tier in self._heuristic_tiers for ids in t.rule_ids.values())
 
     @staticmethod
     def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:

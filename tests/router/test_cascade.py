@@ -264,3 +264,40 @@ def test_decision_sums_tier_costs():
                  text_hash="h", config_name="c", config_hash="x", policy_hashes={})
     assert d.cost == {"windows": 3.0, "prompt_tokens": 700.0, "completion_tokens": 40.0}
     assert d.to_dict()["cost"]["prompt_tokens"] == 700.0
+
+
+RULES_A = """
+min_support: 10
+default_precision: 0.5
+rules:
+  - id: A-STRONG-1
+    family: a
+    policy: a
+    description: measured, decides alone
+    pattern: '\\bstrongword\\b'
+    precision: 1.0
+    support: 50
+  - id: A-WEAK-1
+    family: a
+    policy: a
+    description: too weakly measured to decide alone
+    pattern: '\\bweakword\\b'
+    precision: null
+    support: 0
+"""
+
+
+def test_a_named_rule_that_does_not_decide_is_never_allowed_by_a_cheap_band(make_config, tmp_path):
+    """A heuristic rule too weakly measured to decide alone still names the text: a later tier's
+    allow band may not allow it, so the tiers after see it (here the last one, at its threshold)."""
+    (tmp_path / "rules.yaml").write_text(RULES_A)
+    cheap = {"plain": {"a": 0.05}, "has weakword": {"a": 0.05}, "has strongword": {"a": 0.05}}
+    last = {"plain": {"a": 0.7}, "has weakword": {"a": 0.7}, "has strongword": {"a": 0.7}}
+    heur = {"name": "heur", "type": "heuristic", "options": {"rules": "rules.yaml"}, "bands": {"default": [None, 0.99]}}
+    router = Router.load(make_config([heur, _table("cheap", cheap), _last("last", last)]))
+    plain, weak, strong = router.classify_batch(["plain", "has weakword", "has strongword"])
+    assert (plain.action, plain.tier) == ("allow", "cheap")
+    assert (weak.action, weak.tier) == ("block", "last")
+    assert [t.outcome for t in weak.path] == ["escalate", "escalate", "block"]
+    assert weak.path[0].rule_ids["a"] == ("A-WEAK-1",)
+    assert (strong.action, strong.tier) == ("block", "heur")
