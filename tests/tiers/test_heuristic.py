@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -315,17 +316,15 @@ def test_one_megabyte_text_returns(tier):
 
 def test_helpers():
     assert relax_pattern(r"\bdo\b [\b] \\b") == r"do [\b] \\b"
+    assert {"don", "t", "ignore"} <= words_of("don't ignore!")
 
 
 def test_relaxed_prefilter_keeps_boundaries_inside_negative_lookarounds():
     """Dropping a \\b inside (?!...) or (?<!...) would narrow the pre-filter, and the rule would
     miss texts its own regex matches ("are nothing but" against (?!no\\b))."""
-    import re
-
     pat = r"\bare\s+(?!no\b|not\b)(?:nothing but\s+)?criminals\b(?<!\bx criminals)(?=\b)"
     relaxed = relax_pattern(pat)
     assert relaxed == r"are\s+(?!no\b|not\b)(?:nothing but\s+)?criminals(?<!\bx criminals)(?=)"
     for text in ("they are nothing but criminals", "they are criminals", "they are not criminals"):
         assert bool(re.search(relaxed, text)) >= bool(re.search(pat, text)), text
     assert re.search(relaxed, "they are nothing but criminals")
-    assert {"don", "t", "ignore"} <= words_of("don't ignore!")
