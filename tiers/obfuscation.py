@@ -138,7 +138,6 @@ _LEET_HINT_RE = re.compile(r"[a-z][013457@$][a-z]|\b[13457@$][a-z]{2,}[013457@$]
 # a word with two leet digits and a letter ("53x157", "4r3", "wh47": a short word mostly in digits);
 # tables and codes have such words too ("14.50m", "b737"), so they count only as a share of the words
 _LEET_DENSE_RE = re.compile(r"\b(?=[a-z013457]*[a-z])[a-z]*[013457][a-z]*[013457][a-z013457]*\b")
-_WORD_RE = re.compile(r"\w+")
 LEET_DENSE_SHARE = 0.25
 
 
