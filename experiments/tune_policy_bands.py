@@ -128,15 +128,25 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
 
 
 def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[str, dict[str, np.ndarray]],
-                 chosen: dict[str, dict[str, float]], heuristic_block: dict[str, float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+                 chosen: dict[str, dict[str, float]], heuristic_block: dict[str, float],
+                 named_threshold: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Block decisions, 'reached fast' flags and each policy's own flag of the tuned cascade for
-    every scored text (a policy is flagged by the tier that decided)."""
+    every scored text (a policy is flagged by the tier that decided). A text a heuristic rule
+    matched without deciding (its heuristic score is above 0) is never allowed by the static tier,
+    and the fast tier decides that policy at ``named_threshold`` (``default`` or per policy; at
+    most the policy's threshold), as the router does."""
     h_pol = {p: sc["heuristic"][p] >= heuristic_block.get(p, 1.01) for p in POLICIES}
+    named = {p: sc["heuristic"][p] > 0 for p in POLICIES}
+    nt = named_threshold or {}
     s_pol = {p: sc.get("static_block", sc["static"])[p] >= chosen[p]["static_block_above"] for p in POLICIES}
-    f_pol = {p: sc["fast"][p] >= chosen[p]["fast_threshold"] for p in POLICIES}
+    f_pol = {}
+    for p in POLICIES:
+        thr, low = chosen[p]["fast_threshold"], nt.get(p, nt.get("default"))
+        f_pol[p] = sc["fast"][p] >= (thr if low is None else np.where(named[p], min(thr, low), thr))
     h_block = np.any(list(h_pol.values()), axis=0)
     s_block = np.any(list(s_pol.values()), axis=0)
     s_allow = np.all([sc.get("static_allow", sc["static"])[p] <= chosen[p]["static_allow_below"] for p in POLICIES], axis=0)
+    s_allow &= ~np.any(list(named.values()), axis=0)
     reached = ~h_block & ~s_block & ~s_allow
     flags = {p: np.where(h_block, h_pol[p], np.where(s_block, s_pol[p], reached & f_pol[p])) for p in POLICIES}
     block = np.any(list(flags.values()), axis=0)
@@ -173,6 +183,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "heuristic_bands": "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {b}]" for p, b in h.items()]) + "}",
         "static_bands": "".join(f"      {p}: [{c[p]['static_allow_below']}, {c[p]['static_block_above']}]\n" for p in POLICIES),
         "fast_thresholds": "".join(f"      {p}: {c[p]['fast_threshold']}\n" for p in POLICIES),
+        "named_threshold": "{" + ", ".join(f"{p}: {v}" for p, v in args.named_threshold.items()) + "}",
         "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
     }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
@@ -198,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                          "into the presets (2: on real user prompts 1.0 ms a text cheaper than 1, block rates of padded attacks unchanged)")
     ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
                     help="rewrite DIR/default.yaml and the bands of DIR/with-safeguard.yaml with the chosen numbers")
+    ap.add_argument("--named-threshold", type=json.loads, default={"default": 0.5},
+                    help="the fast tier's threshold (JSON: default and/or per policy) for a policy a heuristic rule named "
+                         "without deciding; written into the presets ({} for none)")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
     args = ap.parse_args(argv)
@@ -237,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static_block"][p][idx[p]], sc["fast"][p][nv:], sc["static_block"][p][nv:], s_allow,
                            prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
                            allow_miss=args.allow_miss)
-    block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block)
+    block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block, args.named_threshold)
     report: dict[str, Any] = {"chosen": chosen, "val": {}}
     for p in POLICIES:
         b = flags[p][:nv][idx[p]]  # the policy's own flag (a block for another policy is not a false positive here)

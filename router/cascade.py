@@ -406,26 +406,37 @@ class Router:
         covered_all = all(pol in res.scores for pol in self.policies)
         flags: dict[str, bool] | None = None
         if last:
-            action = "block" if any(s >= tc.threshold_for(pol) for pol, s in res.scores.items()) else "allow"
+            # a policy a heuristic rule named (see _named_rules) is decided at its named_threshold; the
+            # rules stay on the heuristic tier's trace (a verdict's rule_ids are the deciding tier's own)
+            named = self._named_rules(p)
+            threshold: Callable[[str], float] = lambda pol: tc.named_threshold_for(pol) if pol in named else tc.threshold_for(pol)
+            action = "block" if any(s >= threshold(pol) for pol, s in res.scores.items()) else "allow"
             reason = "last_tier"
         elif any(blocks.values()):
             action, reason, flags = "block", "band", blocks
         elif covered_all and all(tc.band_for(pol).outcome(res.allow_score(pol)) == "allow" for pol in res.scores) \
-                and not self._named(p):
+                and not self._named_rules(p):
             action, reason = "allow", "band"
         else:
             p.path.append(self._trace(tc, res, "escalate", latency_ms))
             return
         p.path.append(self._trace(tc, res, action, latency_ms))
         self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
-                     threshold=tc.threshold_for if last else None, tc=tc, flags=flags)
+                     threshold=threshold if last else None, tc=tc, flags=flags)
 
-    def _named(self, p: PendingText) -> bool:
-        """Whether a heuristic tier's named rule matched ``p`` on its way here without deciding (a
-        rule measured too weakly to decide alone, an obfuscation detector): such a text is never
-        allowed by a later cheap tier's allow band, so the tiers after it see it (the last one
-        decides at its threshold; with a safeguard configured, the uncertain band reaches it)."""
-        return any(ids for t in p.path if t.tier in self._heuristic_tiers for ids in t.rule_ids.values())
+    def _named_rules(self, p: PendingText) -> dict[str, tuple[str, ...]]:
+        """Policy -> the heuristic tiers' named rules that matched ``p`` on its way here without
+        deciding (a rule measured too weakly to decide alone, an obfuscation detector). Such a text
+        is never allowed by a later cheap tier's allow band, so the tiers after it see it; the last
+        one decides it at its ``named_threshold`` for that policy (at most its threshold), and with
+        a safeguard configured the uncertain band reaches it."""
+        out: dict[str, tuple[str, ...]] = {}
+        for t in p.path:
+            if t.tier in self._heuristic_tiers:
+                for pol, ids in t.rule_ids.items():
+                    if ids:
+                        out[pol] = tuple(dict.fromkeys((*out.get(pol, ()), *ids)))
+        return out
 
     @staticmethod
     def _trace(tc: TierConfig, res: TierResult, outcome: str, latency_ms: float, *, error: str | None = None) -> TierTrace:

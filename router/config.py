@@ -73,6 +73,7 @@ class TierConfig:
     bands: Mapping[str, Band] = field(default_factory=dict)
     threshold: float = 0.5  # the last tier's threshold for policies without their own
     thresholds: Mapping[str, float] = field(default_factory=dict)  # policy -> the last tier's threshold
+    named_thresholds: Mapping[str, float] = field(default_factory=dict)  # policy ("default") -> threshold for a named text
     on_error: str = "next"
     on_budget_exhausted: Mapping[str, str] | None = None  # last tier only: policy (or "default") -> action
 
@@ -82,6 +83,13 @@ class TierConfig:
     def threshold_for(self, policy: str) -> float:
         """The last tier's threshold for ``policy`` (its own, else the default ``threshold``)."""
         return float(self.thresholds.get(policy, self.threshold))
+
+    def named_threshold_for(self, policy: str) -> float:
+        """The last tier's threshold for ``policy`` on a text that a heuristic rule of ``policy``
+        named without deciding (``named_threshold``; never above :meth:`threshold_for`)."""
+        own = self.threshold_for(policy)
+        named = self.named_thresholds.get(policy, self.named_thresholds.get("default"))
+        return own if named is None else min(own, float(named))
 
     def budget_action_for(self, policy: str) -> str:
         """What an uncertain text gets for ``policy`` when the escalation budget refuses this
@@ -115,6 +123,8 @@ class RouterConfig:
                 t.pop("on_budget_exhausted", None)
             if not t.get("thresholds"):
                 t.pop("thresholds", None)  # a config without per-policy thresholds hashes as before
+            if not t.get("named_thresholds"):
+                t.pop("named_thresholds", None)  # likewise without a named_threshold
         return d
 
     @property
@@ -188,6 +198,17 @@ def _parse_band(v: Any, key: str) -> Band:
     return Band(allow_below=lo, block_above=hi)
 
 
+def _per_policy(v: Any, key: str, policies: Mapping[str, Any]) -> dict[str, float]:
+    """A threshold given as one number (it becomes ``default``) or as a mapping policy|default -> number."""
+    if not isinstance(v, Mapping):
+        return {"default": float(_number(v, key))}
+    out: dict[str, float] = {}
+    for pname, x in v.items():
+        _expect(pname == "default" or pname in policies, f"{key}.{pname}", f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
+        out[str(pname)] = float(_number(x, f"{key}.{pname}"))
+    return out
+
+
 def parse_budget_action(v: Any, key: str, policies: Mapping[str, Any]) -> dict[str, str]:
     """``on_budget_exhausted``: an action for every policy, or a mapping policy (or
     ``default``) -> action; returns the mapping, with ``default`` always set."""
@@ -233,7 +254,7 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
     for i, t in enumerate(raw_tiers):
         key = f"tiers[{i}]"
         _expect(isinstance(t, Mapping), key, "expected a mapping")
-        _check_keys(t, {"name", "type", "options", "bands", "threshold", "on_error", "on_budget_exhausted"}, key)
+        _check_keys(t, {"name", "type", "options", "bands", "threshold", "named_threshold", "on_error", "on_budget_exhausted"}, key)
         ttype = t.get("type")
         _expect(isinstance(ttype, str), f"{key}.type", "missing tier type")
         _expect(ttype in available_tiers(), f"{key}.type", f"unknown tier type {ttype!r} (known: {', '.join(available_tiers())})")
@@ -249,16 +270,10 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
             _expect(pname == "default" or pname in policies, f"{key}.bands.{pname}", f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
             bands[pname] = _parse_band(band, f"{key}.bands.{pname}")
         last = i == len(raw_tiers) - 1
-        raw_thr = t.get("threshold", 0.5)
-        thresholds: dict[str, float] = {}
-        if isinstance(raw_thr, Mapping):
-            for pname, v in raw_thr.items():
-                _expect(pname == "default" or pname in policies, f"{key}.threshold.{pname}",
-                        f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
-                thresholds[str(pname)] = float(_number(v, f"{key}.threshold.{pname}"))
-            threshold = thresholds.pop("default", 0.5)
-        else:
-            threshold = _number(raw_thr, f"{key}.threshold")
+        thresholds = _per_policy(t.get("threshold", 0.5), f"{key}.threshold", policies)
+        threshold = thresholds.pop("default", 0.5)
+        named = _per_policy(t.get("named_threshold", {}), f"{key}.named_threshold", policies)
+        _expect(last or not named, f"{key}.named_threshold", "only the last tier has a threshold (earlier tiers decide by their bands)")
         on_error = t.get("on_error", "block" if last else "next")
         allowed = _ON_ERROR_LAST if last else _ON_ERROR_MID
         _expect(on_error in allowed, f"{key}.on_error", f"expected one of {'|'.join(allowed)}, got {on_error!r}")
@@ -268,7 +283,8 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
             on_budget = None
         else:
             on_budget = parse_budget_action(t.get("on_budget_exhausted", DEFAULT_BUDGET_ACTION), f"{key}.on_budget_exhausted", policies)
-        tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), thresholds=thresholds, on_error=on_error,
+        tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), thresholds=thresholds,
+                                named_thresholds=named, on_error=on_error,
                                 on_budget_exhausted=on_budget))
 
     return RouterConfig(

@@ -47,6 +47,20 @@ def test_a_withheld_static_block_is_passed_on_not_counted_as_a_block():
     assert block.tolist() == [True, False, False] and reached.tolist() == [False, True, True]
 
 
+def test_a_named_text_is_never_allowed_by_the_static_tier_and_meets_the_named_threshold():
+    """As in the router: a text a heuristic rule matched without deciding (heuristic score above 0)
+    is not allowed by the static band, and the fast tier decides that policy at ``named_threshold``."""
+    heur = np.array([0.0, 0.5, 0.5, 0.0])
+    sc = {"heuristic": {p: heur if p == "harmful_request" else np.zeros(4) for p in POLICIES},
+          "fast": {p: np.array([0.6, 0.6, 0.3, 0.05]) for p in POLICIES},
+          "static": {p: np.array([0.3, 0.01, 0.3, 0.01]) for p in POLICIES}}
+    chosen = {p: {"static_block_above": 0.99, "static_allow_below": 0.05, "fast_threshold": 0.9} for p in POLICIES}
+    block, reached, flags = cascade_eval({}, {}, sc, chosen, {}, {"default": 0.5})
+    assert reached.tolist() == [True, True, True, False]  # the second text is named: the static tier may not allow it
+    assert block.tolist() == [False, True, False, False] and flags["harmful_request"].tolist() == [False, True, False, False]
+    assert not cascade_eval({}, {}, sc, chosen, {})[0].any()  # without a named threshold, 0.6 < 0.9
+
+
 def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     shutil.copy(REPO / "models" / "with-safeguard.yaml", tmp_path / "with-safeguard.yaml")
     chosen = {p: {"fast_threshold": 0.9 + k / 100, "fast_allow_below": 0.01 * (k + 1), "static_block_above": 0.95,
@@ -54,7 +68,7 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     val = {p: {"precision_at_prevalence": 0.9, "recall": 0.8, "f1_at_prevalence": 0.85} for p in POLICIES}
     val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
     args = argparse.Namespace(prevalence=0.03, benign_budget={p: 0.001 for p in POLICIES}, block_precision=0.99,
-                              allow_miss=0.01, allow_max_windows=3,
+                              allow_miss=0.01, allow_max_windows=3, named_threshold={"default": 0.5, "jailbreak": 0.6},
                               heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99})
     (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")  # its card's window layout
     write_presets({"chosen": chosen, "val": val}, tmp_path, args)
@@ -70,6 +84,7 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
         assert tiers["static"].options["allow_max_windows"] == 3
         if name == "default.yaml":
             assert [tiers["fast"].threshold_for(p) for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
+            assert [tiers["fast"].named_threshold_for(p) for p in POLICIES] == [0.6, 0.5, 0.5]
         else:
             assert [tiers["fast"].band_for(p).block_above for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
             assert "safeguard" in tiers

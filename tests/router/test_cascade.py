@@ -301,3 +301,19 @@ def test_a_named_rule_that_does_not_decide_is_never_allowed_by_a_cheap_band(make
     assert [t.outcome for t in weak.path] == ["escalate", "escalate", "block"]
     assert weak.path[0].rule_ids["a"] == ("A-WEAK-1",)
     assert (strong.action, strong.tier) == ("block", "heur")
+
+
+def test_the_last_tier_decides_a_named_policy_at_its_named_threshold(make_config, tmp_path):
+    """A policy a heuristic rule named (without deciding) is decided by the last tier at its
+    ``named_threshold``; the same score on an unnamed text, or on a policy no rule named, is
+    decided at the ordinary threshold. The verdict's rule ids stay the deciding tier's own."""
+    (tmp_path / "rules.yaml").write_text(RULES_A)
+    last = {"plain": {"a": 0.6, "b": 0.6}, "has weakword": {"a": 0.6, "b": 0.1}, "has weakword too": {"a": 0.1, "b": 0.6}}
+    heur = {"name": "heur", "type": "heuristic", "options": {"rules": "rules.yaml"}, "bands": {"default": [None, 0.99]}}
+    router = Router.load(make_config([heur, _last("last", last, threshold=0.9, named_threshold=0.5)], policies=("a", "b")))
+    plain, named, other = router.classify_batch(["plain", "has weakword", "has weakword too"])
+    assert plain.action == "allow"
+    assert (named.action, named.tier, named.reason) == ("block", "last", "last_tier")
+    assert named.policies["a"].flagged and not named.policies["b"].flagged
+    assert "A-WEAK-1" not in named.policies["a"].rule_ids and named.path[0].rule_ids["a"] == ("A-WEAK-1",)
+    assert other.action == "allow"  # A-WEAK-1 names policy a, not b

@@ -133,3 +133,25 @@ def test_a_policy_without_rule_ids_fails_at_load(tmp_path):
     path.write_text("name: t\npolicies:\n  mine: none.md\ntiers:\n  - {name: last, type: table}\n")
     with pytest.raises((ConfigError, ValueError), match="defines no rule ids"):
         Router.load(load_config(path))
+
+
+def test_named_threshold_is_per_policy_never_above_the_threshold_and_last_tier_only(make_config):
+    """``named_threshold`` (a number or per policy) lowers the last tier's threshold for a text a
+    heuristic rule named; it is capped at the policy's own threshold, round-trips through the
+    config's dict form, and an earlier tier may not set it."""
+    path = make_config([{"name": "last", "type": "table", "threshold": {"default": 0.9, "b": 0.3},
+                         "named_threshold": {"default": 0.5}}], policies=("a", "b"))
+    tc = Router.load(path).config.tiers[0]
+    assert (tc.named_threshold_for("a"), tc.named_threshold_for("b")) == (0.5, 0.3)
+    assert load_config(path).to_dict()["tiers"][0]["named_thresholds"] == {"default": 0.5}
+    plain = make_config([{"name": "last", "type": "table", "threshold": 0.9}], policies=("a",))
+    assert "named_thresholds" not in load_config(plain).to_dict()["tiers"][0]  # hashes as before
+    one = make_config([{"name": "last", "type": "table", "named_threshold": 0.4}], policies=("a",))
+    assert load_config(one).tiers[0].named_threshold_for("a") == 0.4
+    early = make_config([{"name": "first", "type": "table", "bands": {"default": [0.1, 0.9]}, "named_threshold": 0.5},
+                         {"name": "last", "type": "table"}], policies=("a",))
+    with pytest.raises(ConfigError, match=r"tiers\[0\]\.named_threshold: only the last tier"):
+        load_config(early)
+    bad = make_config([{"name": "last", "type": "table", "named_threshold": {"nope": 0.5}}], policies=("a",))
+    with pytest.raises(ConfigError, match=r"named_threshold\.nope: unknown policy"):
+        load_config(bad)
