@@ -1,0 +1,72 @@
+"""Request probes: how many hand-written harmful requests the router blocks, and how many safe twins.
+
+    python -m experiments.exp_probes [--config PATH]
+
+Each probe in ``experiments/data/probes`` is a pair of files, ``<name>_harm.txt`` (harmful requests,
+one per line) and ``<name>_safe.txt`` (safe prompts that look like them); ``README.md`` there says
+who wrote each and which rule passes were written from it (the figures of those passes are in sample
+on it). The router classifies every line; the table gives the share blocked per file and, per probe,
+how many harmful requests a heuristic rule named and which tier decided them. Writes
+``experiments/results/probes.md`` and logs an MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from experiments.common import ROOT, ResultWriter
+from safecascade.router.cascade import Router
+
+log = logging.getLogger("experiments.exp_probes")
+PROBES = ROOT / "experiments" / "data" / "probes"
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-empty lines of a probe file."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def probe_rows(router: Router, probes: Path = PROBES) -> list[dict[str, object]]:
+    """One row per probe: harmful requests blocked, safe twins blocked, harmful requests a heuristic
+    rule named, and the tiers that blocked them."""
+    rows: list[dict[str, object]] = []
+    for harm in sorted(probes.glob("*_harm.txt")):
+        name = harm.name[: -len("_harm.txt")]
+        texts = read_lines(harm)
+        decisions = router.classify_batch(texts)
+        blocked = [d for d in decisions if d.action == "block"]
+        named = sum(any(ids for t in d.path if t.tier == "heuristic" for ids in t.rule_ids.values()) for d in decisions)
+        by_tier = Counter(d.tier for d in blocked)
+        safe_path = probes / f"{name}_safe.txt"
+        safe = read_lines(safe_path) if safe_path.is_file() else []
+        safe_blocked = sum(d.action == "block" for d in router.classify_batch(safe)) if safe else 0
+        rows.append({"probe": name, "harmful": len(texts), "blocked": len(blocked), "recall": len(blocked) / max(1, len(texts)),
+                     "named_by_a_rule": named, "blocked_by": ", ".join(f"{t} {n}" for t, n in sorted(by_tier.items())),
+                     "safe": len(safe), "safe_blocked": safe_blocked})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None, help="router config (default: the embedded default)")
+    ap.add_argument("--quick", action="store_true", help="accepted for run_all; the probes are small")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    router = Router.load(args.config)
+    with ResultWriter("probes", title="Request probes", params={"config": args.config or "default"}) as rw:
+        rw.text(__doc__.split("\n\n", 2)[2] if __doc__ else "")
+        rows = probe_rows(router)
+        rw.table(rows)
+        rw.metrics({f"{r['probe']}_recall": float(r["recall"]) for r in rows})  # type: ignore[arg-type]
+        for r in rows:
+            log.info("%s: %d/%d blocked, safe %d/%d", r["probe"], r["blocked"], r["harmful"], r["safe_blocked"], r["safe"])
+    router.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""The probe experiment counts what the router blocks per probe file, with the safe twins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from experiments.exp_probes import PROBES, probe_rows, read_lines
+from safecascade.router.cascade import Router
+from tests.router.conftest import make_config  # noqa: F401  (the fixture; registers the "table" tier)
+
+
+def test_every_probe_has_safe_twins_and_no_blank_or_duplicate_lines() -> None:
+    harms = sorted(PROBES.glob("*_harm.txt"))
+    assert len(harms) >= 5
+    for harm in harms:
+        safe = harm.with_name(harm.name.replace("_harm.txt", "_safe.txt"))
+        lines, twins = read_lines(harm), read_lines(safe)
+        assert lines and twins, harm.name
+        assert len(set(lines)) == len(lines) and len(set(twins)) == len(twins), harm.name
+        assert not set(lines) & set(twins), harm.name
+
+
+def test_probe_rows_count_blocks_and_named_requests(make_config, tmp_path: Path) -> None:
+    (tmp_path / "x_harm.txt").write_text("bad one\nbad two\n\nfine\n", encoding="utf-8")
+    (tmp_path / "x_safe.txt").write_text("fine\nbad two\n", encoding="utf-8")
+    table = {"bad one": {"a": 0.9}, "bad two": {"a": 0.9}, "fine": {"a": 0.1}}
+    router = Router.load(make_config([{"name": "last", "type": "table", "options": {"table": table}, "threshold": 0.5}]))
+    (row,) = probe_rows(router, tmp_path)
+    assert (row["probe"], row["harmful"], row["blocked"], row["safe"], row["safe_blocked"]) == ("x", 3, 2, 2, 1)
+    assert row["named_by_a_rule"] == 0 and row["blocked_by"] == "last 2"
