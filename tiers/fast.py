@@ -19,8 +19,11 @@ sentence ends, so an attack written into a long paragraph is a candidate too); t
 lexical block ranks them and the ``segments`` best are scored as texts of their own (``info``:
 ``segments_scored``, ``segments_total``). A multi-line text that fits in one window (an email, a
 web page, a tool's result with an instruction planted in it) has its ``short_segments`` best
-paragraphs or lines scored the same way. Each policy's score is the maximum over the text and
-its scored segments.
+paragraphs or lines scored the same way. The lexical block reads the whole text, so benign
+padding dilutes its n-grams; each scored window of a multi-window text is therefore also stacked
+with the lexical logit of its own span (``window_lexical``, on by default; ``info["window_raised"]``
+when a window scored higher than the whole text). Each policy's score is the maximum over the
+text, its windows and its scored segments.
 
 **Obfuscation is carried through.** When the text hides its content (zero-width or bidi
 characters, look-alike letters, leetspeak, spaced-out letters, one word per line, base64 / hex /
@@ -126,6 +129,11 @@ class FastOptions(EncoderOptions):
     their own (0: off): an instruction planted in an email, a web page or a tool's result."""
     segment_tokens: int = 128
     """Largest segment, in tokens (consecutive lines are joined up to it)."""
+    window_lexical: bool = True
+    """Stack each window of a text that needs 2 to ``max_windows`` windows with the lexical logit of
+    its own span too, as a longer text's kept windows are (a policy's score is the higher of the
+    whole text's and its best window's): benign padding around an attack dilutes the whole text's
+    n-grams, not the window that holds it."""
     block_other_scripts: bool = False
     """Let the block band block a text written mostly outside the Latin script
     (:func:`safecascade.tiers.scripts.mostly_latin`). Off: such a text is passed on to the next
@@ -142,7 +150,8 @@ class FastTier:
     def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
                  threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
                  stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
-                 segments: int = 4, segment_tokens: int = 128, short_segments: int = 2, block_other_scripts: bool = False):
+                 segments: int = 4, segment_tokens: int = 128, short_segments: int = 2, block_other_scripts: bool = False,
+                 window_lexical: bool = True):
         self.block_other_scripts = bool(block_other_scripts)
         d = Path(model_dir)
         self.model_dir = d
@@ -171,6 +180,7 @@ class FastTier:
             raise ValueError(f"fast tier {name!r}: segments and short_segments must be >= 0 and segment_tokens >= 8, "
                              f"got {segments}, {short_segments}, {segment_tokens}")
         self.segments, self.segment_tokens, self.short_segments = int(segments), int(segment_tokens), int(short_segments)
+        self.window_lexical = bool(window_lexical)
         self.session = make_session(onnx_path, threads=threads)
         outs = [o.name for o in self.session.get_outputs()]
         if "probs" not in outs:
@@ -229,6 +239,7 @@ class FastTier:
                    max_windows=o.max_windows, window_tokens=o.window_tokens, stride=o.stride,
                    batch_size=o.batch_size, quantized=o.quantized, deobfuscate=o.deobfuscate,
                    segments=o.segments, segment_tokens=o.segment_tokens, short_segments=o.short_segments,
+                   window_lexical=o.window_lexical,
                    block_other_scripts=o.block_other_scripts)
 
     def _segments(self, text: str, ws: Windows) -> tuple[list[tuple[int, int]], np.ndarray | None]:
@@ -273,6 +284,8 @@ class FastTier:
         for i, (t, ws) in enumerate(zip(texts, wins)):
             if len(ws.starts) > self.max_windows:
                 wins[i], self._last_segments[i] = self._select(t, ws)
+            elif len(ws.starts) > 1 and self.window_lexical and self.lexical is not None:
+                self._last_segments[i] = {"z_lex": self._segments(t, ws)[1]}  # every window kept
         flat = [w for ws in wins for w in ws.ids]
         output = "logits" if self.lexical is not None else "probs"
         probs = run_windows(self.session, flat, batch_size=self.batch_size, output=output) if flat else np.zeros((0, 1))
@@ -380,14 +393,16 @@ class FastTier:
             scores = self._stacked(text, ws, p, info)
         if len(ws.ids) > 1:
             info["max_window"] = int(np.argmax(p.max(axis=1)))
-        if seg:
+        if seg and "selection" in seg:
             info["n_windows_needed"] = ws.n_windows_total
             info["windows_skipped"] = ws.n_windows_total - len(ws.ids)
             info["window_selection"] = seg["selection"]
-            if self.lexical is not None and seg["z_lex"] is not None:
-                for pol, c in self._col.items():  # each scored segment stacked as a text of its own
-                    s = self.stacks[pol].apply(p[:, c], seg["z_lex"][:, c])
-                    scores[pol] = max(scores[pol], float(np.clip(s.max(), 0.0, 1.0)))
+        if seg and self.lexical is not None and seg["z_lex"] is not None:
+            for pol, c in self._col.items():  # each scored window stacked with its own span's n-grams
+                s = float(np.clip(self.stacks[pol].apply(p[:, c], seg["z_lex"][:, c]).max(), 0.0, 1.0))
+                if s > scores[pol]:
+                    scores[pol] = s
+                    info["window_raised"] = True
         return scores, info
 
     def _stacked(self, text: str, ws: Any, z: np.ndarray, info: dict[str, Any]) -> dict[str, float]:
