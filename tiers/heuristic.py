@@ -6,6 +6,11 @@ A rule's regex ``pattern`` (compiled once, matched against the *folded* text - s
 :mod:`safecascade.tiers.obfuscation`) or its ``detector`` runs on the text; decoded payloads
 (base64 / hex / rot13 / Unicode tags) and a leetspeak view are re-scanned with the same rules.
 
+Speed: a rule's ``keywords`` gate it first (a set lookup); then each top-level alternative of its
+pattern is searched on its own, and only when the text holds one of the strings every match of
+that alternative needs (:mod:`safecascade.tiers.regex_literals`, exact: it never changes what a
+rule matches). Long texts gain most: a backtracking alternation is tried at every position.
+
 Score: the largest *measured precision* among the rules a text matches (0.0 when none match).
 Precision and support are measured on the jailbreak benchmark's train split and written into
 the YAML by ``python -m safecascade.training.rule_precision --write``. A rule never measured, or
@@ -27,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.heuristic_rules import DETECTORS, Rule, RuleSet, ScanView, load_rules, relax_pattern
+from safecascade.tiers.regex_literals import Need, required, satisfied, split_alternatives
 from safecascade.tiers.obfuscation import decode_views, despaced, fold, fold_table, leet_fold, looks_leet, unsplit_lines
 
 log = logging.getLogger(__name__)
@@ -48,11 +54,34 @@ class ScanResult:
     folds: tuple[str, ...]  # foldings that changed the text (homoglyphs, invisible characters, leetspeak)
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One top-level alternative of a rule's pattern, searched only when the text holds what every
+    match of it needs (:mod:`safecascade.tiers.regex_literals`) and its relaxed form matches."""
+
+    regex: re.Pattern[str]
+    prefilter: re.Pattern[str] | None
+    needs: Need | None
+
+    def search(self, text: str, seen: dict[str, bool]) -> bool:
+        if self.needs is not None and not satisfied(self.needs, text, seen):
+            return False
+        if self.prefilter is not None and self.prefilter.search(text) is None:
+            return False
+        return self.regex.search(text) is not None
+
+
+def _parts(pattern: str, literal_filter: bool) -> tuple[_Part, ...]:
+    alts = split_alternatives(pattern) if literal_filter else [pattern]
+    return tuple(_Part(re.compile(a), re.compile(relax_pattern(a)) if relax_pattern(a) != a else None,
+                       required(a) if literal_filter else None) for a in alts)
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Compiled:
     rule: Rule
     regex: re.Pattern[str] | None
-    prefilter: re.Pattern[str] | None
+    parts: tuple[_Part, ...]  # the pattern's alternatives, searched one by one
     unless: re.Pattern[str] | None  # vetoes a match where it occurs in the same text
     detector: Callable[[ScanView], bool] | None
     gate_words: frozenset[str]  # whole-word keywords
@@ -76,11 +105,12 @@ def words_of(text: str) -> frozenset[str]:
 class _View:
     """A text being scanned, with its word set computed on first use."""
 
-    __slots__ = ("text", "_words")
+    __slots__ = ("text", "_words", "seen")
 
     def __init__(self, text: str):
         self.text = text
         self._words: frozenset[str] | None = None
+        self.seen: dict[str, bool] = {}  # substring tests of the rules' literal pre-filters
 
     @property
     def words(self) -> frozenset[str]:
@@ -92,7 +122,8 @@ class _View:
 class RuleScanner:
     """Compiled form of a :class:`RuleSet`; ``scan(text)`` finds every matching rule."""
 
-    def __init__(self, ruleset: RuleSet, *, decode_depth: int = 1, leetspeak: bool = True, check_gates: bool = False):
+    def __init__(self, ruleset: RuleSet, *, decode_depth: int = 1, leetspeak: bool = True, check_gates: bool = False,
+                 literal_filter: bool = True):
         if not isinstance(decode_depth, int) or isinstance(decode_depth, bool) or not 0 <= decode_depth <= 3:
             raise ValueError(f"decode_depth must be an integer in 0..3, got {decode_depth!r}")
         self.ruleset = ruleset
@@ -108,7 +139,7 @@ class RuleScanner:
                 # lower-case patterns on lower-cased text: case-insensitive without re.IGNORECASE,
                 # which would disable the fast prefix scan
                 regex=re.compile(r.pattern) if r.pattern else None,
-                prefilter=re.compile(relax_pattern(r.pattern)) if r.pattern and relax_pattern(r.pattern) != r.pattern else None,
+                parts=_parts(r.pattern, literal_filter) if r.pattern else (),
                 unless=re.compile(r.unless) if r.unless else None,
                 detector=DETECTORS[r.detector] if r.detector else None,
                 gate_words=frozenset(k for k in r.keywords if _WORD_RE.fullmatch(k)),
@@ -128,9 +159,7 @@ class RuleScanner:
                     if self.check_gates and c.regex.search(text) is not None:
                         self.gate_misses[c.rule.id] = self.gate_misses.get(c.rule.id, 0) + 1
                     continue
-                if c.prefilter is not None and c.prefilter.search(text) is None:
-                    continue
-                if c.regex.search(text) is None:
+                if not any(p.search(text, tv.seen) for p in c.parts):
                     continue
                 if c.unless is not None and c.unless.search(text) is not None:
                     continue
