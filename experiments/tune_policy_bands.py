@@ -153,6 +153,20 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
     return block, reached, flags
 
 
+def allow_miss(spec: float | dict[str, float], policy: str) -> float:
+    """``--allow-miss`` for ``policy``: one number for all, or a mapping (``default`` for the rest)."""
+    if isinstance(spec, dict):
+        return float(spec.get(policy, spec.get("default", 0.01)))
+    return float(spec)
+
+
+def miss_text(spec: float | dict[str, float]) -> str:
+    """``--allow-miss`` in words for the presets' comments: ``1%`` or ``1% (jailbreak), 3% (harmful_request)``."""
+    if not isinstance(spec, dict):
+        return f"{float(spec):.0%}"
+    return ", ".join(f"{allow_miss(spec, p):.0%} ({p})" for p in POLICIES)
+
+
 PRESETS = Path(__file__).with_name("presets")  # the two presets, with ${...} where the tuned numbers go
 
 
@@ -168,7 +182,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
            f"# {', '.join(f'{b:.1%} ({p})' for p, b in args.benign_budget.items())} of the val split's\n"
            f"# benign real user prompts (ToxicChat, neither toxic nor a jailbreak);\n"
            f"# the static tier blocks only at precision >= {args.block_precision} and allows below the score under\n"
-           f"# which {args.allow_miss:.0%} of the violations the fast tier blocks fall. Expected on val, each policy's own flag\n"
+           f"# which {miss_text(args.allow_miss)} of the violations the fast tier blocks fall. Expected on val, each policy's own flag\n"
            f"# (at {args.prevalence:.0%} prevalence): {vals};\n"
            f"# benign real prompts blocked {v['benign_real_flag_rate']:.2%} of {v['benign_real_n']}; "
            f"{v['reached_fast_benign_real']:.1%} of them reach the fast tier.\n")
@@ -176,7 +190,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
     win = read_card(d / "static-default")["window"]  # the shipped static tier's window layout
     fill = {
         "how": how,
-        "allow_miss": f"{args.allow_miss:.0%}",
+        "allow_miss": miss_text(args.allow_miss),
         "allow_max_windows": str(args.allow_max_windows),
         "allow_tokens": str(win["window_tokens"] + (args.allow_max_windows - 1) * win["stride"]),
         "rules": ", ".join(f"{p} >= {b}" for p, b in h.items()),
@@ -203,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="per policy (JSON), the most of the val split's benign real user prompts its fast threshold may flag "
                          "(on the val split's 388 benign real prompts the defaults allow none, one and one)")
     ap.add_argument("--block-precision", type=float, default=0.99)
-    ap.add_argument("--allow-miss", type=float, default=0.01)
+    ap.add_argument("--allow-miss", type=json.loads, default=0.01,
+                    help="the share of the violations the fast tier blocks that the static allow band may give up: "
+                         "a number, or per policy (JSON, with an optional 'default')")
     ap.add_argument("--allow-max-windows", type=int, default=2,
                     help="the static tier's allow_max_windows: the longest text (in windows) its allow band may allow; written "
                          "into the presets (2: on real user prompts 1.0 ms a text cheaper than 1, block rates of padded attacks unchanged)")
@@ -250,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         s_allow = sc["static_allow"][p][idx[p]] if "static_allow" in sc else None
         chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static_block"][p][idx[p]], sc["fast"][p][nv:], sc["static_block"][p][nv:], s_allow,
                            prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
-                           allow_miss=args.allow_miss)
+                           allow_miss=allow_miss(args.allow_miss, p))
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block, args.named_threshold)
     report: dict[str, Any] = {"chosen": chosen, "val": {}}
     for p in POLICIES:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.tune_policy_bands import POLICIES, cascade_eval, choose, write_presets
+from experiments.tune_policy_bands import POLICIES, allow_miss, cascade_eval, choose, miss_text, write_presets
 from safecascade.router.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,11 +68,12 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     val = {p: {"precision_at_prevalence": 0.9, "recall": 0.8, "f1_at_prevalence": 0.85} for p in POLICIES}
     val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
     args = argparse.Namespace(prevalence=0.03, benign_budget={p: 0.001 for p in POLICIES}, block_precision=0.99,
-                              allow_miss=0.01, allow_max_windows=3, named_threshold={"default": 0.5, "jailbreak": 0.6},
+                              allow_miss={"default": 0.01, "harmful_request": 0.03}, allow_max_windows=3, named_threshold={"default": 0.5, "jailbreak": 0.6},
                               heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99})
     (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")  # its card's window layout
     write_presets({"chosen": chosen, "val": val}, tmp_path, args)
     assert "up to 3 windows (about 704 tokens)" in (tmp_path / "default.yaml").read_text(encoding="utf-8")  # 256 + 2 x 224
+    assert "1% (jailbreak), 1% (prompt_injection), 3% (harmful_request) of the violations" in (tmp_path / "default.yaml").read_text(encoding="utf-8")
     (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
     for name in ("default.yaml", "with-safeguard.yaml"):
         cfg = load_config(tmp_path / name)
@@ -88,3 +89,14 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
         else:
             assert [tiers["fast"].band_for(p).block_above for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
             assert "safeguard" in tiers
+
+
+def test_allow_miss_is_one_number_or_per_policy():
+    assert allow_miss(0.02, "jailbreak") == 0.02 and miss_text(0.02) == "2%"
+    spec = {"default": 0.01, "harmful_request": 0.03}
+    assert [allow_miss(spec, p) for p in POLICIES] == [0.01, 0.01, 0.03]
+    y = np.array([1] * 100 + [0] * 100)
+    fast, static, benign = np.r_[np.full(100, 0.99), np.full(100, 0.01)], np.r_[np.linspace(0, 0.5, 100), np.linspace(0, 0.6, 100)], np.zeros(10)
+    kw = dict(prevalence=0.03, budget=0.0, block_precision=0.99)
+    assert choose(y, fast, static, benign, benign, allow_miss=0.03, **kw)["static_allow_below"] > \
+        choose(y, fast, static, benign, benign, allow_miss=0.01, **kw)["static_allow_below"]
