@@ -1,20 +1,20 @@
-"""The literal strings a regex cannot match without: a cheap, exact pre-filter for the heuristic rules.
+"""What a regex cannot match without: a cheap, exact pre-filter for the heuristic rules.
 
-:func:`required_literals` reads a pattern's parse tree (Python's own ``re`` parser) and returns a
-set of strings such that **every** match of the pattern contains at least one of them, or ``None``
-when it finds no useful set. ``any(s in text for s in literals)`` is then a sound pre-filter: when
-it is false the regex cannot match, so skipping it changes no result. Substring search is much
-faster than a backtracking regex over a long text whose alternations defeat ``re``'s prefix scan
-(a rule that opens with "how to|help me|i want to|..." and needs a harm verb later is tried at
-every position of a 5,000-character persona template; the harm verbs are what it cannot do without).
+:func:`required` reads a pattern's parse tree (Python's own ``re`` parser) and returns what every
+match needs in the text: ``("any", strings)`` (one of the strings occurs), ``("all", needs)`` or
+``("one", needs)``; :func:`satisfied` tests a text. When a need is not satisfied the regex cannot
+match, so skipping it changes no result. Substring tests are much faster than a backtracking regex
+over a long text whose alternations defeat ``re``'s prefix scan (a rule opening "how to | help me |
+i want to | ..." and needing a harm verb later is tried at every position of a 5,000-character
+persona template; the harm verbs are what it cannot do without).
 
-How the set is found: a sequence's items with a small finite language (literals, character
-classes of a few letters, optional suffixes such as ``kill(?:ing)?``, zero-width assertions) are
-multiplied out into runs; an alternation's set is the union of its branches' sets; a repeat of at
-least one copies its body's set. Of a sequence's candidate sets the one whose shortest string is
-longest wins (rarer in text), and strings that contain another string of the set are dropped.
-Patterns with case-insensitive flags get ``None`` (the rules are written in lower case for the
-lower-cased text).
+How needs are found: a sequence's items with a small finite language (literals, character classes
+of a few letters, optional suffixes such as ``kill(?:ing)?``, zero-width assertions) are multiplied
+out into runs, each run a need; an alternation needs one of its branches' needs; a repeat of at
+least one needs its body's. Strings shorter than three characters are not worth a test, and
+patterns with case-insensitive flags need nothing (the rules are written in lower case for the
+lower-cased text). :func:`split_alternatives` cuts a pattern at its top-level ``|`` so that each
+alternative is searched only when its own needs hold.
 """
 
 from __future__ import annotations
@@ -26,12 +26,21 @@ from typing import Any
 
 MAX_STRINGS = 64
 """Largest finite language multiplied out."""
-MAX_SET = 192
-"""Largest set returned (after dropping strings that contain a shorter one of it)."""
 MIN_LENGTH = 3
 """A set whose shortest string is shorter than this filters too little to be worth checking."""
 
 _Lang = frozenset[str]
+
+
+_GROUPS = tuple(op for op in (C.SUBPATTERN, getattr(C, "ATOMIC_GROUP", None)) if op is not None)
+
+
+def _group_body(op: Any, av: Any) -> Any:
+    """The items inside a group, or None for a case-insensitive one."""
+    if op is C.SUBPATTERN:
+        _group, add_flags, _del_flags, body = av
+        return None if add_flags & re.IGNORECASE else body
+    return av  # an atomic group
 
 
 def _product(a: _Lang, b: _Lang) -> _Lang | None:
@@ -56,11 +65,9 @@ def _item_lang(op: Any, av: Any) -> _Lang | None:
             else:  # NEGATE, CATEGORY, a wide range
                 return None
         return frozenset(chars) if 0 < len(chars) <= 8 else None
-    if op is C.SUBPATTERN:
-        _group, add_flags, _del_flags, p = av
-        return None if add_flags & re.IGNORECASE else _seq_lang(p)
-    if op is getattr(C, "ATOMIC_GROUP", None):
-        return _seq_lang(av)
+    if op in _GROUPS:
+        body = _group_body(op, av)
+        return None if body is None else _seq_lang(body)
     if op is C.BRANCH:
         out: set[str] = set()
         for alt in av[1]:
@@ -143,11 +150,9 @@ def _width(n: Need) -> int:
 
 def _item_need(op: Any, av: Any) -> Need | None:
     """What every match of this (non-finite) item requires of the text, or None."""
-    if op is C.SUBPATTERN:
-        _group, add_flags, _del_flags, p = av
-        return None if add_flags & re.IGNORECASE else _seq_need(p)
-    if op is getattr(C, "ATOMIC_GROUP", None):
-        return _seq_need(av)
+    if op in _GROUPS:
+        body = _group_body(op, av)
+        return None if body is None else _seq_need(body)
     if op is C.BRANCH:
         alts = [_seq_need(alt) for alt in av[1]]
         if any(a is None for a in alts):
