@@ -277,15 +277,21 @@ class FastTier:
     def window_probs(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
         """Windows of each text and the per-window matrix [n_windows, n_policies]: calibrated
         probabilities, or the heads' raw logits when the model stacks a lexical block. A text
-        needing more than ``max_windows`` windows keeps the ones :meth:`_select` picks; its
-        segment facts are in ``self._last_segments`` (text index -> dict)."""
+        needing more than ``max_windows`` windows keeps the ones :meth:`_select` picks."""
+        wins, probs, _segments = self._window_scores(texts)
+        return wins, probs
+
+    def _window_scores(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray], dict[int, dict[str, Any]]]:
+        """:meth:`window_probs` and each multi-window text's segment facts (text index -> dict:
+        the kept windows' lexical logits; how they were picked). Returned, never kept on the tier:
+        one tier serves many threads."""
         wins = self.windower.windows(texts)
-        self._last_segments: dict[int, dict[str, Any]] = {}
+        segments: dict[int, dict[str, Any]] = {}
         for i, (t, ws) in enumerate(zip(texts, wins)):
             if len(ws.starts) > self.max_windows:
-                wins[i], self._last_segments[i] = self._select(t, ws)
+                wins[i], segments[i] = self._select(t, ws)
             elif len(ws.starts) > 1 and self.window_lexical and self.lexical is not None:
-                self._last_segments[i] = {"z_lex": self._segments(t, ws)[1]}  # every window kept
+                segments[i] = {"z_lex": self._segments(t, ws)[1]}  # every window kept
         flat = [w for ws in wins for w in ws.ids]
         output = "logits" if self.lexical is not None else "probs"
         probs = run_windows(self.session, flat, batch_size=self.batch_size, output=output) if flat else np.zeros((0, 1))
@@ -293,7 +299,7 @@ class FastTier:
         for ws in wins:
             out.append(probs[k : k + len(ws.ids)])
             k += len(ws.ids)
-        return wins, out
+        return wins, out, segments
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over its windows); a bad text gets ``error`` set, never an exception."""
@@ -312,8 +318,7 @@ class FastTier:
             good, views = [r for r, _ in read], [vs for _, vs in read]
             batch = good + [v for vs in views for v in vs]
             try:
-                wins, probs = self.window_probs(batch)
-                segments = self._last_segments
+                wins, probs, segments = self._window_scores(batch)
             except Exception as exc:  # e.g. onnxruntime failure: recorded per text, never raised
                 log.exception("fast tier %r failed on a batch", self.name)
                 for i in good_idx:
