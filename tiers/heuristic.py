@@ -71,10 +71,15 @@ class _Part:
         return self.regex.search(text) is not None
 
 
+def _part(pattern: str, literal_filter: bool) -> _Part:
+    relaxed = relax_pattern(pattern)
+    return _Part(re.compile(pattern), re.compile(relaxed) if relaxed != pattern else None,
+                 required(pattern) if literal_filter else None)
+
+
 def _parts(pattern: str, literal_filter: bool) -> tuple[_Part, ...]:
-    alts = split_alternatives(pattern) if literal_filter else [pattern]
-    return tuple(_Part(re.compile(a), re.compile(relax_pattern(a)) if relax_pattern(a) != a else None,
-                       required(a) if literal_filter else None) for a in alts)
+    """The pattern's top-level alternatives (the whole pattern without the literal filter)."""
+    return tuple(_part(a, literal_filter) for a in (split_alternatives(pattern) if literal_filter else [pattern]))
 
 
 @dataclass(frozen=True, kw_only=True)
