@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from safecascade.router.combine import EPS
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
 from safecascade.tiers.onnx_encoder import read_card
@@ -122,7 +123,9 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
     allow = min(allow, block)
     fast_pos = np.sort(s_fast[y == 1])  # with a safeguard: the fast tier allows below this, escalates up to its threshold
     fast_allow = min(float(fast_pos[int(np.floor(allow_miss * len(fast_pos)))]) if len(fast_pos) else 0.0, thr)
-    return {"fast_threshold": round(thr, 4), "fast_allow_below": round(fast_allow * 0.999, 4),
+    # six decimals, rounded down: the threshold is a val text's score, and 4 decimals could land
+    # below a benign prompt's score near 1 (scores combined from two tiers crowd there)
+    return {"fast_threshold": float(np.floor(thr * 1e6) / 1e6), "fast_allow_below": round(fast_allow * 0.999, 4),
             "static_block_above": round(block, 4), "static_allow_below": round(allow * 0.999, 4),
             "val_weighted_f1_fast": round(best[1], 4), "w_pos": round(w_pos, 4)}
 
@@ -170,6 +173,29 @@ def miss_text(spec: float | dict[str, float]) -> str:
 PRESETS = Path(__file__).with_name("presets")  # the two presets, with ${...} where the tuned numbers go
 
 
+def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+    """The fast tier's scores as the router decides on them with ``combine`` (router/combine.py):
+    per policy, ``sigmoid(logit(fast) + sum(w * logit(earlier tier)))``; other policies unchanged."""
+    def lg(x: np.ndarray) -> np.ndarray:
+        q = np.clip(x, EPS, 1.0 - EPS)
+        return np.log(q / (1.0 - q))
+    out = dict(sc["fast"])
+    for p, weights in combine.items():
+        z = lg(sc["fast"][p]) + sum(float(w) * lg(sc[t][p]) for t, w in weights.items())
+        out[p] = 1.0 / (1.0 + np.exp(-z))
+    return out
+
+
+def combine_text(combine: dict[str, dict[str, float]]) -> str:
+    """The ``combine`` lines of the fast tier in the presets ("" for none)."""
+    if not combine:
+        return ""
+    body = ", ".join(f"{p}: {{{', '.join(f'{t}: {w}' for t, w in ws.items())}}}" for p, ws in combine.items())
+    return ("    # these policies are decided on the fast tier's logit plus weight x the static tier's\n"
+            "    # (router/combine.py; docs/policies.md, \"Two tiers' evidence\")\n"
+            f"    combine: {{{body}}}\n")
+
+
 def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> None:
     """Rewrite ``d/default.yaml`` and the tiers above the safeguard in ``d/with-safeguard.yaml``
     from the templates in ``experiments/presets`` (the safeguard tier of the existing file is kept)."""
@@ -199,6 +225,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "fast_thresholds": "".join(f"      {p}: {c[p]['fast_threshold']}\n" for p in POLICIES),
         "named_threshold": "{" + ", ".join(f"{p}: {v}" for p, v in args.named_threshold.items()) + "}",
         "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
+        "combine": combine_text(args.combine),
     }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
     safeguard = old[old.index("  - name: safeguard"):]
@@ -228,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--named-threshold", type=json.loads, default={"default": 0.5},
                     help="the fast tier's threshold (JSON: default and/or per policy) for a policy a heuristic rule named "
                          "without deciding; written into the presets ({} for none)")
+    ap.add_argument("--combine", type=json.loads, default={"harmful_request": {"static": 1.0}},
+                    help="policy -> {earlier tier: weight} (JSON): the fast tier decides these policies on its logit plus "
+                         "weight x the earlier tier's (router/combine.py); written into the presets ({} for none)")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
     args = ap.parse_args(argv)
@@ -257,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     else:  # no cache, or one written before a key was added
         sc = score_all(tiers, texts)
         np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
+    sc["fast"] = combine_scores(sc, args.combine)
     nv = len(val)
     chosen, y, idx = {}, {}, {}
     for p in POLICIES:

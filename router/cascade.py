@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
 
 from safecascade.mlflow_store import registered_router_config
 from safecascade.router.budget import acquire_for, release_for
+from safecascade.router.combine import combined
 from safecascade.router.config import RouterConfig, TierConfig, load_config
 from safecascade.router.decision import Decision, Outcome, PolicyVerdict, TierTrace
 from safecascade.router.inputs import CleanInput, clean_input
@@ -389,6 +390,8 @@ class Router:
         return results, (time.perf_counter() - t0) * 1000.0
 
     def _step(self, p: PendingText, res: TierResult, tc: TierConfig, latency_ms: float, *, last: bool) -> None:
+        if tc.combine:  # the earlier tiers' evidence this tier decides with (router/combine.py)
+            res = combined(res, p.path, tc.combine)
         if res.error is not None or not res.scores:
             error = res.error or "tier returned no scores"
             p.path.append(self._trace(tc, res, "error", latency_ms, error=error))

@@ -21,6 +21,9 @@ Schema (``version: 1``)::
         threshold: 0.5              # final tier: block when score >= threshold; or per policy
                                     # {default: 0.5, harmful_request: 0.7}
         on_error: block             # final tier: allow | block | fast-verdict
+        combine:                    # optional, any tier: decide a policy on its own score's logit plus
+          harmful_request:          # weight x an earlier tier's (router/combine.py)
+            static: 1.0
         on_budget_exhausted: block  # final tier, escalation budget spent: block | allow |
                                     # fast-verdict | queue; or per policy {default: block, pii: queue}
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -76,6 +80,7 @@ class TierConfig:
     named_thresholds: Mapping[str, float] = field(default_factory=dict)  # policy ("default") -> threshold for a named text
     on_error: str = "next"
     on_budget_exhausted: Mapping[str, str] | None = None  # last tier only: policy (or "default") -> action
+    combine: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # policy -> {earlier tier: weight} (router/combine.py)
 
     def band_for(self, policy: str) -> Band:
         return self.bands.get(policy) or self.bands.get("default") or Band(allow_below=None, block_above=None)
@@ -125,6 +130,8 @@ class RouterConfig:
                 t.pop("thresholds", None)  # a config without per-policy thresholds hashes as before
             if not t.get("named_thresholds"):
                 t.pop("named_thresholds", None)  # likewise without a named_threshold
+            if not t.get("combine"):
+                t.pop("combine", None)  # and without combine
         return d
 
     @property
@@ -209,6 +216,25 @@ def _per_policy(v: Any, key: str, policies: Mapping[str, Any]) -> dict[str, floa
     return out
 
 
+def _parse_combine(v: Any, key: str, policies: Mapping[str, Any], *, earlier: set[str]) -> dict[str, dict[str, float]]:
+    """``combine``: policy -> {an earlier tier's name: weight >= 0} (see router/combine.py)."""
+    v = v or {}
+    _expect(isinstance(v, Mapping), key, "expected a mapping policy -> {earlier tier: weight}")
+    out: dict[str, dict[str, float]] = {}
+    for pname, weights in v.items():
+        _expect(pname in policies, f"{key}.{pname}", f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
+        _expect(isinstance(weights, Mapping) and len(weights) > 0, f"{key}.{pname}", "expected a mapping earlier tier -> weight")
+        out[str(pname)] = {}
+        for tier, w in weights.items():
+            _expect(tier in earlier, f"{key}.{pname}.{tier}",
+                    f"not an earlier tier (a tier combines the scores of tiers before it: {', '.join(sorted(earlier)) or 'none'})")
+            _expect(isinstance(w, (int, float)) and not isinstance(w, bool), f"{key}.{pname}.{tier}", f"expected a number, got {w!r}")
+            x = float(w)
+            _expect(math.isfinite(x) and x >= 0.0, f"{key}.{pname}.{tier}", f"expected a finite weight >= 0, got {w!r}")
+            out[str(pname)][str(tier)] = x
+    return out
+
+
 def parse_budget_action(v: Any, key: str, policies: Mapping[str, Any]) -> dict[str, str]:
     """``on_budget_exhausted``: an action for every policy, or a mapping policy (or
     ``default``) -> action; returns the mapping, with ``default`` always set."""
@@ -254,12 +280,13 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
     for i, t in enumerate(raw_tiers):
         key = f"tiers[{i}]"
         _expect(isinstance(t, Mapping), key, "expected a mapping")
-        _check_keys(t, {"name", "type", "options", "bands", "threshold", "named_threshold", "on_error", "on_budget_exhausted"}, key)
+        _check_keys(t, {"name", "type", "options", "bands", "threshold", "named_threshold", "combine", "on_error", "on_budget_exhausted"}, key)
         ttype = t.get("type")
         _expect(isinstance(ttype, str), f"{key}.type", "missing tier type")
         _expect(ttype in available_tiers(), f"{key}.type", f"unknown tier type {ttype!r} (known: {', '.join(available_tiers())})")
         tname = t.get("name", ttype)
         _expect(isinstance(tname, str) and tname not in seen, f"{key}.name", f"tier names must be unique strings, got {tname!r}")
+        combine = _parse_combine(t.get("combine", {}), f"{key}.combine", policies, earlier=seen)
         seen.add(tname)
         options = t.get("options", {}) or {}
         _expect(isinstance(options, Mapping), f"{key}.options", "expected a mapping")
@@ -285,7 +312,7 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<dict>
             on_budget = parse_budget_action(t.get("on_budget_exhausted", DEFAULT_BUDGET_ACTION), f"{key}.on_budget_exhausted", policies)
         tiers.append(TierConfig(name=tname, type=ttype, options=dict(options), bands=bands, threshold=float(threshold), thresholds=thresholds,
                                 named_thresholds=named, on_error=on_error,
-                                on_budget_exhausted=on_budget))
+                                on_budget_exhausted=on_budget, combine=combine))
 
     return RouterConfig(
         name=name,

@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from experiments.tune_policy_bands import POLICIES, allow_miss, cascade_eval, choose, miss_text, write_presets
+from experiments.tune_policy_bands import POLICIES, allow_miss, cascade_eval, choose, combine_scores, miss_text, write_presets
 from safecascade.router.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +70,8 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
     args = argparse.Namespace(prevalence=0.03, benign_budget={p: 0.001 for p in POLICIES}, block_precision=0.99,
                               allow_miss={"default": 0.01, "harmful_request": 0.03}, allow_max_windows=3, named_threshold={"default": 0.5, "jailbreak": 0.6},
-                              heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99})
+                              heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
+                              combine={"harmful_request": {"static": 1.0}})
     (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")  # its card's window layout
     write_presets({"chosen": chosen, "val": val}, tmp_path, args)
     assert "up to 3 windows (about 704 tokens)" in (tmp_path / "default.yaml").read_text(encoding="utf-8")  # 256 + 2 x 224
@@ -83,6 +85,7 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
             assert tiers["heuristic"].band_for("prompt_injection").block_above == 0.99
             assert tiers["heuristic"].band_for("harmful_request").block_above == 0.99
         assert tiers["static"].options["allow_max_windows"] == 3
+        assert tiers["fast"].combine == {"harmful_request": {"static": 1.0}}
         if name == "default.yaml":
             assert [tiers["fast"].threshold_for(p) for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
             assert [tiers["fast"].named_threshold_for(p) for p in POLICIES] == [0.6, 0.5, 0.5]
@@ -100,3 +103,27 @@ def test_allow_miss_is_one_number_or_per_policy():
     kw = dict(prevalence=0.03, budget=0.0, block_precision=0.99)
     assert choose(y, fast, static, benign, benign, allow_miss=0.03, **kw)["static_allow_below"] > \
         choose(y, fast, static, benign, benign, allow_miss=0.01, **kw)["static_allow_below"]
+
+
+def test_combined_scores_are_what_the_router_decides_on():
+    """The tuner chooses the fast threshold on the scores the router decides on with ``combine``
+    (router/combine.py), computed the same way for the policies named, and leaves the others."""
+    from safecascade.router.combine import combined
+    from safecascade.router.decision import TierTrace
+    from safecascade.tiers.base import TierResult
+
+    fast = {p: np.array([0.3, 0.9, 0.999]) for p in POLICIES}
+    static = {p: np.array([0.9, 0.2, 0.5]) for p in POLICIES}
+    out = combine_scores({"fast": fast, "static": static}, {"harmful_request": {"static": 1.5}})
+    assert np.array_equal(out["jailbreak"], fast["jailbreak"])
+    for i in range(3):
+        want = combined(TierResult(scores={"harmful_request": float(fast["harmful_request"][i])}),
+                        [TierTrace(tier="static", outcome="escalate", scores={"harmful_request": float(static["harmful_request"][i])})],
+                        {"harmful_request": {"static": 1.5}}).scores["harmful_request"]
+        assert out["harmful_request"][i] == pytest.approx(want)
+    # the threshold is a val text's score, kept to 6 decimals (rounded down): near 1, where combined
+    # scores crowd, 4 decimals put it below a benign prompt the budget had excluded (0.99754 -> 0.9975)
+    y = np.array([1, 0])
+    thr = choose(y, np.array([0.9975512, 0.1]), np.array([0.5, 0.5]), np.array([0.99754]), np.zeros(1),
+                 prevalence=0.03, budget=0.0, block_precision=0.99, allow_miss=0.01)["fast_threshold"]
+    assert thr == 0.997551 and thr > 0.99754 and thr <= 0.9975512

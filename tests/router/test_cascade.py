@@ -317,3 +317,26 @@ def test_the_last_tier_decides_a_named_policy_at_its_named_threshold(make_config
     assert named.policies["a"].flagged and not named.policies["b"].flagged
     assert "A-WEAK-1" not in named.policies["a"].rule_ids and named.path[0].rule_ids["a"] == ("A-WEAK-1",)
     assert other.action == "allow"  # A-WEAK-1 names policy a, not b
+
+
+def test_combine_decides_a_policy_on_its_own_and_an_earlier_tiers_logits(make_config):
+    """With ``combine: {a: {t1: 1.0}}`` the last tier decides policy ``a`` on
+    sigmoid(logit(own) + logit(t1's score)): two tiers that lean the same way block where neither
+    would alone, and one that disagrees pulls the other down. Policy ``b`` is decided on the last
+    tier's own score. The trace and the verdict carry the combined score, ``info["combined"]``
+    the tier's own; a text the earlier tier failed on is decided on the last tier's own score."""
+    t1 = {"agree": {"a": 0.8, "b": 0.5}, "disagree": {"a": 0.2, "b": 0.5}, "b only": {"a": 0.5, "b": 0.5}}
+    t2 = {"agree": {"a": 0.8, "b": 0.1}, "disagree": {"a": 0.95, "b": 0.1}, "b only": {"a": 0.1, "b": 0.8},
+          "t1 down": {"a": 0.8, "b": 0.1}}
+    cfg = [_table("t1", t1, band=(None, None), fail_on=["t1 down"]),
+           _last("t2", t2, threshold=0.9, combine={"a": {"t1": 1.0}})]
+    agree, disagree, b_only, down = Router.load(make_config(cfg, policies=("a", "b"))).classify_batch(["agree", "disagree", "b only", "t1 down"])
+    want = 1.0 / (1.0 + (0.2 / 0.8) ** 2)  # logit 0.8 twice: odds 4 * 4 = 16
+    assert agree.action == "block" and agree.policies["a"].score == pytest.approx(want) and agree.policies["a"].flagged
+    assert agree.path[-1].scores["a"] == pytest.approx(want)
+    assert agree.path[-1].info["combined"]["a"]["own"] == pytest.approx(0.8)
+    assert agree.path[-1].info["combined"]["a"]["earlier"] == {"t1": pytest.approx(0.8)}
+    assert disagree.action == "allow" and disagree.policies["a"].score < 0.9  # 0.95 alone would block
+    assert b_only.action == "allow" and b_only.policies["b"].score == pytest.approx(0.8)  # b is not combined (t1 said 0.5)
+    assert b_only.policies["a"].score == pytest.approx(0.1)  # t1's 0.5 is even odds: a keeps its own score
+    assert down.action == "allow" and down.policies["a"].score == pytest.approx(0.8) and "combined" not in down.path[-1].info

@@ -155,3 +155,27 @@ def test_named_threshold_is_per_policy_never_above_the_threshold_and_last_tier_o
     bad = make_config([{"name": "last", "type": "table", "named_threshold": {"nope": 0.5}}], policies=("a",))
     with pytest.raises(ConfigError, match=r"named_threshold\.nope: unknown policy"):
         load_config(bad)
+
+
+def test_combine_names_earlier_tiers_known_policies_and_finite_weights(make_config):
+    """``combine`` (policy -> {earlier tier: weight}) round-trips through the config's dict form
+    (and a config without it hashes as before); a later or unknown tier, an unknown policy, or a
+    negative, infinite or non-numeric weight is a clear error naming the key."""
+    first = {"name": "first", "type": "table", "bands": {"default": [0.1, 0.9]}}
+    ok = make_config([first, {"name": "last", "type": "table", "combine": {"a": {"first": 1.5}}}], policies=("a", "b"))
+    cfg = load_config(ok)
+    assert cfg.tiers[1].combine == {"a": {"first": 1.5}} and cfg.tiers[0].combine == {}
+    assert cfg.to_dict()["tiers"][1]["combine"] == {"a": {"first": 1.5}}
+    assert "combine" not in cfg.to_dict()["tiers"][0]
+    cases = [({"a": {"last": 1.0}}, r"tiers\[1\]\.combine\.a\.last: not an earlier tier"),
+             ({"a": {"ghost": 1.0}}, r"combine\.a\.ghost: not an earlier tier"),
+             ({"nope": {"first": 1.0}}, r"combine\.nope: unknown policy"),
+             ({"a": {"first": -1.0}}, r"combine\.a\.first: expected a finite weight >= 0"),
+             ({"a": {"first": float("inf")}}, r"combine\.a\.first: expected a finite weight >= 0"),
+             ({"a": {"first": "x"}}, r"combine\.a\.first: expected a number"),
+             ({"a": {}}, r"combine\.a: expected a mapping earlier tier -> weight"),
+             ([1], r"combine: expected a mapping")]
+    for i, (combine, needle) in enumerate(cases):
+        bad = make_config([first, {"name": "last", "type": "table", "combine": combine}], policies=("a", "b"), name=f"bad{i}")
+        with pytest.raises(ConfigError, match=needle):
+            load_config(bad)
