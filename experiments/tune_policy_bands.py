@@ -35,11 +35,11 @@ import subprocess
 import sys
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from safecascade.router.combine import EPS
+from safecascade.router.combine import EPS, fill_for
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
 from safecascade.tiers.onnx_encoder import read_card
@@ -71,7 +71,9 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
     tier also gives ``static_allow``: the score its allow band is tested on (``TierResult.allow_score``:
     the highest of the text's and its parts' scores; inf where the band may not allow the text), and
     ``static_block``: the score its block band is tested on (``TierResult.block_score``: lower for a
-    text mostly outside the Latin script, which it passes on)."""
+    text mostly outside the Latin script, which it passes on), ``static_parts``: its score raised
+    to its parts' highest (``info["part_scores"]``), what ``combine`` reads (router/combine.py), and
+    ``static_skipped``: whether it read the text only in windows (``info["parts_skipped"]``)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, tier in tiers.items():
         res = []
@@ -79,6 +81,9 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
             res += tier.classify(texts[s:s + 256])
         out[name] = {p: np.array([r.scores.get(p, 0.0) for r in res]) for p in POLICIES}
         if name == "static":
+            out["static_parts"] = {p: np.array([max(r.scores.get(p, 0.0), (r.info.get("part_scores") or {}).get(p, 0.0)) for r in res])
+                                   for p in POLICIES}
+            out["static_skipped"] = {p: np.array([bool(r.info.get("parts_skipped")) or p not in r.scores for r in res]) for p in POLICIES}
             out["static_allow"] = {p: np.array([r.allow_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
             out["static_block"] = {p: np.array([r.block_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
@@ -173,24 +178,53 @@ def miss_text(spec: float | dict[str, float]) -> str:
 PRESETS = Path(__file__).with_name("presets")  # the two presets, with ${...} where the tuned numbers go
 
 
-def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str, float]],
+                   fills: dict[str, dict[str, float | None]] | None = None) -> dict[str, np.ndarray]:
     """The fast tier's scores as the router decides on them with ``combine`` (router/combine.py):
-    per policy, ``sigmoid(logit(fast) + sum(w * logit(earlier tier)))``; other policies unchanged."""
+    per policy, ``sigmoid(logit(fast) + sum(w * logit(earlier tier)))``, an earlier tier's score
+    raised to its parts' highest where :func:`score_all` recorded them (``<tier>_parts``), and its
+    ``fill`` (``fills[policy][tier]``; none: left out) where it did not judge the text whole
+    (``<tier>_skipped``); other policies unchanged."""
     def lg(x: np.ndarray) -> np.ndarray:
         q = np.clip(x, EPS, 1.0 - EPS)
         return np.log(q / (1.0 - q))
     out = dict(sc["fast"])
     for p, weights in combine.items():
-        z = lg(sc["fast"][p]) + sum(float(w) * lg(sc[t][p]) for t, w in weights.items())
+        z = lg(sc["fast"][p])
+        for t, w in weights.items():
+            term = float(w) * lg(sc.get(f"{t}_parts", sc[t])[p])
+            skipped = sc[f"{t}_skipped"][p] if f"{t}_skipped" in sc else np.zeros(len(z), dtype=bool)
+            fill = ((fills or {}).get(p) or {}).get(t)
+            z = z + np.where(skipped, 0.0 if fill is None else float(w) * float(lg(np.array(fill))), term)
         out[p] = 1.0 / (1.0 + np.exp(-z))
     return out
 
 
-def combine_text(combine: dict[str, dict[str, float]]) -> str:
+def tune_fills(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str, float]],
+               pick: Callable[[str, np.ndarray], float], rounds: int = 4) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """The combined scores and each combined tier's ``fill``: the score with which a text that tier
+    did not judge whole is decided at the fast tier's own threshold (``pick(policy, scores)``, the
+    tuned threshold on given fast scores), found by a few rounds of fixed-point iteration (the
+    combined threshold depends on the fills of the long texts among the val texts)."""
+    fills: dict[str, dict[str, float]] = {}
+    own = {p: pick(p, sc["fast"][p]) for p in combine}
+    comb = combine_scores(sc, combine, fills)
+    for _ in range(rounds):
+        for p, weights in combine.items():
+            thr = pick(p, comb[p])
+            fills[p] = {t: round(fill_for(own[p], thr, float(w)), 4) for t, w in weights.items() if float(w) > 0}
+        comb = combine_scores(sc, combine, fills)
+    return comb, fills
+
+
+def combine_text(combine: dict[str, dict[str, float]], fills: dict[str, dict[str, float]] | None = None) -> str:
     """The ``combine`` lines of the fast tier in the presets ("" for none)."""
     if not combine:
         return ""
-    body = ", ".join(f"{p}: {{{', '.join(f'{t}: {w}' for t, w in ws.items())}}}" for p, ws in combine.items())
+    def term(p: str, t: str, w: float) -> str:
+        f = ((fills or {}).get(p) or {}).get(t)
+        return f"{t}: {w}" if f is None else f"{t}: {{weight: {w}, fill: {f}}}"
+    body = ", ".join(f"{p}: {{{', '.join(term(p, t, w) for t, w in ws.items())}}}" for p, ws in combine.items())
     return ("    # these policies are decided on the fast tier's logit plus weight x the static tier's\n"
             "    # (router/combine.py; docs/policies.md, \"Two tiers' evidence\")\n"
             f"    combine: {{{body}}}\n")
@@ -225,7 +259,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "fast_thresholds": "".join(f"      {p}: {c[p]['fast_threshold']}\n" for p in POLICIES),
         "named_threshold": "{" + ", ".join(f"{p}: {v}" for p, v in args.named_threshold.items()) + "}",
         "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
-        "combine": combine_text(args.combine),
+        "combine": combine_text(args.combine, report.get("fills")),
     }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
     safeguard = old[old.index("  - name: safeguard"):]
@@ -280,26 +314,33 @@ def main(argv: list[str] | None = None) -> int:
     tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
              "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
-    keys = [*tiers, "static_allow", "static_block"]
+    keys = [*tiers, "static_allow", "static_block", "static_parts", "static_skipped"]
     z = np.load(cache) if cache.is_file() else None
     if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys):
         sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in keys}
     else:  # no cache, or one written before a key was added
         sc = score_all(tiers, texts)
         np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
-    sc["fast"] = combine_scores(sc, args.combine)
     nv = len(val)
     chosen, y, idx = {}, {}, {}
     for p in POLICIES:
         lab = example_labels(val, p, first_policy=POLICIES[0])
         idx[p] = labelled(lab)
         y[p] = np.asarray(lab)[idx[p]]
+
+    def pick(p: str, fast: np.ndarray) -> float:
+        return choose(y[p], fast[idx[p]], sc["static_block"][p][idx[p]], fast[nv:], sc["static_block"][p][nv:],
+                      prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
+                      allow_miss=allow_miss(args.allow_miss, p))["fast_threshold"]
+
+    sc["fast"], fills = tune_fills(sc, args.combine, pick)
+    for p in POLICIES:
         s_allow = sc["static_allow"][p][idx[p]] if "static_allow" in sc else None
         chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static_block"][p][idx[p]], sc["fast"][p][nv:], sc["static_block"][p][nv:], s_allow,
                            prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
                            allow_miss=allow_miss(args.allow_miss, p))
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block, args.named_threshold)
-    report: dict[str, Any] = {"chosen": chosen, "val": {}}
+    report: dict[str, Any] = {"chosen": chosen, "fills": fills, "val": {}}
     for p in POLICIES:
         b = flags[p][:nv][idx[p]]  # the policy's own flag (a block for another policy is not a false positive here)
         tp, fp, fn = int((b & (y[p] == 1)).sum()), int((b & (y[p] == 0)).sum()), int((~b & (y[p] == 1)).sum())

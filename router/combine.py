@@ -8,22 +8,38 @@ harmful that the static tier does not, and the other way round) separate violati
 traffic better together than either does alone at a low false-positive rate (docs/policies.md,
 "Two tiers' evidence for harmful requests").
 
-The earlier tier's score is the one on its trace (``TierTrace.scores``). Where that tier did not
-score the policy (it failed, or was not on this text's path) its term is left out (a logit of 0,
-even odds), so the combined score then rests on the tier's own evidence only. Probabilities are
+The earlier tier's score is the one on its trace (``TierTrace.scores``), raised to the highest of
+its parts' scores where it scored the text's parts (``info["part_scores"]``: the static tier's
+paragraphs, lines and sentences), as the fast tier's own score is: a harmful request wrapped in an
+e-mail or a web page is judged by its most suspect part in both tiers, not diluted in one of them.
+
+An earlier tier that did not judge the text whole (it failed, it was not on the text's path, or it
+read a long text only in windows, ``info["parts_skipped"]``, where a short request is diluted)
+counts as its ``fill`` score when one is configured (``{static: {weight: 1.0, fill: 0.89}}``; the
+tuner sets it so that such a text is decided at the tier's own tuned threshold, as it would be
+without ``combine``), and is left out otherwise (a logit of 0, even odds). Probabilities are
 clipped to ``[1e-6, 1 - 1e-6]`` before the logit.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from safecascade.router.decision import TierTrace
 from safecascade.tiers.base import TierResult
 
 EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Term:
+    """One earlier tier's term in a combined score: ``weight`` times its logit, and the score it
+    counts as where it did not judge the text whole (``fill``; None: left out)."""
+
+    weight: float
+    fill: float | None = None
 
 
 def logit(p: float) -> float:
@@ -40,21 +56,45 @@ def sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-def earlier_logits(path: Sequence[TierTrace], weights: Mapping[str, float], policy: str) -> tuple[float, dict[str, float]]:
-    """``sum(w * logit(score))`` over the earlier tiers named in ``weights`` that scored ``policy``
-    on ``path``, and the scores used (tier -> score)."""
+def fill_for(own_threshold: float, combined_threshold: float, weight: float) -> float:
+    """The ``fill`` score with which a text the earlier tier did not judge whole is blocked exactly
+    when the tier's own score reaches ``own_threshold``, given the combined ``combined_threshold``."""
+    return sigmoid((logit(combined_threshold) - logit(own_threshold)) / weight)
+
+
+def _evidence(trace: TierTrace, policy: str) -> float | None:
+    """The earlier tier's score for ``policy``, raised to its parts' highest; None when it did not
+    judge the text whole."""
+    s = trace.scores.get(policy)
+    if s is None or not math.isfinite(float(s)) or trace.info.get("parts_skipped"):
+        return None
+    part = (trace.info.get("part_scores") or {}).get(policy)
+    if part is not None and math.isfinite(float(part)):
+        return max(float(s), float(part))  # a text's most suspect part counts, as in the fast tier's own score
+    return float(s)
+
+
+def earlier_logits(path: Sequence[TierTrace], terms: Mapping[str, Term], policy: str) -> tuple[float, dict[str, float]]:
+    """``sum(weight * logit(score))`` over the earlier tiers in ``terms`` for ``policy`` (the score
+    raised to its parts' highest, or the term's ``fill`` where the tier did not judge the text
+    whole; see the module doc), and the scores used (tier -> score)."""
+    seen = {t.tier: t for t in path}
     total, used = 0.0, {}
-    for trace in path:
-        w = weights.get(trace.tier)
-        s = trace.scores.get(policy) if w else None
-        if s is None or not math.isfinite(float(s)):
+    for tier, term in terms.items():
+        if not term.weight:
             continue
-        total += float(w) * logit(float(s))  # type: ignore[arg-type]
-        used[trace.tier] = float(s)
+        trace = seen.get(tier)
+        s = _evidence(trace, policy) if trace is not None else None
+        if s is None:
+            s = term.fill
+        if s is None:
+            continue
+        total += term.weight * logit(s)
+        used[tier] = s
     return total, used
 
 
-def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, Mapping[str, float]]) -> TierResult:
+def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, Mapping[str, Term]]) -> TierResult:
     """``res`` with each policy in ``combine`` rescored with the earlier tiers' evidence on ``path``
     (see the module doc). The block and allow scores, where the tier set its own, move by the same
     amount on the logit scale (an infinite allow score stays infinite). ``info["combined"]`` holds,
@@ -65,11 +105,11 @@ def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, M
     block = dict(res.block_scores or {})
     allow = dict(res.allow_scores or {})
     facts: dict[str, dict[str, object]] = {}
-    for pol, weights in combine.items():
+    for pol, terms in combine.items():
         own = scores.get(pol)
         if own is None:
             continue
-        extra, used = earlier_logits(path, weights, pol)
+        extra, used = earlier_logits(path, terms, pol)
         if not used:
             continue
         scores[pol] = sigmoid(logit(own) + extra)
@@ -80,5 +120,4 @@ def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, M
         facts[pol] = {"own": round(float(own), 6), "earlier": {k: round(v, 6) for k, v in used.items()}, "score": round(scores[pol], 6)}
     if not facts:
         return res
-    return replace(res, scores=scores, block_scores=block, allow_scores=allow,
-                   info={**res.info, "combined": facts})
+    return replace(res, scores=scores, block_scores=block, allow_scores=allow, info={**res.info, "combined": facts})

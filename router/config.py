@@ -22,8 +22,8 @@ Schema (``version: 1``)::
                                     # {default: 0.5, harmful_request: 0.7}
         on_error: block             # final tier: allow | block | fast-verdict
         combine:                    # optional, any tier: decide a policy on its own score's logit plus
-          harmful_request:          # weight x an earlier tier's (router/combine.py)
-            static: 1.0
+          harmful_request:          # weight x an earlier tier's (router/combine.py); fill: the score
+            static: {weight: 1.0, fill: 0.89}   # it counts as where it did not judge the text whole
         on_budget_exhausted: block  # final tier, escalation budget spent: block | allow |
                                     # fast-verdict | queue; or per policy {default: block, pii: queue}
 """
@@ -41,6 +41,7 @@ from typing import Any, Literal, Mapping, overload
 
 import yaml
 
+from safecascade.router.combine import Term
 from safecascade.router.policy import Policy, builtin_policy_path
 from safecascade.tiers.base import available_tiers
 
@@ -80,7 +81,7 @@ class TierConfig:
     named_thresholds: Mapping[str, float] = field(default_factory=dict)  # policy ("default") -> threshold for a named text
     on_error: str = "next"
     on_budget_exhausted: Mapping[str, str] | None = None  # last tier only: policy (or "default") -> action
-    combine: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # policy -> {earlier tier: weight} (router/combine.py)
+    combine: Mapping[str, Mapping[str, Term]] = field(default_factory=dict)  # policy -> {earlier tier: Term} (router/combine.py)
 
     def band_for(self, policy: str) -> Band:
         return self.bands.get(policy) or self.bands.get("default") or Band(allow_below=None, block_above=None)
@@ -216,11 +217,12 @@ def _per_policy(v: Any, key: str, policies: Mapping[str, Any]) -> dict[str, floa
     return out
 
 
-def _parse_combine(v: Any, key: str, policies: Mapping[str, Any], *, earlier: set[str]) -> dict[str, dict[str, float]]:
-    """``combine``: policy -> {an earlier tier's name: weight >= 0} (see router/combine.py)."""
+def _parse_combine(v: Any, key: str, policies: Mapping[str, Any], *, earlier: set[str]) -> dict[str, dict[str, Term]]:
+    """``combine``: policy -> {an earlier tier's name: weight >= 0, or {weight: w, fill: score}}
+    (see router/combine.py)."""
     v = v or {}
     _expect(isinstance(v, Mapping), key, "expected a mapping policy -> {earlier tier: weight}")
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Term]] = {}
     for pname, weights in v.items():
         _expect(pname in policies, f"{key}.{pname}", f"unknown policy {pname!r} (config policies: {', '.join(policies)})")
         _expect(isinstance(weights, Mapping) and len(weights) > 0, f"{key}.{pname}", "expected a mapping earlier tier -> weight")
@@ -228,10 +230,18 @@ def _parse_combine(v: Any, key: str, policies: Mapping[str, Any], *, earlier: se
         for tier, w in weights.items():
             _expect(tier in earlier, f"{key}.{pname}.{tier}",
                     f"not an earlier tier (a tier combines the scores of tiers before it: {', '.join(sorted(earlier)) or 'none'})")
-            _expect(isinstance(w, (int, float)) and not isinstance(w, bool), f"{key}.{pname}.{tier}", f"expected a number, got {w!r}")
+            where = f"{key}.{pname}.{tier}"
+            fill = None
+            if isinstance(w, Mapping):
+                _check_keys(w, {"weight", "fill"}, where)
+                _expect("weight" in w, where, "expected {weight: w, fill: score}")
+                if w.get("fill") is not None:
+                    fill = _number(w["fill"], f"{where}.fill")
+                w = w["weight"]
+            _expect(isinstance(w, (int, float)) and not isinstance(w, bool), where, f"expected a number, got {w!r}")
             x = float(w)
-            _expect(math.isfinite(x) and x >= 0.0, f"{key}.{pname}.{tier}", f"expected a finite weight >= 0, got {w!r}")
-            out[str(pname)][str(tier)] = x
+            _expect(math.isfinite(x) and x >= 0.0, where, f"expected a finite weight >= 0, got {w!r}")
+            out[str(pname)][str(tier)] = Term(weight=x, fill=fill)
     return out
 
 

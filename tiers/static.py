@@ -302,6 +302,8 @@ class StaticTier:
                         k_part += len(parts[j])
                     if self.allow_max_windows and n > self.allow_max_windows:
                         info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
+                        # read only in windows, where a short request is diluted (router/combine.py)
+                        info["parts_skipped"] = True
                         allow_scores = {p: math.inf for p in self.policies}
                     results[i] = TierResult(scores=scores, info=info, latency_ms=per, allow_scores=allow_scores, block_scores=block_scores,
                                             warnings=("truncated_windows",) if ws.truncated else (),

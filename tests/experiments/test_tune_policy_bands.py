@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.tune_policy_bands import POLICIES, allow_miss, cascade_eval, choose, combine_scores, miss_text, write_presets
+from safecascade.router.combine import Term
 from safecascade.router.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,8 +73,9 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
                               allow_miss={"default": 0.01, "harmful_request": 0.03}, allow_max_windows=3, named_threshold={"default": 0.5, "jailbreak": 0.6},
                               heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                               combine={"harmful_request": {"static": 1.0}})
+    report_fills = {"harmful_request": {"static": 0.89}}
     (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")  # its card's window layout
-    write_presets({"chosen": chosen, "val": val}, tmp_path, args)
+    write_presets({"chosen": chosen, "val": val, "fills": report_fills}, tmp_path, args)
     assert "up to 3 windows (about 704 tokens)" in (tmp_path / "default.yaml").read_text(encoding="utf-8")  # 256 + 2 x 224
     assert "1% (jailbreak), 1% (prompt_injection), 3% (harmful_request) of the violations" in (tmp_path / "default.yaml").read_text(encoding="utf-8")
     (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
@@ -85,7 +87,7 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
             assert tiers["heuristic"].band_for("prompt_injection").block_above == 0.99
             assert tiers["heuristic"].band_for("harmful_request").block_above == 0.99
         assert tiers["static"].options["allow_max_windows"] == 3
-        assert tiers["fast"].combine == {"harmful_request": {"static": 1.0}}
+        assert tiers["fast"].combine == {"harmful_request": {"static": Term(weight=1.0, fill=0.89)}}
         if name == "default.yaml":
             assert [tiers["fast"].threshold_for(p) for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
             assert [tiers["fast"].named_threshold_for(p) for p in POLICIES] == [0.6, 0.5, 0.5]
@@ -114,12 +116,16 @@ def test_combined_scores_are_what_the_router_decides_on():
 
     fast = {p: np.array([0.3, 0.9, 0.999]) for p in POLICIES}
     static = {p: np.array([0.9, 0.2, 0.5]) for p in POLICIES}
-    out = combine_scores({"fast": fast, "static": static}, {"harmful_request": {"static": 1.5}})
+    parts = {p: np.array([0.1, 0.7, 0.5]) for p in POLICIES}  # the second text's most suspect part: 0.7
+    skipped = {p: np.array([False, False, True]) for p in POLICIES}  # the third: a long text, read in windows only
+    sc = {"fast": fast, "static": static, "static_parts": {p: np.maximum(static[p], parts[p]) for p in POLICIES}, "static_skipped": skipped}
+    out = combine_scores(sc, {"harmful_request": {"static": 1.5}}, {"harmful_request": {"static": 0.8}})
     assert np.array_equal(out["jailbreak"], fast["jailbreak"])
     for i in range(3):
-        want = combined(TierResult(scores={"harmful_request": float(fast["harmful_request"][i])}),
-                        [TierTrace(tier="static", outcome="escalate", scores={"harmful_request": float(static["harmful_request"][i])})],
-                        {"harmful_request": {"static": 1.5}}).scores["harmful_request"]
+        trace = TierTrace(tier="static", outcome="escalate", scores={"harmful_request": float(static["harmful_request"][i])},
+                          info={"part_scores": {"harmful_request": float(parts["harmful_request"][i])}, "parts_skipped": bool(skipped["harmful_request"][i])})
+        want = combined(TierResult(scores={"harmful_request": float(fast["harmful_request"][i])}), [trace],
+                        {"harmful_request": {"static": Term(1.5, fill=0.8)}}).scores["harmful_request"]
         assert out["harmful_request"][i] == pytest.approx(want)
     # the threshold is a val text's score, kept to 6 decimals (rounded down): near 1, where combined
     # scores crowd, 4 decimals put it below a benign prompt the budget had excluded (0.99754 -> 0.9975)
@@ -127,3 +133,23 @@ def test_combined_scores_are_what_the_router_decides_on():
     thr = choose(y, np.array([0.9975512, 0.1]), np.array([0.5, 0.5]), np.array([0.99754]), np.zeros(1),
                  prevalence=0.03, budget=0.0, block_precision=0.99, allow_miss=0.01)["fast_threshold"]
     assert thr == 0.997551 and thr > 0.99754 and thr <= 0.9975512
+
+
+def test_fills_decide_a_text_not_judged_whole_at_the_fast_tiers_own_threshold():
+    """tune_fills: the fill makes a text the static tier read only in windows meet the combined
+    threshold exactly when its fast score meets the threshold the fast tier alone would get."""
+    from experiments.tune_policy_bands import tune_fills
+    from safecascade.router.combine import logit, sigmoid
+
+    rng = np.random.default_rng(0)
+    n = 400
+    fast = {p: rng.uniform(0, 1, n) for p in POLICIES}
+    static = {p: rng.uniform(0, 1, n) for p in POLICIES}
+    sc = {"fast": fast, "static": static, "static_skipped": {p: np.arange(n) % 4 == 0 for p in POLICIES}}
+    def pick(p, s):  # a stand-in for the tuned threshold: the 90th percentile of the scores
+        return float(np.quantile(s, 0.9))
+    comb, fills = tune_fills(sc, {"harmful_request": {"static": 1.0}}, pick)
+    f = fills["harmful_request"]["static"]
+    own, thr = pick("harmful_request", fast["harmful_request"]), pick("harmful_request", comb["harmful_request"])
+    assert sigmoid(logit(own) + logit(f)) == pytest.approx(thr, abs=2e-3)
+    assert np.array_equal(comb["jailbreak"], fast["jailbreak"])

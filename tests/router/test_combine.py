@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from safecascade.router.combine import combined, logit, sigmoid
+from safecascade.router.combine import Term, combined, fill_for, logit, sigmoid
 from safecascade.router.decision import TierTrace
 from safecascade.tiers.base import TierResult
 
@@ -25,7 +25,7 @@ def test_logit_and_sigmoid_invert_and_clip():
 def test_weights_add_on_the_logit_scale_and_move_block_and_allow_scores_alike():
     res = TierResult(scores={"a": 0.6, "b": 0.7}, block_scores={"a": 0.3}, allow_scores={"a": 0.9, "b": math.inf})
     path = [_trace("h", {"a": 0.99}), _trace("s", {"a": 0.75, "b": 0.99})]
-    out = combined(res, path, {"a": {"s": 2.0}})
+    out = combined(res, path, {"a": {"s": Term(2.0)}})
     z = logit(0.6) + 2.0 * logit(0.75)
     assert out.scores["a"] == pytest.approx(sigmoid(z)) and out.scores["b"] == 0.7  # b not combined; h not named
     assert out.block_scores["a"] == pytest.approx(sigmoid(logit(0.3) + 2.0 * logit(0.75)))
@@ -36,8 +36,37 @@ def test_weights_add_on_the_logit_scale_and_move_block_and_allow_scores_alike():
 
 def test_nothing_changes_without_the_earlier_score_or_on_an_error():
     res = TierResult(scores={"a": 0.6})
-    assert combined(res, [_trace("s", {})], {"a": {"s": 1.0}}) is res  # the earlier tier failed
-    assert combined(res, [], {"a": {"s": 1.0}}) is res  # not on this text's path
-    assert combined(res, [_trace("s", {"a": 0.9})], {"a": {"s": 0.0}}) is res  # weight 0
+    assert combined(res, [_trace("s", {})], {"a": {"s": Term(1.0)}}) is res  # the earlier tier failed
+    assert combined(res, [], {"a": {"s": Term(1.0)}}) is res  # not on this text's path
+    assert combined(res, [_trace("s", {"a": 0.9})], {"a": {"s": Term(0.0)}}) is res  # weight 0
     err = TierResult(scores={}, error="down")
-    assert combined(err, [_trace("s", {"a": 0.9})], {"a": {"s": 1.0}}) is err
+    assert combined(err, [_trace("s", {"a": 0.9})], {"a": {"s": Term(1.0)}}) is err
+
+
+def test_an_earlier_tiers_most_suspect_part_counts():
+    """An earlier tier that scored the text's parts (``info["part_scores"]``, the static tier)
+    counts with the highest of the text's and its parts' scores, as the fast tier's own score does:
+    a request wrapped in an e-mail is not diluted in one tier only."""
+    res = TierResult(scores={"a": 0.9})
+    wrapped = TierTrace(tier="s", outcome="escalate", scores={"a": 0.1}, info={"part_scores": {"a": 0.8}})
+    out = combined(res, [wrapped], {"a": {"s": Term(1.0)}})
+    assert out.scores["a"] == pytest.approx(sigmoid(logit(0.9) + logit(0.8)))
+    assert out.info["combined"]["a"]["earlier"] == {"s": 0.8}
+    calm = TierTrace(tier="s", outcome="escalate", scores={"a": 0.6}, info={"part_scores": {"a": 0.2}})
+    assert combined(res, [calm], {"a": {"s": Term(1.0)}}).scores["a"] == pytest.approx(sigmoid(logit(0.9) + logit(0.6)))
+
+
+def test_a_text_the_earlier_tier_did_not_judge_whole_counts_as_its_fill():
+    """Failed, absent, or read only in windows (``parts_skipped``): the earlier tier counts as its
+    ``fill`` score, chosen so that the tier's own threshold decides such a text."""
+    own_thr, comb_thr = 0.98, 0.9975
+    fill = fill_for(own_thr, comb_thr, 1.0)
+    assert sigmoid(logit(own_thr) + logit(fill)) == pytest.approx(comb_thr)
+    term = {"a": {"s": Term(1.0, fill=fill)}}
+    long_text = TierTrace(tier="s", outcome="escalate", scores={"a": 0.05}, info={"parts_skipped": True, "part_scores": {"a": 0.01}})
+    for path in ([long_text], [_trace("s", {})], []):
+        at = combined(TierResult(scores={"a": own_thr}), path, term).scores["a"]
+        below = combined(TierResult(scores={"a": 0.97}), path, term).scores["a"]
+        assert at == pytest.approx(comb_thr) and below < comb_thr
+    whole = combined(TierResult(scores={"a": own_thr}), [_trace("s", {"a": 0.05})], term)
+    assert whole.scores["a"] < comb_thr and whole.info["combined"]["a"]["earlier"] == {"s": 0.05}  # judged whole at 0.05: pulled down
