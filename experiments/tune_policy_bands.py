@@ -20,7 +20,11 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
   least ``--block-precision`` (0.99) and it flags no more benign real prompts than the budget;
 * the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
   positives that the fast tier blocks at its threshold fall (the recall the cheap path gives up
-  against the fast tier deciding alone).
+  against the fast tier deciding alone);
+* with ``--combine`` (default: ``harmful_request`` on the fast and the static tier's logits added,
+  router/combine.py) the fast tier's scores above are the combined ones the router decides on, and
+  each term's ``fill`` is chosen so that a text the static tier read only in windows is decided at
+  the threshold the fast tier alone would get.
 
 Prints the chosen numbers and the val figures of the resulting cascade; paste them into
 ``models/default.yaml``.
