@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, int | None]] = [
     ("safecascade.router.inputs", 0),
     ("safecascade.router.decision", 0),
     ("safecascade.router.config", 0),
+    ("safecascade.router.combine", 0),  # the combined-score arithmetic a tier config names
     ("safecascade.tiers.base", 0),
     # L1 tiers: every other module under tiers/ (and its subpackages)
     ("safecascade.tiers", 1),
