@@ -43,9 +43,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from safecascade.router.combine import EPS, fill_for
+from safecascade.router.combine import Term, combined, fill_for
+from safecascade.router.decision import TierTrace
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
+from safecascade.tiers.base import TierResult
 from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
 from safecascade.training.policy_data import POLICIES, real_user_benign, training_split
@@ -184,23 +186,21 @@ PRESETS = Path(__file__).with_name("presets")  # the two presets, with ${...} wh
 
 def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str, float]],
                    fills: dict[str, dict[str, float | None]] | None = None) -> dict[str, np.ndarray]:
-    """The fast tier's scores as the router decides on them with ``combine`` (router/combine.py):
-    per policy, ``sigmoid(logit(fast) + sum(w * logit(earlier tier)))``, an earlier tier's score
-    raised to its parts' highest where :func:`score_all` recorded them (``<tier>_parts``), and its
-    ``fill`` (``fills[policy][tier]``; none: left out) where it did not judge the text whole
-    (``<tier>_skipped``); other policies unchanged."""
-    def lg(x: np.ndarray) -> np.ndarray:
-        q = np.clip(x, EPS, 1.0 - EPS)
-        return np.log(q / (1.0 - q))
+    """The fast tier's scores as the router decides on them with ``combine``: each text's scores go
+    through the router's own :func:`~safecascade.router.combine.combined`, with each earlier tier's
+    trace rebuilt from :func:`score_all`'s arrays (its score raised to its parts' highest,
+    ``<tier>_parts``; whether it read the text only in windows, ``<tier>_skipped``) and its
+    ``fill`` (``fills[policy][tier]``; none: left out); other policies unchanged."""
     out = dict(sc["fast"])
     for p, weights in combine.items():
-        z = lg(sc["fast"][p])
-        for t, w in weights.items():
-            term = float(w) * lg(sc.get(f"{t}_parts", sc[t])[p])
-            skipped = sc[f"{t}_skipped"][p] if f"{t}_skipped" in sc else np.zeros(len(z), dtype=bool)
-            fill = ((fills or {}).get(p) or {}).get(t)
-            z = z + np.where(skipped, 0.0 if fill is None else float(w) * float(lg(np.array(fill))), term)
-        out[p] = 1.0 / (1.0 + np.exp(-z))
+        terms = {p: {t: Term(float(w), ((fills or {}).get(p) or {}).get(t)) for t, w in weights.items()}}
+        col = []
+        for i, own in enumerate(sc["fast"][p]):
+            path = [TierTrace(tier=t, outcome="escalate",
+                              scores={} if f"{t}_skipped" in sc and sc[f"{t}_skipped"][p][i] else {p: float(sc.get(f"{t}_parts", sc[t])[p][i])})
+                    for t in weights]
+            col.append(combined(TierResult(scores={p: float(own)}), path, terms).scores[p])
+        out[p] = np.array(col)
     return out
 
 
