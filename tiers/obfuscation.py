@@ -346,6 +346,8 @@ def scoring_views(text: str) -> list[str]:
     tier that scores ``max(score(text), score(view) for view in views)`` pays only on obfuscated
     input. Views are capped at 20,000 characters each. Letters spaced apart are cut back into
     words (:func:`segment_words`), since one space between letters and one between words look alike.
+    A folded or leetspeak reading of a long text (over :data:`CHANGED_LINES_MIN_CHARS`) is cut to
+    the lines it reads differently (:func:`changed_lines`).
     """
     views: list[str] = []
     f = fold(text)
@@ -360,10 +362,40 @@ def scoring_views(text: str) -> list[str]:
     unsplit = unsplit_lines(folded)
     if unsplit is not None:
         views.append(unsplit)
+    n_reread = len(views)  # re-readings of the text itself (a decoded payload is another text)
     views.extend(v.text for v in decode_views(text, folded))
     out: list[str] = []
-    for v in views:
+    for k, v in enumerate(views):
+        if k < n_reread and len(v) > CHANGED_LINES_MIN_CHARS:
+            v = changed_lines(text, v) or v
         v = v[:_MAX_VIEW_CHARS]
         if v.strip() and v != text and v not in out:
             out.append(v)
     return out
+
+
+#: a re-reading (folded, leetspeak, ...) longer than this is cut to the lines it changed
+CHANGED_LINES_MIN_CHARS = 2_000
+
+
+def changed_lines(text: str, view: str, *, context: int = 1, max_share: float = 0.5) -> str | None:
+    """The lines of ``view`` (a line-for-line re-reading of ``text``: folded, leetspeak) that read
+    differently from ``text`` in lower case, each with ``context`` lines either side, joined; None
+    when the line counts differ, nothing changed, or the kept lines hold more than ``max_share`` of
+    the view's characters (then the whole view is worth scoring).
+
+    A long document with one look-alike character or a few digits-for-letters in one paragraph
+    otherwise costs a model tier a second reading of the whole document (up to 20,000 characters),
+    although every other line reads exactly as the text does and is scored there already.
+    """
+    t_lines, v_lines = text.lower().splitlines(), view.splitlines()
+    if len(t_lines) != len(v_lines):
+        return None
+    keep: set[int] = set()
+    for i, (a, b) in enumerate(zip(t_lines, v_lines)):
+        if a != b:
+            keep.update(range(max(0, i - context), min(len(v_lines), i + context + 1)))
+    if not keep:
+        return None
+    kept = "\n".join(v_lines[i] for i in sorted(keep))
+    return kept if len(kept) <= max_share * len(view) else None

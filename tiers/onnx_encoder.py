@@ -191,8 +191,21 @@ def run_windows(session: Any, windows: Sequence[np.ndarray], *, batch_size: int 
     """Run ``session`` over token windows (length-sorted, padded per batch, batches cut by
     :func:`length_batches`); returns rows in input order.
 
-    ``output`` names the graph output to return (default: the first).
+    ``output`` names the graph output to return (default: the first). A window that occurs more
+    than once (a re-reading of a text that changed only its spacing or case, a repeated paragraph,
+    the same text twice in a batch) is run once and its row copied.
     """
+    first: dict[bytes, int] = {}
+    unique: list[np.ndarray] = []
+    where: list[int] = []
+    for w in windows:
+        j = first.setdefault(np.asarray(w, dtype=np.int64).tobytes(), len(unique))
+        if j == len(unique):
+            unique.append(w)
+        where.append(j)
+    if len(unique) < len(windows):
+        rows = run_windows(session, unique, batch_size=batch_size, output=output, progress=progress, desc=desc)
+        return rows[np.asarray(where, dtype=np.int64)]
     n = len(windows)
     names = [o.name for o in session.get_outputs()]
     out_name = output or names[0]
