@@ -119,6 +119,7 @@ class Router:
         self.policies = dict(policies)
         self.config_hash = config.sha
         self.policy_hashes = {name: p.sha for name, p in self.policies.items()}
+        self._violating_ids = {name: frozenset(p.violating_rule_ids()) for name, p in self.policies.items()}
         self.cache = cache
         self.sinks = list(sinks)
         self.budget = budget
@@ -427,6 +428,18 @@ class Router:
         self._finish(p, action, tier=tc.name, reason=reason, scores=res.scores, rule_ids=res.rule_ids,
                      threshold=threshold if last else None, tc=tc, flags=flags)
 
+    def _sub_categories(self, p: PendingText, pol: str) -> tuple[str, ...]:
+        """``pol``'s violating rule ids that the tiers on ``p``'s path found: a heuristic tier's
+        ``info["cites"]`` (its matched rules' sub-categories) and rule ids a tier cited that the
+        policy defines (the safeguard's)."""
+        known = self._violating_ids.get(pol, frozenset())
+        out: list[str] = []
+        for t in p.path:
+            cites = t.info.get("cites") if isinstance(t.info, Mapping) else None
+            found = [*t.rule_ids.get(pol, ()), *((cites or {}).get(pol) or ())]
+            out.extend(r for r in found if r in known and r not in out)
+        return tuple(out)
+
     def _named_rules(self, p: PendingText) -> dict[str, tuple[str, ...]]:
         """Policy -> the heuristic tiers' named rules that matched ``p`` on its way here without
         deciding (a rule measured too weakly to decide alone, an obfuscation detector). Such a text
@@ -470,7 +483,7 @@ class Router:
             else:
                 flagged = action == "block"
             verdicts[pol] = PolicyVerdict(score=None if s is None else float(s), flagged=flagged,
-                                          rule_ids=tuple(rule_ids.get(pol, ())))
+                                          rule_ids=tuple(rule_ids.get(pol, ())), sub_categories=self._sub_categories(p, pol))
         warnings = list(p.clean.warnings)
         for trace in p.path:
             warnings.extend(trace.warnings)

@@ -11,11 +11,16 @@ Outcome = Literal["allow", "block", "escalate", "error", "skipped"]
 
 @dataclass(frozen=True, kw_only=True)
 class PolicyVerdict:
-    """One policy's verdict inside a Decision: the deciding tier's score and cited rule ids."""
+    """One policy's verdict inside a Decision: the deciding tier's score and cited rule ids, and
+    the sub-categories the tiers found."""
 
     score: float | None
     flagged: bool
     rule_ids: tuple[str, ...] = ()
+    sub_categories: tuple[str, ...] = ()
+    """The policy's own rule ids (``HR1.b`` weapons, ``PI3.a`` exfiltration, ...) that a tier found in
+    the text on its way: detected by a heuristic rule (its ``cites``) or cited by the safeguard.
+    Empty where only the learned tiers judged the policy (they score the policy as a whole)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,10 +6,11 @@ return it, and the error a request gets. No web framework here; the app is
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from safecascade.router.budget import client_key
 from safecascade.router.decision import Decision
+from safecascade.router.policy import Policy
 
 REDACTED_INFO_KEYS = frozenset({"rationale", "lp0", "lp1"})  # model text and log-probs: log only
 CLIENT_ID_HEADER = "x-client-id"
@@ -87,18 +88,31 @@ def public_decision(decision: Decision, *, expose_rationale: bool = False) -> di
     return d
 
 
-def moderation_result(decision: Decision) -> dict[str, Any]:
-    """One OpenAI-shaped moderation result for a Decision."""
+def moderation_result(decision: Decision, policies: Mapping[str, Policy] | None = None) -> dict[str, Any]:
+    """One OpenAI-shaped moderation result for a Decision: a category per policy, and for a
+    flagged policy one per sub-category a tier found (``"harmful_request/HR1.b"``, with the
+    policy's score; :attr:`PolicyVerdict.sub_categories`). ``policies`` (the router's) give each
+    sub-category's wording in ``safecascade.sub_categories``."""
     categories = {name: bool(v.flagged) for name, v in decision.policies.items()}
     scores = {name: (0.0 if v.score is None else float(v.score)) for name, v in decision.policies.items()}
+    subs: dict[str, dict[str, str]] = {}
+    for name, v in decision.policies.items():
+        if not v.flagged or not v.sub_categories:
+            continue
+        pol = (policies or {}).get(name)
+        subs[name] = {rid: pol.rule_text(rid) if pol is not None else "" for rid in v.sub_categories}
+        for rid in v.sub_categories:
+            categories[f"{name}/{rid}"] = True
+            scores[f"{name}/{rid}"] = scores[name]
     return {
         "flagged": decision.flagged,
         "categories": categories,
         "category_scores": scores,
-        "category_applied_input_types": {name: ["text"] for name in decision.policies},
+        "category_applied_input_types": {name: ["text"] for name in categories},
         "safecascade": {
             "action": decision.action, "tier": decision.tier, "reason": decision.reason, "score": decision.score,
             "rule_ids": list(decision.rule_ids), "text_hash": decision.text_hash, "latency_ms": decision.latency_ms,
             "cache_hit": decision.cache_hit, "warnings": list(decision.warnings), "config_hash": decision.config_hash,
+            "sub_categories": subs,
         },
     }

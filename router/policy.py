@@ -50,6 +50,12 @@ class Policy:
         """Rule ids whose number part is not 0 (``JB0.a`` marks SAFE criteria by convention)."""
         return tuple(r for r in self.rule_ids if not re.match(r"^[A-Z]+0\.", r))
 
+    def rule_text(self, rule_id: str) -> str:
+        """What the policy says under ``rule_id`` (its list item, without the id: "Weapons: making or
+        acquiring weapons, ..."); "" for an id it does not define."""
+        m = re.search(rf"^\s*[-*]\s+[*_`]*{re.escape(rule_id)}(?![A-Za-z0-9.])[*_`]*[\s:]+(.+)$", self.text, re.MULTILINE)
+        return m.group(1).strip() if m else ""
+
     def check_citations(self, cited: list[str] | tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Split cited ids into (known, hallucinated)."""
         known = set(self.rule_ids)

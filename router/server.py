@@ -10,8 +10,9 @@ Endpoints::
 Request body (both POST endpoints): ``{"input": "text" | ["text", ...], "model": "..."}``;
 list items may also be OpenAI multimodal text parts ``{"type": "text", "text": "..."}``
 (image parts are refused). Moderation results carry ``flagged``, ``categories`` and
-``category_scores`` keyed by the router's policies, plus the Decision summary under
-``"safecascade"``. A policy the deciding tier gave no score (an input rule or a fallback decided)
+``category_scores`` keyed by the router's policies (and, for a flagged policy, by the
+sub-categories a tier found: ``"harmful_request/HR1.b"``, named under
+``safecascade.sub_categories``), plus the Decision summary under ``"safecascade"``. A policy the deciding tier gave no score (an input rule or a fallback decided)
 reports score 0.0 and category false; ``flagged`` is always the Decision's action.
 
 Errors use the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``:
@@ -250,7 +251,7 @@ def create_app(router: Router, *, token: str | None = None, max_body_bytes: int 
     async def moderations(request: Request) -> Response:
         def respond(decisions: list[Decision]) -> Response:
             return _json_response({"id": f"modr-{uuid.uuid4().hex}", "model": model_name,
-                                   "results": [moderation_result(d) for d in decisions]})
+                                   "results": [moderation_result(d, router.policies) for d in decisions]})
 
         return await handle(request, "/v1/moderations", respond)
 

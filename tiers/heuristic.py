@@ -308,6 +308,13 @@ class HeuristicTier:
         }
         if res.folds:
             info["folds"] = list(res.folds)
+        cites: dict[str, list[str]] = {}
+        for m in res.matches:  # the sub-categories the matched rules detect, per policy
+            if m.rule.cites and m.rule.policy in self.policies:
+                got = cites.setdefault(m.rule.policy, [])
+                got.extend(c for c in m.rule.cites if c not in got)
+        if cites:
+            info["cites"] = cites
         return TierResult(scores=scores, rule_ids=rule_ids, info=info, latency_ms=(time.perf_counter() - t0) * 1000)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:

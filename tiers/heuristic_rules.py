@@ -28,7 +28,10 @@ from safecascade.tiers.obfuscation import Folded
 
 DEFAULT_PRECISION = 0.5
 DEFAULT_MIN_SUPPORT = 10
-_RULE_KEYS = {"id", "family", "policy", "description", "pattern", "detector", "keywords", "unless", "precision", "support", "examples"}
+_RULE_KEYS = {"id", "family", "policy", "description", "cites", "pattern", "detector", "keywords", "unless", "precision", "support", "examples"}
+# a policy rule id (router/policy.py) and a SAFE one (number 0, "HR0.b": never a sub-category)
+_CITE_RE = re.compile(r"\b[A-Z][A-Z0-9]*\.[a-z0-9]+\b")
+_SAFE_CITE_RE = re.compile(r"^[A-Z]+0\.")
 _ID_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+$")
 # a use of a named fragment in a rule's regex (the PCRE spelling of a named subpattern call, an
 # error to Python's ``re``, so it never means anything else)
@@ -135,6 +138,9 @@ class Rule:
     support: int = 0
     positive_examples: tuple[str, ...] = ()
     negative_examples: tuple[str, ...] = ()
+    cites: tuple[str, ...] = ()
+    """The ids of its policy's rules (sub-categories such as ``HR1.b``) a match detects: the file's
+    ``cites``, or else the violating rule ids its description names."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,6 +323,11 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
         support = r.get("support", 0) or 0
         if not isinstance(support, int) or isinstance(support, bool) or support < 0:
             raise _fail(path, where, f"'support' must be a non-negative integer, got {support!r}")
+        cites = r.get("cites")
+        if cites is None:
+            cites = [c for c in _CITE_RE.findall(r["description"]) if not _SAFE_CITE_RE.match(c)]
+        elif not isinstance(cites, list) or not all(isinstance(c, str) and _CITE_RE.fullmatch(c) and not _SAFE_CITE_RE.match(c) for c in cites):
+            raise _fail(path, where, f"'cites' must be a list of violating policy rule ids such as HR1.b, got {cites!r}")
         examples = r.get("examples") or {}
         if not isinstance(examples, Mapping):
             raise _fail(path, where, "'examples' must be a mapping with 'positive' and 'negative' lists")
@@ -329,6 +340,7 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
                 pattern=pattern, detector=detector, keywords=tuple(k.lower() for k in keywords),
                 unless=unless, precision=None if precision is None else float(precision), support=support,
                 positive_examples=tuple(str(x) for x in pos), negative_examples=tuple(str(x) for x in neg),
+                cites=tuple(dict.fromkeys(cites)),
             )
         )
     measured_on = data.get("measured_on")

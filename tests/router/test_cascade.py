@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from safecascade.router.cascade import Router
+from safecascade.router.decision import json_default
 from tests.router import fakes
 
 
@@ -340,3 +342,17 @@ def test_combine_decides_a_policy_on_its_own_and_an_earlier_tiers_logits(make_co
     assert b_only.action == "allow" and b_only.policies["b"].score == pytest.approx(0.8)  # b is not combined (t1 said 0.5)
     assert b_only.policies["a"].score == pytest.approx(0.1)  # t1's 0.5 is even odds: a keeps its own score
     assert down.action == "allow" and down.policies["a"].score == pytest.approx(0.8) and "combined" not in down.path[-1].info
+
+
+def test_a_verdict_lists_the_sub_categories_the_tiers_found(make_config, tmp_path):
+    """A policy's verdict lists the policy's own rule ids that a heuristic rule detected on the way
+    (here from the rule's description, "(A1.b)"), even when a later tier decides; an id the policy
+    does not define (the table tier's "X1.a") or a SAFE one is never listed."""
+    (tmp_path / "rules.yaml").write_text(RULES_A.replace("too weakly measured to decide alone", "too weak to decide alone (A1.b, A0.a)"))
+    last = {"plain": {"a": 0.95}, "has weakword": {"a": 0.6}}
+    heur = {"name": "heur", "type": "heuristic", "options": {"rules": "rules.yaml"}, "bands": {"default": [None, 0.99]}}
+    router = Router.load(make_config([heur, _last("last", last, threshold=0.9, named_threshold=0.5)]))
+    plain, named = router.classify_batch(["plain", "has weakword"])
+    assert plain.action == "block" and plain.policies["a"].sub_categories == () and plain.policies["a"].rule_ids == ("X1.a",)
+    assert (named.action, named.tier) == ("block", "last") and named.policies["a"].sub_categories == ("A1.b",)
+    assert json.loads(json.dumps(named.to_dict(), default=json_default))["policies"]["a"]["sub_categories"] == ["A1.b"]

@@ -64,6 +64,21 @@ def test_openai_client_moderations_unchanged(served):
         client.moderations.create(model="x", input=[])
 
 
+
+def test_moderations_list_the_sub_categories_a_tier_found(served):
+    """A flagged policy also reports the sub-categories a tier found: the last tier's cited rule
+    id, or the one a heuristic rule detects (HR-DAN-1 cites JB1.a), each with the policy's score,
+    and the policy's own wording under ``safecascade.sub_categories``."""
+    srv, router, vlog = served
+    sneaky, jb, hello = httpx.post(srv.url + "/v1/moderations", json={"input": ["sneaky request", JAILBREAK, "hello there"]},
+                                   headers=_auth()).json()["results"]
+    wording = router.policies["jailbreak"].rule_text("JB1.a")
+    assert wording.startswith("Named jailbreak personas")
+    assert sneaky["categories"]["jailbreak/JB1.a"] is True and sneaky["category_scores"]["jailbreak/JB1.a"] == pytest.approx(0.9)
+    assert sneaky["safecascade"]["sub_categories"] == {"jailbreak": {"JB1.a": wording}}
+    assert jb["categories"]["jailbreak/JB1.a"] is True and jb["safecascade"]["tier"] == "heuristic"
+    assert set(hello["categories"]) == {"jailbreak"} and hello["safecascade"]["sub_categories"] == {}
+
 def test_classify_returns_full_decision_and_log_rows(served):
     srv, router, vlog = served
     resp = httpx.post(srv.url + "/v1/classify", json={"input": ["sneaky request", "hello there", "sneaky request"]}, headers=_auth())
@@ -73,7 +88,7 @@ def test_classify_returns_full_decision_and_log_rows(served):
     d = results[0]
     assert d["config_hash"] == router.config_hash and d["policy_hashes"] == router.policy_hashes
     assert [t["tier"] for t in d["path"]] == ["heuristic", "safeguard"] and d["path"][0]["outcome"] == "escalate"
-    assert d["policies"]["jailbreak"] == {"score": 0.9, "flagged": True, "rule_ids": ["JB1.a"]}
+    assert d["policies"]["jailbreak"] == {"score": 0.9, "flagged": True, "rule_ids": ["JB1.a"], "sub_categories": ["JB1.a"]}
     # the same request again: served from the cache, still logged
     again = httpx.post(srv.url + "/v1/classify", json={"input": "hello there"}, headers=_auth()).json()["results"][0]
     assert again["cache_hit"] is True and again["action"] == "allow"
