@@ -436,8 +436,9 @@ class Router:
         out: list[str] = []
         for t in p.path:
             cites = t.info.get("cites") if isinstance(t.info, Mapping) else None
-            found = [*t.rule_ids.get(pol, ()), *((cites or {}).get(pol) or ())]
-            out.extend(r for r in found if r in known and r not in out)
+            cited = cites.get(pol) if isinstance(cites, Mapping) else None
+            found = [*t.rule_ids.get(pol, ()), *(cited if isinstance(cited, (list, tuple)) else ())]
+            out.extend(r for r in found if isinstance(r, str) and r in known and r not in out)
         return tuple(out)
 
     def _named_rules(self, p: PendingText) -> dict[str, tuple[str, ...]]:

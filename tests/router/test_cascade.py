@@ -356,3 +356,17 @@ def test_a_verdict_lists_the_sub_categories_the_tiers_found(make_config, tmp_pat
     assert plain.action == "block" and plain.policies["a"].sub_categories == () and plain.policies["a"].rule_ids == ("X1.a",)
     assert (named.action, named.tier) == ("block", "last") and named.policies["a"].sub_categories == ("A1.b",)
     assert json.loads(json.dumps(named.to_dict(), default=json_default))["policies"]["a"]["sub_categories"] == ["A1.b"]
+
+
+def test_odd_cites_from_a_custom_tier_are_ignored_not_fatal(make_config):
+    """A tier's ``info["cites"]`` that is not a mapping of policy -> list of ids is ignored, and so
+    is any entry that is not an id the policy defines; nothing raises."""
+    from types import SimpleNamespace
+
+    from safecascade.router.decision import TierTrace
+
+    router = Router.load(make_config([_last("only", {"x": {"a": 0.9}})]))
+    cases = [(["A1.a"], ()), ({"a": "A1.a"}, ()), (None, ()), ({"a": [["A1.a"], None, 3, "A1.b", "A0.a", "Z9.z"]}, ("A1.b",))]
+    for odd, want in cases:
+        pending = SimpleNamespace(path=[TierTrace(tier="only", outcome="block", info={"cites": odd})])
+        assert router._sub_categories(pending, "a") == want, odd
