@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from typing import Any, Sequence
 
@@ -93,7 +94,7 @@ def sub_category_rows(name: str, router: Router, view: list[Any], dec: dict[str,
     for sub, ds in sorted(by.items()):
         blocked = [d for d in ds if d.action == "block"]
         named = sum(sub in (d.policies[pol].sub_categories if pol in d.policies else ()) for d in blocked)
-        title = policy.rule_text(sub).split(":")[0] if policy is not None else ""
+        title = re.split(r"[:,.]", policy.rule_text(sub))[0] if policy is not None else ""
         rows.append({"router": name, "policy": pol, "set": f"test violations: {sub} {title}".strip(), "n": len(ds),
                      "positives": len(ds), "R_blocked": len(blocked) / len(ds),
                      "sub_category_listed": named / len(blocked) if blocked else 0.0})
@@ -178,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.baseline:
         rows += evaluate("baseline", args.baseline, limit=args.limit)
     cols = ["router", "policy", "set", "n", "positives", "P_blocked", "R_blocked", "F1_blocked", "F1_policy_flag",
-            "fast_auc", "fast_R@1%FPR", "benign_flag_rate", *[f"flag_rate_{p}" for p in POLICIES], "cpu_ms_per_text"]
+            "fast_auc", "fast_R@1%FPR", "sub_category_listed", "benign_flag_rate", *[f"flag_rate_{p}" for p in POLICIES],
+            "cpu_ms_per_text"]
     with ResultWriter("policies", params={"config": args.config or "default", "baseline": args.baseline or "",
                                           "limit": args.limit or 0}) as rw:
         rw.text(__doc__.split("\n\n", 2)[2])
