@@ -15,6 +15,12 @@ from pathlib import Path
 # A rule id is the first token of a list item: "- **JB1.a** ..." or "- `PI2.b`: ..." or "- JB0.a ...".
 _RULE_LINE = re.compile(r"^\s*[-*]\s+[*_`]*([A-Z][A-Z0-9]*\.[a-z0-9]+)(?![A-Za-z0-9.])", re.MULTILINE)
 RULE_ID = re.compile(r"\b[A-Z][A-Z0-9]*\.[a-z0-9]+\b")
+_SAFE_ID = re.compile(r"^[A-Z]+0\.")  # JB0.a, HR0.b: SAFE criteria by convention
+
+
+def is_safe_rule_id(rule_id: str) -> bool:
+    """Whether ``rule_id`` names a SAFE criterion (number part 0: ``JB0.a``), not a violation."""
+    return _SAFE_ID.match(rule_id) is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +54,7 @@ class Policy:
 
     def violating_rule_ids(self) -> tuple[str, ...]:
         """Rule ids whose number part is not 0 (``JB0.a`` marks SAFE criteria by convention)."""
-        return tuple(r for r in self.rule_ids if not re.match(r"^[A-Z]+0\.", r))
+        return tuple(r for r in self.rule_ids if not is_safe_rule_id(r))
 
     def rule_text(self, rule_id: str) -> str:
         """What the policy says under ``rule_id`` (its list item, without the id: "Weapons: making or

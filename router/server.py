@@ -12,8 +12,9 @@ list items may also be OpenAI multimodal text parts ``{"type": "text", "text": "
 (image parts are refused). Moderation results carry ``flagged``, ``categories`` and
 ``category_scores`` keyed by the router's policies (and, for a flagged policy, by the
 sub-categories a tier found: ``"harmful_request/HR1.b"``, named under
-``safecascade.sub_categories``), plus the Decision summary under ``"safecascade"``. A policy the deciding tier gave no score (an input rule or a fallback decided)
-reports score 0.0 and category false; ``flagged`` is always the Decision's action.
+``safecascade.sub_categories``), plus the Decision summary under ``"safecascade"``. A policy the
+deciding tier gave no score (an input rule or a fallback decided) reports score 0.0 and category
+false; ``flagged`` is always the Decision's action.
 
 Errors use the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``:
 401 (missing/wrong bearer token, when a token is configured), 413 (body over

@@ -24,14 +24,12 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from safecascade.router.policy import RULE_ID, is_safe_rule_id
 from safecascade.tiers.obfuscation import Folded
 
 DEFAULT_PRECISION = 0.5
 DEFAULT_MIN_SUPPORT = 10
 _RULE_KEYS = {"id", "family", "policy", "description", "cites", "pattern", "detector", "keywords", "unless", "precision", "support", "examples"}
-# a policy rule id (router/policy.py) and a SAFE one (number 0, "HR0.b": never a sub-category)
-_CITE_RE = re.compile(r"\b[A-Z][A-Z0-9]*\.[a-z0-9]+\b")
-_SAFE_CITE_RE = re.compile(r"^[A-Z]+0\.")
 _ID_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+$")
 # a use of a named fragment in a rule's regex (the PCRE spelling of a named subpattern call, an
 # error to Python's ``re``, so it never means anything else)
@@ -325,8 +323,8 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
             raise _fail(path, where, f"'support' must be a non-negative integer, got {support!r}")
         cites = r.get("cites")
         if cites is None:
-            cites = [c for c in _CITE_RE.findall(r["description"]) if not _SAFE_CITE_RE.match(c)]
-        elif not isinstance(cites, list) or not all(isinstance(c, str) and _CITE_RE.fullmatch(c) and not _SAFE_CITE_RE.match(c) for c in cites):
+            cites = [c for c in RULE_ID.findall(r["description"]) if not is_safe_rule_id(c)]
+        elif not isinstance(cites, list) or not all(isinstance(c, str) and RULE_ID.fullmatch(c) and not is_safe_rule_id(c) for c in cites):
             raise _fail(path, where, f"'cites' must be a list of violating policy rule ids such as HR1.b, got {cites!r}")
         examples = r.get("examples") or {}
         if not isinstance(examples, Mapping):

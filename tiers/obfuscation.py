@@ -301,6 +301,8 @@ def decode_views(raw: str, folded: str, *, max_blobs: int = 8, max_decoded_chars
 _SPACED_RE = re.compile(r"\b(?:[a-z][ .\-_*]){3,}[a-z]\b")
 # Newline-split words: most lines hold one short word.
 _MAX_VIEW_CHARS = 20_000
+#: a re-reading (folded, leetspeak, ...) longer than this is cut to the lines it changed
+CHANGED_LINES_MIN_CHARS = 2_000
 
 
 
@@ -372,10 +374,6 @@ def scoring_views(text: str) -> list[str]:
         if v.strip() and v != text and v not in out:
             out.append(v)
     return out
-
-
-#: a re-reading (folded, leetspeak, ...) longer than this is cut to the lines it changed
-CHANGED_LINES_MIN_CHARS = 2_000
 
 
 def changed_lines(text: str, view: str, *, context: int = 1, max_share: float = 0.5) -> str | None:
