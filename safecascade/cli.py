@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         scores = ", ".join(f"{k}={v.score:.3f}" if v.score is not None else f"{k}=n/a" for k, v in d.policies.items())
         rules = f" rules={','.join(d.rule_ids)}" if d.rule_ids else ""
-        print(f"{d.action} (tier={d.tier}, reason={d.reason}, {scores}{rules}, {d.latency_ms:.1f} ms)")
+        subs = [f"{k}/{s}" for k, v in d.policies.items() if v.flagged for s in v.sub_categories]
+        found = f" sub-categories={','.join(subs)}" if subs else ""
+        print(f"{d.action} (tier={d.tier}, reason={d.reason}, {scores}{rules}{found}, {d.latency_ms:.1f} ms)")
     return 1 if d.flagged else 0
 
 

@@ -31,7 +31,7 @@ def test_classify_text_and_exit_codes(replay_config, capsys):
     assert main(["classify", "--config", replay_config, "nice text"]) == 0
     assert capsys.readouterr().out.startswith("allow (tier=replay")
     assert main(["classify", "--config", replay_config, "evil text"]) == 1
-    assert "rules=P1.a" in capsys.readouterr().out
+    assert "rules=P1.a sub-categories=p/P1.a," in capsys.readouterr().out
 
 
 def test_classify_json(replay_config, capsys):
