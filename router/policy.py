@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-# A rule id is the first token of a list item: "- **JB1.a** ..." or "- `PI2.b`: ..." or "- JB0.a ...".
-_RULE_LINE = re.compile(r"^\s*[-*]\s+[*_`]*([A-Z][A-Z0-9]*\.[a-z0-9]+)(?![A-Za-z0-9.])", re.MULTILINE)
+# A rule id is the first token of a list item: "- **JB1.a** ..." or "- `PI2.b`: ..." or "- JB0.a ...";
+# the rest of the line is what the rule says.
+_RULE_LINE = re.compile(r"^\s*[-*]\s+[*_`]*([A-Z][A-Z0-9]*\.[a-z0-9]+)(?![A-Za-z0-9.])[*_`]*[\s:]*(.*)$", re.MULTILINE)
 RULE_ID = re.compile(r"\b[A-Z][A-Z0-9]*\.[a-z0-9]+\b")
 _SAFE_ID = re.compile(r"^[A-Z]+0\.")  # JB0.a, HR0.b: SAFE criteria by convention
 
@@ -37,7 +38,7 @@ class Policy:
     def from_text(cls, name: str, text: str, *, path: str = "") -> "Policy":
         if not text.strip():
             raise ValueError(f"policy {name!r} is empty ({path or 'inline text'})")
-        ids = tuple(dict.fromkeys(_RULE_LINE.findall(text)))
+        ids = tuple(dict.fromkeys(m.group(1) for m in _RULE_LINE.finditer(text)))
         if not ids:
             raise ValueError(f"policy {name!r} defines no rule ids (list items starting with an id like JB1.a) in {path or 'inline text'}")
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
@@ -59,8 +60,7 @@ class Policy:
     def rule_text(self, rule_id: str) -> str:
         """What the policy says under ``rule_id`` (its list item, without the id: "Weapons: making or
         acquiring weapons, ..."); "" for an id it does not define."""
-        m = re.search(rf"^\s*[-*]\s+[*_`]*{re.escape(rule_id)}(?![A-Za-z0-9.])[*_`]*[\s:]+(.+)$", self.text, re.MULTILINE)
-        return m.group(1).strip() if m else ""
+        return next((m.group(2).strip() for m in _RULE_LINE.finditer(self.text) if m.group(1) == rule_id), "")
 
     def check_citations(self, cited: list[str] | tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Split cited ids into (known, hallucinated)."""
