@@ -23,6 +23,7 @@ Options (router config ``tiers[].options``): :class:`HeuristicOptions` (``rules`
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -124,6 +125,26 @@ class _View:
         return self._words
 
 
+@functools.lru_cache(maxsize=16)
+def _compile_rules(ruleset: RuleSet, literal_filter: bool) -> tuple[_Compiled, ...]:
+    """The compiled form of every rule of ``ruleset`` (immutable, so shared by every scanner of an
+    equal rule set in the process: compiling the shipped rules takes most of a second)."""
+    return tuple(
+        _Compiled(
+            rule=r,
+            # lower-case patterns on lower-cased text: case-insensitive without re.IGNORECASE,
+            # which would disable the fast prefix scan
+            regex=re.compile(r.pattern) if r.pattern else None,
+            parts=_parts(r.pattern, literal_filter) if r.pattern else (),
+            unless=re.compile(r.unless) if r.unless else None,
+            detector=DETECTORS[r.detector] if r.detector else None,
+            gate_words=frozenset(k for k in r.keywords if _WORD_RE.fullmatch(k)),
+            gate_literals=tuple(k for k in r.keywords if not _WORD_RE.fullmatch(k)),
+        )
+        for r in ruleset.rules
+    )
+
+
 class RuleScanner:
     """Compiled form of a :class:`RuleSet`; ``scan(text)`` finds every matching rule."""
 
@@ -138,20 +159,7 @@ class RuleScanner:
         #: the keywords would have skipped is counted here (rule id -> count): keywords must be 0
         self.check_gates = check_gates
         self.gate_misses: dict[str, int] = {}
-        self._compiled = tuple(
-            _Compiled(
-                rule=r,
-                # lower-case patterns on lower-cased text: case-insensitive without re.IGNORECASE,
-                # which would disable the fast prefix scan
-                regex=re.compile(r.pattern) if r.pattern else None,
-                parts=_parts(r.pattern, literal_filter) if r.pattern else (),
-                unless=re.compile(r.unless) if r.unless else None,
-                detector=DETECTORS[r.detector] if r.detector else None,
-                gate_words=frozenset(k for k in r.keywords if _WORD_RE.fullmatch(k)),
-                gate_literals=tuple(k for k in r.keywords if not _WORD_RE.fullmatch(k)),
-            )
-            for r in ruleset.rules
-        )
+        self._compiled = _compile_rules(ruleset, bool(literal_filter))
         fold_table()  # build the homoglyph table now, not on the first request
 
     def _scan_view(self, view: ScanView, text: str, via: str, found: dict[str, Match]) -> None:

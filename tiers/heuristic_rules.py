@@ -16,7 +16,9 @@ measured ``precision`` / ``support`` (from ``python -m safecascade.training.rule
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -346,15 +348,38 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
                    measured_on=None if measured_on is None else str(measured_on))
 
 
+#: validated rules by (path, SHA-256 of the file's text): a process that builds several routers
+#: (a server's reload, Spark executors, tests) parses and checks a rules file once per content
+_LOADED: dict[tuple[str, str], RuleSet] = {}
+_LOADED_LOCK = threading.Lock()
+_LOADED_MAX = 16
+# libyaml's loader where PyYAML was built with it (the wheels are): ~10x faster on the shipped file
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_rules(path: str | Path | None = None) -> RuleSet:
-    """Load and validate a rules YAML file (``None`` = the shipped one)."""
+    """Load and validate a rules YAML file (``None`` = the shipped one).
+
+    The result is immutable and kept per file content: loading an unchanged file again (another
+    router in the same process) returns the same :class:`RuleSet` without parsing it again; an
+    edited file is parsed and validated anew."""
     p = default_rules_path() if path is None else Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"heuristic rules file {p}: cannot read: {exc.strerror or exc}") from exc
+    key = (str(p), hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+    with _LOADED_LOCK:
+        hit = _LOADED.get(key)
+    if hit is not None:
+        return hit
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise ValueError(f"heuristic rules file {p}: invalid YAML: {exc}") from exc
-    return parse_rules(data, path=str(p))
+    ruleset = parse_rules(data, path=str(p))
+    with _LOADED_LOCK:
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = ruleset
+    return ruleset

@@ -290,6 +290,25 @@ def test_duplicate_rule_id_and_unreadable_files(tmp_path):
         HeuristicTier.from_spec(_spec(tmp_path, decode_depth=-1))
 
 
+def test_a_rules_file_is_parsed_once_per_content_and_edits_are_seen(tmp_path):
+    r = {"id": "HR-X-1", "family": "x", "policy": "jailbreak", "description": "x", "pattern": "alpha"}
+    p = tmp_path / "rules.yaml"
+    p.write_text(yaml.safe_dump({"rules": [r]}), encoding="utf-8")
+    first = load_rules(p)
+    assert load_rules(p) is first  # unchanged file: the same validated, immutable rule set
+    a = HeuristicTier.default(rules=p)
+    b = HeuristicTier.default(rules=p)
+    assert a._scanner._compiled is b._scanner._compiled  # compiled once, shared by both tiers
+    p.write_text(yaml.safe_dump({"rules": [dict(r, pattern="beta")]}), encoding="utf-8")  # same size, same path
+    edited = load_rules(p)
+    assert edited is not first and edited.rules[0].pattern == "beta"
+    tier = HeuristicTier.default(rules=p)
+    assert tier.classify(["beta"])[0].scores["jailbreak"] > 0 and tier.classify(["alpha"])[0].scores["jailbreak"] == 0
+    p.write_text("rules: [\n", encoding="utf-8")  # a broken edit is an error, never the cached rules
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_rules(p)
+
+
 # ------------------------------------------------------------------ odd input
 ODD = [
     "",
