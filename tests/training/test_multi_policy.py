@@ -15,7 +15,7 @@ import pytest
 
 from safecascade.training.datasets import normalise
 from safecascade.training.heads import evaluate_heads, train_heads
-from safecascade.training.policy_data import POLICIES, load_policy_benchmark, policy_view, real_user_benign
+from safecascade.training.policy_data import POLICIES, POLICY_RELABELS, load_policy_benchmark, policy_view, real_user_benign
 from safecascade.training.train_config import TrainConfig
 from safecascade.training.train_rows import example_labels, labelled, rows_from_examples, split_labels, stratified_limit
 
@@ -111,6 +111,10 @@ def test_labels_follow_the_cross_policy_rules(splits) -> None:
     assert advice and all(e.labels["harmful_request"] == 0 for e in advice)
     benign = real_user_benign("val")
     assert benign and all(e.source == "toxicchat" and e.label == 0 for e in benign)
+    # a ToxicChat prompt our policy defines as a violation is labelled for it, not benign traffic
+    relabelled = [e for split in splits.values() for e in split if normalise(e.text) in POLICY_RELABELS]
+    assert relabelled and all(e.labels[POLICY_RELABELS[normalise(e.text)][0]] == 1 and e.weight == 1.0 for e in relabelled)
+    assert not any(normalise(e.text) in POLICY_RELABELS for s in splits for e in real_user_benign(s))
     assert len({normalise(e.text) for e in benign}) > 100
 
 
