@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.heuristic_rules import DETECTORS, Rule, RuleSet, ScanView, load_rules, relax_pattern
 from safecascade.tiers.regex_literals import Need, required, satisfied, split_alternatives
+from safecascade.tiers.segments import readable
 from safecascade.tiers.obfuscation import decode_views, despaced, fold, fold_table, leet_fold, looks_leet, unsplit_lines
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class _Compiled:
 # ASCII punctuation (and common typographic quotes / dashes) -> space, for the word set
 _WORD_BREAKS = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~“”‘’«»…—–"})
 _WORD_RE = re.compile(r"[a-z0-9]+")
+_JSON_LIKE = re.compile(r"\s*[\[{]")
 
 
 def words_of(text: str) -> frozenset[str]:
@@ -123,6 +125,23 @@ class _View:
         if self._words is None:
             self._words = words_of(self.text)
         return self._words
+
+
+#: an ``unless`` vetoes a rule's match where it occurs within this many characters either side of
+#: it: far from the match it says nothing about it, and text-wide, 100,000 characters of benign
+#: padding holding "the character" or "in a story" once vetoed every harmful-request rule
+UNLESS_REACH = 1_000
+
+
+def _vetoed(c: _Compiled, text: str) -> bool:
+    """Whether every match of ``c``'s rule in ``text`` has its ``unless`` pattern near it."""
+    assert c.unless is not None and c.regex is not None
+    if len(text) <= UNLESS_REACH:  # the whole text is near any match
+        return c.unless.search(text) is not None
+    for m in c.regex.finditer(text):
+        if c.unless.search(text, max(0, m.start() - UNLESS_REACH), m.end() + UNLESS_REACH) is None:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,7 +193,7 @@ class RuleScanner:
                     continue
                 if not any(p.search(text, tv.seen) for p in c.parts):
                     continue
-                if c.unless is not None and c.unless.search(text) is not None:
+                if c.unless is not None and _vetoed(c, text):
                     continue
             elif c.detector is None or not c.detector(view):
                 continue
@@ -216,6 +235,12 @@ class RuleScanner:
         decoders: list[str] = []
         folds: list[str] = []
         self._scan(text, "plain", self.decode_depth, found, decoders, folds)
+        if _JSON_LIKE.match(text):
+            # a JSON document (a tool's result): its string values one per line, escapes undone,
+            # so a planted line reads as it would outside JSON ("\n" is a line break, not two letters)
+            values = readable(text)
+            if values != text:
+                self._scan(values, "json", self.decode_depth, found, decoders, folds)
         ep = self.ruleset.effective_precision
         order = {r.id: i for i, r in enumerate(self.ruleset.rules)}
         matches = sorted(found.values(), key=lambda m: (-ep(m.rule), order[m.rule.id]))

@@ -6,8 +6,9 @@ a regex ``pattern`` (:data:`DETECTORS`).
 Each rule has an ``id`` (``HR-DAN-1``), a ``family``, the ``policy`` it scores, a ``description``
 and either a regex ``pattern`` (matched against the *folded* text, lower case - see
 :mod:`safecascade.tiers.obfuscation`) or a ``detector``; ``keywords`` gate the regex, and the
-optional ``unless`` pattern vetoes a match when it occurs anywhere in the same text (a rule for
-"how to make a bomb" does not fire on "in the movie, how did the character make ..."). A regex
+optional ``unless`` pattern vetoes a match when it occurs near it, within
+:data:`safecascade.tiers.heuristic.UNLESS_REACH` characters (a rule for "how to make a bomb" does not
+fire on "in the movie, how did the character make ..."). A regex
 used by several rules is written once under the file's ``fragments:`` (name: regex) and used as
 ``(?&name)`` in a ``pattern`` or ``unless``: it stands for ``(?:regex)``. The
 measured ``precision`` / ``support`` (from ``python -m safecascade.training.rule_precision
@@ -133,7 +134,7 @@ class Rule:
     pattern: str | None = None
     detector: str | None = None
     keywords: tuple[str, ...] = ()
-    unless: str | None = None  # a match is vetoed where this pattern occurs in the same text
+    unless: str | None = None  # a match is vetoed where this pattern occurs near it (UNLESS_REACH)
     precision: float | None = None
     support: int = 0
     positive_examples: tuple[str, ...] = ()
