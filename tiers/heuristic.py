@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.heuristic_rules import DETECTORS, Rule, RuleSet, ScanView, load_rules, relax_pattern
 from safecascade.tiers.regex_literals import Need, required, satisfied, split_alternatives
-from safecascade.tiers.segments import readable
+from safecascade.tiers.segments import json_strings
 from safecascade.tiers.obfuscation import decode_views, despaced, fold, fold_table, leet_fold, looks_leet, unsplit_lines
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,6 @@ class _Compiled:
 # ASCII punctuation (and common typographic quotes / dashes) -> space, for the word set
 _WORD_BREAKS = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~“”‘’«»…—–"})
 _WORD_RE = re.compile(r"[a-z0-9]+")
-_JSON_LIKE = re.compile(r"\s*[\[{]")
 
 
 def words_of(text: str) -> frozenset[str]:
@@ -235,12 +234,11 @@ class RuleScanner:
         decoders: list[str] = []
         folds: list[str] = []
         self._scan(text, "plain", self.decode_depth, found, decoders, folds)
-        if _JSON_LIKE.match(text):
-            # a JSON document (a tool's result): its string values one per line, escapes undone,
-            # so a planted line reads as it would outside JSON ("\n" is a line break, not two letters)
-            values = readable(text)
-            if values != text:
-                self._scan(values, "json", self.decode_depth, found, decoders, folds)
+        # a JSON document (a tool's result): its string values one per line, escapes undone, so a
+        # planted line reads as it would outside JSON ("\n" is a line break, not two letters)
+        values = json_strings(text)
+        if values:
+            self._scan(values, "json", self.decode_depth, found, decoders, folds)
         ep = self.ruleset.effective_precision
         order = {r.id: i for i, r in enumerate(self.ruleset.rules)}
         matches = sorted(found.values(), key=lambda m: (-ep(m.rule), order[m.rule.id]))

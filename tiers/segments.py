@@ -32,14 +32,23 @@ def _strings(v: Any) -> Iterator[str]:
             yield from _strings(x)
 
 
-def readable(text: str) -> str:
-    """``text`` with its markup taken out, one piece of content per line: a JSON document's string
-    values (a tool's result), or an HTML/XML page's text between tags. Other text is returned as is."""
+def json_strings(text: str) -> str | None:
+    """A JSON document's string values, one per line (a tool's result, escapes undone); None when
+    ``text`` is not a JSON object or array."""
     if _JSON_START.match(text):
         try:
             return "\n".join(s for s in _strings(json.loads(text)) if s.strip())
         except (ValueError, RecursionError):
             pass
+    return None
+
+
+def readable(text: str) -> str:
+    """``text`` with its markup taken out, one piece of content per line: a JSON document's string
+    values (a tool's result), or an HTML/XML page's text between tags. Other text is returned as is."""
+    values = json_strings(text)
+    if values is not None:
+        return values
     if "<" in text and _TAG.search(text):
         return _TAG.sub("\n", text)
     return text
