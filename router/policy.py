@@ -6,6 +6,7 @@ are parsed so that rule ids cited by a tier can be checked against it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -60,7 +61,15 @@ class Policy:
     def rule_text(self, rule_id: str) -> str:
         """What the policy says under ``rule_id`` (its list item, without the id: "Weapons: making or
         acquiring weapons, ..."); "" for an id it does not define."""
-        return next((m.group(2).strip() for m in _RULE_LINE.finditer(self.text) if m.group(1) == rule_id), "")
+        return self._rule_texts.get(rule_id, "")
+
+    @functools.cached_property
+    def _rule_texts(self) -> dict[str, str]:
+        """Rule id -> its list item's text (the first item for an id listed twice), read once."""
+        out: dict[str, str] = {}
+        for m in _RULE_LINE.finditer(self.text):
+            out.setdefault(m.group(1), m.group(2).strip())
+        return out
 
     def check_citations(self, cited: list[str] | tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Split cited ids into (known, hallucinated)."""

@@ -17,9 +17,8 @@ measured ``precision`` / ``support`` (from ``python -m safecascade.training.rule
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import re
-import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -349,13 +348,19 @@ def parse_rules(data: Any, *, path: str = "<dict>") -> RuleSet:
                    measured_on=None if measured_on is None else str(measured_on))
 
 
-#: validated rules by (path, SHA-256 of the file's text): a process that builds several routers
-#: (a server's reload, Spark executors, tests) parses and checks a rules file once per content
-_LOADED: dict[tuple[str, str], RuleSet] = {}
-_LOADED_LOCK = threading.Lock()
-_LOADED_MAX = 16
 # libyaml's loader where PyYAML was built with it (the wheels are): ~10x faster on the shipped file
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_file(path: str, text: str) -> RuleSet:
+    """The validated rules of one file's content, kept per (path, text): a process that builds
+    several routers (a server's reload, Spark executors, tests) parses and checks it once."""
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"heuristic rules file {path}: invalid YAML: {exc}") from exc
+    return parse_rules(data, path=path)
 
 
 def load_rules(path: str | Path | None = None) -> RuleSet:
@@ -369,18 +374,4 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"heuristic rules file {p}: cannot read: {exc.strerror or exc}") from exc
-    key = (str(p), hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
-    with _LOADED_LOCK:
-        hit = _LOADED.get(key)
-    if hit is not None:
-        return hit
-    try:
-        data = yaml.load(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"heuristic rules file {p}: invalid YAML: {exc}") from exc
-    ruleset = parse_rules(data, path=str(p))
-    with _LOADED_LOCK:
-        if len(_LOADED) >= _LOADED_MAX:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = ruleset
-    return ruleset
+    return _parse_file(str(p), text)
