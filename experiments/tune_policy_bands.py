@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from safecascade.router.combine import Term, combined, fill_for
+from safecascade.router.combine import Term, combined, evidence_score, fill_for
 from safecascade.router.decision import TierTrace
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
@@ -79,12 +79,16 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
     ``static_block``: the score its block band is tested on (``TierResult.block_score``: lower for a
     text mostly outside the Latin script, which it passes on), ``static_parts``: its score raised
     to its parts' highest (``info["part_scores"]``), what ``combine`` reads (router/combine.py), and
-    ``static_skipped``: whether it read the text only in windows (``info["parts_skipped"]``)."""
+    ``static_skipped``: whether it read the text only in windows (``info["parts_skipped"]``), and
+    ``static_evidence``: for those texts, its score of the piece the fast tier's score rests on
+    (``TierResult.evidence``; nan where there is none), what the router combines them with."""
     out: dict[str, dict[str, np.ndarray]] = {}
+    results: dict[str, list[TierResult]] = {}
     for name, tier in tiers.items():
         res = []
         for s in range(0, len(texts), 256):
             res += tier.classify(texts[s:s + 256])
+        results[name] = res
         out[name] = {p: np.array([r.scores.get(p, 0.0) for r in res]) for p in POLICIES}
         if name == "static":
             out["static_parts"] = {p: np.array([max(r.scores.get(p, 0.0), (r.info.get("part_scores") or {}).get(p, 0.0)) for r in res])
@@ -93,6 +97,17 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
             out["static_allow"] = {p: np.array([r.allow_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
             out["static_block"] = {p: np.array([r.block_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
+    if "static" in tiers and "fast" in tiers:
+        out["static_evidence"] = {p: np.full(len(texts), np.nan) for p in POLICIES}
+        asks = [(i, p, r.evidence[p]) for i, r in enumerate(results["fast"]) for p in POLICIES
+                if out["static_skipped"][p][i] and p in results["static"][i].scores and r.evidence.get(p)]
+        pieces = list(dict.fromkeys(piece for _, _, piece in asks))
+        got = dict(zip(pieces, [x for s in range(0, len(pieces), 256) for x in tiers["static"].classify(pieces[s:s + 256])]))
+        for i, p, piece in asks:
+            v = evidence_score(got[piece], p)
+            if v is not None:
+                out["static_evidence"][p][i] = v
+        log.info("scored %d pieces of long texts with static (the fast tier's evidence)", len(pieces))
     return out
 
 
@@ -189,17 +204,21 @@ def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict
     """The fast tier's scores as the router decides on them with ``combine``: each text's scores go
     through the router's own :func:`~safecascade.router.combine.combined`, with each earlier tier's
     trace rebuilt from :func:`score_all`'s arrays (its score raised to its parts' highest,
-    ``<tier>_parts``; whether it read the text only in windows, ``<tier>_skipped``) and its
-    ``fill`` (``fills[policy][tier]``; none: left out); other policies unchanged."""
+    ``<tier>_parts``; whether it read the text only in windows, ``<tier>_skipped``; then its score of
+    the fast tier's evidence, ``<tier>_evidence``) and its ``fill`` (``fills[policy][tier]``; none:
+    left out); other policies unchanged."""
     out = dict(sc["fast"])
     for p, weights in combine.items():
         terms = {p: {t: Term(float(w), ((fills or {}).get(p) or {}).get(t)) for t, w in weights.items()}}
         col = []
         for i, own in enumerate(sc["fast"][p]):
-            path = [TierTrace(tier=t, outcome="escalate",
-                              scores={} if f"{t}_skipped" in sc and sc[f"{t}_skipped"][p][i] else {p: float(sc.get(f"{t}_parts", sc[t])[p][i])})
+            skipped = {t for t in weights if f"{t}_skipped" in sc and sc[f"{t}_skipped"][p][i]}
+            path = [TierTrace(tier=t, outcome="escalate", scores={p: float(sc[t][p][i])} if t in skipped else {p: float(sc.get(f"{t}_parts", sc[t])[p][i])},
+                              info={"parts_skipped": True} if t in skipped else {})
                     for t in weights]
-            col.append(combined(TierResult(scores={p: float(own)}), path, terms).scores[p])
+            on_ev = {t: {p: float(sc[f"{t}_evidence"][p][i])} for t in skipped
+                     if f"{t}_evidence" in sc and np.isfinite(sc[f"{t}_evidence"][p][i])}
+            col.append(combined(TierResult(scores={p: float(own)}), path, terms, on_ev).scores[p])
         out[p] = np.array(col)
     return out
 
@@ -318,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
              "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
-    keys = [*tiers, "static_allow", "static_block", "static_parts", "static_skipped"]
+    keys = [*tiers, "static_allow", "static_block", "static_parts", "static_skipped", "static_evidence"]
     z = np.load(cache) if cache.is_file() else None
     if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys):
         sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in keys}

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
 
 from safecascade.mlflow_store import registered_router_config
 from safecascade.router.budget import acquire_for, release_for
-from safecascade.router.combine import combined
+from safecascade.router.combine import combined, evidence_score, needs_evidence
 from safecascade.router.config import RouterConfig, TierConfig, load_config
 from safecascade.router.decision import Decision, Outcome, PolicyVerdict, TierTrace
 from safecascade.router.inputs import CleanInput, clean_input
@@ -252,9 +252,10 @@ class Router:
             try:
                 results, wall_ms = self._run_tier(tier, tc, [p.clean.text for p in todo])
                 per_text_ms = wall_ms / len(todo)
-                for p, res in zip(todo, results):
-                    latency = res.latency_ms if res.latency_ms > 0 else per_text_ms
-                    self._step(p, res, tc, latency, last=idx == n_tiers - 1)
+                on_evidence, evidence_ms = self._evidence_scores(todo, results, tc) if tc.combine else ([None] * len(todo), [0.0] * len(todo))
+                for p, res, ev, ev_ms in zip(todo, results, on_evidence, evidence_ms):
+                    latency = (res.latency_ms if res.latency_ms > 0 else per_text_ms) + ev_ms
+                    self._step(p, res, tc, latency, last=idx == n_tiers - 1, on_evidence=ev)
             finally:
                 for client, n in grants:
                     release_for(self.budget, n, client)
@@ -390,9 +391,39 @@ class Router:
             results = [TierResult(scores={}, error=f"{type(exc).__name__}: {exc}") for _ in texts]
         return results, (time.perf_counter() - t0) * 1000.0
 
-    def _step(self, p: PendingText, res: TierResult, tc: TierConfig, latency_ms: float, *, last: bool) -> None:
+    def _evidence_scores(self, todo: list[PendingText], results: list[TierResult],
+                         tc: TierConfig) -> tuple[list[dict[str, dict[str, float]] | None], list[float]]:
+        """For a tier that combines earlier tiers' evidence: per text, each earlier tier's scores of
+        the pieces this tier's scores rest on (``TierResult.evidence``), where that earlier tier read
+        the text only in windows (router/combine.py), each earlier tier scoring them in one batch;
+        and the milliseconds that took per text."""
+        out: list[dict[str, dict[str, float]] | None] = [None] * len(todo)
+        ms = [0.0] * len(todo)
+        asks: dict[str, list[tuple[int, str, str]]] = {}  # earlier tier -> (text index, policy, piece)
+        for i, (p, res) in enumerate(zip(todo, results)):
+            if res.error is not None or not res.evidence:
+                continue
+            for tier_name, pols in needs_evidence(p.path, tc.combine).items():
+                asks.setdefault(tier_name, []).extend((i, pol, res.evidence[pol]) for pol in pols if res.evidence.get(pol))
+        by_name = {c.name: t for t, c in zip(self.tiers, self.config.tiers)}
+        for tier_name, items in asks.items():
+            if not items:
+                continue
+            pieces = list(dict.fromkeys(piece for _, _, piece in items))
+            got, wall_ms = self._run_tier(by_name[tier_name], next(c for c in self.config.tiers if c.name == tier_name), pieces)
+            score_of = dict(zip(pieces, got))
+            for i, pol, piece in items:
+                s = evidence_score(score_of[piece], pol)
+                if s is not None:
+                    got_i = out[i] = out[i] or {}
+                    got_i.setdefault(tier_name, {})[pol] = s
+                ms[i] += wall_ms / len(items)
+        return out, ms
+
+    def _step(self, p: PendingText, res: TierResult, tc: TierConfig, latency_ms: float, *, last: bool,
+              on_evidence: dict[str, dict[str, float]] | None = None) -> None:
         if tc.combine:  # the earlier tiers' evidence this tier decides with (router/combine.py)
-            res = combined(res, p.path, tc.combine)
+            res = combined(res, p.path, tc.combine, on_evidence)
         if res.error is not None or not res.scores:
             error = res.error or "tier returned no scores"
             p.path.append(self._trace(tc, res, "error", latency_ms, error=error))

@@ -13,12 +13,19 @@ its parts' scores where it scored the text's parts (``info["part_scores"]``: the
 paragraphs, lines and sentences), as the fast tier's own score is: a harmful request wrapped in an
 e-mail or a web page is judged by its most suspect part in both tiers, not diluted in one of them.
 
-An earlier tier that did not judge the text whole (it failed, it was not on the text's path, or it
-read a long text only in windows, ``info["parts_skipped"]``, where a short request is diluted)
-counts as its ``fill`` score when one is configured (``{static: {weight: 1.0, fill: 0.89}}``; the
-tuner sets it so that such a text is decided at the tier's own tuned threshold, as it would be
-without ``combine``), and is left out otherwise (a logit of 0, even odds). Probabilities are
-clipped to ``[1e-6, 1 - 1e-6]`` before the logit.
+A long text the earlier tier read only in windows (``info["parts_skipped"]``), where a short request
+is diluted, is judged on the piece the tier's own score rests on: the router has the earlier tier
+score the window or line segment the later tier found most suspect (``TierResult.evidence``) and
+passes those scores in (``on_evidence``; the trace's ``info["combined"]`` says ``on: "evidence"``).
+A harmful request planted in 20,000 characters of benign text then gets the same two tiers' evidence
+as the request alone, and a benign document only the evidence of its most suspect piece.
+
+An earlier tier that did not judge the text or its evidence (it failed, it was not on the text's
+path, or it read a long text only in windows and no evidence was scored) counts as its ``fill``
+score when one is configured (``{static: {weight: 1.0, fill: 0.89}}``; the tuner sets it so that
+such a text is decided at the tier's own tuned threshold, as it would be without ``combine``), and
+is left out otherwise (a logit of 0, even odds). Probabilities are clipped to ``[1e-6, 1 - 1e-6]``
+before the logit.
 """
 
 from __future__ import annotations
@@ -74,31 +81,61 @@ def _evidence(trace: TierTrace, policy: str) -> float | None:
     return float(s)
 
 
-def earlier_logits(path: Sequence[TierTrace], terms: Mapping[str, Term], policy: str) -> tuple[float, dict[str, float]]:
-    """``sum(weight * logit(score))`` over the earlier tiers in ``terms`` for ``policy`` (the score
-    raised to its parts' highest, or the term's ``fill`` where the tier did not judge the text
-    whole; see the module doc), and the scores used (tier -> score)."""
+def needs_evidence(path: Sequence[TierTrace], combine: Mapping[str, Mapping[str, Term]]) -> dict[str, list[str]]:
+    """Per earlier tier, the policies of ``combine`` it read only in windows on this text's
+    ``path`` (``info["parts_skipped"]``): where the router has it score the later tier's evidence."""
     seen = {t.tier: t for t in path}
-    total, used = 0.0, {}
+    out: dict[str, list[str]] = {}
+    for pol, terms in combine.items():
+        for tier, term in terms.items():
+            trace = seen.get(tier)
+            if term.weight and trace is not None and trace.info.get("parts_skipped") and pol in trace.scores:
+                out.setdefault(tier, []).append(pol)
+    return out
+
+
+def evidence_score(res: TierResult, policy: str) -> float | None:
+    """An earlier tier's score for the later tier's evidence (raised to its parts' highest, as
+    :func:`_evidence`); None when it failed or read that piece, too, only in windows."""
+    if res.error is not None:
+        return None
+    return _evidence(TierTrace(tier="", outcome="escalate", scores=res.scores, info=res.info), policy)
+
+
+def earlier_logits(path: Sequence[TierTrace], terms: Mapping[str, Term], policy: str,
+                   on_evidence: Mapping[str, Mapping[str, float]] | None = None) -> tuple[float, dict[str, float], list[str]]:
+    """``sum(weight * logit(score))`` over the earlier tiers in ``terms`` for ``policy`` (the score
+    raised to its parts' highest; for a text the tier read only in windows its score of the later
+    tier's evidence, ``on_evidence[tier][policy]``, or else the term's ``fill``; see the module doc),
+    the scores used (tier -> score) and the tiers whose evidence score was used."""
+    seen = {t.tier: t for t in path}
+    total, used, on = 0.0, {}, []
     for tier, term in terms.items():
         if not term.weight:
             continue
         trace = seen.get(tier)
         s = _evidence(trace, policy) if trace is not None else None
+        if s is None and trace is not None:
+            s = ((on_evidence or {}).get(tier) or {}).get(policy)
+            if s is not None:
+                on.append(tier)
         if s is None:
             s = term.fill
         if s is None:
             continue
         total += term.weight * logit(s)
         used[tier] = s
-    return total, used
+    return total, used, on
 
 
-def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, Mapping[str, Term]]) -> TierResult:
+def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, Mapping[str, Term]],
+             on_evidence: Mapping[str, Mapping[str, float]] | None = None) -> TierResult:
     """``res`` with each policy in ``combine`` rescored with the earlier tiers' evidence on ``path``
-    (see the module doc). The block and allow scores, where the tier set its own, move by the same
-    amount on the logit scale (an infinite allow score stays infinite). ``info["combined"]`` holds,
-    per policy, the tier's own score, the earlier scores used and the combined score."""
+    (see the module doc; ``on_evidence``: tier -> policy -> that tier's score of ``res.evidence``,
+    for the texts it read only in windows). The block and allow scores, where the tier set its own,
+    move by the same amount on the logit scale (an infinite allow score stays infinite).
+    ``info["combined"]`` holds, per policy, the tier's own score, the earlier scores used, the
+    combined score and (``on``) the tiers whose evidence score was used."""
     if not combine or res.error is not None or not res.scores:
         return res
     scores = dict(res.scores)
@@ -109,7 +146,7 @@ def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, M
         own = scores.get(pol)
         if own is None:
             continue
-        extra, used = earlier_logits(path, terms, pol)
+        extra, used, on = earlier_logits(path, terms, pol, on_evidence)
         if not used:
             continue
         scores[pol] = sigmoid(logit(own) + extra)
@@ -118,6 +155,8 @@ def combined(res: TierResult, path: Sequence[TierTrace], combine: Mapping[str, M
         if pol in allow and math.isfinite(allow[pol]):
             allow[pol] = max(scores[pol], sigmoid(logit(allow[pol]) + extra))
         facts[pol] = {"own": round(float(own), 6), "earlier": {k: round(v, 6) for k, v in used.items()}, "score": round(scores[pol], 6)}
+        if on:
+            facts[pol]["on"] = {t: "evidence" for t in on}
     if not facts:
         return res
     return replace(res, scores=scores, block_scores=block, allow_scores=allow, info={**res.info, "combined": facts})

@@ -35,6 +35,11 @@ class TierResult:
     of ``scores``; never above the policy's score. A tier that cannot read a text well enough to
     block it (the static tier on a text mostly outside the Latin script) lowers it, so the text is
     passed on rather than blocked; the last tier of a cascade still decides on ``scores``.
+    ``evidence`` (per policy, optional): the piece of a long text the policy's score rests on (the
+    window or line segment that scored highest), where the tier read the text in pieces. A later
+    tier that adds an earlier tier's evidence (``combine``, router/combine.py) has the earlier
+    tier score that piece when it could not judge the whole text. Kept in memory only: it is not
+    on the Decision's trace, so no text reaches logs through it.
     """
 
     scores: Mapping[str, float]
@@ -46,6 +51,7 @@ class TierResult:
     latency_ms: float = 0.0
     allow_scores: Mapping[str, float] = field(default_factory=dict)
     block_scores: Mapping[str, float] = field(default_factory=dict)
+    evidence: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for policy, score in self.scores.items():

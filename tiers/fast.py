@@ -242,14 +242,14 @@ class FastTier:
                    window_lexical=o.window_lexical,
                    block_other_scripts=o.block_other_scripts)
 
-    def _segments(self, text: str, ws: Windows) -> tuple[list[tuple[int, int]], np.ndarray | None]:
-        """Each window's character span of ``text`` and (with a lexical block) its lexical logits
-        [n_windows, n_policies]."""
+    def _segments(self, text: str, ws: Windows, lexical: bool = True) -> tuple[list[tuple[int, int]], np.ndarray | None]:
+        """Each window's character span of ``text`` and (with a lexical block, and ``lexical``) its
+        lexical logits [n_windows, n_policies]."""
         enc = self.windower.tokenizer.encode(text, add_special_tokens=False)
         offs = enc.offsets
         n, body = len(offs), self.windower.config.window_tokens - 2
         spans = [(offs[s][0], offs[min(s + body, n) - 1][1]) for s in ws.starts] if n else [(0, len(text))] * len(ws.starts)
-        if self.lexical is None:
+        if self.lexical is None or not lexical:
             return spans, None
         z = np.stack([self.lexical.logits(*features(ws.content[s : s + body], text[a:b], self.lexical.config)[:2])
                       for s, (a, b) in zip(ws.starts, spans)])
@@ -283,15 +283,16 @@ class FastTier:
 
     def _window_scores(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray], dict[int, dict[str, Any]]]:
         """:meth:`window_probs` and each multi-window text's segment facts (text index -> dict:
-        the kept windows' lexical logits; how they were picked). Returned, never kept on the tier:
-        one tier serves many threads."""
+        the kept windows' character spans and lexical logits; how they were picked). Returned,
+        never kept on the tier: one tier serves many threads."""
         wins = self.windower.windows(texts)
         segments: dict[int, dict[str, Any]] = {}
         for i, (t, ws) in enumerate(zip(texts, wins)):
             if len(ws.starts) > self.max_windows:
                 wins[i], segments[i] = self._select(t, ws)
-            elif len(ws.starts) > 1 and self.window_lexical and self.lexical is not None:
-                segments[i] = {"z_lex": self._segments(t, ws)[1]}  # every window kept
+            elif len(ws.starts) > 1:  # every window kept
+                spans, z = self._segments(t, ws, lexical=self.window_lexical)
+                segments[i] = {"spans": spans, "z_lex": z}
         flat = [w for ws in wins for w in ws.ids]
         output = "logits" if self.lexical is not None else "probs"
         probs = run_windows(self.session, flat, batch_size=self.batch_size, output=output) if flat else np.zeros((0, 1))
@@ -327,19 +328,27 @@ class FastTier:
             elapsed = (time.perf_counter() - t0) * 1000.0
             per = elapsed / max(len(good), 1)
             scored = [self._text_scores(t, ws, p, segments.get(k)) for k, (t, ws, p) in enumerate(zip(batch, wins, probs))]
+            evidence: list[dict[str, str]] = [ev for _, _, ev in scored]
             if wins and (self.segments or self.short_segments) and self.lexical is not None:
-                self._score_segments(batch, wins, scored)
+                self._score_segments(batch, wins, scored, evidence)
             k_view = len(good)
             for j, (i, ws) in enumerate(zip(good_idx, wins)):
-                scores, info = scored[j]
+                scores, info, _ = scored[j]
+                ev = evidence[j]
                 reading_scores = [dict(scores)]
                 if views[j]:
                     raised = False
-                    for v_scores, _ in scored[k_view : k_view + len(views[j])]:
+                    for k in range(k_view, k_view + len(views[j])):
+                        v_scores = scored[k][0]
                         reading_scores.append(dict(v_scores))
                         for pol, s in v_scores.items():
                             if s > scores[pol]:
                                 scores[pol], raised = s, True
+                                # the reading scored higher: its piece, or the reading itself when the text was long
+                                if pol in evidence[k]:
+                                    ev[pol] = evidence[k][pol]
+                                elif pol in ev:
+                                    ev[pol] = batch[k]
                     info["views"], info["view_raised"] = len(views[j]), raised
                     k_view += len(views[j])
                 # what may block: the readings in a script this tier reads (see block_other_scripts)
@@ -347,17 +356,19 @@ class FastTier:
                                                  block_other_scripts=self.block_other_scripts)
                 warnings = ("truncated_windows",) if ws.truncated else ()
                 results[i] = TierResult(scores=scores, info=info, warnings=warnings, latency_ms=per, block_scores=block_scores,
-                                        cost={"windows": float(len(ws.ids)), "tokens": float(ws.tokens)})
+                                        cost={"windows": float(len(ws.ids)), "tokens": float(ws.tokens)}, evidence=ev)
         return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
 
     def _line_segments(self, text: str) -> list[str]:
         """The text's parts (:func:`safecascade.tiers.segments.line_segments`) in this tier's tokens."""
         return tokenizer_parts(text, self.windower.tokenizer, self.segment_tokens)
 
-    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any]]]) -> None:
+    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any], Any]],
+                        evidence: list[dict[str, str]]) -> None:
         """Score the best line segments of every multi-line text as texts of their own (``segments``
         of a text longer than one window, ``short_segments`` of a shorter one) and raise its
-        scores to theirs (fills ``segments_scored`` / ``segments_total``). Every line of a long
+        scores to theirs (fills ``segments_scored`` / ``segments_total``; a long text's
+        ``evidence`` becomes the segment that raised it). Every line of a long
         text is ranked, not only those of the windows :meth:`_select` kept: a short attack in the
         middle of a long document can be too diluted in its window for the window ranking to keep it."""
         assert self.lexical is not None
@@ -388,27 +399,38 @@ class FastTier:
                 if v > parent[pol]:
                     parent[pol] = v
                     scored[k][1]["segment_raised"] = True
+                    if len(wins[k].ids) > 1:
+                        evidence[k][pol] = s
 
-    def _text_scores(self, text: str, ws: Windows, p: np.ndarray, seg: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, Any]]:
-        """One text's scores per policy and its ``info`` (segments of a long text included)."""
+    def _text_scores(self, text: str, ws: Windows, p: np.ndarray,
+                     seg: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
+        """One text's scores per policy, its ``info`` (segments of a long text included) and, for a
+        text of several windows, each policy's evidence: the window its score rests on."""
         info = ws.info()
+        evidence: dict[str, str] = {}
         if self.lexical is None:
             scores = {pol: float(np.clip(p[:, c].max(), 0.0, 1.0)) for pol, c in self._col.items()}
         else:
             scores = self._stacked(text, ws, p, info)
+        spans = seg.get("spans") if seg else None
         if len(ws.ids) > 1:
             info["max_window"] = int(np.argmax(p.max(axis=1)))
+            if spans:
+                evidence = {pol: text[slice(*spans[int(np.argmax(p[:, c]))])] for pol, c in self._col.items()}
         if seg and "selection" in seg:
             info["n_windows_needed"] = ws.n_windows_total
             info["windows_skipped"] = ws.n_windows_total - len(ws.ids)
             info["window_selection"] = seg["selection"]
         if seg and self.lexical is not None and seg["z_lex"] is not None:
             for pol, c in self._col.items():  # each scored window stacked with its own span's n-grams
-                s = float(np.clip(self.stacks[pol].apply(p[:, c], seg["z_lex"][:, c]).max(), 0.0, 1.0))
+                stacked = self.stacks[pol].apply(p[:, c], seg["z_lex"][:, c])
+                s = float(np.clip(stacked.max(), 0.0, 1.0))
                 if s > scores[pol]:
                     scores[pol] = s
                     info["window_raised"] = True
-        return scores, info
+                    if spans:
+                        evidence[pol] = text[slice(*spans[int(np.argmax(stacked))])]
+        return scores, info, evidence
 
     def _stacked(self, text: str, ws: Any, z: np.ndarray, info: dict[str, Any]) -> dict[str, float]:
         """Stack the max window logit with the lexical logit, per policy (fills ``info``)."""

@@ -110,7 +110,7 @@ def test_allow_miss_is_one_number_or_per_policy():
 def test_combined_scores_are_what_the_router_decides_on():
     """The tuner chooses the fast threshold on the scores the router decides on with ``combine``
     (router/combine.py), computed the same way for the policies named, and leaves the others."""
-    from safecascade.router.combine import combined
+    from safecascade.router.combine import combined, logit, sigmoid
     from safecascade.router.decision import TierTrace
     from safecascade.tiers.base import TierResult
 
@@ -127,6 +127,11 @@ def test_combined_scores_are_what_the_router_decides_on():
         want = combined(TierResult(scores={"harmful_request": float(fast["harmful_request"][i])}), [trace],
                         {"harmful_request": {"static": Term(1.5, fill=0.8)}}).scores["harmful_request"]
         assert out["harmful_request"][i] == pytest.approx(want)
+    # the static tier's score of the fast tier's evidence for a long text counts as the router's does
+    sc["static_evidence"] = {p: np.array([np.nan, np.nan, 0.97]) for p in POLICIES}
+    out = combine_scores(sc, {"harmful_request": {"static": 1.5}}, {"harmful_request": {"static": 0.8}})
+    assert out["harmful_request"][2] == pytest.approx(sigmoid(logit(0.999) + 1.5 * logit(0.97)))
+    assert out["harmful_request"][1] == pytest.approx(sigmoid(logit(0.9) + 1.5 * logit(0.7)))
     # the threshold is a val text's score, kept to 6 decimals (rounded down): near 1, where combined
     # scores crowd, 4 decimals put it below a benign prompt the budget had excluded (0.99754 -> 0.9975)
     y = np.array([1, 0])

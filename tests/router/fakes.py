@@ -11,8 +11,11 @@ CALLS: dict[str, list[str]] = {}
 
 class TableTier:
     def __init__(self, name: str, policies: Sequence[str], table: Mapping[str, Mapping[str, float]], fail_on: Sequence[str] = (),
-                 parts: Mapping[str, Mapping[str, float]] | None = None, blocks: Mapping[str, Mapping[str, float]] | None = None):
+                 parts: Mapping[str, Mapping[str, float]] | None = None, blocks: Mapping[str, Mapping[str, float]] | None = None,
+                 windowed: Sequence[str] = (), evidence: Mapping[str, Mapping[str, str]] | None = None):
         self.name = name
+        self.windowed = set(windowed)  # texts "read only in windows" (info["parts_skipped"])
+        self.evidence = evidence or {}  # text -> {policy: the piece its score rests on}
         self.parts = parts or {}  # text -> its parts' highest scores (raise its allow_scores)
         self.blocks = blocks or {}  # text -> its block_scores (what the block band is tested on)
         self.policies = tuple(policies)
@@ -31,11 +34,13 @@ class TableTier:
                 scores = dict(self.table.get(t, {p: 0.5 for p in self.policies}))
                 allow = {p: max(v, scores.get(p, 0.0)) for p, v in self.parts.get(t, {}).items()}
                 out.append(TierResult(scores=scores, rule_ids={p: ("X1.a",) for p in self.policies}, allow_scores=allow,
-                                      block_scores=dict(self.blocks.get(t, {}))))
+                                      block_scores=dict(self.blocks.get(t, {})), evidence=dict(self.evidence.get(t, {})),
+                                      info={"parts_skipped": True} if t in self.windowed else {}))
         return out
 
 
 @register_tier("table")
 def _make(spec: TierSpec) -> TableTier:
     return TableTier(spec.name, list(spec.options.get("policies", spec.policies)), spec.options.get("table", {}),
-                     spec.options.get("fail_on", ()), spec.options.get("parts"), spec.options.get("blocks"))
+                     spec.options.get("fail_on", ()), spec.options.get("parts"), spec.options.get("blocks"),
+                     spec.options.get("windowed", ()), spec.options.get("evidence"))

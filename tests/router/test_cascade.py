@@ -344,6 +344,36 @@ def test_combine_decides_a_policy_on_its_own_and_an_earlier_tiers_logits(make_co
     assert down.action == "allow" and down.policies["a"].score == pytest.approx(0.8) and "combined" not in down.path[-1].info
 
 
+def test_combine_judges_a_long_text_on_the_piece_the_later_tier_found(make_config):
+    """A long text the earlier tier read only in windows (``parts_skipped``) is combined with the
+    earlier tier's score of the piece the later tier's score rests on (``TierResult.evidence``),
+    scored in one batch, not with the ``fill``; the trace says so (``on: evidence``). Without a
+    piece, or where the earlier tier fails on it, the fill counts; a text read whole asks nothing."""
+    fakes.CALLS.clear()
+    t1 = {"long": {"a": 0.3}, "long calm": {"a": 0.3}, "long bare": {"a": 0.3}, "long broken": {"a": 0.3},
+          "the request": {"a": 0.95}, "a recipe": {"a": 0.05}, "short": {"a": 0.95}}
+    t2 = {"long": {"a": 0.8}, "long calm": {"a": 0.8}, "long bare": {"a": 0.8}, "long broken": {"a": 0.8}, "short": {"a": 0.8}}
+    windowed = ["long", "long calm", "long bare", "long broken", "piece t1 fails on"]
+    evidence = {"long": {"a": "the request"}, "long calm": {"a": "a recipe"}, "long broken": {"a": "piece t1 fails on"},
+                "short": {"a": "the request"}}
+    cfg = [_table("t1", t1, band=(None, None), fail_on=["piece t1 fails on"]),
+           _last("t2", t2, threshold=0.9, combine={"a": {"t1": {"weight": 1.0, "fill": 0.7}}})]
+    cfg[0]["options"]["windowed"], cfg[1]["options"]["evidence"] = windowed, evidence
+    router = Router.load(make_config(cfg, policies=("a",)))
+    long, calm, bare, broken, short = router.classify_batch(["long", "long calm", "long bare", "long broken", "short"])
+    both = 1.0 / (1.0 + (0.2 / 0.8) * (0.05 / 0.95))
+    assert long.action == "block" and long.policies["a"].score == pytest.approx(both)
+    assert long.path[-1].info["combined"]["a"]["earlier"] == {"t1": pytest.approx(0.95)}
+    assert long.path[-1].info["combined"]["a"]["on"] == {"t1": "evidence"}
+    assert calm.action == "allow" and calm.path[-1].info["combined"]["a"]["earlier"] == {"t1": pytest.approx(0.05)}
+    for d in (bare, broken):  # no piece, or the earlier tier failed on it: the fill
+        assert d.path[-1].info["combined"]["a"]["earlier"] == {"t1": pytest.approx(0.7)} and "on" not in d.path[-1].info["combined"]["a"]
+    assert short.path[-1].info["combined"]["a"]["earlier"] == {"t1": pytest.approx(0.95)}  # read whole: its own score
+    asked = fakes.CALLS["t1"][5:]  # after the five texts themselves, one batch of pieces
+    assert sorted(asked) == ["a recipe", "piece t1 fails on", "the request"]
+    assert "the request" not in json.dumps(long.to_dict(), default=json_default)  # the piece is never on the Decision
+
+
 def test_a_verdict_lists_the_sub_categories_the_tiers_found(make_config, tmp_path):
     """A policy's verdict lists the policy's own rule ids that a heuristic rule detected on the way
     (here from the rule's description, "(A1.b)"), even when a later tier decides; an id the policy

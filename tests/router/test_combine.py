@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from safecascade.router.combine import Term, combined, fill_for, logit, sigmoid
+from safecascade.router.combine import Term, combined, evidence_score, fill_for, logit, needs_evidence, sigmoid
 from safecascade.router.decision import TierTrace
 from safecascade.tiers.base import TierResult
 
@@ -70,3 +70,25 @@ def test_a_text_the_earlier_tier_did_not_judge_whole_counts_as_its_fill():
         assert at == pytest.approx(comb_thr) and below < comb_thr
     whole = combined(TierResult(scores={"a": own_thr}), [_trace("s", {"a": 0.05})], term)
     assert whole.scores["a"] < comb_thr and whole.info["combined"]["a"]["earlier"] == {"s": 0.05}  # judged whole at 0.05: pulled down
+
+
+def test_a_long_text_is_combined_with_the_earlier_tiers_score_of_the_evidence():
+    """A text the earlier tier read only in windows: its score of the later tier's evidence
+    (``on_evidence``) counts instead of the fill, and the trace says so; the fill still counts
+    where no evidence score was passed; a text judged whole ignores it."""
+    term = {"a": {"s": Term(1.0, fill=0.6)}}
+    long_text = TierTrace(tier="s", outcome="escalate", scores={"a": 0.05}, info={"parts_skipped": True})
+    assert needs_evidence([long_text], term) == {"s": ["a"]}
+    assert needs_evidence([_trace("s", {"a": 0.05})], term) == {}  # judged whole
+    assert needs_evidence([long_text], {"a": {"s": Term(0.0)}}) == {}  # weight 0: never asked
+    out = combined(TierResult(scores={"a": 0.9}), [long_text], term, {"s": {"a": 0.95}})
+    assert out.scores["a"] == pytest.approx(sigmoid(logit(0.9) + logit(0.95)))
+    assert out.info["combined"]["a"]["earlier"] == {"s": 0.95} and out.info["combined"]["a"]["on"] == {"s": "evidence"}
+    filled = combined(TierResult(scores={"a": 0.9}), [long_text], term, {"s": {"b": 0.95}})
+    assert filled.info["combined"]["a"]["earlier"] == {"s": 0.6} and "on" not in filled.info["combined"]["a"]
+    whole = combined(TierResult(scores={"a": 0.9}), [_trace("s", {"a": 0.2})], term, {"s": {"a": 0.95}})
+    assert whole.info["combined"]["a"]["earlier"] == {"s": 0.2}
+    # the earlier tier's result for the piece: raised to its parts' highest; none if it failed or read it in windows too
+    assert evidence_score(TierResult(scores={"a": 0.3}, info={"part_scores": {"a": 0.7}}), "a") == 0.7
+    assert evidence_score(TierResult(scores={}, error="down"), "a") is None
+    assert evidence_score(TierResult(scores={"a": 0.3}, info={"parts_skipped": True}), "a") is None

@@ -235,6 +235,8 @@ def test_an_attack_in_a_long_document_is_not_lost(shipped_fast, position):
     r = shipped_fast.classify([text])[0]
     assert alone > 0.9 and benign.scores["jailbreak"] < 0.2
     assert r.scores["jailbreak"] >= alone - 0.02, r.info  # scored as the attack alone is
+    assert "DAN" in r.evidence["jailbreak"] and len(r.evidence["jailbreak"]) < 1_200  # the piece it rests on
+    assert set(r.evidence) == set(r.scores) and "evidence" not in repr(r)
     assert r.info["n_windows"] == 8 and r.info["n_windows_needed"] > 100
     assert r.info["windows_skipped"] == r.info["n_windows_needed"] - 8
     assert r.info["window_selection"] == "lexical-top-k" and r.info["segments_total"] >= 2
@@ -341,6 +343,9 @@ def test_a_short_request_in_the_middle_of_a_long_document_is_scored_alone(shippe
     r = shipped_fast.classify([text])[0]
     assert alone > 0.9 and r.info["n_windows_needed"] > r.info["n_windows"]
     assert r.scores["harmful_request"] >= alone - 0.02, r.info
+    # the piece its score rests on (what a combining tier has the static tier score): the request
+    assert attack in r.evidence["harmful_request"] and len(r.evidence["harmful_request"]) < 1_000
+    assert shipped_fast.classify([_FILLER * 3])[0].evidence == {}  # one window: nothing in pieces
 
 
 def test_a_request_written_into_a_long_paragraph_is_scored_alone(shipped_fast):
