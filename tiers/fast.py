@@ -134,12 +134,24 @@ class FastOptions(EncoderOptions):
     its own span too, as a longer text's kept windows are (a policy's score is the higher of the
     whole text's and its best window's): benign padding around an attack dilutes the whole text's
     n-grams, not the window that holds it."""
+    lexical_runs: bool = True
+    """In a text of at least four windows, also stack the best window with the lexical logit of the
+    run of windows around it whose own lexical logits stand out from the text's (``RUN_MARGIN``
+    above their median): a role-play template of several windows inside 20,000 characters of
+    benign text is read as the template, not diluted in the padding's n-grams nor cut at a window's
+    edge (``info["run_raised"]``). Needs ``window_lexical`` and a lexical block."""
     block_other_scripts: bool = False
     """Let the block band block a text written mostly outside the Latin script
     (:func:`safecascade.tiers.scripts.mostly_latin`). Off: such a text is passed on to the next
     tier instead (``TierResult.block_scores``), as the static tier does; as the last tier (the
     default preset) the fast tier still decides it on its threshold. With a safeguard after it, a
     Hindi or Russian text the English encoder would block goes to the model that can read it."""
+
+
+# A run of windows (FastOptions.lexical_runs): windows whose lexical logit is this far above the
+# median of the text's windows, in a text of at least RUN_MIN_WINDOWS windows.
+RUN_MARGIN = 2.0
+RUN_MIN_WINDOWS = 4
 
 
 class FastTier:
@@ -151,7 +163,8 @@ class FastTier:
                  threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
                  stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
                  segments: int = 4, segment_tokens: int = 128, short_segments: int = 2, block_other_scripts: bool = False,
-                 window_lexical: bool = True):
+                 window_lexical: bool = True, lexical_runs: bool = True):
+        self.lexical_runs = bool(lexical_runs)
         self.block_other_scripts = bool(block_other_scripts)
         d = Path(model_dir)
         self.model_dir = d
@@ -238,7 +251,7 @@ class FastTier:
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, threads=o.threads,
                    max_windows=o.max_windows, window_tokens=o.window_tokens, stride=o.stride,
                    batch_size=o.batch_size, quantized=o.quantized, deobfuscate=o.deobfuscate,
-                   segments=o.segments, segment_tokens=o.segment_tokens, short_segments=o.short_segments,
+                   segments=o.segments, segment_tokens=o.segment_tokens, short_segments=o.short_segments, lexical_runs=o.lexical_runs,
                    window_lexical=o.window_lexical,
                    block_other_scripts=o.block_other_scripts)
 
@@ -271,7 +284,8 @@ class FastTier:
             pick = np.array(sorted(set(keep)))
             how = "lexical-top-k"
         sel = replace(ws, ids=[ws.ids[i] for i in pick], starts=tuple(ws.starts[i] for i in pick), truncated=True)
-        seg = {"spans": [spans[i] for i in pick], "z_lex": None if z is None else z[pick], "selection": how}
+        seg = {"spans": [spans[i] for i in pick], "z_lex": None if z is None else z[pick], "selection": how,
+               "all": (spans, z, [int(i) for i in pick], ws.starts)}
         return sel, seg
 
     def window_probs(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
@@ -292,7 +306,7 @@ class FastTier:
                 wins[i], segments[i] = self._select(t, ws)
             elif len(ws.starts) > 1:  # every window kept
                 spans, z = self._segments(t, ws, lexical=self.window_lexical)
-                segments[i] = {"spans": spans, "z_lex": z}
+                segments[i] = {"spans": spans, "z_lex": z, "all": (spans, z, list(range(len(spans))), ws.starts)}
         flat = [w for ws in wins for w in ws.ids]
         output = "logits" if self.lexical is not None else "probs"
         probs = run_windows(self.session, flat, batch_size=self.batch_size, output=output) if flat else np.zeros((0, 1))
@@ -430,7 +444,41 @@ class FastTier:
                     info["window_raised"] = True
                     if spans:
                         evidence[pol] = text[slice(*spans[int(np.argmax(stacked))])]
+        if seg and self.lexical_runs and self.lexical is not None and seg["all"][1] is not None and len(seg["all"][0]) >= RUN_MIN_WINDOWS:
+            self._run_scores(text, ws, p, seg["all"], scores, info, evidence)
         return scores, info, evidence
+
+    def _run_scores(self, text: str, ws: Windows, p: np.ndarray, every: tuple[Any, np.ndarray, list[int], Sequence[int]],
+                    scores: dict[str, float], info: dict[str, Any], evidence: dict[str, str]) -> None:
+        """Raise each policy's score to its best window stacked with the lexical logit of the run
+        of windows around it that stand out lexically (see ``FastOptions.lexical_runs``)."""
+        assert self.lexical is not None
+        spans, z_all, kept, starts = every
+        body = self.windower.config.window_tokens - 2
+        run_logits: dict[tuple[int, int], np.ndarray] = {}
+        for pol, c in self._col.items():
+            zc = z_all[:, c]
+            best = int(np.argmax(p[:, c]))  # the best scored window, as the kept windows number it
+            k, floor = kept[best], float(np.median(zc)) + RUN_MARGIN
+            if zc[k] < floor:
+                continue
+            lo = hi = k
+            while lo > 0 and zc[lo - 1] >= floor:
+                lo -= 1
+            while hi < len(zc) - 1 and zc[hi + 1] >= floor:
+                hi += 1
+            if lo == hi:
+                continue
+            a, b = spans[lo][0], spans[hi][1]
+            if (lo, hi) not in run_logits:
+                idx, tf, _ = features(ws.content[starts[lo] : starts[hi] + body], text[a:b], self.lexical.config)
+                run_logits[(lo, hi)] = self.lexical.logits(idx, tf)
+            z_emb = max(float(p[j, c]) for j, w in enumerate(kept) if lo <= w <= hi)
+            s = float(np.clip(self.stacks[pol].apply(np.array([z_emb]), np.array([run_logits[(lo, hi)][c]]))[0], 0.0, 1.0))
+            if s > scores[pol]:
+                scores[pol] = s
+                info["run_raised"] = True
+                evidence[pol] = text[a:b]
 
     def _stacked(self, text: str, ws: Any, z: np.ndarray, info: dict[str, Any]) -> dict[str, float]:
         """Stack the max window logit with the lexical logit, per policy (fills ``info``)."""

@@ -256,6 +256,26 @@ def test_segments_off_leaves_the_attack_diluted(shipped_fast):
     assert seg.scores["jailbreak"] > plain.scores["jailbreak"] + 0.2
 
 
+def test_a_template_of_several_windows_in_a_long_document_is_read_as_the_template(shipped_fast):
+    """A role-play jailbreak of several windows (a JailbreakHub template of the test split) before
+    or after 20k characters of recipe text: its best window is stacked with the n-grams of the run
+    of windows that stand out lexically (``lexical_runs``), so it scores as it does alone; without
+    the runs the padding's n-grams drag it down. Recipe text alone has no run."""
+    from safecascade.shipped import shipped_dir
+    from safecascade.training.policy_data import load_policy_benchmark
+
+    template = next(e.text for e in load_policy_benchmark("test") if e.text.startswith("#Context\n\nAct as a text-based game"))
+    off = FastTier(model_dir=shipped_dir("fast"), quantized=True, lexical_runs=False)
+    alone = shipped_fast.classify([template])[0]
+    assert alone.info["n_windows"] >= 3 and alone.scores["jailbreak"] > 0.9
+    for text in (f"{template}\n\n{_FILLER * 240}", f"{_FILLER * 240}\n\n{template}"):
+        r, without = shipped_fast.classify([text])[0], off.classify([text])[0]
+        assert r.scores["jailbreak"] >= alone.scores["jailbreak"] - 0.05 and r.info["run_raised"], r.info
+        assert template[:400] in r.evidence["jailbreak"] and len(r.evidence["jailbreak"]) < len(template) + 2_000
+        assert without.scores["jailbreak"] < alone.scores["jailbreak"] - 0.05
+    assert "run_raised" not in shipped_fast.classify([_FILLER * 240])[0].info
+
+
 def test_obfuscated_text_is_scored_on_its_decoded_reading(shipped_fast):
     """Zero-width characters and look-alike letters split the tokens; the tier also scores the
     folded reading, and the option switches it off."""

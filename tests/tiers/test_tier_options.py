@@ -101,8 +101,8 @@ def test_router_load_reports_a_typo_in_a_config(tmp_path):
     cfg = parse_config({"name": "t", "policies": {"jailbreak": "builtin:jailbreak"},
                         "tiers": [{"name": "fast", "type": "fast", "options": {"model": "default", "quantised": True},
                                    "threshold": 0.5}]}, base_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"fast tier 'fast': unknown option 'quantised' \(valid keys: batch_size, block_other_scripts, deobfuscate, max_windows, "
-                                         r"model, quantized, segment_tokens, segments, short_segments, stride, threads, window_lexical, window_tokens\)"):
+    with pytest.raises(ValueError, match=r"fast tier 'fast': unknown option 'quantised' \(valid keys: batch_size, block_other_scripts, deobfuscate, lexical_runs, "
+                                         r"max_windows, model, quantized, segment_tokens, segments, short_segments, stride, threads, window_lexical, window_tokens\)"):
         Router.load(cfg)
 
 
