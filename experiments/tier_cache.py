@@ -12,7 +12,9 @@ Registered as tier type ``cached`` when this module is imported::
 Entries are keyed by (inner type, inner options, policy hashes, text hash), so a different model,
 prompt, effort or policy text never reuses a stale verdict. The stored result keeps the latency and
 token cost measured when it was computed (``info.cached`` is set on a hit), so cost figures stay
-those of the real tier. Results with an ``error`` are not cached.
+those of the real tier, and its allow and block scores and evidence (``TierResult.evidence``, the
+pieces of a long text a combining tier has an earlier tier score), so a cached tier decides as the
+live one does. Results with an ``error`` are not cached.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ class CachedTier:
                     new.append((keys[i], json.dumps({
                         "scores": dict(r.scores), "rule_ids": {p: list(v) for p, v in r.rule_ids.items()},
                         "warnings": list(r.warnings), "info": _jsonable(dict(r.info)), "cost": dict(r.cost),
-                        "latency_ms": r.latency_ms})))
+                        "latency_ms": r.latency_ms, "allow_scores": dict(r.allow_scores), "block_scores": dict(r.block_scores),
+                        "evidence": dict(r.evidence)})))
             with self._lock:
                 self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", new)
                 self._db.commit()

@@ -405,18 +405,19 @@ class Router:
                 continue
             for tier_name, pols in needs_evidence(p.path, tc.combine).items():
                 asks.setdefault(tier_name, []).extend((i, pol, res.evidence[pol]) for pol in pols if res.evidence.get(pol))
-        by_name = {c.name: t for t, c in zip(self.tiers, self.config.tiers)}
+        by_name = {c.name: (t, c) for t, c in zip(self.tiers, self.config.tiers)}
         for tier_name, items in asks.items():
             if not items:
                 continue
             pieces = list(dict.fromkeys(piece for _, _, piece in items))
-            got, wall_ms = self._run_tier(by_name[tier_name], next(c for c in self.config.tiers if c.name == tier_name), pieces)
+            got, wall_ms = self._run_tier(*by_name[tier_name], pieces)
             score_of = dict(zip(pieces, got))
             for i, pol, piece in items:
                 s = evidence_score(score_of[piece], pol)
                 if s is not None:
-                    got_i = out[i] = out[i] or {}
-                    got_i.setdefault(tier_name, {})[pol] = s
+                    scored = out[i] if out[i] is not None else {}
+                    scored.setdefault(tier_name, {})[pol] = s
+                    out[i] = scored
                 ms[i] += wall_ms / len(items)
         return out, ms
 
