@@ -415,7 +415,7 @@ class Router:
             for i, pol, piece in items:
                 s = evidence_score(score_of[piece], pol)
                 if s is not None:
-                    scored = out[i] if out[i] is not None else {}
+                    scored: dict[str, dict[str, float]] = out[i] or {}
                     scored.setdefault(tier_name, {})[pol] = s
                     out[i] = scored
                 ms[i] += wall_ms / len(items)
