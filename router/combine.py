@@ -16,7 +16,8 @@ e-mail or a web page is judged by its most suspect part in both tiers, not dilut
 A long text the earlier tier read only in windows (``info["parts_skipped"]``), where a short request
 is diluted, is judged on the piece the tier's own score rests on: the router has the earlier tier
 score the window or line segment the later tier found most suspect (``TierResult.evidence``) and
-passes those scores in (``on_evidence``; the trace's ``info["combined"]`` says ``on: "evidence"``).
+passes those scores in (``on_evidence``; the trace's ``info["combined"][policy]["on"]`` names the
+tier: ``{"static": "evidence"}``).
 A harmful request planted in 20,000 characters of benign text then gets the same two tiers' evidence
 as the request alone, and a benign document only the evidence of its most suspect piece.
 
