@@ -342,27 +342,24 @@ class FastTier:
             elapsed = (time.perf_counter() - t0) * 1000.0
             per = elapsed / max(len(good), 1)
             scored = [self._text_scores(t, ws, p, segments.get(k)) for k, (t, ws, p) in enumerate(zip(batch, wins, probs))]
-            evidence: list[dict[str, str]] = [ev for _, _, ev in scored]
             if wins and (self.segments or self.short_segments) and self.lexical is not None:
-                self._score_segments(batch, wins, scored, evidence)
+                self._score_segments(batch, wins, scored)
             k_view = len(good)
             for j, (i, ws) in enumerate(zip(good_idx, wins)):
-                scores, info, _ = scored[j]
-                ev = evidence[j]
+                scores, info, ev = scored[j]
                 reading_scores = [dict(scores)]
                 if views[j]:
                     raised = False
-                    for k in range(k_view, k_view + len(views[j])):
-                        v_scores = scored[k][0]
+                    for view, (v_scores, _, v_ev) in zip(views[j], scored[k_view : k_view + len(views[j])]):
                         reading_scores.append(dict(v_scores))
                         for pol, s in v_scores.items():
                             if s > scores[pol]:
                                 scores[pol], raised = s, True
                                 # the reading scored higher: its piece, or the reading itself when the text was long
-                                if pol in evidence[k]:
-                                    ev[pol] = evidence[k][pol]
+                                if pol in v_ev:
+                                    ev[pol] = v_ev[pol]
                                 elif pol in ev:
-                                    ev[pol] = batch[k]
+                                    ev[pol] = view
                     info["views"], info["view_raised"] = len(views[j]), raised
                     k_view += len(views[j])
                 # what may block: the readings in a script this tier reads (see block_other_scripts)
@@ -377,8 +374,8 @@ class FastTier:
         """The text's parts (:func:`safecascade.tiers.segments.line_segments`) in this tier's tokens."""
         return tokenizer_parts(text, self.windower.tokenizer, self.segment_tokens)
 
-    def _score_segments(self, batch: list[str], wins: list[Windows], scored: list[tuple[dict[str, float], dict[str, Any], Any]],
-                        evidence: list[dict[str, str]]) -> None:
+    def _score_segments(self, batch: list[str], wins: list[Windows],
+                        scored: list[tuple[dict[str, float], dict[str, Any], dict[str, str]]]) -> None:
         """Score the best line segments of every multi-line text as texts of their own (``segments``
         of a text longer than one window, ``short_segments`` of a shorter one) and raise its
         scores to theirs (fills ``segments_scored`` / ``segments_total``; a long text's
@@ -414,7 +411,7 @@ class FastTier:
                     parent[pol] = v
                     scored[k][1]["segment_raised"] = True
                     if len(wins[k].ids) > 1:
-                        evidence[k][pol] = s
+                        scored[k][2][pol] = s
 
     def _text_scores(self, text: str, ws: Windows, p: np.ndarray,
                      seg: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:

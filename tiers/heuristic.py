@@ -135,8 +135,10 @@ UNLESS_REACH = 1_000
 def _vetoed(c: _Compiled, text: str) -> bool:
     """Whether every match of ``c``'s rule in ``text`` has its ``unless`` pattern near it."""
     assert c.unless is not None and c.regex is not None
+    if c.unless.search(text) is None:  # nowhere in the text: nothing to look for near the matches
+        return False
     if len(text) <= UNLESS_REACH:  # the whole text is near any match
-        return c.unless.search(text) is not None
+        return True
     for m in c.regex.finditer(text):
         if c.unless.search(text, max(0, m.start() - UNLESS_REACH), m.end() + UNLESS_REACH) is None:
             return False

@@ -4,6 +4,7 @@ long benign text) is not diluted by what surrounds it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Callable, Collection, Iterator, Sequence
@@ -35,12 +36,17 @@ def _strings(v: Any) -> Iterator[str]:
 def json_strings(text: str) -> str | None:
     """A JSON document's string values, one per line (a tool's result, escapes undone); None when
     ``text`` is not a JSON object or array."""
-    if _JSON_START.match(text):
-        try:
-            return "\n".join(s for s in _strings(json.loads(text)) if s.strip())
-        except (ValueError, RecursionError):
-            pass
-    return None
+    return _json_values(text) if _JSON_START.match(text) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _json_values(text: str) -> str | None:
+    """:func:`json_strings` of a text that starts like JSON, parsed once for the heuristic, static
+    and fast tiers of the same request (each reads the document's values)."""
+    try:
+        return "\n".join(s for s in _strings(json.loads(text)) if s.strip())
+    except (ValueError, RecursionError):
+        return None
 
 
 def readable(text: str) -> str:
