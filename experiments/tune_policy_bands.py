@@ -309,9 +309,11 @@ def main(argv: list[str] | None = None) -> int:
                          "into the presets (2: on real user prompts 1.0 ms a text cheaper than 1, block rates of padded attacks unchanged)")
     ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
                     help="rewrite DIR/default.yaml and the bands of DIR/with-safeguard.yaml with the chosen numbers")
-    ap.add_argument("--named-threshold", type=json.loads, default={"default": 0.5},
+    ap.add_argument("--named-threshold", type=json.loads, default={"default": 0.5, "harmful_request": 0.0},
                     help="the fast tier's threshold (JSON: default and/or per policy) for a policy a heuristic rule named "
-                         "without deciding; written into the presets ({} for none)")
+                         "without deciding; written into the presets ({} for none). harmful_request 0.0: a harmful-request "
+                         "rule's name blocks (every text those rules name without deciding, across the benchmark and the "
+                         "probes, violates the policy; docs/policies.md, session 40)")
     ap.add_argument("--combine", type=json.loads, default={"harmful_request": {"static": 1.0}},
                     help="policy -> {earlier tier: weight} (JSON): the fast tier decides these policies on its logit plus "
                          "weight x the earlier tier's (router/combine.py); written into the presets ({} for none)")
