@@ -3,7 +3,9 @@
     python -m experiments.exp_probes [--config PATH]
 
 Each probe in ``experiments/data/probes`` is a pair of files, ``<name>_harm.txt`` (harmful requests,
-one per line) and ``<name>_safe.txt`` (safe prompts that look like them); ``README.md`` there says
+one per line) and ``<name>_safe.txt`` (safe prompts that look like them), or safe prompts alone
+(``ml_safe.txt``: benign prompts in 16 languages, their language per line in ``ml_langs.txt``,
+reported per language too); ``README.md`` there says
 who wrote each and which rule passes were written from it (the figures of those passes are in sample
 on it). The router classifies every line; the table gives the share blocked per file and, per probe,
 how many harmful requests a heuristic rule named and which tier decided them. Writes
@@ -34,9 +36,10 @@ def probe_rows(router: Router, probes: Path = PROBES) -> list[dict[str, object]]
     """One row per probe: harmful requests blocked, safe twins blocked, harmful requests a heuristic
     rule named, and the tiers that blocked them."""
     rows: list[dict[str, object]] = []
-    for harm in sorted(probes.glob("*_harm.txt")):
-        name = harm.name[: -len("_harm.txt")]
-        texts = read_lines(harm)
+    names = sorted({f.name.rsplit("_", 1)[0] for f in probes.glob("*_harm.txt")} | {f.name.rsplit("_", 1)[0] for f in probes.glob("*_safe.txt")})
+    for name in names:
+        harm = probes / f"{name}_harm.txt"
+        texts = read_lines(harm) if harm.is_file() else []  # a probe may be safe prompts only
         decisions = router.classify_batch(texts)
         blocked = [d for d in decisions if d.action == "block"]
         named = sum(any(ids for t in d.path if t.tier == "heuristic" for ids in t.rule_ids.values()) for d in decisions)
@@ -44,10 +47,31 @@ def probe_rows(router: Router, probes: Path = PROBES) -> list[dict[str, object]]
         safe_path = probes / f"{name}_safe.txt"
         safe = read_lines(safe_path) if safe_path.is_file() else []
         safe_blocked = sum(d.action == "block" for d in router.classify_batch(safe)) if safe else 0
-        rows.append({"probe": name, "harmful": len(texts), "blocked": len(blocked), "recall": len(blocked) / max(1, len(texts)),
+        rows.append({"probe": name, "harmful": len(texts), "blocked": len(blocked), "recall": len(blocked) / len(texts) if texts else float("nan"),
                      "named_by_a_rule": named, "blocked_by": ", ".join(f"{t} {n}" for t, n in sorted(by_tier.items())),
                      "safe": len(safe), "safe_blocked": safe_blocked})
     return rows
+
+
+def language_rows(router: Router, probes: Path = PROBES, name: str = "ml") -> list[dict[str, object]]:
+    """For a safe-only probe with a ``<name>_langs.txt`` (one language code per line of
+    ``<name>_safe.txt``): per language, the prompts and how many the router blocks, and by which policy."""
+    safe_path, langs_path = probes / f"{name}_safe.txt", probes / f"{name}_langs.txt"
+    if not (safe_path.is_file() and langs_path.is_file()):
+        return []
+    texts, langs = read_lines(safe_path), read_lines(langs_path)
+    if len(texts) != len(langs):
+        raise ValueError(f"{langs_path} has {len(langs)} lines, {safe_path} {len(texts)}")
+    n: Counter[str] = Counter()
+    blocked: Counter[str] = Counter()
+    by_policy: dict[str, Counter[str]] = {}
+    for lang, d in zip(langs, router.classify_batch(texts)):
+        n[lang] += 1
+        if d.action == "block":
+            blocked[lang] += 1
+            by_policy.setdefault(lang, Counter()).update(p for p, v in d.policies.items() if v.flagged)
+    return [{"language": lang, "safe": n[lang], "blocked": blocked[lang],
+             "by_policy": ", ".join(f"{p} {k}" for p, k in sorted(by_policy.get(lang, Counter()).items()))} for lang in n]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rw.text(__doc__.split("\n\n", 2)[2] if __doc__ else "")
         rows = probe_rows(router)
         rw.table(rows)
-        rw.metrics({f"{r['probe']}_recall": float(r["recall"]) for r in rows})  # type: ignore[arg-type]
+        rw.metrics({f"{r['probe']}_recall": float(r["recall"]) for r in rows if r["harmful"]})  # type: ignore[arg-type]
+        by_language = language_rows(router)
+        if by_language:
+            rw.text("Safe prompts in other languages blocked, per language (`ml_safe.txt`, its language per line in "
+                    "`ml_langs.txt`):")
+            rw.table(by_language)
         for r in rows:
             log.info("%s: %d/%d blocked, safe %d/%d", r["probe"], r["blocked"], r["harmful"], r["safe_blocked"], r["safe"])
     router.close()

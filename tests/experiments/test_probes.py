@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments.exp_probes import PROBES, probe_rows, read_lines
+from experiments.exp_probes import PROBES, language_rows, probe_rows, read_lines
 from safecascade.router.cascade import Router
 from tests.router.conftest import make_config  # noqa: F401  (the fixture; registers the "table" tier)
 
@@ -28,3 +28,20 @@ def test_probe_rows_count_blocks_and_named_requests(make_config, tmp_path: Path)
     (row,) = probe_rows(router, tmp_path)
     assert (row["probe"], row["harmful"], row["blocked"], row["safe"], row["safe_blocked"]) == ("x", 3, 2, 2, 1)
     assert row["named_by_a_rule"] == 0 and row["blocked_by"] == "last 2"
+
+
+def test_a_safe_only_probe_is_counted_and_reported_per_language(make_config, tmp_path: Path) -> None:
+    (tmp_path / "ml_safe.txt").write_text("bonjour\nbad two\nhallo\n", encoding="utf-8")
+    (tmp_path / "ml_langs.txt").write_text("fr\nfr\nde\n", encoding="utf-8")
+    table = {"bad two": {"a": 0.9}, "bonjour": {"a": 0.1}, "hallo": {"a": 0.1}}
+    router = Router.load(make_config([{"name": "last", "type": "table", "options": {"table": table}, "threshold": 0.5}]))
+    (row,) = probe_rows(router, tmp_path)
+    assert (row["probe"], row["harmful"], row["blocked"], row["safe"], row["safe_blocked"]) == ("ml", 0, 0, 3, 1)
+    rows = {r["language"]: r for r in language_rows(router, tmp_path)}
+    assert (rows["fr"]["safe"], rows["fr"]["blocked"], rows["fr"]["by_policy"]) == (2, 1, "a 1")
+    assert (rows["de"]["safe"], rows["de"]["blocked"], rows["de"]["by_policy"]) == (1, 0, "")
+
+
+def test_the_multilingual_probe_lines_up_with_its_languages() -> None:
+    texts, langs = read_lines(PROBES / "ml_safe.txt"), read_lines(PROBES / "ml_langs.txt")
+    assert len(texts) == len(langs) == len(set(texts)) and len(set(langs)) >= 10
