@@ -269,6 +269,24 @@ def _harm() -> Iterable[tuple[str, PolicyExample]]:
                PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="phtest", id=f"phtest-{i}", category="hard_negative"))
 
 
+# Benign prompts in 20 languages written for this project (``benign_multilingual.csv.gz``). Every
+# other non-English text the benchmark holds is a violation of some policy (AILuminate's French and
+# CatQA's Chinese / Vietnamese hazards, CyberSecEval's translated injections in 16 languages), so the
+# learned tiers took the language for the signal: the default blocked 9 of 12 ordinary French
+# prompts of a probe as harmful requests (session 40). Train and val only (the test split stays the
+# one earlier figures were measured on; a held-out probe written apart measures the effect:
+# ``experiments/data/probes/ml_safe.txt``). Weighted so each language's benign rows weigh about as
+# much as its violations (French: 787 harmful-request rows at 0.7 against ~440 of these at 1.5).
+MULTILINGUAL_BENIGN_WEIGHT = 1.5
+
+
+def _multilingual_benign() -> Iterable[tuple[str, PolicyExample]]:
+    for i, r in enumerate(read_vendored("benign_multilingual.csv.gz")):
+        split = "val" if split_hash(r["text"], salt="ml-benign") >= 0.8 else "train"
+        yield split, PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="authored_multilingual", id=f"ml-benign-{i}",
+                                   weight=MULTILINGUAL_BENIGN_WEIGHT, category=r["kind"], meta={"language": r["language"]})
+
+
 def _extra_alpaca(taken: set[str]) -> Iterable[tuple[str, PolicyExample]]:
     rows = [(i, r) for i, r in enumerate(read_vendored("alpaca_full.csv.gz")) if normalise(r["text"]) not in taken]
     rows.sort(key=lambda ir: split_hash(ir[1]["text"], salt="alpaca-extra"))
@@ -298,6 +316,7 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     add(_from_jailbreak_benchmark())
     add(_injection())
     add(_harm())
+    add(_multilingual_benign())
     add(_extra_alpaca(taken))
     add(list(_paraphrases(out["train"])))
     ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}

@@ -68,6 +68,7 @@ POLICIES_SOURCES = {  # every vendored source the multi-policy benchmark reads
     "harm_cyberseceval.csv.gz": "MIT",
     "harm_toxigen.csv.gz": "MIT / CDLA-Permissive-2.0",
     "harm_phtest.csv.gz": "MIT (HF card)",
+    "benign_multilingual.csv.gz": "ours, same terms as the project (benign prompts in 20 languages written for it)",
 }
 TRAINING_SOURCES = POLICIES_SOURCES if BENCHMARK == "policies" else JAILBREAK_SOURCES
 

@@ -337,19 +337,27 @@ _TASKS = "\n".join(["Describe the water cycle in simple terms.", "Give three tip
 def test_each_window_of_a_padded_text_is_stacked_with_its_own_ngrams(shipped_fast):
     """Benign padding dilutes the whole text's n-grams, not the window that holds the attack:
     with ``window_lexical`` (on by default) each window is stacked with its own span's lexical
-    logit, so a persona template padded to three windows keeps most of its score."""
+    logit, so a persona template padded to three windows keeps most of its score. Measured with
+    the line segments off on both sides (they rescue the template by another road, so with them on
+    the windows' share of the score depends on the model: +0.04 over the segments alone with the
+    models before session 41, +0.014 after); the served tier keeps most of the score too."""
     from safecascade.shipped import shipped_dir
     from safecascade.training.evasion import pad
 
     text = pad(_PERSONA, _TASKS, 2000, "end")
     alone = shipped_fast.classify([_PERSONA])[0].scores["jailbreak"]
-    off = FastTier(model_dir=shipped_dir("fast"), quantized=True, window_lexical=False).classify([text])[0]
+    no_segments = {"segments": 0, "short_segments": 0}
+    off = FastTier(model_dir=shipped_dir("fast"), quantized=True, window_lexical=False, **no_segments).classify([text])[0]
+    on = FastTier(model_dir=shipped_dir("fast"), quantized=True, **no_segments).classify([text])[0]
     r = shipped_fast.classify([text])[0]
-    assert r.info["n_windows"] == off.info["n_windows"] >= 3 and "n_windows_needed" not in r.info
+    assert r.info["n_windows"] == off.info["n_windows"] == on.info["n_windows"] >= 3 and "n_windows_needed" not in r.info
     assert r.info["lexical_logit"]["jailbreak"] < shipped_fast.classify([_PERSONA])[0].info["lexical_logit"]["jailbreak"] - 2
-    assert r.info["window_raised"] is True and "window_raised" not in off.info
-    assert r.scores["jailbreak"] >= off.scores["jailbreak"] + 0.03 and r.scores["jailbreak"] >= alone - 0.03
-    for pol, s in r.scores.items():  # the windows only ever raise a score
+    assert on.info["window_raised"] is True and r.info["window_raised"] is True and "window_raised" not in off.info
+    # the whole text's diluted n-grams leave the template near 0.5 (0.52 and 0.55 with the last two
+    # model sets); each window's own n-grams bring it back
+    assert on.scores["jailbreak"] >= off.scores["jailbreak"] + 0.3 and on.scores["jailbreak"] >= alone - 0.03
+    assert r.scores["jailbreak"] >= alone - 0.03
+    for pol, s in on.scores.items():  # the windows only ever raise a score
         assert s >= off.scores[pol]
 
 

@@ -85,6 +85,22 @@ def test_planted_exfiltration_measures_but_does_not_train(splits) -> None:
         assert len(kept) < len(ex)
 
 
+def test_the_multilingual_benign_prompts_train_and_validate_but_never_test(splits) -> None:
+    """The benign prompts in other languages are benign for every policy, weighted, carry their
+    language, and sit in train (about 80%) and val only: the test split is what it was."""
+    from safecascade.training.datasets import read_vendored
+    from safecascade.training.policy_data import MULTILINGUAL_BENIGN_WEIGHT, language
+
+    rows = read_vendored("benign_multilingual.csv.gz")
+    got = {s: [e for e in ex if e.source == "authored_multilingual"] for s, ex in splits.items()}
+    assert not got["test"] and len(got["train"]) + len(got["val"]) == len(rows)
+    assert 0.7 < len(got["train"]) / len(rows) < 0.9
+    for e in got["train"] + got["val"]:
+        assert dict(e.labels) == {p: 0 for p in POLICIES} and e.weight == MULTILINGUAL_BENIGN_WEIGHT
+    langs = Counter(language(e) for e in got["train"])
+    assert len(langs) == 20 and "en" not in langs and langs["fr"] > langs["de"]
+
+
 def test_a_planted_line_goes_at_the_start_a_line_break_or_the_end() -> None:
     from safecascade.training.policy_data import _plant
 
