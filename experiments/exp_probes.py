@@ -36,7 +36,7 @@ def probe_rows(router: Router, probes: Path = PROBES) -> list[dict[str, object]]
     """One row per probe: harmful requests blocked, safe twins blocked, harmful requests a heuristic
     rule named, and the tiers that blocked them."""
     rows: list[dict[str, object]] = []
-    names = sorted({f.name.rsplit("_", 1)[0] for f in probes.glob("*_harm.txt")} | {f.name.rsplit("_", 1)[0] for f in probes.glob("*_safe.txt")})
+    names = sorted({f.name.rsplit("_", 1)[0] for pattern in ("*_harm.txt", "*_safe.txt") for f in probes.glob(pattern)})
     for name in names:
         harm = probes / f"{name}_harm.txt"
         texts = read_lines(harm) if harm.is_file() else []  # a probe may be safe prompts only

@@ -20,11 +20,15 @@ def test_every_probe_has_safe_twins_and_no_blank_or_duplicate_lines() -> None:
         assert not set(lines) & set(twins), harm.name
 
 
+def _table_router(make_config, table: dict[str, dict[str, float]]) -> Router:
+    """A router whose one tier blocks the texts ``table`` scores at 0.5 or more."""
+    return Router.load(make_config([{"name": "last", "type": "table", "options": {"table": table}, "threshold": 0.5}]))
+
+
 def test_probe_rows_count_blocks_and_named_requests(make_config, tmp_path: Path) -> None:
     (tmp_path / "x_harm.txt").write_text("bad one\nbad two\n\nfine\n", encoding="utf-8")
     (tmp_path / "x_safe.txt").write_text("fine\nbad two\n", encoding="utf-8")
-    table = {"bad one": {"a": 0.9}, "bad two": {"a": 0.9}, "fine": {"a": 0.1}}
-    router = Router.load(make_config([{"name": "last", "type": "table", "options": {"table": table}, "threshold": 0.5}]))
+    router = _table_router(make_config, {"bad one": {"a": 0.9}, "bad two": {"a": 0.9}, "fine": {"a": 0.1}})
     (row,) = probe_rows(router, tmp_path)
     assert (row["probe"], row["harmful"], row["blocked"], row["safe"], row["safe_blocked"]) == ("x", 3, 2, 2, 1)
     assert row["named_by_a_rule"] == 0 and row["blocked_by"] == "last 2"
@@ -33,8 +37,7 @@ def test_probe_rows_count_blocks_and_named_requests(make_config, tmp_path: Path)
 def test_a_safe_only_probe_is_counted_and_reported_per_language(make_config, tmp_path: Path) -> None:
     (tmp_path / "ml_safe.txt").write_text("bonjour\nbad two\nhallo\n", encoding="utf-8")
     (tmp_path / "ml_langs.txt").write_text("fr\nfr\nde\n", encoding="utf-8")
-    table = {"bad two": {"a": 0.9}, "bonjour": {"a": 0.1}, "hallo": {"a": 0.1}}
-    router = Router.load(make_config([{"name": "last", "type": "table", "options": {"table": table}, "threshold": 0.5}]))
+    router = _table_router(make_config, {"bad two": {"a": 0.9}, "bonjour": {"a": 0.1}, "hallo": {"a": 0.1}})
     (row,) = probe_rows(router, tmp_path)
     assert (row["probe"], row["harmful"], row["blocked"], row["safe"], row["safe_blocked"]) == ("ml", 0, 0, 3, 1)
     rows = {r["language"]: r for r in language_rows(router, tmp_path)}
