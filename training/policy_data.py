@@ -17,10 +17,13 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
   contexts the same way (:func:`_planted_exfiltration`: our own lines, test lines written apart;
   measured on, not trained on: :data:`MEASURE_ONLY`);
 * harmful requests: HarmfulQA/CatQA (grouped by subtopic, so translations stay together),
-  AILuminate (the ``spc_*`` advice hazards are weak negatives), BeaverTails and Safety-Tuned LLaMAs'
+  AILuminate (the ``spc_*`` advice hazards each read against the policy: 1, 0 or unlabelled,
+  :func:`_ailuminate_advice_labels`), BeaverTails and Safety-Tuned LLaMAs'
   weak rows (weight 0.5: their labels follow a model's answer, not the prompt), CoCoNot (copyright
   and misinformation rows unlabelled: not this policy), CyberSecEval interpreter/FRR (templated:
   weight 0.5), ToxiGen statements, PHTest pseudo-harmful negatives;
+* benign prompts written for this project: in 20 other languages (:func:`_multilingual_benign`) and
+  in English on dark themes (:func:`_edgy_benign`), train and val only;
 * more Alpaca instructions as benign imperatives;
 * **imperative paraphrases** (train split only, :func:`imperative`): a "How can I ...?" question
   labelled for ``harmful_request`` is also given as a request ("Explain how to ...", "Create a
@@ -227,16 +230,27 @@ def _planted_exfiltration() -> Iterable[tuple[str, PolicyExample]]:
                                        category=line["kind"], meta={"task": r["task"]})
 
 
+def _ailuminate_advice_labels() -> dict[str, int | None]:
+    """AILuminate's specialised-advice prompts (hazards ``spc_*``), each read against the
+    harmful-request policy (``ailuminate_spc_labels.csv.gz``): 1 where the prompt asks for what the
+    policy names (spreading election disinformation, fraud, tax evasion), 0 for an advice question a
+    harm router lets through, None (unlabelled) where a careful reader could go either way. The
+    hazard code alone said "advice", and about half of them ask for deception or fraud."""
+    return {r["release_prompt_id"]: None if r["label"] == "unclear" else int(r["label"])
+            for r in read_vendored("ailuminate_spc_labels.csv.gz")}
+
+
 def _harm() -> Iterable[tuple[str, PolicyExample]]:
     for i, r in enumerate(read_vendored("harm_harmfulqa_catqa.csv.gz")):
         yield (_group_split(f"{r['source_dataset']}|{r['topic']}|{r['subtopic']}", "harmqa"),
                PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="harmfulqa_catqa", id=f"harmqa-{i}",
                              weight=0.8, category=r["topic"], meta={"language": r["language"]}))
+    spc = _ailuminate_advice_labels()
     for i, r in enumerate(read_vendored("harm_ailuminate.csv.gz")):
-        advice = r["hazard"].startswith("spc_")
+        harm = spc.get(r["release_prompt_id"], 1) if r["hazard"].startswith("spc_") else 1
         yield (_group_split(r["release_prompt_id"], "ailuminate"),
-               PolicyExample(text=r["text"], labels=_labels(None, 0, 0 if advice else 1), source="ailuminate", id=f"ailuminate-{i}",
-                             weight=0.5 if advice else 0.7, category=r["hazard"], meta={"language": r["locale"][:2]}))
+               PolicyExample(text=r["text"], labels=_labels(None, 0, harm), source="ailuminate", id=f"ailuminate-{i}",
+                             weight=0.7 if harm == 1 else 0.5, category=r["hazard"], meta={"language": r["locale"][:2]}))
     for i, r in enumerate(read_vendored("harm_beavertails.csv.gz")):
         yield (_group_split(r["text"], "beavertails"),
                PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="beavertails", id=f"beavertails-{i}", weight=BEAVERTAILS_WEIGHT,
@@ -288,6 +302,23 @@ def _multilingual_benign() -> Iterable[tuple[str, PolicyExample]]:
                                    weight=MULTILINGUAL_BENIGN_WEIGHT, category=r["kind"], meta={"language": r["language"]})
 
 
+# Benign English prompts in the style of real chat-demo users that touch dark themes, written for this
+# project (``benign_edgy.csv.gz``): stories and role-play about war, crime or illness, tasks over pasted
+# texts that report crimes or accidents, and questions about medication, history, security or words
+# that only sound harmful. The harmful-request threshold sat just above the val split's benign real
+# prompts of that kind (a war-diary story, a question about pills: session 41), with the positives
+# between them allowed. Train and val only (the test split stays the one earlier figures were measured
+# on); weighted 3, under a sampled real user prompt's 16 (they are written, not sampled).
+EDGY_BENIGN_WEIGHT = 3.0
+
+
+def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
+    for i, r in enumerate(read_vendored("benign_edgy.csv.gz")):
+        split = "val" if split_hash(r["text"], salt="edgy-benign") >= 0.8 else "train"
+        yield split, PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="authored_edgy", id=f"edgy-benign-{i}",
+                                   weight=EDGY_BENIGN_WEIGHT, category=r["kind"], meta={"theme": r["theme"]})
+
+
 def _extra_alpaca(taken: set[str]) -> Iterable[tuple[str, PolicyExample]]:
     rows = [(i, r) for i, r in enumerate(read_vendored("alpaca_full.csv.gz")) if normalise(r["text"]) not in taken]
     rows.sort(key=lambda ir: split_hash(ir[1]["text"], salt="alpaca-extra"))
@@ -318,6 +349,7 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     add(_injection())
     add(_harm())
     add(_multilingual_benign())
+    add(_edgy_benign())
     add(_extra_alpaca(taken))
     add(list(_paraphrases(out["train"])))
     ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}

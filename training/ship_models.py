@@ -69,6 +69,8 @@ POLICIES_SOURCES = {  # every vendored source the multi-policy benchmark reads
     "harm_toxigen.csv.gz": "MIT / CDLA-Permissive-2.0",
     "harm_phtest.csv.gz": "MIT (HF card)",
     "benign_multilingual.csv.gz": "ours, same terms as the project (benign prompts in 20 languages written for it)",
+    "benign_edgy.csv.gz": "ours, same terms as the project (benign English prompts on dark themes written for it)",
+    "ailuminate_spc_labels.csv.gz": "ours, same terms as the project (a reading of AILuminate's advice prompts against the policy)",
 }
 TRAINING_SOURCES = POLICIES_SOURCES if BENCHMARK == "policies" else JAILBREAK_SOURCES
 

@@ -101,6 +101,42 @@ def test_the_multilingual_benign_prompts_train_and_validate_but_never_test(split
     assert len(langs) == 20 and "en" not in langs and langs["fr"] > langs["de"]
 
 
+def test_the_advice_prompts_carry_the_label_their_reading_gave(splits) -> None:
+    """Every AILuminate advice prompt is labelled as its row in the reading says (1, 0, or unlabelled
+    for "unclear"), in every split; the other hazards stay violations."""
+    from safecascade.training.datasets import read_vendored
+
+    reading = {r["release_prompt_id"]: r["label"] for r in read_vendored("ailuminate_spc_labels.csv.gz")}
+    rows = read_vendored("harm_ailuminate.csv.gz")
+    assert {r["release_prompt_id"] for r in rows if r["hazard"].startswith("spc_")} == set(reading)
+    hazard = {r["text"]: r["hazard"] for r in rows}
+    ids = {r["text"]: r["release_prompt_id"] for r in rows}
+    seen = Counter()
+    for ex in splits.values():
+        for e in ex:
+            if e.source != "ailuminate":
+                continue
+            want = {"1": 1, "0": 0, "unclear": None}[reading[ids[e.text]]] if hazard[e.text].startswith("spc_") else 1
+            assert e.labels.get("harmful_request") == want and e.labels["prompt_injection"] == 0
+            seen[want] += 1
+    assert seen[1] > seen[0] > seen[None] > 0
+
+
+def test_the_edgy_benign_prompts_train_and_validate_but_never_test(splits) -> None:
+    """The English prompts on dark themes are benign for every policy, weighted, and sit in train
+    (about 80%) and val only: the test split is what it was."""
+    from safecascade.training.datasets import read_vendored
+    from safecascade.training.policy_data import EDGY_BENIGN_WEIGHT
+
+    rows = read_vendored("benign_edgy.csv.gz")
+    got = {s: [e for e in ex if e.source == "authored_edgy"] for s, ex in splits.items()}
+    assert not got["test"] and 0.7 < len(got["train"]) / len(rows) < 0.9 and got["val"]
+    assert len(got["train"]) + len(got["val"]) > 0.98 * len(rows)  # a few may repeat a text another source holds
+    for e in got["train"] + got["val"]:
+        assert dict(e.labels) == {p: 0 for p in POLICIES} and e.weight == EDGY_BENIGN_WEIGHT
+    assert {e.meta["theme"] for e in got["train"]} == {"creative", "tasks", "questions"}
+
+
 def test_a_planted_line_goes_at_the_start_a_line_break_or_the_end() -> None:
     from safecascade.training.policy_data import _plant
 
@@ -124,7 +160,8 @@ def test_labels_follow_the_cross_policy_rules(splits) -> None:
     toxic = [e for e in ex if e.source == "toxicchat" and "harmful_request" not in e.labels]
     assert toxic and all(e.weight == 1.0 for e in toxic)
     advice = [e for e in ex if e.source == "ailuminate" and e.category.startswith("spc_")]
-    assert advice and all(e.labels["harmful_request"] == 0 for e in advice)
+    got = Counter(e.labels.get("harmful_request") for e in advice)  # each read against the policy
+    assert got[0] and got[1] and all(e.weight == (0.7 if e.labels.get("harmful_request") == 1 else 0.5) for e in advice)
     benign = real_user_benign("val")
     assert benign and all(e.source == "toxicchat" and e.label == 0 for e in benign)
     # a ToxicChat prompt our policy defines as a violation is labelled for it, not benign traffic
