@@ -15,7 +15,10 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
 * the fast tier's threshold: the F1-best threshold at that prevalence among thresholds that flag
   at most ``--benign-budget`` of the benign real user prompts (per policy; default 0.1% jailbreak,
   0.26% prompt injection, 0.26% harmful request: on the val split's 388 such prompts, none, one
-  and one);
+  and one), the share flagged estimated with a Gaussian kernel on the logit scale
+  (``--benign-smoothing``, Silverman's bandwidth of those prompts' scores) rather than counted: a
+  threshold set just above a cluster of benign scores flagged none of them on val and ~0.8% of the
+  test split's (session 42);
 * the static tier's block band: the lowest score at which its precision at that prevalence is at
   least ``--block-precision`` (0.99) and it flags no more benign real prompts than the budget;
 * the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
@@ -118,15 +121,49 @@ def weighted_f1(y: np.ndarray, pred: np.ndarray, w_pos: float) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+def _logit(s: np.ndarray) -> np.ndarray:
+    s = np.clip(np.asarray(s, dtype=float), 1e-7, 1 - 1e-7)
+    return np.log(s / (1 - s))
+
+
+def silverman_bandwidth(scores: np.ndarray) -> float:
+    """Silverman's rule-of-thumb bandwidth of ``scores`` on the logit scale (0.0 for fewer than two
+    scores or no spread)."""
+    z = _logit(scores)
+    if len(z) < 2:
+        return 0.0
+    q75, q25 = np.percentile(z, [75, 25])
+    spread = min(float(z.std()), float(q75 - q25) / 1.34) or float(z.std())
+    return 0.9 * spread * len(z) ** -0.2
+
+
+def benign_rate(benign: np.ndarray, t: float, bandwidth: float = 0.0) -> float:
+    """The share of benign prompts a threshold ``t`` flags: counted (``bandwidth`` 0), or smoothed
+    with a Gaussian kernel of that bandwidth on the logit scale, so that prompts scored just under
+    ``t`` count in part: a threshold set just above a cluster of benign scores is not read as flagging
+    none of them."""
+    if not len(benign):
+        return 0.0
+    if bandwidth <= 0:
+        return float((benign >= t).mean())
+    from scipy.stats import norm  # heavy; scipy comes with scikit-learn
+
+    return float(norm.sf((_logit(np.array([t]))[0] - _logit(benign)) / bandwidth).mean())
+
+
 def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast: np.ndarray, benign_static: np.ndarray,
-           s_static_allow: np.ndarray | None = None, *, prevalence: float, budget: float, block_precision: float, allow_miss: float) -> dict[str, float]:
-    """One policy's fast threshold and static band (see the module docstring)."""
+           s_static_allow: np.ndarray | None = None, *, prevalence: float, budget: float, block_precision: float, allow_miss: float,
+           smooth_benign: bool = False) -> dict[str, float]:
+    """One policy's fast threshold and static band (see the module docstring). ``smooth_benign``: the
+    fast threshold's benign-flag rate is the kernel-smoothed estimate (:func:`benign_rate`, Silverman's
+    bandwidth of the benign scores) instead of the count."""
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     w_pos = prevalence / (1 - prevalence) * n_neg / max(1, n_pos)  # positives re-weighted to the prevalence
     cands = np.unique(np.r_[s_fast, 0.5])
+    bw = silverman_bandwidth(benign_fast) if smooth_benign else 0.0
     best = (0.5, -1.0)
     for t in cands:
-        if (benign_fast >= t).mean() > budget:
+        if benign_rate(benign_fast, float(t), bw) > budget:
             continue
         f = weighted_f1(y, s_fast >= t, w_pos)
         if f > best[1]:
@@ -153,7 +190,8 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
     # below a benign prompt's score near 1 (scores combined from two tiers crowd there)
     return {"fast_threshold": float(np.floor(thr * 1e6) / 1e6), "fast_allow_below": round(fast_allow * 0.999, 4),
             "static_block_above": round(block, 4), "static_allow_below": round(allow * 0.999, 4),
-            "val_weighted_f1_fast": round(best[1], 4), "w_pos": round(w_pos, 4)}
+            "val_weighted_f1_fast": round(best[1], 4), "w_pos": round(w_pos, 4),
+            "val_benign_rate_fast": round(benign_rate(benign_fast, thr, bw), 5), "benign_bandwidth": round(bw, 4)}
 
 
 def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[str, dict[str, np.ndarray]],
@@ -258,12 +296,14 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
     from the templates in ``experiments/presets`` (the safeguard tier of the existing file is kept)."""
     c, v = report["chosen"], report["val"]
     vals = "; ".join(f"{p} P {v[p]['precision_at_prevalence']:.3f} R {v[p]['recall']:.3f} F1 {v[p]['f1_at_prevalence']:.3f}" for p in POLICIES)
+    smoothing = (", that share estimated with a Gaussian kernel\n# (Silverman's bandwidth, logit scale) rather than counted"
+                 if getattr(args, "benign_smoothing", "none") == "silverman" else "")
     how = (f"# Bands and thresholds were tuned per policy on the val split for real traffic with\n"
            f"# `python -m experiments.tune_policy_bands --models models --work /tmp/tune --write-presets models`\n"
            f"# (the shipped heads are fit on train only, so val is out of sample): positives re-weighted to\n"
            f"# {args.prevalence:.0%} prevalence; the fast threshold is the F1-best one that flags at most\n"
            f"# {', '.join(f'{b:.1%} ({p})' for p, b in args.benign_budget.items())} of the val split's\n"
-           f"# benign real user prompts (ToxicChat, neither toxic nor a jailbreak);\n"
+           f"# benign real user prompts (ToxicChat, neither toxic nor a jailbreak){smoothing};\n"
            f"# the static tier blocks only at precision >= {args.block_precision} and allows below the score under\n"
            f"# which {miss_text(args.allow_miss)} of the violations the fast tier blocks fall. Expected on val, each policy's own flag\n"
            f"# (at {args.prevalence:.0%} prevalence): {vals};\n"
@@ -300,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-budget", type=json.loads, default={"jailbreak": 0.001, "prompt_injection": 0.0026, "harmful_request": 0.0026},
                     help="per policy (JSON), the most of the val split's benign real user prompts its fast threshold may flag "
                          "(on the val split's 388 benign real prompts the defaults allow none, one and one)")
+    ap.add_argument("--benign-smoothing", choices=("silverman", "none"), default="silverman",
+                    help="how the fast threshold's benign-flag rate is estimated on the val split's few hundred benign "
+                         "real prompts: kernel-smoothed on the logit scale with Silverman's bandwidth (default: a "
+                         "threshold just above a cluster of benign scores is not read as flagging none), or counted")
     ap.add_argument("--block-precision", type=float, default=0.99)
     ap.add_argument("--allow-miss", type=json.loads, default=0.01,
                     help="the share of the violations the fast tier blocks that the static allow band may give up: "
@@ -356,14 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     def pick(p: str, fast: np.ndarray) -> float:
         return choose(y[p], fast[idx[p]], sc["static_block"][p][idx[p]], fast[nv:], sc["static_block"][p][nv:],
                       prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
-                      allow_miss=allow_miss(args.allow_miss, p))["fast_threshold"]
+                      allow_miss=allow_miss(args.allow_miss, p), smooth_benign=args.benign_smoothing == "silverman")["fast_threshold"]
 
     sc["fast"], fills = tune_fills(sc, args.combine, pick)
     for p in POLICIES:
         s_allow = sc["static_allow"][p][idx[p]] if "static_allow" in sc else None
         chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static_block"][p][idx[p]], sc["fast"][p][nv:], sc["static_block"][p][nv:], s_allow,
                            prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
-                           allow_miss=allow_miss(args.allow_miss, p))
+                           allow_miss=allow_miss(args.allow_miss, p), smooth_benign=args.benign_smoothing == "silverman")
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block, args.named_threshold)
     report: dict[str, Any] = {"chosen": chosen, "fills": fills, "val": {}}
     for p in POLICIES:

@@ -158,3 +158,24 @@ def test_fills_decide_a_text_not_judged_whole_at_the_fast_tiers_own_threshold():
     own, thr = pick("harmful_request", fast["harmful_request"]), pick("harmful_request", comb["harmful_request"])
     assert sigmoid(logit(own) + logit(f)) == pytest.approx(thr, abs=2e-3)
     assert np.array_equal(comb["jailbreak"], fast["jailbreak"])
+
+
+def test_a_smoothed_benign_budget_keeps_the_threshold_off_a_cluster_of_benign_scores():
+    """Counted, a threshold inside a cluster of benign scores flags one of them (the budget); smoothed
+    (Gaussian kernel on the logit scale, Silverman's bandwidth), prompts just under it count in
+    part, so the threshold moves above the cluster and the estimate at it stays within the budget."""
+    from experiments.tune_policy_bands import benign_rate, silverman_bandwidth
+
+    rng = np.random.default_rng(0)
+    benign = np.r_[1 / (1 + np.exp(-rng.normal(-4.0, 1.5, 397))), [0.970, 0.972, 0.974]]  # a cluster near the top
+    y = np.array([1] * 200 + [0] * 200)
+    fast = np.r_[np.linspace(0.90, 0.9999, 200), 1 / (1 + np.exp(-rng.normal(-5.0, 1.0, 200)))]
+    kw = dict(prevalence=0.03, budget=0.0026, block_precision=0.99, allow_miss=0.01)
+    counted = choose(y, fast, np.zeros(400), benign, np.zeros(400), **kw)
+    smoothed = choose(y, fast, np.zeros(400), benign, np.zeros(400), smooth_benign=True, **kw)
+    assert 0.972 < counted["fast_threshold"] <= 0.974  # inside the cluster: counted, it flags one of 400 (the budget)
+    assert smoothed["fast_threshold"] > 0.974  # above the whole cluster
+    bw = silverman_bandwidth(benign)
+    assert bw > 0 and smoothed["benign_bandwidth"] == round(bw, 4)
+    assert benign_rate(benign, smoothed["fast_threshold"], bw) <= 0.0026 < benign_rate(benign, counted["fast_threshold"], bw)
+    assert benign_rate(benign, 0.973, 0.0) == 0.0025  # counted: the one prompt at 0.974 of 400
