@@ -47,7 +47,7 @@ def probe_rows(router: Router, probes: Path = PROBES) -> list[dict[str, object]]
         safe_path = probes / f"{name}_safe.txt"
         safe = read_lines(safe_path) if safe_path.is_file() else []
         safe_blocked = sum(d.action == "block" for d in router.classify_batch(safe)) if safe else 0
-        rows.append({"probe": name, "harmful": len(texts), "blocked": len(blocked), "recall": len(blocked) / len(texts) if texts else float("nan"),
+        rows.append({"probe": name, "harmful": len(texts), "blocked": len(blocked), "recall": len(blocked) / len(texts) if texts else None,
                      "named_by_a_rule": named, "blocked_by": ", ".join(f"{t} {n}" for t, n in sorted(by_tier.items())),
                      "safe": len(safe), "safe_blocked": safe_blocked})
     return rows

@@ -40,6 +40,7 @@ def test_a_safe_only_probe_is_counted_and_reported_per_language(make_config, tmp
     router = _table_router(make_config, {"bad two": {"a": 0.9}, "bonjour": {"a": 0.1}, "hallo": {"a": 0.1}})
     (row,) = probe_rows(router, tmp_path)
     assert (row["probe"], row["harmful"], row["blocked"], row["safe"], row["safe_blocked"]) == ("ml", 0, 0, 3, 1)
+    assert row["recall"] is None  # no harmful lines: no recall (the table shows "–", not "nan")
     rows = {r["language"]: r for r in language_rows(router, tmp_path)}
     assert (rows["fr"]["safe"], rows["fr"]["blocked"], rows["fr"]["by_policy"]) == (2, 1, "a 1")
     assert (rows["de"]["safe"], rows["de"]["blocked"], rows["de"]["by_policy"]) == (1, 0, "")
