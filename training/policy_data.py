@@ -295,11 +295,17 @@ def _harm() -> Iterable[tuple[str, PolicyExample]]:
 MULTILINGUAL_BENIGN_WEIGHT = 1.5
 
 
+def _authored_benign(filename: str, source: str, tag: str, weight: float, meta: str) -> Iterable[tuple[str, PolicyExample]]:
+    """Benign prompts written for this project: benign for every policy, train or val (80/20 by a
+    hash of the text salted with ``tag``), never test; ``meta``: the column kept in ``meta``."""
+    for i, r in enumerate(read_vendored(filename)):
+        split = "val" if split_hash(r["text"], salt=tag) >= 0.8 else "train"
+        yield split, PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source=source, id=f"{tag}-{i}",
+                                   weight=weight, category=r["kind"], meta={meta: r[meta]})
+
+
 def _multilingual_benign() -> Iterable[tuple[str, PolicyExample]]:
-    for i, r in enumerate(read_vendored("benign_multilingual.csv.gz")):
-        split = "val" if split_hash(r["text"], salt="ml-benign") >= 0.8 else "train"
-        yield split, PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="authored_multilingual", id=f"ml-benign-{i}",
-                                   weight=MULTILINGUAL_BENIGN_WEIGHT, category=r["kind"], meta={"language": r["language"]})
+    return _authored_benign("benign_multilingual.csv.gz", "authored_multilingual", "ml-benign", MULTILINGUAL_BENIGN_WEIGHT, "language")
 
 
 # Benign English prompts in the style of real chat-demo users that touch dark themes, written for this
@@ -313,10 +319,7 @@ EDGY_BENIGN_WEIGHT = 3.0
 
 
 def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
-    for i, r in enumerate(read_vendored("benign_edgy.csv.gz")):
-        split = "val" if split_hash(r["text"], salt="edgy-benign") >= 0.8 else "train"
-        yield split, PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="authored_edgy", id=f"edgy-benign-{i}",
-                                   weight=EDGY_BENIGN_WEIGHT, category=r["kind"], meta={"theme": r["theme"]})
+    return _authored_benign("benign_edgy.csv.gz", "authored_edgy", "edgy-benign", EDGY_BENIGN_WEIGHT, "theme")
 
 
 def _extra_alpaca(taken: set[str]) -> Iterable[tuple[str, PolicyExample]]:
