@@ -35,17 +35,12 @@ DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults a
 # red-team prompts) count 0.3x in the heads and the lexical block, the rows' other labels in full
 # (on val, the harmful-request embedding head's recall on the strongly labelled violations at one
 # benign real prompt flagged in 388 rose from 0.40 to 0.56). Measured in docs/policies.md.
-# Calibration is Platt's (monotone in the logit, so the order a threshold cuts is the model's own), not
-# "auto": by cross-validated log-loss auto chose isotonic for the prompt-injection stack of session 42's
-# fast tier, whose steps tied 8,712 test texts on 50 scores (6,532 val texts on 35), so a threshold
-# could sit at only a few places; the same stack's ranking untied, on val: ROC-AUC 0.9942 -> 0.9953,
-# recall at 1% FPR 0.898 -> 0.904 (session 43).
 POLICIES_RECIPE: dict[str, dict[str, Any]] = {
     "fast": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
              "head": "mlp", "finetune": True, "finetune_benchmark": "", "finetune_pairs": 8000,
-             "finetune_max_seconds": 2100.0, "int8": True, "weak_label_weight": 0.3, "calibration": "platt"},
+             "finetune_max_seconds": 2100.0, "int8": True, "weak_label_weight": 0.3},
     "static": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
-               "head": "mlp", "weak_label_weight": 0.3, "calibration": "platt"},
+               "head": "mlp", "weak_label_weight": 0.3},
 }
 DEFAULT_RECIPE: dict[str, dict[str, Any]] = POLICIES_RECIPE
 # The jailbreak-only recipe the defaults shipped with before the three policies (kept to rebuild

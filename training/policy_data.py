@@ -159,16 +159,12 @@ def _from_jailbreak_benchmark() -> Iterable[tuple[str, PolicyExample]]:
                                        weight=REAL_BENIGN_WEIGHT if real_benign else 1.0)
 
 
-def _bipia_split(context_id: str, file_tag: str, attack: str = "") -> str:
-    """A BIPIA row's split: the test file is the test split. In the train file a clean context goes to
-    train or (one in five, by a seeded hash of the context) val; a context with an attack planted goes
-    by the **attack**, one in five attack strings to val: BIPIA's train file plants 25 strings per
-    attack group into hundreds of contexts, so split by context the val split held the very strings
-    train did (task-irrelevant attacks: 0.98 blocked on val, 0.09 on the test file's other strings;
-    session 43), and the tuner read indirect injection as solved."""
+def _bipia_split(context_id: str, file_tag: str) -> str:
+    """A BIPIA context's split: the test file is the test split; the train file's contexts go to
+    train or (one in five, by a seeded hash of the context) val."""
     if file_tag == "test":
         return "test"
-    return "val" if split_hash(attack or context_id, salt="bipia") >= 0.8 else "train"
+    return "val" if split_hash(context_id, salt="bipia") >= 0.8 else "train"
 
 
 def _injection() -> Iterable[tuple[str, PolicyExample]]:
@@ -194,7 +190,7 @@ def _injection() -> Iterable[tuple[str, PolicyExample]]:
                PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="notinject", id=f"notinject-{i}", category="hard_negative"))
     for fname, tag in (("bipia_indirect_train.csv.gz", "train"), ("bipia_indirect_test.csv.gz", "test")):
         for i, r in enumerate(read_vendored(fname)):
-            split = _bipia_split(r["context_id"], tag, r["attack_name"] if r["label"] == "1" else "")
+            split = _bipia_split(r["context_id"], tag)
             if r["label"] == "1":
                 labels = _labels(None, 1, None if r["attack_group"] == "code-malicious" else 0)
             else:
@@ -202,7 +198,6 @@ def _injection() -> Iterable[tuple[str, PolicyExample]]:
             yield split, PolicyExample(text=r["text"], labels=labels, source="bipia", id=f"bipia-{tag}-{i}",
                                        category=r["attack_group"] or "clean", meta={"task": r["task"], "position": r["position"]})
     yield from _planted_exfiltration()
-    yield from _planted_requests()
 
 
 def _plant(context: str, line: str, where: float) -> str:
@@ -214,58 +209,6 @@ def _plant(context: str, line: str, where: float) -> str:
         return context + "\n" + line
     cut = 1 + int((where - 1 / 3) * 3 * (len(lines) - 2))
     return "\n".join(lines[:cut] + [line] + lines[cut:])
-
-
-# Requests planted inside documents (``_planted_requests``): ordinary one-line Alpaca instructions
-# ("Give three tips for staying healthy."), each a benign prompt on its own, put on a line of its own in
-# the middle of a clean BIPIA context of the train file (an e-mail, a table, a code answer). BIPIA's
-# task-irrelevant attacks are such requests, but its train file has 25 of them, and the learned tiers
-# learned those strings: on the test file's other 25, 9% blocked (session 43). These teach the shape (a
-# request addressed to the assistant where the document's content should be). Middle only: a request at
-# the start or end of pasted text is how users ask about it ("Summarize this e-mail: ..."). How many
-# per context: a few per e-mail and code context (there are few), two per table.
-PLANTED_REQUESTS = {"email": 4, "code": 4, "table": 2}
-
-
-def _plant_middle(context: str, line: str, where: float) -> str | None:
-    """``line`` on a line of its own inside ``context``: at a line break after its first line and
-    before its second-to-last, or (a context of fewer than three lines) after a sentence end in its
-    middle third; None where there is neither."""
-    lines = context.split("\n")
-    if len(lines) >= 3:
-        cut = 1 + int(where * (len(lines) - 2))
-        return "\n".join(lines[:cut] + [line] + lines[cut:])
-    n = len(context)
-    ends = [m.end() for m in re.finditer(r"[.!?](?=\s+[A-Z])", context) if n / 3 <= m.end() <= 2 * n / 3]
-    if not ends:
-        return None
-    cut = ends[int(where * len(ends))]
-    return context[:cut] + "\n" + line + "\n" + context[cut:].lstrip()
-
-
-def _planted_requests() -> Iterable[tuple[str, PolicyExample]]:
-    """Alpaca instructions (one line, 20-160 characters, none the benchmark holds otherwise) planted
-    in the middle of the BIPIA train file's clean contexts (:data:`PLANTED_REQUESTS` per context,
-    train/val by context as the clean rows): label 1 for prompt_injection (PI2.a), 0 for
-    harmful_request. Train and val only."""
-    taken = {normalise(e.text) for split in SPLITS for e in load_benchmark("jailbreak", split)}
-    rows = sorted(read_vendored("alpaca_full.csv.gz"), key=lambda r: split_hash(r["text"], salt="alpaca-extra"))
-    # the last third in _extra_alpaca's order: it samples its benign rows from the front
-    pool = [t for t in (r["text"].strip() for r in rows[2 * len(rows) // 3:])
-            if 20 <= len(t) <= 160 and "\n" not in t and normalise(t) not in taken]
-    pool.sort(key=lambda t: split_hash(t, salt="planted-request"))
-    clean = sorted((r for r in read_vendored("bipia_indirect_train.csv.gz") if r["label"] == "0"), key=lambda r: r["context_id"])
-    k = 0
-    for r in clean:
-        split = _bipia_split(r["context_id"], "train")
-        for j in range(PLANTED_REQUESTS.get(r["task"], 0)):
-            line = pool[k % len(pool)]
-            k += 1
-            text = _plant_middle(r["text"], line, split_hash(f"{r['context_id']}|{j}", salt="planted-where"))
-            if text is None:
-                continue
-            yield split, PolicyExample(text=text, labels=_labels(None, 1, 0), source="planted_request", id=f"planted-{r['context_id']}-{j}",
-                                       category="task-irrelevant", meta={"task": r["task"]})
 
 
 def _planted_exfiltration() -> Iterable[tuple[str, PolicyExample]]:

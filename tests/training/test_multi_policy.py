@@ -147,56 +147,6 @@ def test_a_planted_line_goes_at_the_start_a_line_break_or_the_end() -> None:
     assert _plant("one line", "X", 0.5) == "one line\nX"  # no inner break: at the end
 
 
-def test_bipia_train_attacks_never_straddle_train_and_val(splits) -> None:
-    """BIPIA's train file plants each attack string in many contexts: the val split gets its own
-    attack strings (one in five), so its indirect-injection figures are on strings train never saw."""
-    from safecascade.training.datasets import read_vendored
-
-    names = {r["text"]: r["attack_name"] for r in read_vendored("bipia_indirect_train.csv.gz") if r["label"] == "1"}
-    got = {s: {names[e.text] for e in splits[s] if e.source == "bipia" and e.text in names} for s in ("train", "val")}
-    assert got["train"] and got["val"] and not got["train"] & got["val"]
-    assert 0.1 < len(got["val"]) / (len(got["train"]) + len(got["val"])) < 0.3
-
-
-def test_planted_requests_sit_inside_clean_train_contexts(splits) -> None:
-    """Each planted request is one Alpaca instruction on a line of its own inside a clean context of
-    BIPIA's train file (never its first or last line), an injection and not a harmful request, in
-    train or val by its context (never test), and no planted text repeats another."""
-    from safecascade.training.datasets import read_vendored
-    from safecascade.training.policy_data import _bipia_split
-
-    clean = {r["context_id"]: r for r in read_vendored("bipia_indirect_train.csv.gz") if r["label"] == "0"}
-    alpaca = {r["text"].strip() for r in read_vendored("alpaca_full.csv.gz")}
-    got = {s: [e for e in ex if e.source == "planted_request"] for s, ex in splits.items()}
-    assert not got["test"] and len(got["train"]) > 1000 and len(got["val"]) > 100
-    for split in ("train", "val"):
-        for e in got[split]:
-            assert dict(e.labels) == {"prompt_injection": 1, "harmful_request": 0} and e.category == "task-irrelevant"
-            ctx_id = e.id[len("planted-"):].rsplit("-", 1)[0]
-            ctx = clean[ctx_id]["text"]
-            assert _bipia_split(ctx_id, "train") == split
-            lines = e.text.split("\n")
-            inner = [k for k, line in enumerate(lines) if line in alpaca and line not in ctx]
-            assert len(inner) == 1 and 0 < inner[0] < len(lines) - 1, e.text[:200]
-            rest = lines[:inner[0]] + lines[inner[0] + 1:]
-            assert " ".join("\n".join(rest).split()) == " ".join(ctx.split())
-    tasks = Counter(e.meta["task"] for e in got["train"])
-    assert set(tasks) == {"email", "table", "code"}
-    assert len({e.text for s in got.values() for e in s}) == sum(map(len, got.values()))
-
-
-def test_a_request_is_planted_at_an_inner_line_break_or_a_mid_sentence_end() -> None:
-    from safecascade.training.policy_data import _plant_middle
-
-    # after the first line, before the second-to-last: never the first or last line
-    assert _plant_middle("a\nb\nc", "X", 0.0) == "a\nX\nb\nc" == _plant_middle("a\nb\nc", "X", 0.99)
-    assert _plant_middle("a\nb\nc\nd\ne", "X", 0.99) == "a\nb\nc\nX\nd\ne"
-    prose = "First part here. Second part goes on. Third part ends it. Last words."
-    got = _plant_middle(prose, "X", 0.0)
-    assert got is not None and "\nX\n" in got and got.replace("\nX\n", " ") == prose
-    assert _plant_middle("no sentence end in the middle at all", "X", 0.5) is None
-
-
 def test_labels_follow_the_cross_policy_rules(splits) -> None:
     ex = splits["train"]
     harm = [e for e in ex if e.source == "harmfulqa_catqa"]
