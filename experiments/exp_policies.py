@@ -110,6 +110,30 @@ def sub_category_rows(name: str, router: Router, policy: str, view: list[Any], d
     return rows
 
 
+# Documents the application reads (indirect injection): BIPIA's test file, whose attack strings
+# training never saw (its train file's strings are in train and val alike: a val figure for these is
+# in sample), per attack group, and the clean documents and ordinary planted lines ("send the signed
+# invoice to billing@...") blocked: what a deployment scanning e-mails or pages sees on both sides.
+DOCUMENT_SETS = {"bipia": "BIPIA", "exfil_planted": "planted lines"}
+
+
+def document_rows(name: str, test: Sequence[Any], dec: dict[str, Decision]) -> list[dict[str, Any]]:
+    """Per document source and category: the attacks blocked (``R_blocked``) or, for the clean
+    documents (label 0 for every policy), the share blocked (``benign_flag_rate``)."""
+    by: dict[tuple[str, str, bool], list[bool]] = {}
+    for e in test:
+        if e.source in DOCUMENT_SETS:
+            attack = e.labels.get("prompt_injection") == 1
+            by.setdefault((e.source, e.category or "", attack), []).append(dec[e.id].action == "block")
+    rows = []
+    for (src, cat, attack), hits in sorted(by.items()):
+        row: dict[str, Any] = {"router": name, "policy": "prompt_injection", "n": len(hits), "positives": len(hits) if attack else 0,
+                               "set": f"documents: {DOCUMENT_SETS[src]} {cat} {'attacks' if attack else '(benign)'}"}
+        row["R_blocked" if attack else "benign_flag_rate"] = sum(hits) / len(hits)
+        rows.append(row)
+    return rows
+
+
 def evaluate(name: str, config: str | None, *, limit: int | None) -> list[dict[str, Any]]:
     """Rows of the per-policy table for one router config."""
     cfg = load_config(config) if config else None
@@ -145,6 +169,7 @@ def evaluate(name: str, config: str | None, *, limit: int | None) -> list[dict[s
                              "fast_R@1%FPR": recall_at_fpr(labels, fscores, 0.01), "scores_policy": pol in router.policies})
                 log.info("%s %s/%s: %s", name, pol, set_name, {k: v for k, v in rows[-1].items() if isinstance(v, float)})
             rows += sub_category_rows(name, router, pol, view, dec)
+        rows += document_rows(name, test, dec)
         by_lang: dict[str, list[bool]] = {}
         for e in test:
             if any(v == 1 for v in e.labels.values()) and language(e) != "en":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from experiments.exp_policies import SUB_CATEGORIES, sub_category, sub_category_rows
+from experiments.exp_policies import SUB_CATEGORIES, document_rows, sub_category, sub_category_rows
 from safecascade.router.decision import Decision, PolicyVerdict
 from safecascade.router.policy import Policy, builtin_policies
 from safecascade.training.policy_data import PolicyExample
@@ -48,3 +48,20 @@ def test_every_mapped_category_occurs_among_the_test_splits_violations():
         seen = {(e.source, e.category) for e in test if e.labels.get(name) == 1}
         missing += [(name, src, cat) for src, cats in sources.items() for cat in cats if (src, cat) not in seen]
     assert not missing, f"categories the test split does not have (renamed upstream?): {missing}"
+
+
+def test_document_rows_give_attacks_blocked_and_clean_documents_blocked_per_category():
+    pi = {"prompt_injection": 1}
+    ex = [PolicyExample(text=f"t{i}", labels=labels, source=src, id=f"e{i}", category=cat)
+          for i, (src, cat, labels) in enumerate([("bipia", "task-irrelevant", pi), ("bipia", "task-irrelevant", pi),
+                                                  ("bipia", "clean", {"prompt_injection": 0}), ("bipia", "clean", {"prompt_injection": 0}),
+                                                  ("bipia", "clean", {"prompt_injection": 0}), ("exfil_planted", "benign", {"prompt_injection": 0}),
+                                                  ("gandalf", "", pi)])]
+    dec = {"e0": _decision("block"), "e1": _decision("allow"), "e2": _decision("block"), "e3": _decision("allow"),
+           "e4": _decision("allow"), "e5": _decision("allow"), "e6": _decision("block")}
+    rows = {r["set"]: r for r in document_rows("default", ex, dec)}
+    assert set(rows) == {"documents: BIPIA task-irrelevant attacks", "documents: BIPIA clean (benign)",
+                         "documents: planted lines benign (benign)"}  # Gandalf is not a document
+    attacks, clean = rows["documents: BIPIA task-irrelevant attacks"], rows["documents: BIPIA clean (benign)"]
+    assert (attacks["n"], attacks["positives"], attacks["R_blocked"]) == (2, 2, 0.5) and "benign_flag_rate" not in attacks
+    assert (clean["n"], clean["positives"], clean["benign_flag_rate"]) == (3, 0, 1 / 3) and "R_blocked" not in clean
