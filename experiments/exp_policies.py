@@ -14,6 +14,8 @@ For each policy (jailbreak, prompt_injection, harmful_request) on the texts labe
 * harmful_request and prompt_injection per sub-category (the policy's rule ids, where a source's
   category says which: :data:`SUB_CATEGORIES`): the violations blocked, and the share of those whose
   Decision lists the sub-category (``sub_category_listed``);
+* documents the application reads (:func:`document_rows`): BIPIA's test attacks per attack group,
+  our planted lines, and the clean documents and ordinary planted lines blocked;
 * the benign-flag rate: the share of real user prompts that are neither toxic nor a jailbreak
   (ToxicChat, test split) that the router blocks, overall and per policy flag;
 * mean CPU milliseconds per text of the whole cascade on the jailbreak benchmark's test split.
