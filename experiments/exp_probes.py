@@ -54,14 +54,17 @@ def probe_rows(router: Router, probes: Path = PROBES) -> list[dict[str, object]]
 
 
 def language_rows(router: Router, probes: Path = PROBES, name: str = "ml") -> list[dict[str, object]]:
-    """For a safe-only probe with a ``<name>_langs.txt`` (one language code per line of
-    ``<name>_safe.txt``): per language, the prompts and how many the router blocks, and by which policy."""
-    safe_path, langs_path = probes / f"{name}_safe.txt", probes / f"{name}_langs.txt"
+    """For a probe with a ``<name>_langs.txt`` (one language code per line of ``<name>_safe.txt``, and of
+    ``<name>_harm.txt`` where the probe has one): per language, the safe prompts, how many the router
+    blocks and by which policy, and (with harmful lines) the harmful prompts and how many it blocks."""
+    safe_path, langs_path, harm_path = probes / f"{name}_safe.txt", probes / f"{name}_langs.txt", probes / f"{name}_harm.txt"
     if not (safe_path.is_file() and langs_path.is_file()):
         return []
     texts, langs = read_lines(safe_path), read_lines(langs_path)
-    if len(texts) != len(langs):
-        raise ValueError(f"{langs_path} has {len(langs)} lines, {safe_path} {len(texts)}")
+    harm = read_lines(harm_path) if harm_path.is_file() else None
+    for path, lines in ((safe_path, texts), (harm_path, harm)):
+        if lines is not None and len(lines) != len(langs):
+            raise ValueError(f"{langs_path} has {len(langs)} lines, {path} {len(lines)}")
     n: Counter[str] = Counter()
     blocked: Counter[str] = Counter()
     by_policy: dict[str, Counter[str]] = {}
@@ -70,7 +73,11 @@ def language_rows(router: Router, probes: Path = PROBES, name: str = "ml") -> li
         if d.action == "block":
             blocked[lang] += 1
             by_policy.setdefault(lang, Counter()).update(p for p, v in d.policies.items() if v.flagged)
-    return [{"language": lang, "safe": n[lang], "blocked": blocked[lang],
+    harm_blocked: Counter[str] = Counter()
+    for lang, d in zip(langs, router.classify_batch(harm) if harm else []):
+        harm_blocked[lang] += d.action == "block"
+    return [{"language": lang, **({"harmful": n[lang], "harmful_blocked": harm_blocked[lang]} if harm is not None else {}),
+             "safe": n[lang], "blocked": blocked[lang],
              "by_policy": ", ".join(f"{p} {k}" for p, k in sorted(by_policy.get(lang, Counter()).items()))} for lang in n]
 
 
@@ -91,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rw.text("Safe prompts in other languages blocked, per language (`ml_safe.txt`, its language per line in "
                     "`ml_langs.txt`):")
             rw.table(by_language)
+        jailbreaks = language_rows(router, name="jbx2")
+        if jailbreaks:
+            rw.text("Jailbreaks written in other languages and their safe look-alikes blocked, per language "
+                    "(`jbx2_harm.txt` / `jbx2_safe.txt`, the language per line in `jbx2_langs.txt`; `blocked`: safe ones):")
+            rw.table(jailbreaks)
         for r in rows:
             log.info("%s: %d/%d blocked, safe %d/%d", r["probe"], r["blocked"], r["harmful"], r["safe_blocked"], r["safe"])
     router.close()

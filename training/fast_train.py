@@ -28,7 +28,7 @@ from safecascade.training.heads import text_logits, train_heads
 from safecascade.training.int8_gate import int8_gate, int8_measure, record_int8
 from safecascade.training.lexical_train import train_lexical_block
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
-from safecascade.training.policy_data import PARAPHRASE, POLICIES, training_split
+from safecascade.training.policy_data import HEADS_ONLY, POLICIES, training_split
 from safecascade.training.static_train import train_static
 from safecascade.training.train_config import TrainConfig
 from safecascade.training.train_rows import data_hash, prepare_rows, split_labels, stratified_limit
@@ -62,10 +62,10 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
         encoder, ft_info = finetuned_encoder(fb_cfg, fb_rows, progress=progress)
         ft_info = {**ft_info, "benchmark": cfg.finetune_benchmark}
     elif cfg.finetune:
-        # the encoder is tuned on original texts at their usual weights; template paraphrases train
-        # the heads only, and weak labels weigh less only there (cfg.weak_label_weight)
+        # the encoder is tuned on original texts at their usual weights; template paraphrases and
+        # translations train the heads only, and weak labels weigh less only there (cfg.weak_label_weight)
         ft_rows = rows if cfg.weak_label_weight == 1.0 else prepare_rows(replace(cfg, weak_label_weight=1.0), train, verdicts)
-        encoder, ft_info = finetuned_encoder(cfg, [r for r in ft_rows if not r.source.startswith(PARAPHRASE)], progress=progress)
+        encoder, ft_info = finetuned_encoder(cfg, [r for r in ft_rows if not r.source.startswith(HEADS_ONLY)], progress=progress)
     enc_dir = default_encoder_dir() if encoder == "default" else Path(encoder)
     enc_name, enc_sha = encoder_fingerprint(encoder)
     st = load_st(encoder)

@@ -96,9 +96,12 @@ class PolicyExample:
     weak: tuple[str, ...] = ()  # policies whose label is weak: it follows a model's answer, not the prompt
 
 
-# The source of a paraphrase row is "paraphrase:<source of the original>". Such rows train the
-# heads and the lexical block, not the fine-tuned encoder (which is tuned on original texts only).
+# The source of a paraphrase row is "paraphrase:<source of the original>", of a translation
+# "translation:<source of the original>". Such rows train the heads and the lexical block, not the
+# fine-tuned encoder (which is tuned on original texts only): :data:`HEADS_ONLY`.
 PARAPHRASE = "paraphrase:"
+TRANSLATION = "translation:"
+HEADS_ONLY = (PARAPHRASE, TRANSLATION)
 _HOW_TO = re.compile(
     r"(?i)^\s*(?:how (?:can|do|could|would|should|might|may) (?:i|one|someone|we|a person|you)|how to|"
     r"what(?:'s| is) the (?:best|easiest|quickest|most effective|safest) way to|"
@@ -322,6 +325,23 @@ def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
     return _authored_benign("benign_edgy.csv.gz", "authored_edgy", "edgy-benign", EDGY_BENIGN_WEIGHT, "theme")
 
 
+# Jailbreak prompts of the jailbreak benchmark's train split (JailbreakHub), their first ~1,100
+# characters, translated into French, German, Chinese, Spanish, Italian, Russian and Portuguese by
+# helpers for this project, 30 per language, with as many of the train split's benign persona prompts
+# (awesome-chatgpt-prompts: "act as a travel guide") translated alongside
+# (``jailbreak_translated.csv.gz``). The benchmark held no jailbreak in another language, and the
+# multilingual benign prompts (session 41) taught the learned tiers that another language is no
+# signal, so a translated persona jailbreak was left to the rules: 9 of 40 of a held-out probe
+# blocked (``jbx``, session 41). Train and val only (80/20 by a hash of the original's id); the
+# encoder's fine-tune does not see them (:data:`HEADS_ONLY`).
+def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
+    for i, r in enumerate(read_vendored("jailbreak_translated.csv.gz")):
+        split = "val" if split_hash(r["source_id"], salt="jb-translated") >= 0.8 else "train"
+        labels = _labels(1, None, None) if r["label"] == "1" else _labels(0, 0, 0)
+        yield split, PolicyExample(text=r["text"], labels=labels, source=TRANSLATION + r["source"], id=f"jb-translated-{i}",
+                                   category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
+
+
 def _extra_alpaca(taken: set[str]) -> Iterable[tuple[str, PolicyExample]]:
     rows = [(i, r) for i, r in enumerate(read_vendored("alpaca_full.csv.gz")) if normalise(r["text"]) not in taken]
     rows.sort(key=lambda ir: split_hash(ir[1]["text"], salt="alpaca-extra"))
@@ -353,6 +373,7 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     add(_harm())
     add(_multilingual_benign())
     add(_edgy_benign())
+    add(_translated_jailbreaks())
     add(_extra_alpaca(taken))
     add(list(_paraphrases(out["train"])))
     ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}

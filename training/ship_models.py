@@ -71,6 +71,7 @@ POLICIES_SOURCES = {  # every vendored source the multi-policy benchmark reads
     "benign_multilingual.csv.gz": "ours, same terms as the project (benign prompts in 20 languages written for it)",
     "benign_edgy.csv.gz": "ours, same terms as the project (benign English prompts on dark themes written for it)",
     "ailuminate_spc_labels.csv.gz": "ours, same terms as the project (a reading of AILuminate's advice prompts against the policy)",
+    "jailbreak_translated.csv.gz": "translations made for the project of JailbreakHub (MIT) and awesome-chatgpt-prompts (CC0 1.0) rows",
 }
 TRAINING_SOURCES = POLICIES_SOURCES if BENCHMARK == "policies" else JAILBREAK_SOURCES
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from experiments.exp_probes import PROBES, language_rows, probe_rows, read_lines
 from safecascade.router.cascade import Router
 from tests.router.conftest import make_config  # noqa: F401  (the fixture; registers the "table" tier)
@@ -44,6 +46,19 @@ def test_a_safe_only_probe_is_counted_and_reported_per_language(make_config, tmp
     rows = {r["language"]: r for r in language_rows(router, tmp_path)}
     assert (rows["fr"]["safe"], rows["fr"]["blocked"], rows["fr"]["by_policy"]) == (2, 1, "a 1")
     assert (rows["de"]["safe"], rows["de"]["blocked"], rows["de"]["by_policy"]) == (1, 0, "")
+
+
+def test_a_probe_with_harmful_lines_is_reported_per_language_too(make_config, tmp_path: Path) -> None:
+    (tmp_path / "j_harm.txt").write_text("bad one\nbad two\n", encoding="utf-8")
+    (tmp_path / "j_safe.txt").write_text("bonjour\nhallo\n", encoding="utf-8")
+    (tmp_path / "j_langs.txt").write_text("fr\nde\n", encoding="utf-8")
+    router = _table_router(make_config, {"bad one": {"a": 0.9}, "bad two": {"a": 0.1}, "bonjour": {"a": 0.9}, "hallo": {"a": 0.1}})
+    rows = {r["language"]: r for r in language_rows(router, tmp_path, name="j")}
+    assert [rows["fr"][k] for k in ("harmful", "harmful_blocked", "safe", "blocked")] == [1, 1, 1, 1]
+    assert [rows["de"][k] for k in ("harmful", "harmful_blocked", "safe", "blocked")] == [1, 0, 1, 0]
+    (tmp_path / "j_langs.txt").write_text("fr\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="j_langs.txt has 1 lines"):
+        language_rows(router, tmp_path, name="j")
 
 
 def test_the_multilingual_probe_lines_up_with_its_languages() -> None:

@@ -137,6 +137,27 @@ def test_the_edgy_benign_prompts_train_and_validate_but_never_test(splits) -> No
     assert {e.meta["theme"] for e in got["train"]} == {"creative", "tasks", "questions"}
 
 
+def test_the_translated_jailbreaks_train_and_validate_the_heads_only(splits) -> None:
+    """The translated jailbreaks (label 1 for jailbreak, the others unlabelled) and benign persona
+    prompts (0 for every policy) sit in train (about 80%) and val only, carry their language and the
+    id of a train-split original, and are kept from the encoder's fine-tune (``HEADS_ONLY``)."""
+    from safecascade.training.datasets import load_benchmark, read_vendored
+    from safecascade.training.policy_data import HEADS_ONLY, TRANSLATION, language
+
+    rows = read_vendored("jailbreak_translated.csv.gz")
+    got = {s: [e for e in ex if e.source.startswith(TRANSLATION)] for s, ex in splits.items()}
+    assert not got["test"] and 0.7 < len(got["train"]) / len(rows) < 0.9 and got["val"]
+    assert len(got["train"]) + len(got["val"]) == len(rows)
+    originals = {e.id: e for e in load_benchmark("jailbreak", "train")}
+    for e in got["train"] + got["val"]:
+        orig = originals[e.meta["source_id"]]
+        assert e.source == TRANSLATION + orig.source and e.source.startswith(HEADS_ONLY)
+        assert dict(e.labels) == ({"jailbreak": 1} if orig.label == 1 else {p: 0 for p in POLICIES})
+    langs = Counter(language(e) for e in got["train"])
+    assert set(langs) == {"fr", "de", "zh", "es", "it", "ru", "pt"}
+    assert Counter(e.labels["jailbreak"] for e in got["train"])[0] > 50  # benign personas alongside
+
+
 def test_a_planted_line_goes_at_the_start_a_line_break_or_the_end() -> None:
     from safecascade.training.policy_data import _plant
 
