@@ -82,7 +82,8 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
     ``static_block``: the score its block band is tested on (``TierResult.block_score``: lower for a
     text mostly outside the Latin script, which it passes on), ``static_parts``: its score raised
     to its parts' highest (``info["part_scores"]``), what ``combine`` reads (router/combine.py), and
-    ``static_skipped``: whether it read the text only in windows (``info["parts_skipped"]``), and
+    ``static_skipped``: whether it read the text only in windows (``info["parts_skipped"]``) or not at
+    all (a language it does not read, ``info["not_read"]``: combined at its fill), and
     ``static_evidence``: for those texts, its score of the piece the fast tier's score rests on
     (``TierResult.evidence``; nan where there is none), what the router combines them with."""
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -96,14 +97,15 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
         if name == "static":
             out["static_parts"] = {p: np.array([max(r.scores.get(p, 0.0), (r.info.get("part_scores") or {}).get(p, 0.0)) for r in res])
                                    for p in POLICIES}
-            out["static_skipped"] = {p: np.array([bool(r.info.get("parts_skipped")) or p not in r.scores for r in res]) for p in POLICIES}
+            out["static_skipped"] = {p: np.array([bool(r.info.get("parts_skipped") or r.info.get("not_read")) or p not in r.scores for r in res])
+                                     for p in POLICIES}
             out["static_allow"] = {p: np.array([r.allow_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
             out["static_block"] = {p: np.array([r.block_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
     if "static" in tiers and "fast" in tiers:
         out["static_evidence"] = {p: np.full(len(texts), np.nan) for p in POLICIES}
         asks = [(i, p, r.evidence[p]) for i, r in enumerate(results["fast"]) for p in POLICIES
-                if out["static_skipped"][p][i] and p in results["static"][i].scores and r.evidence.get(p)]
+                if results["static"][i].info.get("parts_skipped") and p in results["static"][i].scores and r.evidence.get(p)]
         pieces = list(dict.fromkeys(piece for _, _, piece in asks))
         got = dict(zip(pieces, [x for s in range(0, len(pieces), 256) for x in tiers["static"].classify(pieces[s:s + 256])]))
         for i, p, piece in asks:
@@ -316,6 +318,8 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "allow_miss": miss_text(args.allow_miss),
         "allow_max_windows": str(args.allow_max_windows),
         "allow_tokens": str(win["window_tokens"] + (args.allow_max_windows - 1) * win["stride"]),
+        "static_languages": "[" + ", ".join(args.static_languages) + "]",
+        "static_languages_text": ", ".join(args.static_languages) or "every language",
         "rules": ", ".join(f"{p} >= {b}" for p, b in h.items()),
         "heuristic_bands": "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {b}]" for p, b in h.items()]) + "}",
         "static_bands": "".join(f"      {p}: [{c[p]['static_allow_below']}, {c[p]['static_block_above']}]\n" for p in POLICIES),
@@ -351,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-max-windows", type=int, default=2,
                     help="the static tier's allow_max_windows: the longest text (in windows) its allow band may allow; written "
                          "into the presets (2: on real user prompts 1.0 ms a text cheaper than 1, block rates of padded attacks unchanged)")
+    ap.add_argument("--static-languages", type=lambda v: tuple(x for x in v.split(",") if x), default=("en",),
+                    help="comma-separated languages the static tier decides on (py3langid codes; '' for every language): a "
+                         "text in another language goes on to the fast tier; scored that way on val and written into the presets")
     ap.add_argument("--write-presets", type=Path, default=None, metavar="DIR",
                     help="rewrite DIR/default.yaml and the bands of DIR/with-safeguard.yaml with the chosen numbers")
     ap.add_argument("--named-threshold", type=json.loads, default={"default": 0.5, "harmful_request": 0.0},
@@ -379,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     val = training_split("val")
     benign = [e.text for e in real_user_benign("val")]
     texts = [e.text for e in val] + benign
-    cache = args.work / f"val_scores_amw{args.allow_max_windows}.npz"
+    cache = args.work / f"val_scores_amw{args.allow_max_windows}_{'-'.join(args.static_languages) or 'all'}.npz"
     tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
-             "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows),
+             "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
     keys = [*tiers, "static_allow", "static_block", "static_parts", "static_skipped", "static_evidence"]
     z = np.load(cache) if cache.is_file() else None

@@ -22,7 +22,8 @@ A harmful request planted in 20,000 characters of benign text then gets the same
 as the request alone, and a benign document only the evidence of its most suspect piece.
 
 An earlier tier that did not judge the text or its evidence (it failed, it was not on the text's
-path, or it read a long text only in windows and no evidence was scored) counts as its ``fill``
+path, it read a long text only in windows and no evidence was scored, or it does not read the text's
+language, ``info["not_read"]``) counts as its ``fill``
 score when one is configured (``{static: {weight: 1.0, fill: 0.89}}``; the tuner sets it so that
 such a text is decided at the tier's own tuned threshold, as it would be without ``combine``), and
 is left out otherwise (a logit of 0, even odds). Probabilities are clipped to ``[1e-6, 1 - 1e-6]``
@@ -74,7 +75,7 @@ def _evidence(trace: TierTrace, policy: str) -> float | None:
     """The earlier tier's score for ``policy``, raised to its parts' highest; None when it did not
     judge the text whole."""
     s = trace.scores.get(policy)
-    if s is None or not math.isfinite(float(s)) or trace.info.get("parts_skipped"):
+    if s is None or not math.isfinite(float(s)) or trace.info.get("parts_skipped") or trace.info.get("not_read"):
         return None
     part = (trace.info.get("part_scores") or {}).get(policy)
     if part is not None and math.isfinite(float(part)):

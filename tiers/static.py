@@ -29,6 +29,7 @@ from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.retractions import model_readings
+from safecascade.tiers.languages import unread_language
 from safecascade.tiers.scripts import tier_block_scores
 from safecascade.tiers.segments import may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
@@ -65,6 +66,13 @@ class StaticOptions(EncoderOptions):
     on their own; the allow band is then tested on the highest of those scores and the text's
     (``TierResult.allow_scores``), so an instruction planted in an email, a web page or a tool's
     result is passed on rather than allowed for the benign text around it. They never block."""
+
+    languages: tuple[str, ...] = ()
+    """The languages this tier decides on (py3langid codes, e.g. ``[en]``); a text identified as
+    another language (:func:`safecascade.tiers.languages.unread_language`, on the text and its decoded
+    readings) is passed on, neither allowed nor blocked here (``info["not_read"]``), and a tier that
+    combines this tier's evidence counts it at its ``fill``. Empty (the default): every language. The
+    shipped static model is distilled from an English encoder: the presets set ``[en]``."""
 
     block_other_scripts: bool = False
     """Block a text written mostly outside the Latin script (:func:`safecascade.tiers.scripts.mostly_latin`)
@@ -171,12 +179,13 @@ class StaticTier:
 
     def __init__(self, *, model_dir: str | Path, name: str = "static", policies: Sequence[str] | None = None,
                  max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None, deobfuscate: bool = True,
-                 allow_max_windows: int = 1, parts: bool = True, block_other_scripts: bool = False):
+                 allow_max_windows: int = 1, parts: bool = True, block_other_scripts: bool = False, languages: Sequence[str] = ()):
         if allow_max_windows < 0:
             raise ValueError(f"static tier {name!r}: allow_max_windows must be >= 0, got {allow_max_windows}")
         self.allow_max_windows = int(allow_max_windows)
         self.parts = bool(parts)
         self.block_other_scripts = bool(block_other_scripts)
+        self.languages = tuple(str(x) for x in languages)
         d = Path(model_dir)
         self.model_dir = d
         self.card = card = read_card(d)
@@ -242,7 +251,7 @@ class StaticTier:
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.max_windows,
                    window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate, allow_max_windows=o.allow_max_windows,
-                   parts=o.parts, block_other_scripts=o.block_other_scripts)
+                   parts=o.parts, block_other_scripts=o.block_other_scripts, languages=o.languages)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""
@@ -305,6 +314,11 @@ class StaticTier:
                         # read only in windows, where a short request is diluted (router/combine.py)
                         info["parts_skipped"] = True
                         allow_scores = {p: math.inf for p in self.policies}
+                    unread = unread_language([good[j], *views[j]], self.languages)
+                    if unread is not None:  # a language this tier does not read: passed on
+                        info["not_read"] = f"language {unread}"
+                        allow_scores = {p: math.inf for p in self.policies}
+                        block_scores = {p: 0.0 for p in self.policies}
                     results[i] = TierResult(scores=scores, info=info, latency_ms=per, allow_scores=allow_scores, block_scores=block_scores,
                                             warnings=("truncated_windows",) if ws.truncated else (),
                                             cost={"windows": float(n), "tokens": float(ws.tokens)})

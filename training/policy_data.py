@@ -332,13 +332,14 @@ def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
 # (``jailbreak_translated.csv.gz``). The benchmark held no jailbreak in another language, and the
 # multilingual benign prompts (session 41) taught the learned tiers that another language is no
 # signal, so a translated persona jailbreak was left to the rules: 9 of 40 of a held-out probe
-# blocked (``jbx``, session 41). Train and val only (80/20 by a hash of the original's id); the
-# encoder's fine-tune does not see them (:data:`HEADS_ONLY`).
+# blocked (``jbx``, session 41). Labelled for the jailbreak policy only (1 or 0; labelled 0 for the
+# other policies too, the retrained harmful-request head's tuned threshold rose and its test F1 fell
+# 0.678 -> 0.657, against 0.666 so; session 44). Train and val only (80/20 by a hash of the original's
+# id); the encoder's fine-tune does not see them (:data:`HEADS_ONLY`).
 def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
     for i, r in enumerate(read_vendored("jailbreak_translated.csv.gz")):
         split = "val" if split_hash(r["source_id"], salt="jb-translated") >= 0.8 else "train"
-        labels = _labels(1, None, None) if r["label"] == "1" else _labels(0, 0, 0)
-        yield split, PolicyExample(text=r["text"], labels=labels, source=TRANSLATION + r["source"], id=f"jb-translated-{i}",
+        yield split, PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=TRANSLATION + r["source"], id=f"jb-translated-{i}",
                                    category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
 
 

@@ -72,7 +72,7 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
     args = argparse.Namespace(prevalence=0.03, benign_budget={p: 0.001 for p in POLICIES}, block_precision=0.99,
                               allow_miss={"default": 0.01, "harmful_request": 0.03}, allow_max_windows=3, named_threshold={"default": 0.5, "jailbreak": 0.6},
                               heuristic_block={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
-                              combine={"harmful_request": {"static": 1.0}})
+                              combine={"harmful_request": {"static": 1.0}}, static_languages=("en", "fr"))
     report_fills = {"harmful_request": {"static": 0.89}}
     (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")  # its card's window layout
     write_presets({"chosen": chosen, "val": val, "fills": report_fills}, tmp_path, args)
@@ -86,7 +86,7 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
             assert tiers["static"].band_for(p).allow_below == chosen[p]["static_allow_below"]
             assert tiers["heuristic"].band_for("prompt_injection").block_above == 0.99
             assert tiers["heuristic"].band_for("harmful_request").block_above == 0.99
-        assert tiers["static"].options["allow_max_windows"] == 3
+        assert tiers["static"].options["allow_max_windows"] == 3 and tiers["static"].options["languages"] == ["en", "fr"]
         assert tiers["fast"].combine == {"harmful_request": {"static": Term(weight=1.0, fill=0.89)}}
         if name == "default.yaml":
             assert [tiers["fast"].threshold_for(p) for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]

@@ -57,14 +57,16 @@ def test_an_earlier_tiers_most_suspect_part_counts():
 
 
 def test_a_text_the_earlier_tier_did_not_judge_whole_counts_as_its_fill():
-    """Failed, absent, or read only in windows (``parts_skipped``): the earlier tier counts as its
+    """Failed, absent, read only in windows (``parts_skipped``) or not read (a language it does not
+    read, ``not_read``): the earlier tier counts as its
     ``fill`` score, chosen so that the tier's own threshold decides such a text."""
     own_thr, comb_thr = 0.98, 0.9975
     fill = fill_for(own_thr, comb_thr, 1.0)
     assert sigmoid(logit(own_thr) + logit(fill)) == pytest.approx(comb_thr)
     term = {"a": {"s": Term(1.0, fill=fill)}}
     long_text = TierTrace(tier="s", outcome="escalate", scores={"a": 0.05}, info={"parts_skipped": True, "part_scores": {"a": 0.01}})
-    for path in ([long_text], [_trace("s", {})], []):
+    unread = TierTrace(tier="s", outcome="escalate", scores={"a": 0.05}, info={"not_read": "language fr"})
+    for path in ([long_text], [unread], [_trace("s", {})], []):
         at = combined(TierResult(scores={"a": own_thr}), path, term).scores["a"]
         below = combined(TierResult(scores={"a": 0.97}), path, term).scores["a"]
         assert at == pytest.approx(comb_thr) and below < comb_thr

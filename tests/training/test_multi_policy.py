@@ -138,8 +138,8 @@ def test_the_edgy_benign_prompts_train_and_validate_but_never_test(splits) -> No
 
 
 def test_the_translated_jailbreaks_train_and_validate_the_heads_only(splits) -> None:
-    """The translated jailbreaks (label 1 for jailbreak, the others unlabelled) and benign persona
-    prompts (0 for every policy) sit in train (about 80%) and val only, carry their language and the
+    """The translated jailbreaks (1) and benign persona prompts (0), labelled for the jailbreak policy
+    only, sit in train (about 80%) and val only, carry their language and the
     id of a train-split original, and are kept from the encoder's fine-tune (``HEADS_ONLY``)."""
     from safecascade.training.datasets import load_benchmark, read_vendored
     from safecascade.training.policy_data import HEADS_ONLY, TRANSLATION, language
@@ -152,7 +152,7 @@ def test_the_translated_jailbreaks_train_and_validate_the_heads_only(splits) -> 
     for e in got["train"] + got["val"]:
         orig = originals[e.meta["source_id"]]
         assert e.source == TRANSLATION + orig.source and e.source.startswith(HEADS_ONLY)
-        assert dict(e.labels) == ({"jailbreak": 1} if orig.label == 1 else {p: 0 for p in POLICIES})
+        assert dict(e.labels) == {"jailbreak": orig.label}  # made for the jailbreak policy, labelled for it only
     langs = Counter(language(e) for e in got["train"])
     assert set(langs) == {"fr", "de", "zh", "es", "it", "ru", "pt"}
     assert Counter(e.labels["jailbreak"] for e in got["train"])[0] > 50  # benign personas alongside
