@@ -4,7 +4,7 @@ The shipped static tier is a model2vec embedding distilled from an English encod
 with heads on top: on a text in another language its scores tell little about the request. It blocked
 ordinary German and Italian questions about jailbreaks as jailbreaks (0.93-0.98) and let translated
 persona jailbreaks through its allow band before the fast tier, which flags a quarter of them, could
-read them (docs/policies.md, "Translated jailbreaks (session 44)"). A tier configured with
+read them (docs/policies.md, "Translated jailbreaks, and a static tier that decides only on English"). A tier configured with
 ``languages`` passes a text that :func:`text_language` identifies as another language on to the next
 tier (neither allowed nor blocked there). The identifier is loaded on first use, not at import.
 """
@@ -22,6 +22,7 @@ MIN_CONFIDENCE = 0.5
 """The identifier's probability (normalised over its 97 languages) a language needs before a text is
 taken to be in it; below it (short or mixed texts: "Name a type of pasta dish" scores 0.34 for
 Nigerian Pidgin) the text counts as unidentified and the tier reads it as before."""
+
 
 @functools.lru_cache(maxsize=1)
 def _identifier() -> Any:
