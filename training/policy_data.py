@@ -162,12 +162,17 @@ def _from_jailbreak_benchmark() -> Iterable[tuple[str, PolicyExample]]:
                                        weight=REAL_BENIGN_WEIGHT if real_benign else 1.0)
 
 
+def _train_or_val(key: str, salt: str) -> str:
+    """Train, or val for one key in five (a seeded hash of ``key``): the split of rows that never test."""
+    return "val" if split_hash(key, salt=salt) >= 0.8 else "train"
+
+
 def _bipia_split(context_id: str, file_tag: str) -> str:
     """A BIPIA context's split: the test file is the test split; the train file's contexts go to
     train or (one in five, by a seeded hash of the context) val."""
     if file_tag == "test":
         return "test"
-    return "val" if split_hash(context_id, salt="bipia") >= 0.8 else "train"
+    return _train_or_val(context_id, "bipia")
 
 
 def _injection() -> Iterable[tuple[str, PolicyExample]]:
@@ -302,7 +307,7 @@ def _authored_benign(filename: str, source: str, tag: str, weight: float, meta: 
     """Benign prompts written for this project: benign for every policy, train or val (80/20 by a
     hash of the text salted with ``tag``), never test; ``meta``: the column kept in ``meta``."""
     for i, r in enumerate(read_vendored(filename)):
-        split = "val" if split_hash(r["text"], salt=tag) >= 0.8 else "train"
+        split = _train_or_val(r["text"], tag)
         yield split, PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source=source, id=f"{tag}-{i}",
                                    weight=weight, category=r["kind"], meta={meta: r[meta]})
 
@@ -338,7 +343,7 @@ def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
 # id); the encoder's fine-tune does not see them (:data:`HEADS_ONLY`).
 def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
     for i, r in enumerate(read_vendored("jailbreak_translated.csv.gz")):
-        split = "val" if split_hash(r["source_id"], salt="jb-translated") >= 0.8 else "train"
+        split = _train_or_val(r["source_id"], "jb-translated")
         yield split, PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=TRANSLATION + r["source"], id=f"jb-translated-{i}",
                                    category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
 
