@@ -65,6 +65,16 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (scipy's ``binomtest``); (0, 1) when n == 0."""
+    if n == 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:
     """A GitHub Markdown table of ``rows`` (dicts); ``columns`` fixes order and selection."""
     if not rows:

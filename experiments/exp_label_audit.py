@@ -49,7 +49,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from experiments.common import ROOT, ResultWriter
+from experiments.common import ROOT, ResultWriter, wilson
 from safecascade.training.datasets import POLICY_LABEL
 
 log = logging.getLogger("experiments.label_audit")
@@ -213,16 +213,6 @@ def view_metrics(examples: Sequence[Any], verdicts: Mapping[str, str], view: Map
     m = classification_summary(labels, [x >= threshold for x in s], s)
     return {"texts": len(kept), "violations": sum(labels), "precision": m["precision"], "recall": m["recall"],
             "F1": m["f1"], "FPR": m["fpr"], "R@1%FPR": m["recall_at_1pct_fpr"]}
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n (scipy's ``binomtest``); (0, 1) when n == 0."""
-    if n == 0:
-        return 0.0, 1.0
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def recall_by_verdict(verdicts: Mapping[str, str], flagged: Mapping[str, bool]) -> list[dict[str, Any]]:

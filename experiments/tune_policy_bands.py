@@ -163,13 +163,16 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
     w_pos = prevalence / (1 - prevalence) * n_neg / max(1, n_pos)  # positives re-weighted to the prevalence
     cands = np.unique(np.r_[s_fast, 0.5])
     bw = silverman_bandwidth(benign_fast) if smooth_benign else 0.0
-    best = (0.5, -1.0)
+    best = (float(cands[-1]), -1.0)  # no threshold within the budget: the strictest one (it flags fewest)
     for t in cands:
         if benign_rate(benign_fast, float(t), bw) > budget:
             continue
         f = weighted_f1(y, s_fast >= t, w_pos)
         if f > best[1]:
             best = (float(t), f)
+    if best[1] < 0:
+        log.warning("no threshold flags at most %.2f%% of the benign prompts: the strictest, %.6f", 100 * budget, best[0])
+        best = (best[0], weighted_f1(y, s_fast >= best[0], w_pos))
     thr = best[0]
     block = 1.0
     for t in np.unique(s_static)[::-1]:  # descending: keep lowering while the conditions hold
@@ -336,7 +339,50 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
     log.info("wrote %s and %s", d / "default.yaml", d / "with-safeguard.yaml")
 
 
-def main(argv: list[str] | None = None) -> int:
+def val_labels(val: list[Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per policy, the 0/1 labels of the val texts labelled for it and those texts' indices."""
+    y, idx = {}, {}
+    for p in POLICIES:
+        lab = example_labels(val, p, first_policy=POLICIES[0])
+        idx[p] = labelled(lab)
+        y[p] = np.asarray(lab)[idx[p]]
+    return y, idx
+
+
+def val_figures(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], flags: dict[str, np.ndarray], nv: int,
+                chosen: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per policy, the val figures of its own flag (:func:`cascade_eval`'s ``flags``, first ``nv``
+    rows the labelled val texts; a block for another policy is not a false positive here): precision,
+    recall, F1 as counted, and precision and F1 with positives re-weighted to the tuned prevalence."""
+    out = {}
+    for p in POLICIES:
+        b, yy, w = flags[p][:nv][idx[p]], y[p], chosen[p]["w_pos"]
+        tp, fp, fn = int((b & (yy == 1)).sum()), int((b & (yy == 0)).sum()), int((~b & (yy == 1)).sum())
+        out[p] = {"n": int(len(idx[p])), "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
+                  "f1": 2 * tp / max(1, 2 * tp + fp + fn),
+                  "precision_at_prevalence": w * tp / max(1e-9, w * tp + fp), "f1_at_prevalence": weighted_f1(yy, b, w)}
+    return out
+
+
+def tune(sc: dict[str, dict[str, np.ndarray]], nv: int, y: dict[str, np.ndarray], idx: dict[str, np.ndarray],
+         args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Each policy's operating point (:func:`choose`), the ``combine`` fills, and the fast tier's
+    scores as the router decides on them (combined), from :func:`score_all`'s arrays ``sc``, whose
+    first ``nv`` rows are the labelled val texts (``y``, ``idx``: :func:`val_labels`) and whose rest
+    are the benign real user prompts the benign budget is spent on."""
+    def one(p: str, fast: np.ndarray, with_allow: bool = False) -> dict[str, float]:
+        s_allow = sc["static_allow"][p][idx[p]] if with_allow and "static_allow" in sc else None
+        return choose(y[p], fast[idx[p]], sc["static_block"][p][idx[p]], fast[nv:], sc["static_block"][p][nv:], s_allow,
+                      prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
+                      allow_miss=allow_miss(args.allow_miss, p), smooth_benign=args.benign_smoothing == "silverman")
+
+    comb, fills = tune_fills(sc, args.combine, lambda p, fast: one(p, fast)["fast_threshold"])
+    chosen = {p: one(p, comb[p], with_allow=True) for p in POLICIES}
+    return chosen, fills, comb
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The tuner's command line (also read by experiments.exp_benign_cv, which tunes the same way)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--models", type=Path, default=None, help="tune these models (DIR/static-default, DIR/fast-default; heads fit on train)")
@@ -370,62 +416,53 @@ def main(argv: list[str] | None = None) -> int:
                          "weight x the earlier tier's (router/combine.py); written into the presets ({} for none)")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def models_to_tune(args: argparse.Namespace) -> dict[str, Path]:
+    """The static and fast model dirs to tune: ``--models`` (checked to be fit on train only), or
+    train-only twins built in ``--work``."""
+    if args.models is None:
+        return build_twins(args.work)
+    for kind in ("static", "fast"):
+        card = json.loads((args.models / f"{kind}-default" / "card.json").read_text(encoding="utf-8"))
+        if card.get("fit_on") != "train":
+            raise SystemExit(f"{args.models}/{kind}-default was fit on {card.get('fit_on')}: its val scores are in sample")
+    return {"static": args.models / "static-default", "fast": args.models / "fast-default"}
+
+
+def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[str], cache: Path) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`score_all` of ``texts`` by the heuristic tier and the static and fast tiers of
+    ``twins`` as ``args`` configure them, kept in (and read back from) the ``cache`` .npz."""
+    keys = ["heuristic", "static", "fast", "static_allow", "static_block", "static_parts", "static_skipped", "static_evidence"]
+    z = np.load(cache) if cache.is_file() else None
+    if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys) and len(z[f"fast|{POLICIES[0]}"]) == len(texts):
+        return {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in keys}
+    # no cache, one written before a key was added, or one of other texts
+    tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
+             "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages),
+             "fast": FastTier(model_dir=twins["fast"], quantized=True)}
+    sc = score_all(tiers, texts)
+    np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
+    return sc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.models is not None:
-        for kind in ("static", "fast"):
-            card = json.loads((args.models / f"{kind}-default" / "card.json").read_text(encoding="utf-8"))
-            if card.get("fit_on") != "train":
-                raise SystemExit(f"{args.models}/{kind}-default was fit on {card.get('fit_on')}: its val scores are in sample")
-        twins = {"static": args.models / "static-default", "fast": args.models / "fast-default"}
-    else:
-        twins = build_twins(args.work)
+    twins = models_to_tune(args)
     # the val split the learned tiers calibrate on: the measure-only planted rows (92 lines of ours,
     # repeated) would move every policy's operating point for one narrow pattern
     val = training_split("val")
     benign = [e.text for e in real_user_benign("val")]
     texts = [e.text for e in val] + benign
-    cache = args.work / f"val_scores_amw{args.allow_max_windows}_{'-'.join(args.static_languages) or 'all'}.npz"
-    tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
-             "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages),
-             "fast": FastTier(model_dir=twins["fast"], quantized=True)}
-    keys = [*tiers, "static_allow", "static_block", "static_parts", "static_skipped", "static_evidence"]
-    z = np.load(cache) if cache.is_file() else None
-    if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys):
-        sc = {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in keys}
-    else:  # no cache, or one written before a key was added
-        sc = score_all(tiers, texts)
-        np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
+    sc = cached_scores(args, twins, texts, args.work / f"val_scores_amw{args.allow_max_windows}_{'-'.join(args.static_languages) or 'all'}.npz")
     nv = len(val)
-    chosen, y, idx = {}, {}, {}
-    for p in POLICIES:
-        lab = example_labels(val, p, first_policy=POLICIES[0])
-        idx[p] = labelled(lab)
-        y[p] = np.asarray(lab)[idx[p]]
-
-    def pick(p: str, fast: np.ndarray) -> float:
-        return choose(y[p], fast[idx[p]], sc["static_block"][p][idx[p]], fast[nv:], sc["static_block"][p][nv:],
-                      prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
-                      allow_miss=allow_miss(args.allow_miss, p), smooth_benign=args.benign_smoothing == "silverman")["fast_threshold"]
-
-    sc["fast"], fills = tune_fills(sc, args.combine, pick)
-    for p in POLICIES:
-        s_allow = sc["static_allow"][p][idx[p]] if "static_allow" in sc else None
-        chosen[p] = choose(y[p], sc["fast"][p][idx[p]], sc["static_block"][p][idx[p]], sc["fast"][p][nv:], sc["static_block"][p][nv:], s_allow,
-                           prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
-                           allow_miss=allow_miss(args.allow_miss, p), smooth_benign=args.benign_smoothing == "silverman")
+    y, idx = val_labels(val)
+    chosen, fills, sc["fast"] = tune(sc, nv, y, idx, args)
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block, args.named_threshold)
-    report: dict[str, Any] = {"chosen": chosen, "fills": fills, "val": {}}
-    for p in POLICIES:
-        b = flags[p][:nv][idx[p]]  # the policy's own flag (a block for another policy is not a false positive here)
-        tp, fp, fn = int((b & (y[p] == 1)).sum()), int((b & (y[p] == 0)).sum()), int((~b & (y[p] == 1)).sum())
-        report["val"][p] = {"n": int(len(idx[p])), "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
-                            "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
-    for p in POLICIES:  # precision at the real-traffic prevalence
-        b, yy, w = flags[p][:nv][idx[p]], y[p], chosen[p]["w_pos"]
-        tp, fp = w * float((b & (yy == 1)).sum()), float((b & (yy == 0)).sum())
-        report["val"][p].update(precision_at_prevalence=tp / max(1e-9, tp + fp), f1_at_prevalence=weighted_f1(yy, b, w))
+    report: dict[str, Any] = {"chosen": chosen, "fills": fills, "val": val_figures(y, idx, flags, nv, chosen)}
     report["val"]["benign_real_flag_rate"] = float(block[nv:].mean())
     report["val"]["benign_real_n"] = int(len(benign))
     report["val"]["reached_fast"] = float(reached[:nv].mean())

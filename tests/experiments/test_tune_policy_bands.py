@@ -179,3 +179,13 @@ def test_a_smoothed_benign_budget_keeps_the_threshold_off_a_cluster_of_benign_sc
     assert bw > 0 and smoothed["benign_bandwidth"] == round(bw, 4)
     assert benign_rate(benign, smoothed["fast_threshold"], bw) <= 0.0026 < benign_rate(benign, counted["fast_threshold"], bw)
     assert benign_rate(benign, 0.973, 0.0) == 0.0025  # counted: the one prompt at 0.974 of 400
+
+
+def test_with_no_threshold_inside_the_benign_budget_the_strictest_is_chosen():
+    """Benign prompts scored at the top (1.0, as a saturated head gives): no threshold flags none of
+    them, and the tuner takes the strictest candidate, never a looser default."""
+    y = np.array([1] * 50 + [0] * 50)
+    fast = np.r_[np.linspace(0.6, 1.0, 50), np.full(50, 0.01)]
+    benign = np.r_[np.full(5, 1.0), np.full(95, 0.01)]
+    got = choose(y, fast, np.zeros(100), benign, np.zeros(100), prevalence=0.03, budget=0.001, block_precision=0.99, allow_miss=0.01)
+    assert got["fast_threshold"] == 1.0 and got["val_weighted_f1_fast"] > 0
