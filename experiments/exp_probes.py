@@ -93,16 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = probe_rows(router)
         rw.table(rows)
         rw.metrics({f"{r['probe']}_recall": float(r["recall"]) for r in rows if r["harmful"]})  # type: ignore[arg-type]
-        by_language = language_rows(router)
-        if by_language:
-            rw.text("Safe prompts in other languages blocked, per language (`ml_safe.txt`, its language per line in "
-                    "`ml_langs.txt`):")
-            rw.table(by_language)
-        jailbreaks = language_rows(router, name="jbx2")
-        if jailbreaks:
-            rw.text("Jailbreaks written in other languages and their safe look-alikes blocked, per language "
-                    "(`jbx2_harm.txt` / `jbx2_safe.txt`, the language per line in `jbx2_langs.txt`; `blocked`: safe ones):")
-            rw.table(jailbreaks)
+        for name in sorted(p.name[:-len("_langs.txt")] for p in PROBES.glob("*_langs.txt")):  # every probe with its languages
+            by_language = language_rows(router, name=name)
+            if by_language:
+                what = "harmful prompts and their safe look-alikes" if (PROBES / f"{name}_harm.txt").is_file() else "safe prompts"
+                rw.text(f"Probe `{name}` per language: the {what} blocked (`{name}_*.txt`, the language of each line in "
+                        f"`{name}_langs.txt`; `blocked`: safe ones):")
+                rw.table(by_language)
         for r in rows:
             log.info("%s: %d/%d blocked, safe %d/%d", r["probe"], r["blocked"], r["harmful"], r["safe_blocked"], r["safe"])
     router.close()
