@@ -101,7 +101,9 @@ class PolicyExample:
 # fine-tuned encoder (which is tuned on original texts only): :data:`HEADS_ONLY`.
 PARAPHRASE = "paraphrase:"
 TRANSLATION = "translation:"
-HEADS_ONLY = (PARAPHRASE, TRANSLATION)
+# The source of a document's part (:func:`_document_parts`) is "part:<source of the document>".
+PART = "part:"
+HEADS_ONLY = (PARAPHRASE, TRANSLATION, PART)
 _HOW_TO = re.compile(
     r"(?i)^\s*(?:how (?:can|do|could|would|should|might|may) (?:i|one|someone|we|a person|you)|how to|"
     r"what(?:'s| is) the (?:best|easiest|quickest|most effective|safest) way to|"
@@ -348,6 +350,44 @@ def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
                                    category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
 
 
+# A benign document's own lines as negatives (heads, lexical block and static tier; not the encoder's
+# fine-tune: HEADS_ONLY). The tiers score a long text's lines and segments on their own (tiers/segments.py,
+# so that a planted line is not diluted), but were trained on whole texts and their windows only: a
+# benign system prompt's heading or format line scored alone ("INSTRUCTIONS FOR THE AI", "Structure
+# your response exactly like this:") read as an injection (prompt_injection 0.99-1.0), and 21 of the
+# test split's 505 awesome-chatgpt prompts (most of them over 2,000 characters) were blocked for it.
+# The parts are cut as the tiers cut them (:func:`~safecascade.tiers.segments.line_segments`, token
+# counts estimated from words), of the train split's documents that no policy labels a violation,
+# from the sources that are documents an application reads or a user pastes (:data:`PART_SOURCES`);
+# at most :data:`MAX_PARTS` per document (a seeded hash picks them), each at :data:`PART_WEIGHT`; a
+# part that names an override of instructions is left out. Labelled for prompt_injection only (0):
+# labelled 0 for all three policies, the jailbreak and harmful-request tiers moved too (benign real
+# test prompts flagged for jailbreak 2 -> 4 of 829; session 45). Train only: val and test are texts
+# as users send them.
+PART_SOURCES = ("awesome_chatgpt_prompts", "bipia")
+MAX_PARTS = 16
+PART_WEIGHT = 0.25
+_PART_TOKENS = 128  # the fast tier's segment_tokens
+_OVERRIDE = re.compile(r"(?i)\b(?:ignore|disregard|forget|override|bypass)\b.{0,60}\b(?:instructions?|prompts?|rules|directions|guidelines)\b|system prompt")
+
+
+def _approx_tokens(lines: Iterable[str]) -> list[int]:
+    return [int(len(ln.split()) * 1.3) + 1 for ln in lines]
+
+
+def _document_parts(train: Iterable[PolicyExample]) -> Iterable[tuple[str, PolicyExample]]:
+    from safecascade.tiers.segments import line_segments
+
+    for e in train:
+        if e.source not in PART_SOURCES or any(e.labels.values()):
+            continue
+        parts = [p for p in line_segments(e.text, _approx_tokens, _PART_TOKENS) if not _OVERRIDE.search(p)]
+        parts.sort(key=lambda p: split_hash(p, salt="document-parts"))
+        for k, p in enumerate(parts[:MAX_PARTS]):
+            yield "train", PolicyExample(text=p, labels=_labels(None, 0, None), source=PART + e.source, id=f"{e.id}-part{k}",
+                                         weight=e.weight * PART_WEIGHT, category="document_part", meta=e.meta)
+
+
 def _extra_alpaca(taken: set[str]) -> Iterable[tuple[str, PolicyExample]]:
     rows = [(i, r) for i, r in enumerate(read_vendored("alpaca_full.csv.gz")) if normalise(r["text"]) not in taken]
     rows.sort(key=lambda ir: split_hash(ir[1]["text"], salt="alpaca-extra"))
@@ -382,6 +422,7 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     add(_translated_jailbreaks())
     add(_extra_alpaca(taken))
     add(list(_paraphrases(out["train"])))
+    add(list(_document_parts(out["train"])))
     ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}
     return ordered, dict(drops)
 

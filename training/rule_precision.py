@@ -29,7 +29,7 @@ from tqdm import tqdm
 from safecascade.tiers.heuristic import HeuristicTier, RuleScanner
 from safecascade.tiers.heuristic_rules import RuleSet, default_rules_path, load_rules, parse_rules
 from safecascade.training.datasets import load_benchmark
-from safecascade.training.policy_data import PARAPHRASE, POLICIES, load_policy_benchmark
+from safecascade.training.policy_data import PARAPHRASE, PART, POLICIES, load_policy_benchmark
 from safecascade.training.train_rows import example_labels
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scanner = RuleScanner(ruleset, check_gates=True)
     by_policy = None
     if args.benchmark == "policies":  # each rule against its own policy's labels (training/policy_data.py)
-        # template paraphrases (train only) are derived from other rows: they would count one text twice
-        ex = [e for e in load_policy_benchmark(args.split) if not e.source.startswith(PARAPHRASE)]
+        # template paraphrases and documents' parts (train only) are derived from other rows: they would count one text twice
+        ex = [e for e in load_policy_benchmark(args.split) if not e.source.startswith((PARAPHRASE, PART))]
         texts = [e.text for e in ex]
         by_policy = {p: example_labels(ex, p, first_policy=POLICIES[0]) for p in POLICIES}
         labels = [max(v) for v in zip(*by_policy.values())]

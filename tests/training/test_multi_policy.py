@@ -158,6 +158,27 @@ def test_the_translated_jailbreaks_train_and_validate_the_heads_only(splits) -> 
     assert Counter(e.labels["jailbreak"] for e in got["train"])[0] > 50  # benign personas alongside
 
 
+def test_benign_documents_lines_train_the_heads_only(splits) -> None:
+    """The parts of the train split's benign documents (system prompts, BIPIA's clean contexts) are
+    train-only prompt-injection negatives, cut as the tiers cut them, never a document's override line, at most
+    MAX_PARTS per document, kept from the encoder's fine-tune (``HEADS_ONLY``)."""
+    from safecascade.tiers.segments import readable
+    from safecascade.training.policy_data import HEADS_ONLY, MAX_PARTS, PART, PART_SOURCES, PART_WEIGHT
+
+    got = {s: [e for e in ex if e.source.startswith(PART)] for s, ex in splits.items()}
+    assert not got["val"] and not got["test"] and len(got["train"]) > 1000
+    docs = {e.id: e for e in splits["train"] if not e.source.startswith(HEADS_ONLY)}
+    per_doc = Counter(e.id.rsplit("-part", 1)[0] for e in got["train"])
+    assert max(per_doc.values()) <= MAX_PARTS
+    for e in got["train"]:
+        doc = docs[e.id.rsplit("-part", 1)[0]]
+        assert doc.source in PART_SOURCES and e.source == PART + doc.source and e.source.startswith(HEADS_ONLY)
+        assert dict(e.labels) == {"prompt_injection": 0} and not any(doc.labels.values())
+        assert e.weight == doc.weight * PART_WEIGHT and all(w in readable(doc.text) for w in e.text.split())  # a piece of it
+        assert "ignore all previous instructions" not in e.text.lower()
+    assert {e.source for e in got["train"]} == {PART + s for s in PART_SOURCES}
+
+
 def test_a_planted_line_goes_at_the_start_a_line_break_or_the_end() -> None:
     from safecascade.training.policy_data import _plant
 
