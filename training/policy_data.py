@@ -47,6 +47,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from safecascade.tiers.segments import line_segments
 from safecascade.training.datasets import SPLITS, Example, load_benchmark, normalise, read_vendored, split_hash
 
 log = logging.getLogger(__name__)
@@ -376,8 +377,6 @@ def _approx_tokens(lines: Iterable[str]) -> list[int]:
 
 
 def _document_parts(train: Iterable[PolicyExample]) -> Iterable[tuple[str, PolicyExample]]:
-    from safecascade.tiers.segments import line_segments
-
     for e in train:
         if e.source not in PART_SOURCES or any(e.labels.values()):
             continue
