@@ -55,7 +55,7 @@ from safecascade.tiers.base import TierResult, TierSpec
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, features
 from safecascade.tiers.retractions import model_readings
 from safecascade.tiers.scripts import tier_block_scores
-from safecascade.tiers.segments import may_have_parts, tokenizer_parts
+from safecascade.tiers.segments import SEGMENT_TOKENS, may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import (
     MODEL_NAME,
     TOKENIZER_NAME,
@@ -127,7 +127,7 @@ class FastOptions(EncoderOptions):
     short_segments: int = 2
     """Parts (paragraphs, lines) of a multi-line text that fits in one window scored as texts of
     their own (0: off): an instruction planted in an email, a web page or a tool's result."""
-    segment_tokens: int = 128
+    segment_tokens: int = SEGMENT_TOKENS
     """Largest segment, in tokens (consecutive lines are joined up to it)."""
     window_lexical: bool = True
     """Stack each window of a text that needs 2 to ``max_windows`` windows with the lexical logit of
@@ -162,7 +162,7 @@ class FastTier:
     def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
                  threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
                  stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
-                 segments: int = 4, segment_tokens: int = 128, short_segments: int = 2, block_other_scripts: bool = False,
+                 segments: int = 4, segment_tokens: int = SEGMENT_TOKENS, short_segments: int = 2, block_other_scripts: bool = False,
                  window_lexical: bool = True, lexical_runs: bool = True):
         self.lexical_runs = bool(lexical_runs)
         self.block_other_scripts = bool(block_other_scripts)

@@ -11,6 +11,9 @@ from typing import Any, Callable, Collection, Iterator, Sequence
 
 _TAG = re.compile(r"<[^<>]{0,500}>")
 _JSON_START = re.compile(r"\s*[\[{]")
+SEGMENT_TOKENS = 128
+"""The largest segment, in tokens, that the static and fast tiers score on its own (the fast tier's
+``segment_tokens`` default; the training data cuts benign documents' parts the same way)."""
 # a line shorter than this is never cut at sentence ends (128 tokens of English take ~500-700 characters)
 LONG_LINE_CHARS = 400
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]\u201d\u2019]))\s+")

@@ -31,7 +31,7 @@ from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.retractions import model_readings
 from safecascade.tiers.languages import unread_language
 from safecascade.tiers.scripts import tier_block_scores
-from safecascade.tiers.segments import may_have_parts, tokenizer_parts
+from safecascade.tiers.segments import SEGMENT_TOKENS, may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ STATIC_EMB = "static.npy"
 # windows, about 115,000 tokens, unless ``max_windows`` says otherwise.
 STATIC_MAX_WINDOWS = 512
 HEADS = "heads.npz"
-# Largest paragraph part, in tokens (the fast tier's segment size).
-PART_TOKENS = 128
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -332,7 +330,7 @@ class StaticTier:
         """The paragraphs and lines of a multi-line text (none when ``parts`` is off)."""
         if not self.parts or not may_have_parts(text):
             return []
-        return tokenizer_parts(text, self.encoder.windower.tokenizer, PART_TOKENS)
+        return tokenizer_parts(text, self.encoder.windower.tokenizer, SEGMENT_TOKENS)
 
     def close(self) -> None:
         """Nothing to release."""

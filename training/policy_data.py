@@ -47,7 +47,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from safecascade.tiers.segments import line_segments
+from safecascade.tiers.segments import SEGMENT_TOKENS, line_segments
 from safecascade.training.datasets import SPLITS, Example, load_benchmark, normalise, read_vendored, split_hash
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,6 @@ def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
 PART_SOURCES = ("awesome_chatgpt_prompts", "bipia")
 MAX_PARTS = 16
 PART_WEIGHT = 0.25
-_PART_TOKENS = 128  # the fast tier's segment_tokens
 _OVERRIDE = re.compile(r"(?i)\b(?:ignore|disregard|forget|override|bypass)\b.{0,60}\b(?:instructions?|prompts?|rules|directions|guidelines)\b|system prompt")
 
 
@@ -380,7 +379,7 @@ def _document_parts(train: Iterable[PolicyExample]) -> Iterable[tuple[str, Polic
     for e in train:
         if e.source not in PART_SOURCES or any(e.labels.values()):
             continue
-        parts = [p for p in line_segments(e.text, _approx_tokens, _PART_TOKENS) if not _OVERRIDE.search(p)]
+        parts = [p for p in line_segments(e.text, _approx_tokens, SEGMENT_TOKENS) if not _OVERRIDE.search(p)]
         parts.sort(key=lambda p: split_hash(p, salt="document-parts"))
         for k, p in enumerate(parts[:MAX_PARTS]):
             yield "train", PolicyExample(text=p, labels=_labels(None, 0, None), source=PART + e.source, id=f"{e.id}-part{k}",
