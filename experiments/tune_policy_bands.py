@@ -163,16 +163,11 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
     w_pos = prevalence / (1 - prevalence) * n_neg / max(1, n_pos)  # positives re-weighted to the prevalence
     cands = np.unique(np.r_[s_fast, 0.5])
     bw = silverman_bandwidth(benign_fast) if smooth_benign else 0.0
-    best = (float(cands[-1]), -1.0)  # no threshold within the budget: the strictest one (it flags fewest)
-    for t in cands:
-        if benign_rate(benign_fast, float(t), bw) > budget:
-            continue
-        f = weighted_f1(y, s_fast >= t, w_pos)
-        if f > best[1]:
-            best = (float(t), f)
-    if best[1] < 0:
-        log.warning("no threshold flags at most %.2f%% of the benign prompts: the strictest, %.6f", 100 * budget, best[0])
-        best = (best[0], weighted_f1(y, s_fast >= best[0], w_pos))
+    within = [float(t) for t in cands if benign_rate(benign_fast, float(t), bw) <= budget]
+    if not within:  # no threshold within the budget: the strictest one (it flags fewest)
+        log.warning("no threshold flags at most %.2f%% of the benign prompts: the strictest, %.6f", 100 * budget, cands[-1])
+        within = [float(cands[-1])]
+    best = max(((t, weighted_f1(y, s_fast >= t, w_pos)) for t in within), key=lambda tf: tf[1])
     thr = best[0]
     block = 1.0
     for t in np.unique(s_static)[::-1]:  # descending: keep lowering while the conditions hold
