@@ -154,7 +154,7 @@ def test_the_translated_jailbreaks_train_and_validate_the_heads_only(splits) -> 
         assert e.source == TRANSLATION + orig.source and e.source.startswith(HEADS_ONLY)
         assert dict(e.labels) == {"jailbreak": orig.label}  # made for the jailbreak policy, labelled for it only
     langs = Counter(language(e) for e in got["train"])
-    assert set(langs) == {"fr", "de", "zh", "es", "it", "ru", "pt", "ja"}
+    assert set(langs) == {"fr", "de", "zh", "es", "it", "ru", "pt"}
     assert Counter(e.labels["jailbreak"] for e in got["train"])[0] > 50  # benign personas alongside
 
 
