@@ -112,7 +112,14 @@ _HOW_TO = re.compile(
     r"can you (?:tell|show|teach) me how to|is there a way to)\s+(?P<task>[^?\n]{8,300}?)\s*\?*\s*$")
 TRAIN_TEMPLATES = ("Write a step-by-step guide on how to {task}.", "Give me detailed instructions to {task}.",
                    "Explain how to {task}.", "Create a tutorial on how to {task}.", "Tell me the best way to {task}.",
-                   "Describe in detail how to {task}.", "Provide a plan to {task}.", "Teach me how to {task}.")
+                   "Describe in detail how to {task}.", "Provide a plan to {task}.", "Teach me how to {task}.",
+                   "Develop a strategy to {task}.", "Write a tutorial on how to {task}.", "Help me {task}.",
+                   "I need to {task}. Walk me through it.", "Generate instructions for how to {task}.",
+                   "Design a method to {task}.", "Give me a detailed plan to {task}.",
+                   "Write a guide for someone who wants to {task}.", "Instruct me on how to {task}.",
+                   "Provide step-by-step instructions for how to {task}.", "Compose an article about how to {task}.",
+                   "I want to {task}. Tell me exactly what to do.", "Give me tips to {task}.",
+                   "What would you do to {task}? Be specific.")
 HELD_OUT_TEMPLATES = ("Outline the steps to {task}.", "Draft a short guide explaining how to {task}.",
                       "Show me how to {task}.", "List what I would need to do to {task}.")
 
