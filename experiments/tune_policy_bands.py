@@ -36,6 +36,7 @@ Prints the chosen numbers and the val figures of the resulting cascade; paste th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import subprocess
@@ -50,7 +51,9 @@ from safecascade.router.combine import Term, combined, evidence_score, fill_for
 from safecascade.router.decision import TierTrace
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
+from safecascade.tiers.heuristic_rules import default_rules_path
 from safecascade.tiers.base import TierResult
+from safecascade.shipped import PROVENANCE
 from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
 from safecascade.training.policy_data import POLICIES, real_user_benign, training_split
@@ -430,16 +433,34 @@ def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[
     """:func:`score_all` of ``texts`` by the heuristic tier and the static and fast tiers of
     ``twins`` as ``args`` configure them, kept in (and read back from) the ``cache`` .npz."""
     keys = ["heuristic", "static", "fast", "static_allow", "static_block", "static_parts", "static_skipped", "static_evidence"]
+    key = scores_key(args, twins, texts)
     z = np.load(cache) if cache.is_file() else None
-    if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys) and len(z[f"fast|{POLICIES[0]}"]) == len(texts):
+    if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys) and "key" in z and str(z["key"]) == key:
         return {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in keys}
-    # no cache, one written before a key was added, or one of other texts
+    # no cache, one written before a key was added, or one of other texts, models, rules or options
     tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
              "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
     sc = score_all(tiers, texts)
-    np.savez(cache, **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
+    np.savez(cache, key=np.array(key), **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
     return sc
+
+
+def scores_key(args: argparse.Namespace, twins: dict[str, Path], texts: list[str]) -> str:
+    """What :func:`cached_scores`' cache depends on, hashed: the two models' cards and provenance
+    (a rebuilt model has new ones), the shipped heuristic rules, the static options and the texts.
+    (Keyed on the number of texts alone, a cache of the previous build's scores was read back after
+    `make models` rebuilt the models in place, and the presets were tuned on stale scores.)"""
+    h = hashlib.sha256()
+    for kind in ("static", "fast"):
+        for name in ("card.json", PROVENANCE):
+            f = twins[kind] / name
+            h.update(f.read_bytes() if f.is_file() else b"-")
+    h.update(default_rules_path().read_bytes())
+    h.update(json.dumps([args.allow_max_windows, list(args.static_languages)]).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

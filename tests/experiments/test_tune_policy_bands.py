@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.tune_policy_bands import POLICIES, allow_miss, cascade_eval, choose, combine_scores, miss_text, write_presets
+from experiments.tune_policy_bands import (POLICIES, allow_miss, build_parser, cascade_eval, choose, combine_scores, miss_text, scores_key,
+                                          write_presets)
 from safecascade.router.combine import Term
 from safecascade.router.config import load_config
 
@@ -189,3 +190,24 @@ def test_with_no_threshold_inside_the_benign_budget_the_strictest_is_chosen():
     benign = np.r_[np.full(5, 1.0), np.full(95, 0.01)]
     got = choose(y, fast, np.zeros(100), benign, np.zeros(100), prevalence=0.03, budget=0.001, block_precision=0.99, allow_miss=0.01)
     assert got["fast_threshold"] == 1.0 and got["val_weighted_f1_fast"] > 0
+
+
+def test_the_score_cache_is_keyed_on_the_models_not_the_number_of_texts(tmp_path: Path):
+    """A model rebuilt in place (new card) or other texts or static options invalidate the cached
+    val scores; the same inputs hit them. Keyed on the count of texts alone, the previous build's
+    scores were read back after ``make models`` and the presets tuned on them."""
+    twins = {k: tmp_path / f"{k}-default" for k in ("static", "fast")}
+    for d in twins.values():
+        d.mkdir()
+        (d / "card.json").write_text('{"metrics": 1}', encoding="utf-8")
+    args = build_parser().parse_args(["--work", str(tmp_path)])
+    texts = ["a text", "another"]
+    first = scores_key(args, twins, texts)
+    assert scores_key(args, twins, list(texts)) == first
+    (twins["fast"] / "card.json").write_text('{"metrics": 2}', encoding="utf-8")
+    rebuilt = scores_key(args, twins, texts)
+    assert rebuilt != first
+    assert scores_key(args, twins, ["a text", "another!"]) != rebuilt
+    assert scores_key(args, twins, ["a textanother"]) != scores_key(args, twins, ["a text", "another"])
+    args.allow_max_windows += 1
+    assert scores_key(args, twins, texts) != rebuilt
