@@ -49,11 +49,11 @@ import numpy as np
 
 from safecascade.router.combine import Term, combined, evidence_score, fill_for
 from safecascade.router.decision import TierTrace
+from safecascade.shipped import PROVENANCE
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
 from safecascade.tiers.heuristic_rules import default_rules_path
 from safecascade.tiers.base import TierResult
-from safecascade.shipped import PROVENANCE
 from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
 from safecascade.training.policy_data import POLICIES, real_user_benign, training_split
