@@ -36,7 +36,6 @@ Prints the chosen numbers and the val figures of the resulting cascade; paste th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import subprocess
@@ -47,9 +46,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from safecascade.hashing import file_sha
 from safecascade.router.combine import Term, combined, evidence_score, fill_for
 from safecascade.router.decision import TierTrace
-from safecascade.shipped import PROVENANCE
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
 from safecascade.tiers.heuristic_rules import default_rules_path
@@ -58,6 +57,7 @@ from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
 from safecascade.training.policy_data import POLICIES, real_user_benign, training_split
 from safecascade.training.ship_models import stage_served
+from safecascade.training.tuning.scores import dir_sha, short_hash
 from safecascade.training.train_rows import example_labels, labelled
 
 log = logging.getLogger("experiments.tune_policy_bands")
@@ -447,20 +447,12 @@ def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[
 
 
 def scores_key(args: argparse.Namespace, twins: dict[str, Path], texts: list[str]) -> str:
-    """What :func:`cached_scores`' cache depends on, hashed: the two models' cards and provenance
-    (a rebuilt model has new ones), the shipped heuristic rules, the static options and the texts.
-    (Keyed on the number of texts alone, a cache of the previous build's scores was read back after
-    `make models` rebuilt the models in place, and the presets were tuned on stale scores.)"""
-    h = hashlib.sha256()
-    for kind in ("static", "fast"):
-        for name in ("card.json", PROVENANCE):
-            f = twins[kind] / name
-            h.update(f.read_bytes() if f.is_file() else b"-")
-    h.update(default_rules_path().read_bytes())
-    h.update(json.dumps([args.allow_max_windows, list(args.static_languages)]).encode())
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()
+    """What :func:`cached_scores`' cache depends on: the two model dirs' content, the shipped
+    heuristic rules, the static options and the texts (the library tuner's hashing helpers). Keyed
+    on the number of texts alone, the previous build's scores were read back after `make models`
+    rebuilt the models in place, and the presets were tuned on stale scores."""
+    return short_hash({"models": {k: dir_sha(d) for k, d in sorted(twins.items())}, "rules": file_sha(default_rules_path()),
+                       "static": [args.allow_max_windows, list(args.static_languages)], "texts": texts})
 
 
 def main(argv: list[str] | None = None) -> int:
