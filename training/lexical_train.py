@@ -108,13 +108,23 @@ def oof_logits(X_train: Any, t_train: np.ndarray, w_train: np.ndarray, X_val: An
     return out
 
 
-def fit_stack(z_emb: np.ndarray, z_lex: np.ndarray, y: np.ndarray, calibration: str, *, seed: int = 0) -> dict[str, Any]:
+def val_weights(val: Sequence[Any], policy: str, cfg: Any) -> np.ndarray:
+    """The val texts' training weights for one policy: each example's ``weight`` (1 where it has
+    none), times ``cfg.weak_label_weight`` where its label for ``policy`` is weak (as
+    ``train_rows.prepare_rows`` weighs the training rows)."""
+    return np.array([float(getattr(e, "weight", 1.0)) * (cfg.weak_label_weight if policy in getattr(e, "weak", ()) else 1.0)
+                     for e in val], dtype=np.float64)
+
+
+def fit_stack(z_emb: np.ndarray, z_lex: np.ndarray, y: np.ndarray, calibration: str, *, seed: int = 0,
+              sample_weight: np.ndarray | None = None) -> dict[str, Any]:
     """Stack weights and calibration for one policy, from val logits (``calibration`` as in the
-    embedding head: auto | platt | isotonic | none)."""
+    embedding head: auto | platt | isotonic | none). ``sample_weight`` weighs the texts in the
+    stack's fit (not in the calibration's)."""
     from sklearn.linear_model import LogisticRegression  # heavy, optional (sklearn)
 
     Z = np.c_[z_emb, z_lex]
-    st = LogisticRegression(C=100.0).fit(Z, np.asarray(y, int))
+    st = LogisticRegression(C=100.0).fit(Z, np.asarray(y, int), sample_weight=sample_weight)
     a, b = (float(v) for v in st.coef_[0])
     c = float(st.intercept_[0])
     s = a * z_emb + b * z_lex + c
@@ -212,7 +222,8 @@ def train_lexical_block(cfg: Any, windower: Any, rows: Sequence[Any], val: Seque
         if h.policy in z_val and h.policy in emb_val_logits and len(vidx.get(h.policy, ())):
             i = vidx[h.policy]
             stacks[h.policy] = fit_stack(np.asarray(emb_val_logits[h.policy])[i], z_val[h.policy][i],
-                                         np.asarray(val_labels[h.policy])[i], cfg.calibration, seed=cfg.seed)
+                                         np.asarray(val_labels[h.policy])[i], cfg.calibration, seed=cfg.seed,
+                                         sample_weight=val_weights(val, h.policy, cfg)[i] if h.policy in cfg.stack_weighted else None)
         else:  # no labelled val data for this policy: the embedding head alone, as before
             stacks[h.policy] = {"a": 1.0, "b": 0.0, "c": 0.0, "calibration": h.calibration}
     fit.model.save(Path(out_dir) / LEXICAL_NAME)

@@ -48,6 +48,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lexical", action=argparse.BooleanOptionalAction, default=True,
                         help="fast tier: stack a hashed word-piece + character n-gram TF-IDF logit with the embedding head")
     parser.add_argument("--lexical-c", type=float, default=30.0, help="inverse regularisation of the lexical block's LR")
+    parser.add_argument("--stack-weighted", default="", metavar="POLICY[,POLICY...]",
+                        help="fit these policies' stacks on val at the texts' training weights (real user prompts 16x)")
     parser.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                         help="SetFit-style contrastive fine-tuning of the encoder on the train split before export "
                              "(fast tier; on by default there: 10-17 minutes on 2 cores)")
@@ -77,6 +79,8 @@ def run_train(args: argparse.Namespace) -> int:
         recipe.pop("policies", None)  # a single-policy benchmark trains its own policy's head
     if args.head is not None:
         recipe["head"] = args.head
+    if args.stack_weighted:
+        recipe["stack_weighted"] = tuple(p.strip() for p in args.stack_weighted.split(",") if p.strip())
     cfg = TrainConfig(kind=args.kind, calibration=args.calibration,
                       encoder=args.encoder, limit=args.limit, threads=args.threads,
                       verdict_weight=args.verdict_weight, **recipe,

@@ -69,6 +69,10 @@ class TrainConfig:
             head alone (card format 1).
         lexical_C: Inverse regularisation of the lexical block's logistic regression.
         lexical_buckets: Hash buckets of the lexical features.
+        stack_weighted: The policies whose stack (``training/lexical_train.py: fit_stack``) is fit
+            on the val texts at their training weights (a real user prompt 16, a weak label
+            ``weak_label_weight``, ...), as the heads are trained, instead of one each. The
+            calibration that follows it stays unweighted. A name the config does not train is ignored.
     """
 
     kind: str = "fast"
@@ -104,6 +108,7 @@ class TrainConfig:
     lexical: bool = True
     lexical_C: float = 30.0
     lexical_buckets: int = 1 << 20
+    stack_weighted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("fast", "static"):
@@ -143,5 +148,6 @@ class TrainConfig:
         """Plain JSON-able dict (``policies`` a list, ``source_weights`` a dict): MLflow params and the card."""
         d = asdict(self)
         d["policies"] = list(self.policies)
+        d["stack_weighted"] = list(self.stack_weighted)
         d["source_weights"] = dict(self.source_weights)
         return d

@@ -103,3 +103,34 @@ def test_fit_lexical_numpy_logits_equal_sklearn() -> None:
     st = fit_stack(rng.normal(size=30), ref[:, 0], yb, "platt")
     p = stacked_scores(rng.normal(size=30), ref[:, 0], st)
     assert p.shape == (30,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_weighted_stack_follows_the_heavy_texts() -> None:
+    """``fit_stack(sample_weight=...)``: where the two logits disagree, the texts weighted up decide
+    which one the stack trusts (a real user prompt weighs 16 in the default recipe)."""
+    from types import SimpleNamespace
+
+    from safecascade.training.lexical_train import fit_stack, val_weights
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(200), np.zeros(200)].astype(int)
+    z_emb = np.where(y == 1, 2.0, -2.0) + rng.normal(0, 1.5, 400)
+    z_lex = np.where(y == 1, 2.0, -2.0) + rng.normal(0, 1.5, 400)
+    # 40 negatives that the lexical logit alone scores as violations, the embedding logit does not
+    z_lex[200:240] += 8.0
+    z_emb[200:240] -= 1.0
+    plain = fit_stack(z_emb, z_lex, y, "none")
+    w = np.ones(400)
+    w[200:240] = 16.0
+    weighted = fit_stack(z_emb, z_lex, y, "none", sample_weight=w)
+    assert plain["a"] > 0 and weighted["a"] > 0 and weighted["b"] / weighted["a"] < plain["b"] / plain["a"]  # the lexical logit counts less
+    s_plain = plain["a"] * z_emb + plain["b"] * z_lex
+    s_weighted = weighted["a"] * z_emb + weighted["b"] * z_lex
+    def outranked(s: np.ndarray) -> float:  # the share of (violation, heavy negative) pairs the negative wins
+        return float(np.mean(s[200:240][:, None] > s[:200][None, :]))
+    assert outranked(s_weighted) < outranked(s_plain)
+
+    val = [SimpleNamespace(weight=16.0, weak=()), SimpleNamespace(weight=0.5, weak=("harmful_request",)), SimpleNamespace()]
+    cfg = SimpleNamespace(weak_label_weight=0.3)
+    assert val_weights(val, "harmful_request", cfg).tolist() == pytest.approx([16.0, 0.15, 1.0])
+    assert val_weights(val, "jailbreak", cfg).tolist() == pytest.approx([16.0, 0.5, 1.0])
