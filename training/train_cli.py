@@ -62,8 +62,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Train, write the artifact dir, print metrics, log to MLflow."""
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training config of ``safecascade train``: the default recipe for ``args.kind`` with the
+    command line's overrides; a ``--stack-weighted`` policy the recipe does not train is an error."""
     recipe = dict(DEFAULT_RECIPE[args.kind])
     if args.finetune is not None:
         recipe["finetune"] = args.finetune
@@ -86,6 +87,15 @@ def run_train(args: argparse.Namespace) -> int:
                       verdict_weight=args.verdict_weight, **recipe,
                       finetune_seq_len=args.finetune_seq_len,
                       lexical=args.lexical, lexical_C=args.lexical_c)
+    unknown = sorted(set(cfg.stack_weighted) - set(cfg.policies))
+    if unknown:
+        raise ValueError(f"--stack-weighted names {unknown}, which this recipe does not train (its policies: {list(cfg.policies)})")
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, write the artifact dir, print metrics, log to MLflow."""
+    cfg = train_config_from_args(args)
     out = Path(args.out) if args.out else artifact_dir("models") / f"{args.kind}-default"
     res = train_from_benchmark(cfg, out_dir=out, verdicts=args.from_log, progress=not args.no_progress)
     summary = {"out_dir": str(res.out_dir), "seconds": round(res.seconds, 1),

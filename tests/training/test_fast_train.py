@@ -20,6 +20,7 @@ def test_config_validation_and_to_dict() -> None:
     cfg = TrainConfig(head="lr", source_weights=(("alpaca", 0.5),))
     d = cfg.to_dict()
     assert d["head"] == "lr" and d["source_weights"] == {"alpaca": 0.5} and d["policies"] == ["jailbreak"]
+    assert d["stack_weighted"] == [] and TrainConfig(stack_weighted=("jailbreak",)).to_dict()["stack_weighted"] == ["jailbreak"]
     with pytest.raises(ValueError, match="head"):
         TrainConfig(head="svm")
     with pytest.raises(ValueError, match="kind"):
@@ -155,6 +156,15 @@ def test_cli_export_and_parser(tiny_models: dict, tmp_path: Path) -> None:
 
     args = build_parser("train").parse_args(["train", "fast", "--limit", "50", "--no-mlflow", "--from-log", "v.csv"])
     assert args.kind == "fast" and args.limit == 50 and args.mlflow is False and args.from_log == "v.csv"
+    from safecascade.training.train_cli import train_config_from_args
+
+    assert train_config_from_args(args).stack_weighted == ()
+    weighted = build_parser("train").parse_args(["train", "fast", "--stack-weighted", "prompt_injection, harmful_request"])
+    assert train_config_from_args(weighted).stack_weighted == ("prompt_injection", "harmful_request")
+    with pytest.raises(ValueError, match="harmful_request"):  # the jailbreak benchmark trains one policy
+        train_config_from_args(build_parser("train").parse_args(["train", "fast", "--benchmark", "jailbreak",
+                                                                 "--stack-weighted", "harmful_request"]))
+    assert main(["train", "fast", "--stack-weighted", "harmfull_request", "--no-mlflow"]) == 2  # a typo: a clear error, nothing trained
     out = tmp_path / "exported"
     assert main(["export", str(tiny_models["fast"].out_dir), str(out)]) == 0
     assert (out / "model.onnx").is_file() and (out / "card.json").is_file()
