@@ -109,11 +109,12 @@ def oof_logits(X_train: Any, t_train: np.ndarray, w_train: np.ndarray, X_val: An
 
 
 def val_weights(val: Sequence[Any], policy: str, cfg: Any) -> np.ndarray:
-    """The val texts' training weights for one policy: each example's ``weight`` (1 where it has
-    none), times ``cfg.weak_label_weight`` where its label for ``policy`` is weak (as
-    ``train_rows.prepare_rows`` weighs the training rows)."""
-    return np.array([float(getattr(e, "weight", 1.0)) * (cfg.weak_label_weight if policy in getattr(e, "weak", ()) else 1.0)
-                     for e in val], dtype=np.float64)
+    """The val texts' training weights for one policy, as ``train_rows.prepare_rows`` weighs the
+    training rows: ``cfg.source_weights`` of the example's source, times its ``weight`` (1 where it
+    has none), times ``cfg.weak_label_weight`` where its label for ``policy`` is weak."""
+    sw = dict(cfg.source_weights)
+    return np.array([sw.get(getattr(e, "source", ""), 1.0) * float(getattr(e, "weight", 1.0))
+                     * (cfg.weak_label_weight if policy in getattr(e, "weak", ()) else 1.0) for e in val], dtype=np.float64)
 
 
 def fit_stack(z_emb: np.ndarray, z_lex: np.ndarray, y: np.ndarray, calibration: str, *, seed: int = 0,

@@ -130,7 +130,8 @@ def test_weighted_stack_follows_the_heavy_texts() -> None:
         return float(np.mean(s[200:240][:, None] > s[:200][None, :]))
     assert outranked(s_weighted) < outranked(s_plain)
 
-    val = [SimpleNamespace(weight=16.0, weak=()), SimpleNamespace(weight=0.5, weak=("harmful_request",)), SimpleNamespace()]
-    cfg = SimpleNamespace(weak_label_weight=0.3)
-    assert val_weights(val, "harmful_request", cfg).tolist() == pytest.approx([16.0, 0.15, 1.0])
-    assert val_weights(val, "jailbreak", cfg).tolist() == pytest.approx([16.0, 0.5, 1.0])
+    val = [SimpleNamespace(weight=16.0, weak=(), source="toxicchat"), SimpleNamespace(weight=0.5, weak=("harmful_request",), source="beavertails"),
+           SimpleNamespace(source="alpaca")]
+    cfg = SimpleNamespace(weak_label_weight=0.3, source_weights=(("alpaca", 0.5),))
+    assert val_weights(val, "harmful_request", cfg).tolist() == pytest.approx([16.0, 0.15, 0.5])
+    assert val_weights(val, "jailbreak", cfg).tolist() == pytest.approx([16.0, 0.5, 0.5])
