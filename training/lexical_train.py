@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from safecascade.tiers.lexical import LEXICAL_NAME, LexicalConfig, LexicalModel, Stack, feature_matrix
 from safecascade.training.heads import fit_calibration, val_folds
-from safecascade.training.train_rows import labelled
+from safecascade.training.train_rows import example_weights, labelled
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,6 @@ def oof_logits(X_train: Any, t_train: np.ndarray, w_train: np.ndarray, X_val: An
         fit = fit_lexical(X, np.r_[t_train, y[tr]], np.r_[w_train, np.ones(len(tr))], cfg, C=C)
         out[te] = fit.logits(X_val[te])[:, 0]
     return out
-
-
-def val_weights(val: Sequence[Any], policy: str, cfg: Any) -> np.ndarray:
-    """The val texts' training weights for one policy, as ``train_rows.prepare_rows`` weighs the
-    training rows: ``cfg.source_weights`` of the example's source, times its ``weight`` (1 where it
-    has none), times ``cfg.weak_label_weight`` where its label for ``policy`` is weak."""
-    sw = dict(cfg.source_weights)
-    return np.array([sw.get(getattr(e, "source", ""), 1.0) * float(getattr(e, "weight", 1.0))
-                     * (cfg.weak_label_weight if policy in getattr(e, "weak", ()) else 1.0) for e in val], dtype=np.float64)
 
 
 def fit_stack(z_emb: np.ndarray, z_lex: np.ndarray, y: np.ndarray, calibration: str, *, seed: int = 0,
@@ -224,7 +215,7 @@ def train_lexical_block(cfg: Any, windower: Any, rows: Sequence[Any], val: Seque
             i = vidx[h.policy]
             stacks[h.policy] = fit_stack(np.asarray(emb_val_logits[h.policy])[i], z_val[h.policy][i],
                                          np.asarray(val_labels[h.policy])[i], cfg.calibration, seed=cfg.seed,
-                                         sample_weight=val_weights(val, h.policy, cfg)[i] if h.policy in cfg.stack_weighted else None)
+                                         sample_weight=example_weights(val, h.policy, cfg)[i] if h.policy in cfg.stack_weighted else None)
         else:  # no labelled val data for this policy: the embedding head alone, as before
             stacks[h.policy] = {"a": 1.0, "b": 0.0, "c": 0.0, "calibration": h.calibration}
     fit.model.save(Path(out_dir) / LEXICAL_NAME)

@@ -56,7 +56,7 @@ def rows_from_examples(examples: Iterable[Any], policy: str, *, source_weights: 
             continue
         targets = {p: float(labels[p]) for p in pols if p in labels}
         if targets:
-            rows.append(TrainRow(text=e.text, targets=targets, weight=sw.get(src, 1.0) * float(getattr(e, "weight", 1.0)), source=src,
+            rows.append(TrainRow(text=e.text, targets=targets, weight=example_weight(e, sw), source=src,
                                  weak=tuple(p for p in getattr(e, "weak", ()) if p in targets)))
     return rows
 
@@ -174,6 +174,21 @@ def stratified_limit(examples: list[Any], limit: int) -> list[Any]:
     neg = [e for e in examples if not positive(e)]
     n_pos = max(1, round(limit * len(pos) / max(len(examples), 1)))
     return pos[:n_pos] + neg[: max(1, limit - n_pos)]
+
+
+def example_weight(e: Any, source_weights: Mapping[str, float]) -> float:
+    """An example's training weight before its weak labels: its source's weight times its own
+    ``weight`` (1 where it has none)."""
+    return source_weights.get(getattr(e, "source", ""), 1.0) * float(getattr(e, "weight", 1.0))
+
+
+def example_weights(examples: Sequence[Any], policy: str, cfg: TrainConfig) -> np.ndarray:
+    """Each example's training weight for one policy, as :func:`prepare_rows` weighs a training
+    row: :func:`example_weight` (``cfg.source_weights``), times ``cfg.weak_label_weight`` where its
+    label for ``policy`` is weak. For val texts (the lexical stack's fit, ``cfg.stack_weighted``)."""
+    sw = dict(cfg.source_weights)
+    return np.array([example_weight(e, sw) * (cfg.weak_label_weight if policy in getattr(e, "weak", ()) else 1.0)
+                     for e in examples], dtype=np.float64)
 
 
 def prepare_rows(cfg: TrainConfig, train: Sequence[Any], verdicts: str | Path | None) -> list[TrainRow]:

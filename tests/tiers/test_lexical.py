@@ -110,7 +110,8 @@ def test_weighted_stack_follows_the_heavy_texts() -> None:
     which one the stack trusts (a real user prompt weighs 16 in the default recipe)."""
     from types import SimpleNamespace
 
-    from safecascade.training.lexical_train import fit_stack, val_weights
+    from safecascade.training.lexical_train import fit_stack
+    from safecascade.training.train_rows import example_weights
 
     rng = np.random.default_rng(1)
     y = np.r_[np.ones(200), np.zeros(200)].astype(int)
@@ -133,5 +134,5 @@ def test_weighted_stack_follows_the_heavy_texts() -> None:
     val = [SimpleNamespace(weight=16.0, weak=(), source="toxicchat"), SimpleNamespace(weight=0.5, weak=("harmful_request",), source="beavertails"),
            SimpleNamespace(source="alpaca")]
     cfg = SimpleNamespace(weak_label_weight=0.3, source_weights=(("alpaca", 0.5),))
-    assert val_weights(val, "harmful_request", cfg).tolist() == pytest.approx([16.0, 0.15, 0.5])
-    assert val_weights(val, "jailbreak", cfg).tolist() == pytest.approx([16.0, 0.5, 0.5])
+    assert example_weights(val, "harmful_request", cfg).tolist() == pytest.approx([16.0, 0.15, 0.5])
+    assert example_weights(val, "jailbreak", cfg).tolist() == pytest.approx([16.0, 0.5, 0.5])
