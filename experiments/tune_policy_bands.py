@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from safecascade.hashing import file_sha
-from safecascade.router.combine import Term, combined, evidence_score, fill_for
+from safecascade.router.combine import EPS, Term, combined, evidence_score, fill_for
 from safecascade.router.decision import TierTrace
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
@@ -127,7 +127,8 @@ def weighted_f1(y: np.ndarray, pred: np.ndarray, w_pos: float) -> float:
 
 
 def _logit(s: np.ndarray) -> np.ndarray:
-    s = np.clip(np.asarray(s, dtype=float), 1e-7, 1 - 1e-7)
+    """``router.combine.logit`` over an array (the same clipping, so the tuner's scale is the router's)."""
+    s = np.clip(np.asarray(s, dtype=float), EPS, 1 - EPS)
     return np.log(s / (1 - s))
 
 
