@@ -72,7 +72,7 @@ class TrainConfig:
         stack_weighted: The policies whose stack (``training/lexical_train.py: fit_stack``) is fit
             on the val texts at their training weights (a real user prompt 16, a weak label
             ``weak_label_weight``, ...), as the heads are trained, instead of one each. The
-            calibration that follows it stays unweighted. A name the config does not train is ignored.
+            calibration that follows it stays unweighted. Each must be one of ``policies``.
     """
 
     kind: str = "fast"
@@ -133,6 +133,9 @@ class TrainConfig:
             raise ValueError(f"weak_label_weight must be in (0, 1], got {self.weak_label_weight}")
         if not self.lexical_C > 0:
             raise ValueError(f"lexical_C must be > 0, got {self.lexical_C}")
+        unknown = sorted(set(self.stack_weighted) - set(self.policies))
+        if unknown:
+            raise ValueError(f"stack_weighted names {unknown}, which this config does not train (its policies: {list(self.policies)})")
 
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`~safecascade.training.finetune.FinetuneConfig` these fields describe."""

@@ -164,6 +164,10 @@ def test_cli_export_and_parser(tiny_models: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="harmful_request"):  # the jailbreak benchmark trains one policy
         train_config_from_args(build_parser("train").parse_args(["train", "fast", "--benchmark", "jailbreak",
                                                                  "--stack-weighted", "harmful_request"]))
+    moderation = build_parser("train").parse_args(["train", "fast", "--benchmark", "moderation", "--stack-weighted", "harmful_content"])
+    assert train_config_from_args(moderation).policies == ("harmful_content",) == train_config_from_args(moderation).stack_weighted
+    with pytest.raises(ValueError, match="harmful_request"):  # the config checks it itself, not only the command line
+        TrainConfig(stack_weighted=("harmful_request",))
     assert main(["train", "fast", "--stack-weighted", "harmfull_request", "--no-mlflow"]) == 2  # a typo: a clear error, nothing trained
     out = tmp_path / "exported"
     assert main(["export", str(tiny_models["fast"].out_dir), str(out)]) == 0
