@@ -258,10 +258,11 @@ class FastTier:
     def _segments(self, text: str, ws: Windows, lexical: bool = True) -> tuple[list[tuple[int, int]], np.ndarray | None]:
         """Each window's character span of ``text`` and (with a lexical block, and ``lexical``) its
         lexical logits [n_windows, n_policies]."""
-        enc = self.windower.tokenizer.encode(text, add_special_tokens=False)
-        offs = enc.offsets
+        offs = ws.offsets
+        if offs is None:  # cut without offsets (a text with fewer characters than tokens): tokenise again
+            offs = np.asarray(self.windower.tokenizer.encode(text, add_special_tokens=False).offsets, dtype=np.int64).reshape(-1, 2)
         n, body = len(offs), self.windower.config.window_tokens - 2
-        spans = [(offs[s][0], offs[min(s + body, n) - 1][1]) for s in ws.starts] if n else [(0, len(text))] * len(ws.starts)
+        spans = [(int(offs[s][0]), int(offs[min(s + body, n) - 1][1])) for s in ws.starts] if n else [(0, len(text))] * len(ws.starts)
         if self.lexical is None or not lexical:
             return spans, None
         z = np.stack([self.lexical.logits(*features(ws.content[s : s + body], text[a:b], self.lexical.config)[:2])
@@ -299,7 +300,7 @@ class FastTier:
         """:meth:`window_probs` and each multi-window text's segment facts (text index -> dict:
         the kept windows' character spans and lexical logits; how they were picked). Returned,
         never kept on the tier: one tier serves many threads."""
-        wins = self.windower.windows(texts)
+        wins = self.windower.windows(texts, with_offsets=True)
         segments: dict[int, dict[str, Any]] = {}
         for i, (t, ws) in enumerate(zip(texts, wins)):
             if len(ws.starts) > self.max_windows:

@@ -81,6 +81,7 @@ class Windows:
     notes: tuple[str, ...] = field(default_factory=tuple)
     content: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # all content token ids (no specials)
     starts: tuple[int, ...] = ()  # where each window's content starts in ``content`` (window k = content[s : s + body])
+    offsets: np.ndarray | None = None  # [tokens, 2] each content token's character span, where cut ``with_offsets``
 
     def info(self) -> dict[str, Any]:
         d: dict[str, Any] = {"n_windows": len(self.starts), "tokens": self.tokens, "truncated": self.truncated}
@@ -117,16 +118,31 @@ class Windower:
         self.cls_id, self.sep_id = int(cls_id), int(sep_id)
         self.unk_id = self.tokenizer.token_to_id("[UNK]")
 
-    def windows(self, texts: Sequence[str], *, with_ids: bool = True) -> list[Windows]:
+    def windows(self, texts: Sequence[str], *, with_ids: bool = True, with_offsets: bool = False) -> list[Windows]:
         """Cut each text into windows (batch tokenisation, then numpy slicing); ``with_ids=False``
-        skips building the encoder's ``[CLS] … [SEP]`` id arrays."""
-        # encode_batch_fast: the same ids without computing character offsets (nothing here uses them)
-        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
-        encs = encode(list(texts), add_special_tokens=False)
+        skips building the encoder's ``[CLS] … [SEP]`` id arrays. ``with_offsets``: record each
+        token's character span (:attr:`Windows.offsets`) for the texts long enough to need more
+        than one window (more characters than a window has tokens: nearly every multi-window text;
+        the rest have ``offsets`` None), so a caller that maps windows back to the text tokenises
+        once."""
+        texts = list(texts)
         cfg = self.config
         body = cfg.window_tokens - 2
+        # encode_batch_fast: the same ids without computing character offsets
+        fast = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        long = [i for i, t in enumerate(texts) if len(t) > body] if with_offsets else []
+        if long:
+            short = sorted(set(range(len(texts))) - set(long))
+            encs: list[Any] = [None] * len(texts)
+            for i, e in zip(long, self.tokenizer.encode_batch([texts[i] for i in long], add_special_tokens=False)):
+                encs[i] = e
+            for i, e in zip(short, fast([texts[i] for i in short], add_special_tokens=False) if short else []):
+                encs[i] = e
+        else:
+            encs = fast(texts, add_special_tokens=False)
+        with_spans = set(long)
         out: list[Windows] = []
-        for enc in encs:
+        for j, enc in enumerate(encs):
             ids = np.asarray(enc.ids, dtype=np.int64)
             n = int(ids.shape[0])
             notes: list[str] = []
@@ -148,8 +164,9 @@ class Windower:
                 if unk >= 0.5:
                     notes.append(f"{unk:.0%} of tokens are unknown to the encoder's vocabulary (emoji / unsupported script)")
             wins = [np.concatenate(([self.cls_id], ids[s : s + body], [self.sep_id])).astype(np.int64) for s in starts] if with_ids else []
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2) if j in with_spans else None
             out.append(Windows(ids=wins, tokens=n, n_windows_total=total, truncated=truncated, empty=n == 0, notes=tuple(notes),
-                               content=ids, starts=tuple(starts)))
+                               content=ids, starts=tuple(starts), offsets=offsets))
         return out
 
 
