@@ -130,9 +130,10 @@ class Windower:
         body = cfg.window_tokens - 2
         # encode_batch_fast: the same ids without computing character offsets
         fast = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
-        long = [i for i, t in enumerate(texts) if len(t) > body] if with_offsets else []
-        if long:
-            short = sorted(set(range(len(texts))) - set(long))
+        with_spans = {i for i, t in enumerate(texts) if len(t) > body} if with_offsets else set()
+        if with_spans:
+            long = sorted(with_spans)
+            short = [i for i in range(len(texts)) if i not in with_spans]
             encs: list[Any] = [None] * len(texts)
             for i, e in zip(long, self.tokenizer.encode_batch([texts[i] for i in long], add_special_tokens=False)):
                 encs[i] = e
@@ -140,7 +141,6 @@ class Windower:
                 encs[i] = e
         else:
             encs = fast(texts, add_special_tokens=False)
-        with_spans = set(long)
         out: list[Windows] = []
         for j, enc in enumerate(encs):
             ids = np.asarray(enc.ids, dtype=np.int64)
