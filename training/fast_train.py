@@ -57,8 +57,7 @@ def train_fast(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (
     encoder = cfg.encoder
     if cfg.finetune and cfg.finetune_benchmark:
         fb_pol = benchmark_policy(cfg.finetune_benchmark)
-        fb_cfg = replace(cfg, benchmark=cfg.finetune_benchmark, policies=(fb_pol,), limit=None, source_weights=(),
-                         stack_weighted=())
+        fb_cfg = cfg.for_policies((fb_pol,), benchmark=cfg.finetune_benchmark, limit=None, source_weights=())
         fb_rows = prepare_rows(fb_cfg, load_benchmark(cfg.finetune_benchmark, "train"), None)
         encoder, ft_info = finetuned_encoder(fb_cfg, fb_rows, progress=progress)
         ft_info = {**ft_info, "benchmark": cfg.finetune_benchmark}
@@ -133,7 +132,7 @@ def _benchmark_config(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"the {POLICY_BENCHMARK!r} benchmark has the policies {list(POLICIES)}; not {unknown}")
         return cfg
     pol = benchmark_policy(cfg.benchmark)
-    return cfg if cfg.policies == (pol,) else replace(cfg, policies=(pol,), stack_weighted=tuple(p for p in cfg.stack_weighted if p == pol))
+    return cfg if cfg.policies == (pol,) else cfg.for_policies((pol,))
 
 
 def _load_split(cfg: TrainConfig, split: str) -> list[Any]:

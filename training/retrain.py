@@ -313,8 +313,7 @@ def retrain(cfg: RetrainConfig, train_cfg: Any = None, *, out_dir: str | Path | 
     train_cfg = train_cfg or TrainConfig()
     if train_cfg.kind != "fast":
         raise ValueError("retrain builds a fast tier candidate (TrainConfig.kind must be 'fast')")
-    train_cfg = replace(train_cfg, benchmark=cfg.benchmark, policies=(policy,),
-                        stack_weighted=tuple(p for p in train_cfg.stack_weighted if p == policy))
+    train_cfg = train_cfg.for_policies((policy,), benchmark=cfg.benchmark)
     if out_dir is None:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out_dir = artifact_dir("models", "retrain") / stamp

@@ -6,7 +6,7 @@ construction, logged to MLflow as params and written into the model card (``conf
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from safecascade.tiers.onnx_encoder import WindowConfig
@@ -136,6 +136,11 @@ class TrainConfig:
         unknown = sorted(set(self.stack_weighted) - set(self.policies))
         if unknown:
             raise ValueError(f"stack_weighted names {unknown}, which this config does not train (its policies: {list(self.policies)})")
+
+    def for_policies(self, policies: tuple[str, ...], **changes: Any) -> "TrainConfig":
+        """This config training ``policies`` instead (with ``changes``), ``stack_weighted`` narrowed
+        to the policies it still trains."""
+        return replace(self, policies=policies, stack_weighted=tuple(p for p in self.stack_weighted if p in policies), **changes)
 
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`~safecascade.training.finetune.FinetuneConfig` these fields describe."""
