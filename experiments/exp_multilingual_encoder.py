@@ -9,7 +9,7 @@ encoder found on PyPI). It is not a project dependency; this experiment measures
 Heads: the shipped fast recipe's heads (MLP per policy, weak labels at 0.3, isotonic calibration on
 val) fit on the train split's rows, on one USE embedding per text (the first ``--max-chars``
 characters). Compared, per policy, on the **test** split and on the hand-written probes, with the
-shipped fast tier as served (``Router.load(fast_alone_config(...))``): ROC-AUC and recall at 1% FPR
+shipped fast tier alone (``Router.load(fast_alone_config(..., evidence=False))``): ROC-AUC and recall at 1% FPR
 on test; then, at each scorer's threshold that flags 1% of val's negatives for that policy, recall on
 test's English and non-English positives, the share of test's benign real user prompts flagged, and
 the probes' translated jailbreaks (``jbx``, ``jbx2``) and benign prompts in 16 languages (``ml``),
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def use_z(e: np.ndarray) -> np.ndarray:  # calibrated, as logits, (n, policies)
         return np.stack([logit(use_head[p].calibration.apply(text_logits([x[None] for x in e], use_head[p]))) for p in POLICIES], 1)
 
-    router = Router.load(fast_alone_config(Router.load().config))
+    router = Router.load(fast_alone_config(Router.load().config, evidence=False))
     try:
         f_val = logit(fast_scores(router, [e.text for e in val], cache=work, name="val"))
         f_test = logit(fast_scores(router, [e.text for e in test], cache=work, name="test"))

@@ -7,8 +7,10 @@ For each policy (jailbreak, prompt_injection, harmful_request) on the texts labe
 
 * the router (the whole cascade, as served): precision, recall, F1 of "blocked", and of the policy's
   own flag where the router scores that policy;
-* the fast tier alone, as served: ROC-AUC and recall at 1% FPR of its score for the policy (a
-  router that does not score the policy shows its blocked/allowed outcome instead);
+* the fast tier's score as served (``fast_alone_config``: with the evidence of the earlier tiers its
+  ``combine`` adds, the multilingual and static tiers, which then decide nothing): ROC-AUC and
+  recall at 1% FPR for the policy (a router that does not score the policy shows its
+  blocked/allowed outcome instead);
 * XSTest (held out) for harmful_request, and the test split's how-to questions asked as requests
   ("Outline the steps to ...": templates that training never uses, :data:`HELD_OUT_TEMPLATES`);
 * harmful_request and prompt_injection per sub-category (the policy's rule ids, where a source's

@@ -24,10 +24,12 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
 * the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
   positives that the fast tier blocks at its threshold fall (the recall the cheap path gives up
   against the fast tier deciding alone);
-* with ``--combine`` (default: ``harmful_request`` on the fast and the static tier's logits added,
-  router/combine.py) the fast tier's scores above are the combined ones the router decides on, and
-  each term's ``fill`` is chosen so that a text the static tier read only in windows is decided at
-  the threshold the fast tier alone would get.
+* with ``--combine`` (default: ``prompt_injection`` on the fast and the multilingual tier's logits
+  added, ``harmful_request`` on the fast, the static and the multilingual tier's; router/combine.py)
+  the fast tier's scores above are the combined ones the router decides on, and each term's
+  ``fill`` is chosen so that a text no earlier tier judged whole is decided at the threshold the
+  fast tier alone would get (several terms share that shift equally). The multilingual tier
+  (``DIR/multilingual-default``) is scored only when ``--combine`` names it.
 
 Prints the chosen numbers and the val figures of the resulting cascade; paste them into
 ``models/default.yaml``.
@@ -52,6 +54,7 @@ from safecascade.router.decision import TierTrace
 from safecascade.tiers.fast import FastTier
 from safecascade.tiers.heuristic import HeuristicTier
 from safecascade.tiers.heuristic_rules import default_rules_path
+from safecascade.tiers.multilingual import MultilingualTier
 from safecascade.tiers.base import TierResult
 from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.static import StaticTier
@@ -64,9 +67,9 @@ log = logging.getLogger("experiments.tune_policy_bands")
 
 
 def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
-    """Train-only twins of the shipped static and fast tiers, stored as shipped."""
+    """Train-only twins of the shipped static, fast and multilingual tiers, stored as shipped."""
     out = {}
-    for kind in ("static", "fast"):
+    for kind in ("static", "fast", "multilingual"):
         built, served = work / f"{kind}-train", work / f"{kind}-served"
         if not (built / "card.json").is_file():
             cmd = [sys.executable, "-m", "safecascade.cli", "-v", "train", kind, "--fit-on", "train", "--out", str(built), "--no-mlflow"]
@@ -76,6 +79,9 @@ def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
             stage_served(kind, built, served, bits)
         out[kind] = served
     return out
+
+
+EARLIER = ("static", "multilingual")  # the tiers before the fast tier whose evidence ``combine`` may add
 
 
 def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -88,7 +94,8 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
     ``static_skipped``: whether it read the text only in windows (``info["parts_skipped"]``) or not at
     all (a language it does not read, ``info["not_read"]``: combined at its fill), and
     ``static_evidence``: for those texts, its score of the piece the fast tier's score rests on
-    (``TierResult.evidence``; nan where there is none), what the router combines them with."""
+    (``TierResult.evidence``; nan where there is none), what the router combines them with. The
+    multilingual tier gives the same ``_parts``, ``_skipped`` and ``_evidence`` arrays."""
     out: dict[str, dict[str, np.ndarray]] = {}
     results: dict[str, list[TierResult]] = {}
     for name, tier in tiers.items():
@@ -97,25 +104,26 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
             res += tier.classify(texts[s:s + 256])
         results[name] = res
         out[name] = {p: np.array([r.scores.get(p, 0.0) for r in res]) for p in POLICIES}
+        if name in EARLIER:  # tiers whose evidence the fast tier may combine (router/combine.py)
+            out[f"{name}_parts"] = {p: np.array([max(r.scores.get(p, 0.0), (r.info.get("part_scores") or {}).get(p, 0.0)) for r in res])
+                                    for p in POLICIES}
+            out[f"{name}_skipped"] = {p: np.array([bool(r.info.get("parts_skipped") or r.info.get("not_read")) or p not in r.scores for r in res])
+                                      for p in POLICIES}
         if name == "static":
-            out["static_parts"] = {p: np.array([max(r.scores.get(p, 0.0), (r.info.get("part_scores") or {}).get(p, 0.0)) for r in res])
-                                   for p in POLICIES}
-            out["static_skipped"] = {p: np.array([bool(r.info.get("parts_skipped") or r.info.get("not_read")) or p not in r.scores for r in res])
-                                     for p in POLICIES}
             out["static_allow"] = {p: np.array([r.allow_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
             out["static_block"] = {p: np.array([r.block_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
-    if "static" in tiers and "fast" in tiers:
-        out["static_evidence"] = {p: np.full(len(texts), np.nan) for p in POLICIES}
+    for name in (t for t in EARLIER if t in tiers and "fast" in tiers):
+        out[f"{name}_evidence"] = {p: np.full(len(texts), np.nan) for p in POLICIES}
         asks = [(i, p, r.evidence[p]) for i, r in enumerate(results["fast"]) for p in POLICIES
-                if results["static"][i].info.get("parts_skipped") and p in results["static"][i].scores and r.evidence.get(p)]
+                if results[name][i].info.get("parts_skipped") and p in results[name][i].scores and r.evidence.get(p)]
         pieces = list(dict.fromkeys(piece for _, _, piece in asks))
-        got = dict(zip(pieces, [x for s in range(0, len(pieces), 256) for x in tiers["static"].classify(pieces[s:s + 256])]))
+        got = dict(zip(pieces, [x for s in range(0, len(pieces), 256) for x in tiers[name].classify(pieces[s:s + 256])]))
         for i, p, piece in asks:
             v = evidence_score(got[piece], p)
             if v is not None:
-                out["static_evidence"][p][i] = v
-        log.info("scored %d pieces of long texts with static (the fast tier's evidence)", len(pieces))
+                out[f"{name}_evidence"][p][i] = v
+        log.info("scored %d pieces of long texts with %s (the fast tier's evidence)", len(pieces), name)
     return out
 
 
@@ -277,7 +285,10 @@ def tune_fills(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str
     for _ in range(rounds):
         for p, weights in combine.items():
             thr = pick(p, comb[p])
-            fills[p] = {t: round(fill_for(own[p], thr, float(w)), 4) for t, w in weights.items() if float(w) > 0}
+            # with several earlier tiers each term carries an equal share of the shift, so a text
+            # none of them judged whole is still decided at the fast tier's own threshold
+            n = sum(float(w) > 0 for w in weights.values())
+            fills[p] = {t: round(fill_for(own[p], thr, float(w) * n), 4) for t, w in weights.items() if float(w) > 0}
         comb = combine_scores(sc, combine, fills)
     return comb, fills
 
@@ -290,9 +301,20 @@ def combine_text(combine: dict[str, dict[str, float]], fills: dict[str, dict[str
         f = ((fills or {}).get(p) or {}).get(t)
         return f"{t}: {w}" if f is None else f"{t}: {{weight: {w}, fill: {f}}}"
     body = ", ".join(f"{p}: {{{', '.join(term(p, t, w) for t, w in ws.items())}}}" for p, ws in combine.items())
-    return ("    # these policies are decided on the fast tier's logit plus weight x the static tier's\n"
-            "    # (router/combine.py; docs/policies.md, \"Two tiers' evidence\")\n"
+    return ("    # these policies are decided on the fast tier's logit plus weight x each earlier tier's named here\n"
+            "    # (router/combine.py; docs/policies.md, \"Two tiers' evidence\", \"A second, multilingual encoder\")\n"
             f"    combine: {{{body}}}\n")
+
+
+MULTILINGUAL_TIER = """\
+  - name: multilingual                  # USE-multilingual v3 + a head per policy (models/multilingual-default), 16 languages
+    type: multilingual
+    # decides nothing alone (null bands): the fast tier adds its evidence to its own (combine below;
+    # docs/policies.md, "A second, multilingual encoder")
+    options: {model: default}
+    bands: {default: [null, null]}
+    on_error: next
+"""
 
 
 def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> None:
@@ -329,6 +351,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "named_threshold": "{" + ", ".join(f"{p}: {v}" for p, v in args.named_threshold.items()) + "}",
         "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
         "combine": combine_text(args.combine, report.get("fills")),
+        "multilingual": MULTILINGUAL_TIER if uses_multilingual(args) else "",
     }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
     safeguard = old[old.index("  - name: safeguard"):]
@@ -410,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "without deciding; written into the presets ({} for none). harmful_request 0.0: a harmful-request "
                          "rule's name blocks (every text those rules name without deciding, across the benchmark and the "
                          "probes, violates the policy; docs/policies.md, session 40)")
-    ap.add_argument("--combine", type=json.loads, default={"harmful_request": {"static": 1.0}},
+    ap.add_argument("--combine", type=json.loads,
+                    default={"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}},
                     help="policy -> {earlier tier: weight} (JSON): the fast tier decides these policies on its logit plus "
                          "weight x the earlier tier's (router/combine.py); written into the presets ({} for none)")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
@@ -423,17 +447,25 @@ def models_to_tune(args: argparse.Namespace) -> dict[str, Path]:
     train-only twins built in ``--work``."""
     if args.models is None:
         return build_twins(args.work)
-    for kind in ("static", "fast"):
+    kinds = ["static", "fast"] + (["multilingual"] if uses_multilingual(args) else [])
+    for kind in kinds:
         card = json.loads((args.models / f"{kind}-default" / "card.json").read_text(encoding="utf-8"))
         if card.get("fit_on") != "train":
             raise SystemExit(f"{args.models}/{kind}-default was fit on {card.get('fit_on')}: its val scores are in sample")
-    return {"static": args.models / "static-default", "fast": args.models / "fast-default"}
+    return {kind: args.models / f"{kind}-default" for kind in kinds}
+
+
+def uses_multilingual(args: argparse.Namespace) -> bool:
+    """Whether ``--combine`` adds the multilingual tier's evidence (then it is scored and written into the presets)."""
+    return any("multilingual" in terms for terms in args.combine.values())
 
 
 def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[str], cache: Path) -> dict[str, dict[str, np.ndarray]]:
     """:func:`score_all` of ``texts`` by the heuristic tier and the static and fast tiers of
     ``twins`` as ``args`` configure them, kept in (and read back from) the ``cache`` .npz."""
     keys = ["heuristic", "static", "fast", "static_allow", "static_block", "static_parts", "static_skipped", "static_evidence"]
+    if "multilingual" in twins:
+        keys += ["multilingual", "multilingual_parts", "multilingual_skipped", "multilingual_evidence"]
     key = scores_key(args, twins, texts)
     z = np.load(cache) if cache.is_file() else None
     if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys) and "key" in z and str(z["key"]) == key:
@@ -442,6 +474,9 @@ def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[
     tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
              "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
+    if "multilingual" in twins:
+        tiers = {**{k: v for k, v in tiers.items() if k != "fast"}, "multilingual": MultilingualTier(model_dir=twins["multilingual"]),
+                 "fast": tiers["fast"]}
     sc = score_all(tiers, texts)
     np.savez(cache, key=np.array(key), **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
     return sc

@@ -3,7 +3,7 @@
 This is the main job of ``make demo``. Nothing is built: the default router loads the models
 shipped in the package. It prints
 
-1. the embedded default cascade (heuristic -> static -> fast, no LLM) on the whole ``jailbreak``
+1. the embedded default cascade (heuristic -> static -> multilingual -> fast, no LLM) on the whole ``jailbreak``
    test split: per-tier reached / decided / latency, precision / recall / F1 / R@1%FPR, and the
    mean CPU milliseconds per text; the TF-IDF baseline on the same texts;
 2. the same decisions scored against the ``jailbreak-policy`` labels (the benchmark's texts read
@@ -27,7 +27,7 @@ from pathlib import Path
 from safecascade.paths import artifact_dir
 from safecascade.router.cache import LRUDecisionCache
 from safecascade.router.cascade import Router
-from safecascade.router.config import load_config
+from safecascade.router.config import Band, load_config
 from safecascade.training.datasets import load_benchmark, split_hash
 from safecascade.training.evaluate import evaluate_router, stratified_sample
 from safecascade.training.metrics import classification_summary
@@ -54,10 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="directory for the reports (default: <cache>/eval/demo-*)")
 
 
-def fast_alone_config(config):
-    """``config`` with only its fast tier, deciding alone at 0.5 (the fast tier as served)."""
+def fast_alone_config(config, *, evidence: bool = True):
+    """``config`` with only its fast tier deciding, at 0.5, on its score as served: the earlier
+    tiers whose evidence it adds to its own (its ``combine``) stay in front of it but decide nothing
+    (null bands). ``evidence=False``: the fast tier alone (those terms count at their ``fill``)."""
     fast = next(t for t in config.tiers if t.type == "fast")
-    return replace(config, name="fast-alone", tiers=(replace(fast, bands={}, threshold=0.5),))
+    named = {tier for terms in fast.combine.values() for tier in terms} if evidence else set()
+    feeders = tuple(replace(t, bands={"default": Band(allow_below=None, block_above=None)}) for t in config.tiers if t.name in named)
+    return replace(config, name="fast-alone", tiers=(*feeders, replace(fast, bands={}, threshold=0.5)))
 
 
 def _evaluate(router, examples, *, benchmark: str, split: str, name: str, baseline: bool = True):

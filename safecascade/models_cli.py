@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from safecascade.shipped import models_root, verify_all
+from safecascade.shipped import SHIPPED_NAMES, models_root, verify_all
 from safecascade.training.ship_models import ship
 
 
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--out", default=None, help="models directory to write (default: the installed package's)")
     b.add_argument("--note", default="", help="the changelog line's note")
     b.add_argument("--bits", type=int, default=8, choices=(8, 16), help="fast tier embedding table storage (8)")
+    b.add_argument("--kinds", nargs="+", default=None, choices=sorted(SHIPPED_NAMES),
+                   help="rebuild only these shipped models (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{d}: {status}")
             bad += not status.startswith("ok")
         return 1 if bad else 0
-    ship(Path(args.out) if args.out else models_root(), bits=args.bits, note=args.note)
+    ship(Path(args.out) if args.out else models_root(), bits=args.bits, note=args.note,
+         kinds=tuple(args.kinds) if args.kinds else tuple(SHIPPED_NAMES))
     return 0

@@ -1,4 +1,5 @@
-"""The default models shipped inside the package (``models/fast-default``, ``models/static-default``).
+"""The default models shipped inside the package (``models/fast-default``, ``models/static-default``,
+``models/multilingual-default``).
 
 Each shipped artifact directory has a ``provenance.json`` that lists every file with its size and
 sha256, plus the recipe, training-data hashes, the training code's commit and val/test metrics
@@ -21,7 +22,7 @@ from safecascade.hashing import file_sha
 log = logging.getLogger(__name__)
 
 PROVENANCE = "provenance.json"
-SHIPPED_NAMES = {"fast": "fast-default", "static": "static-default"}
+SHIPPED_NAMES = {"fast": "fast-default", "static": "static-default", "multilingual": "multilingual-default"}
 _VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
 
 
@@ -35,7 +36,7 @@ def models_root() -> Path:
 
 
 def shipped_dir(kind: str) -> Path:
-    """The shipped artifact directory for ``fast`` or ``static``."""
+    """The shipped artifact directory for ``fast``, ``static`` or ``multilingual``."""
     if kind not in SHIPPED_NAMES:
         raise ValueError(f"no shipped default model of kind {kind!r} (kinds: {', '.join(SHIPPED_NAMES)})")
     return models_root() / SHIPPED_NAMES[kind]

@@ -222,6 +222,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "replay": ("safecascade.tiers.replay:ReplayTier.from_spec", "safecascade.tiers.replay:ReplayOptions"),
     "fast": ("safecascade.tiers.fast:FastTier.from_spec", "safecascade.tiers.fast:FastOptions"),
     "static": ("safecascade.tiers.static:StaticTier.from_spec", "safecascade.tiers.static:StaticOptions"),
+    "multilingual": ("safecascade.tiers.multilingual:MultilingualTier.from_spec", "safecascade.tiers.multilingual:MultilingualOptions"),
     "safeguard": ("safecascade.tiers.safeguard.tier:SafeguardTier.from_spec", "safecascade.tiers.safeguard.options:SafeguardOptions"),
 }
 _REGISTERED: dict[str, tuple[TierFactory, type | None]] = {}

@@ -170,6 +170,34 @@ class _NumpyHead:
         return apply_calibration(self.cal, h[:, 0])
 
 
+def numpy_heads(arrays: Any, card: dict[str, Any], *, where: str) -> dict[str, _NumpyHead]:
+    """The heads of ``heads.npz`` (``arrays``: ``h<k>_W<i>``, ``h<k>_b<i>`` for the card's k-th
+    policy) with their calibration from the card; a policy with no head fails, naming ``where``."""
+    out: dict[str, _NumpyHead] = {}
+    for k, pol in enumerate(card["policies"]):
+        layers, i = [], 0
+        while f"h{k}_W{i}" in arrays:
+            layers.append((arrays[f"h{k}_W{i}"].astype(np.float32), arrays[f"h{k}_b{i}"].astype(np.float32)))
+            i += 1
+        if not layers:
+            raise ValueError(f"{where} has no head for policy {pol!r}")
+        out[pol] = _NumpyHead(layers, card.get("calibration", {}).get(pol, {"method": "none"}))
+    return out
+
+
+def load_numpy_heads(d: Path, card: dict[str, Any], *, tier: str, dim: int) -> dict[str, _NumpyHead]:
+    """:func:`numpy_heads` of ``d/heads.npz``, each head checked to take ``dim`` inputs."""
+    try:
+        arrays = np.load(d / HEADS)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{tier}: cannot read {d / HEADS}: {exc}") from exc
+    heads = numpy_heads(arrays, card, where=f"{tier}: {d / HEADS}")
+    for pol, h in heads.items():
+        if h.layers[0][0].shape[0] != dim:
+            raise ValueError(f"{tier}: {d / HEADS} head {pol!r} takes {h.layers[0][0].shape[0]} inputs, the encoder gives {dim}")
+    return heads
+
+
 class StaticTier:
     """model2vec static embeddings + numpy head (see module doc)."""
 
@@ -201,16 +229,7 @@ class StaticTier:
                            max_windows=int(max_windows or max(int(win.get("max_windows", 8)), STATIC_MAX_WINDOWS)))
         self.encoder = StaticEncoder(embedding=emb, tokenizer_path=d / TOKENIZER_NAME, window=cfg, normalize=bool(card.get("normalize", True)))
         card_pols = list(card["policies"])
-        self.heads: dict[str, _NumpyHead] = {}
-        for k, pol in enumerate(card_pols):
-            layers, i = [], 0
-            while f"h{k}_W{i}" in heads:
-                layers.append((heads[f"h{k}_W{i}"].astype(np.float32), heads[f"h{k}_b{i}"].astype(np.float32)))
-                i += 1
-            if not layers:
-                raise ValueError(f"static tier {name!r}: {d / HEADS} has no head for policy {pol!r}")
-            cal = card.get("calibration", {}).get(pol, {"method": "none"})
-            self.heads[pol] = _NumpyHead(layers, cal)
+        self.heads = numpy_heads(heads, card, where=f"static tier {name!r}: {d / HEADS}")
         if policies:
             missing = [p for p in policies if p not in card_pols]
             if missing:

@@ -20,7 +20,7 @@ from safecascade.training.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FORMAT = {"fast": 2, "static": 1}  # card format the embedded defaults are built with
+DEFAULT_FORMAT = {"fast": 2, "static": 1, "multilingual": 1}  # card format the embedded defaults are built with
 # The recipe of the embedded defaults (and of `safecascade train fast|static` without flags): three
 # policies (jailbreak, prompt_injection, harmful_request) on the multi-policy benchmark
 # (training/policy_data.py); one head per policy on one encoder pass; the encoder fine-tuned for all
@@ -41,6 +41,10 @@ POLICIES_RECIPE: dict[str, dict[str, Any]] = {
              "finetune_max_seconds": 2100.0, "int8": True, "weak_label_weight": 0.3},
     "static": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
                "head": "mlp", "weak_label_weight": 0.3},
+    # USE-multilingual v3 (tiers/multilingual.py) with the same heads; its evidence is added to the
+    # fast tier's (docs/policies.md, "A second, multilingual encoder")
+    "multilingual": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
+                     "head": "mlp", "weak_label_weight": 0.3},
 }
 DEFAULT_RECIPE: dict[str, dict[str, Any]] = POLICIES_RECIPE
 # The jailbreak-only recipe the defaults shipped with before the three policies (kept to rebuild
@@ -73,7 +77,7 @@ def default_is_current(kind: str, d: Path) -> tuple[bool, str]:
     return True, "current"
 
 
-def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static"), force: bool = False) -> dict[str, Path]:
+def ensure_default_models(progress: bool = True, *, kinds: Sequence[str] = ("fast", "static", "multilingual"), force: bool = False) -> dict[str, Path]:
     """Build ``fast-default`` and ``static-default`` (jailbreak benchmark) into the cache if missing.
 
     Built in a temp dir next to the target and renamed into place, so a crash never leaves a

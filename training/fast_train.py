@@ -160,5 +160,9 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
         val, test = stratified_limit(list(val), cfg.limit), stratified_limit(list(test), cfg.limit)
     if not with_test:
         test = []
+    if cfg.kind == "multilingual":
+        from safecascade.training.multilingual_train import train_multilingual  # not every install has its encoder
+
+        return train_multilingual(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)
     fn = train_fast if cfg.kind == "fast" else train_static
     return fn(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)

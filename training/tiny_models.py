@@ -52,7 +52,8 @@ def reference_scores(result: TrainResult, texts: Sequence[str], *, st_model: Any
 
 def build_tiny_models(out_root: str | Path, *, n_train: int = 160, n_eval: int = 80, kinds: Sequence[str] = ("fast", "static"),
                       head: str = "lr", cache_root: str | Path | None = None, progress: bool = False) -> dict[str, TrainResult]:
-    """Small real artifacts from the jailbreak benchmark (for tests and smoke checks; ~30 s on 2 cores).
+    """Small real artifacts from the jailbreak benchmark (for tests and smoke checks; ~30 s on 2 cores;
+    ``kinds`` may also name ``multilingual``).
 
     Uses the shortest texts of each split (cheap to embed) plus a few long jailbreaks.
     """
@@ -69,6 +70,11 @@ def build_tiny_models(out_root: str | Path, *, n_train: int = 160, n_eval: int =
     out = {}
     for kind in kinds:
         cfg = TrainConfig(kind=kind, head=head, max_iter=200)
+        if kind == "multilingual":
+            from safecascade.training.multilingual_train import train_multilingual  # its encoder package is optional
+
+            out[kind] = train_multilingual(cfg, train=train, val=val, test=test, out_dir=root / kind, progress=progress)
+            continue
         fn = train_fast if kind == "fast" else train_static
         kw = {"cache_root": cache_root} if kind == "fast" else {}
         out[kind] = fn(cfg, train=train, val=val, test=test, out_dir=root / kind, progress=progress, **kw)

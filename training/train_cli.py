@@ -25,7 +25,7 @@ from safecascade.training.train_config import TrainConfig
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``safecascade train``."""
-    parser.add_argument("kind", choices=["fast", "static"], help="which tier to train")
+    parser.add_argument("kind", choices=["fast", "static", "multilingual"], help="which tier to train")
     parser.add_argument("--benchmark", default=None,
                         help="labelled benchmark (train split; val calibrates; test reports); default: 'policies', the shipped "
                              "recipe (jailbreak, prompt_injection, harmful_request); a single-policy benchmark (e.g. jailbreak) "

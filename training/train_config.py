@@ -18,7 +18,8 @@ class TrainConfig:
     """Everything that determines a trained tier (logged to MLflow as params).
 
     Args:
-        kind: Which tier to train: ``"fast"`` (ONNX MiniLM + head) or ``"static"`` (model2vec + head).
+        kind: Which tier to train: ``"fast"`` (ONNX MiniLM + head), ``"static"`` (model2vec + head)
+            or ``"multilingual"`` (USE-multilingual v3 + head; :mod:`safecascade.training.multilingual_train`).
         benchmark: The labelled benchmark whose train/val/test splits are used
             (:func:`~safecascade.training.fast_train.train_from_benchmark`).
         policies: The policies to train a head for; the labelled examples carry ``policies[0]``,
@@ -111,8 +112,8 @@ class TrainConfig:
     stack_weighted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fast", "static"):
-            raise ValueError(f"kind must be fast|static, got {self.kind!r}")
+        if self.kind not in ("fast", "static", "multilingual"):
+            raise ValueError(f"kind must be fast|static|multilingual, got {self.kind!r}")
         if self.head not in ("lr", "mlp"):
             raise ValueError(f"head must be lr|mlp, got {self.head!r}")
         if self.epochs < 1 or self.hidden < 1:

