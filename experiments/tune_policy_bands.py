@@ -306,15 +306,16 @@ def combine_text(combine: dict[str, dict[str, float]], fills: dict[str, dict[str
             f"    combine: {{{body}}}\n")
 
 
-MULTILINGUAL_TIER = """\
-  - name: multilingual                  # USE-multilingual v3 + a head per policy (models/multilingual-default), 16 languages
-    type: multilingual
-    # decides nothing alone (null bands): the fast tier adds its evidence to its own (combine below;
-    # docs/policies.md, "A second, multilingual encoder")
-    options: {model: default}
-    bands: {default: [null, null]}
-    on_error: next
-"""
+def multilingual_tier(options: dict[str, Any]) -> str:
+    """The multilingual tier's entry in the presets (``options``: besides ``model: default``)."""
+    extra = "".join(f", {k}: {json.dumps(v)}" for k, v in options.items())
+    return ("  - name: multilingual                  # USE-multilingual v3 + a head per policy (models/multilingual-default), 16 languages\n"
+            "    type: multilingual\n"
+            "    # decides nothing alone (null bands): the fast tier adds its evidence to its own (combine below;\n"
+            "    # docs/policies.md, \"A second, multilingual encoder\")\n"
+            f"    options: {{model: default{extra}}}\n"
+            "    bands: {default: [null, null]}\n"
+            "    on_error: next\n")
 
 
 def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> None:
@@ -351,7 +352,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "named_threshold": "{" + ", ".join(f"{p}: {v}" for p, v in args.named_threshold.items()) + "}",
         "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
         "combine": combine_text(args.combine, report.get("fills")),
-        "multilingual": MULTILINGUAL_TIER if uses_multilingual(args) else "",
+        "multilingual": multilingual_tier(getattr(args, "multilingual_options", {})) if uses_multilingual(args) else "",
     }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
     safeguard = old[old.index("  - name: safeguard"):]
@@ -437,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                     default={"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}},
                     help="policy -> {earlier tier: weight} (JSON): the fast tier decides these policies on its logit plus "
                          "weight x the earlier tier's (router/combine.py); written into the presets ({} for none)")
+    ap.add_argument("--multilingual-options", type=json.loads, default={},
+                    help="options of the multilingual tier (JSON, e.g. {\"max_chars\": 1000, \"parts\": false}): scored that way "
+                         "on val and written into the presets")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
     return ap
@@ -475,7 +479,8 @@ def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[
              "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
     if "multilingual" in twins:
-        tiers = {**{k: v for k, v in tiers.items() if k != "fast"}, "multilingual": MultilingualTier(model_dir=twins["multilingual"]),
+        tiers = {**{k: v for k, v in tiers.items() if k != "fast"},
+                 "multilingual": MultilingualTier(model_dir=twins["multilingual"], **getattr(args, "multilingual_options", {})),
                  "fast": tiers["fast"]}
     sc = score_all(tiers, texts)
     np.savez(cache, key=np.array(key), **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
@@ -488,7 +493,8 @@ def scores_key(args: argparse.Namespace, twins: dict[str, Path], texts: list[str
     on the number of texts alone, the previous build's scores were read back after `make models`
     rebuilt the models in place, and the presets were tuned on stale scores."""
     return short_hash({"models": {k: dir_sha(d) for k, d in sorted(twins.items())}, "rules": file_sha(default_rules_path()),
-                       "static": [args.allow_max_windows, list(args.static_languages)], "texts": texts})
+                       "static": [args.allow_max_windows, list(args.static_languages)], "texts": texts,
+                       **({"multilingual": args.multilingual_options} if getattr(args, "multilingual_options", {}) else {})})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@ independently trained encoder beside the fast tier's English MiniLM: the two err
 
 In the shipped presets this tier decides nothing alone (its bands are null): the fast tier adds its
 evidence to its own (``combine``, :mod:`safecascade.router.combine`), as it adds the static tier's.
-A text is embedded whole (one 512-d vector) and, when it has several lines, so are its paragraphs
-and lines (:func:`safecascade.tiers.segments.line_segments`; ``info["part_scores"]``, the highest
-per policy, is what ``combine`` raises the text's score to). A text longer than ``max_chars`` is
+A text is embedded whole (one 512-d vector); with ``parts`` (off by default) so are a multi-line
+text's paragraphs and lines (:func:`safecascade.tiers.segments.line_segments`;
+``info["part_scores"]``, the highest per policy, is what ``combine`` raises the text's score to). A text longer than ``max_chars`` is
 read only in part (``info["parts_skipped"]``): the router then has this tier score the piece the
 fast tier's score rests on (``TierResult.evidence``), so a short attack padded with benign text is
 judged on that piece, not diluted in one average. With ``deobfuscate`` the decoded or normalised
@@ -57,8 +57,11 @@ class MultilingualOptions:
     max_chars: int = 4000
     """A text of at most this many characters is read whole (and its parts); a longer one only its
     first ``max_chars`` characters, marked ``info["parts_skipped"]`` (see the module doc)."""
-    parts: bool = True
-    """Also score a multi-line text's paragraphs and lines (``info["part_scores"]``)."""
+    parts: bool = False
+    """Also score a multi-line text's paragraphs and lines (``info["part_scores"]``). Off by default:
+    on val it cost prompt-injection F1 (0.917 -> 0.911 at 3% prevalence) and harmful-request F1
+    (0.677 -> 0.650) against the whole text alone, and CPU (docs/policies.md, "A second, multilingual
+    encoder"); the fast tier scores a document's parts itself."""
     deobfuscate: bool = True
     """Also score the decoded / normalised readings of a text that hides its content."""
     threads: int = 2
@@ -109,7 +112,7 @@ class MultilingualTier:
     kind = "multilingual"
 
     def __init__(self, *, model_dir: str | Path, name: str = "multilingual", policies: Sequence[str] | None = None,
-                 max_chars: int = 4000, parts: bool = True, deobfuscate: bool = True, threads: int = 2) -> None:
+                 max_chars: int = 4000, parts: bool = False, deobfuscate: bool = True, threads: int = 2) -> None:
         if max_chars < 1:
             raise ValueError(f"multilingual tier {name!r}: max_chars must be >= 1, got {max_chars}")
         d = Path(model_dir)
