@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import math
 import types
 import typing
@@ -88,6 +89,27 @@ class Tier(Protocol):
     policies: tuple[str, ...]
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]: ...
+
+
+def classify_strings(texts: Sequence[Any], *, kind: str, name: str, log: logging.Logger,
+                     score: Callable[[list[int]], dict[int, TierResult]]) -> list[TierResult]:
+    """The shared skeleton of a model tier's ``classify``: an item that is not a ``str`` gets an
+    error result; ``score(idx)`` scores the others (by their index in ``texts``); an exception in it
+    gives each of them an error result (logged on ``log``), never an exception; an index it left
+    out, ``not scored``."""
+    out: list[TierResult | None] = [None if isinstance(t, str) else
+                                    TierResult(scores={}, error=f"{kind} tier expects str, got {type(t).__name__}") for t in texts]
+    idx = [i for i, t in enumerate(texts) if isinstance(t, str)]
+    if idx:
+        try:
+            got = score(idx)
+            for i in idx:
+                out[i] = got.get(i)
+        except Exception as exc:
+            log.exception("%s tier %r failed on a batch", kind, name)
+            for i in idx:
+                out[i] = TierResult(scores={}, error=f"{kind} tier failed: {type(exc).__name__}: {exc}")
+    return [r if r is not None else TierResult(scores={}, error="not scored") for r in out]
 
 
 @dataclass(frozen=True, kw_only=True)

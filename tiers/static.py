@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from safecascade.tiers.base import TierResult, TierSpec
+from safecascade.tiers.base import TierResult, TierSpec, classify_strings
 from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.retractions import model_readings
@@ -273,77 +273,71 @@ class StaticTier:
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""
         t0 = time.perf_counter()
-        results: list[TierResult | None] = [None] * len(texts)
-        idx = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                results[i] = TierResult(scores={}, error=f"static tier expects str, got {type(t).__name__}")
-        if idx:
-            try:
-                read = [model_readings(texts[i].encode("utf-8", errors="replace").decode("utf-8"), deobfuscate=self.deobfuscate)
-                        for i in idx]
-                good, views = [r for r, _ in read], [vs for _, vs in read]
-                good = good + [v for vs in views for v in vs]
-                wins = self.encoder.windower.windows(good, with_ids=False)
-                # the parts of the texts that may be allowed here (a longer one never is)
-                parts = [self._parts(t) if not self.allow_max_windows or len(ws.starts) <= self.allow_max_windows else []
-                         for t, ws in zip(good[: len(idx)], wins)]
-                flat_parts = [q for ps in parts for q in ps]
-                if flat_parts:
-                    wins = wins + self.encoder.windower.windows(flat_parts, with_ids=False)
-                sums, count, offsets = self.encoder.window_sums(wins, self._table)
-                scale = self.encoder.window_scale(sums[:, : self._emb_cols], count)
-                top = {}
-                for p in self.policies:
-                    lo, hi = self._first[p]
-                    first = sums[:, lo:hi] / scale[:, None] + self.heads[p].layers[0][1]
-                    # every text has at least one window (an empty text scores its empty window)
-                    top[p] = np.clip(np.maximum.reduceat(self.heads[p].after_first_layer(first), offsets[:-1]), 0.0, 1.0)
-                per = (time.perf_counter() - t0) * 1000.0 / len(idx)
-                k_view = len(idx)
-                k_part = len(good)  # the parts' rows follow the texts' and the views'
-                for j, (i, ws) in enumerate(zip(idx, wins)):
-                    n = int(offsets[j + 1] - offsets[j])
-                    scores = {p: float(top[p][j]) for p in self.policies}
-                    reading_scores = [dict(scores)]
-                    info = ws.info()
-                    if views[j]:
-                        raised = False
-                        for k in range(k_view, k_view + len(views[j])):
-                            reading_scores.append({p: float(top[p][k]) for p in self.policies})
-                            for p in self.policies:
-                                if float(top[p][k]) > scores[p]:
-                                    scores[p], raised = float(top[p][k]), True
-                        info["views"], info["view_raised"] = len(views[j]), raised
-                        k_view += len(views[j])
-                    # what may block: the readings in a script this tier reads (see block_other_scripts)
-                    block_scores = tier_block_scores([good[j], *views[j]], reading_scores, scores, info,
-                                                     block_other_scripts=self.block_other_scripts)
-                    allow_scores: dict[str, float] = {}
-                    if parts[j]:  # the allow band is tested on the highest of the text's and its parts' scores
-                        part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
-                        info["parts"] = len(parts[j])
-                        info["part_scores"] = {p: round(v, 4) for p, v in part_scores.items()}
-                        allow_scores = {p: max(scores[p], v) for p, v in part_scores.items()}
-                        k_part += len(parts[j])
-                    if self.allow_max_windows and n > self.allow_max_windows:
-                        info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
-                        # read only in windows, where a short request is diluted (router/combine.py)
-                        info["parts_skipped"] = True
-                        allow_scores = {p: math.inf for p in self.policies}
-                    unread = unread_language([good[j], *views[j]], self.languages)
-                    if unread is not None:  # a language this tier does not read: passed on
-                        info["not_read"] = f"language {unread}"
-                        allow_scores = {p: math.inf for p in self.policies}
-                        block_scores = {p: 0.0 for p in self.policies}
-                    results[i] = TierResult(scores=scores, info=info, latency_ms=per, allow_scores=allow_scores, block_scores=block_scores,
-                                            warnings=("truncated_windows",) if ws.truncated else (),
-                                            cost={"windows": float(n), "tokens": float(ws.tokens)})
-            except Exception as exc:
-                log.exception("static tier %r failed on a batch", self.name)
-                for i in idx:
-                    results[i] = TierResult(scores={}, error=f"static tier failed: {type(exc).__name__}: {exc}")
-        return [r if r is not None else TierResult(scores={}, error="not scored") for r in results]
+        return classify_strings(texts, kind="static", name=self.name, log=log, score=lambda idx: self._score(texts, idx, t0))
+
+    def _score(self, texts: Sequence[str], idx: list[int], t0: float) -> dict[int, TierResult]:
+        """The results of the ``str`` items ``idx`` of ``texts`` (see :meth:`classify`)."""
+        results: dict[int, TierResult] = {}
+        read = [model_readings(texts[i].encode("utf-8", errors="replace").decode("utf-8"), deobfuscate=self.deobfuscate)
+                for i in idx]
+        good, views = [r for r, _ in read], [vs for _, vs in read]
+        good = good + [v for vs in views for v in vs]
+        wins = self.encoder.windower.windows(good, with_ids=False)
+        # the parts of the texts that may be allowed here (a longer one never is)
+        parts = [self._parts(t) if not self.allow_max_windows or len(ws.starts) <= self.allow_max_windows else []
+                 for t, ws in zip(good[: len(idx)], wins)]
+        flat_parts = [q for ps in parts for q in ps]
+        if flat_parts:
+            wins = wins + self.encoder.windower.windows(flat_parts, with_ids=False)
+        sums, count, offsets = self.encoder.window_sums(wins, self._table)
+        scale = self.encoder.window_scale(sums[:, : self._emb_cols], count)
+        top = {}
+        for p in self.policies:
+            lo, hi = self._first[p]
+            first = sums[:, lo:hi] / scale[:, None] + self.heads[p].layers[0][1]
+            # every text has at least one window (an empty text scores its empty window)
+            top[p] = np.clip(np.maximum.reduceat(self.heads[p].after_first_layer(first), offsets[:-1]), 0.0, 1.0)
+        per = (time.perf_counter() - t0) * 1000.0 / len(idx)
+        k_view = len(idx)
+        k_part = len(good)  # the parts' rows follow the texts' and the views'
+        for j, (i, ws) in enumerate(zip(idx, wins)):
+            n = int(offsets[j + 1] - offsets[j])
+            scores = {p: float(top[p][j]) for p in self.policies}
+            reading_scores = [dict(scores)]
+            info = ws.info()
+            if views[j]:
+                raised = False
+                for k in range(k_view, k_view + len(views[j])):
+                    reading_scores.append({p: float(top[p][k]) for p in self.policies})
+                    for p in self.policies:
+                        if float(top[p][k]) > scores[p]:
+                            scores[p], raised = float(top[p][k]), True
+                info["views"], info["view_raised"] = len(views[j]), raised
+                k_view += len(views[j])
+            # what may block: the readings in a script this tier reads (see block_other_scripts)
+            block_scores = tier_block_scores([good[j], *views[j]], reading_scores, scores, info,
+                                             block_other_scripts=self.block_other_scripts)
+            allow_scores: dict[str, float] = {}
+            if parts[j]:  # the allow band is tested on the highest of the text's and its parts' scores
+                part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
+                info["parts"] = len(parts[j])
+                info["part_scores"] = {p: round(v, 4) for p, v in part_scores.items()}
+                allow_scores = {p: max(scores[p], v) for p, v in part_scores.items()}
+                k_part += len(parts[j])
+            if self.allow_max_windows and n > self.allow_max_windows:
+                info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
+                # read only in windows, where a short request is diluted (router/combine.py)
+                info["parts_skipped"] = True
+                allow_scores = {p: math.inf for p in self.policies}
+            unread = unread_language([good[j], *views[j]], self.languages)
+            if unread is not None:  # a language this tier does not read: passed on
+                info["not_read"] = f"language {unread}"
+                allow_scores = {p: math.inf for p in self.policies}
+                block_scores = {p: 0.0 for p in self.policies}
+            results[i] = TierResult(scores=scores, info=info, latency_ms=per, allow_scores=allow_scores, block_scores=block_scores,
+                                    warnings=("truncated_windows",) if ws.truncated else (),
+                                    cost={"windows": float(n), "tokens": float(ws.tokens)})
+        return results
 
     def _parts(self, text: str) -> list[str]:
         """The paragraphs and lines of a multi-line text (none when ``parts`` is off)."""

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safecascade.tiers.multilingual import DIM, ENCODER_ID, ENCODER_PACKAGE, UseEncoder
+from safecascade.tiers.multilingual import DIM, ENCODER_ID, ENCODER_PACKAGE, MAX_CHARS, UseEncoder
 from safecascade.training.export_onnx import heads_to_npz
 from safecascade.training.heads import train_heads
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
@@ -23,8 +23,6 @@ from safecascade.training.train_config import TrainConfig
 from safecascade.training.train_rows import prepare_rows, split_labels
 
 log = logging.getLogger(__name__)
-
-MAX_CHARS = 4000  # what the tier reads of a text whole (MultilingualOptions.max_chars)
 
 
 def _embed(enc: UseEncoder, texts: Sequence[str], progress: bool) -> list[np.ndarray]:

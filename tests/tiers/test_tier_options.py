@@ -33,16 +33,19 @@ from safecascade.tiers.heuristic import HeuristicOptions
 from safecascade.tiers.replay import ReplayOptions
 from safecascade.tiers.safeguard import SafeguardOptions
 from safecascade.tiers.static import StaticOptions
+from safecascade.tiers.multilingual import MultilingualOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = {"fast": FastOptions, "static": StaticOptions, "heuristic": HeuristicOptions, "replay": ReplayOptions,
-           "safeguard": SafeguardOptions}
+           "safeguard": SafeguardOptions, "multilingual": MultilingualOptions}
 # a valid base for each type (replay needs its path), to which one bad key is added
-BASE: dict[str, dict[str, Any]] = {"fast": {}, "static": {}, "heuristic": {}, "replay": {"path": "v.csv"}, "safeguard": {}}
+BASE: dict[str, dict[str, Any]] = {"fast": {}, "static": {}, "heuristic": {}, "replay": {"path": "v.csv"}, "safeguard": {},
+                                   "multilingual": {}}
 MISTYPED = [
     ("fast", "quantized", "yes"), ("fast", "threads", "two"), ("fast", "threads", True), ("fast", "batch_size", 1.5),
     ("fast", "model", 5),
     ("static", "max_windows", "8"), ("static", "stride", 2.0),
+    ("multilingual", "max_chars", "4000"), ("multilingual", "parts", "no"),
     ("heuristic", "leetspeak", "no"), ("heuristic", "decode_depth", "1"), ("heuristic", "rules", ["a.yaml"]),
     ("replay", "missing", "skip"), ("replay", "path", 3),
     ("safeguard", "isolation", "no"), ("safeguard", "n_ctx", "4096"), ("safeguard", "temperature", "0"),
