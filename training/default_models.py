@@ -41,8 +41,8 @@ POLICIES_RECIPE: dict[str, dict[str, Any]] = {
              "finetune_max_seconds": 2100.0, "int8": True, "weak_label_weight": 0.3},
     "static": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
                "head": "mlp", "weak_label_weight": 0.3},
-    # USE-multilingual v3 (tiers/multilingual.py) with the same heads; its evidence is added to the
-    # fast tier's (docs/policies.md, "A second, multilingual encoder")
+    # USE-multilingual v3 (tiers/multilingual.py) with the same heads; not in the default presets
+    # (experiments/configs/multilingual_combined.yaml; docs/policies.md, "A second, multilingual encoder")
     "multilingual": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
                      "head": "mlp", "weak_label_weight": 0.3},
 }

@@ -30,7 +30,7 @@ def _scores(benign_fast: list[float]) -> tuple[dict, int, dict, dict]:
           "static_block": {p: flat for p in POLICIES}, "static_parts": {p: flat for p in POLICIES},
           "static_skipped": {p: np.zeros(n, dtype=bool) for p in POLICIES},
           "static_evidence": {p: np.full(n, np.nan) for p in POLICIES},
-          # the multilingual tier (the tuner's default --combine adds it): even odds, no evidence either way
+          # the multilingual tier (read where a --combine names it): even odds, no evidence either way
           "multilingual": {p: flat for p in POLICIES}, "multilingual_parts": {p: flat for p in POLICIES},
           "multilingual_skipped": {p: np.zeros(n, dtype=bool) for p in POLICIES},
           "multilingual_evidence": {p: np.full(n, np.nan) for p in POLICIES}}

@@ -235,8 +235,9 @@ def test_two_earlier_tiers_add_their_evidence_and_the_presets_carry_the_multilin
     chosen = {p: {"fast_threshold": 0.9, "fast_allow_below": 0.01, "static_block_above": 0.95, "static_allow_below": 0.2} for p in POLICIES}
     val = {p: {"precision_at_prevalence": 0.9, "recall": 0.8, "f1_at_prevalence": 0.85} for p in POLICIES}
     val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
-    args = build_parser().parse_args(["--work", str(tmp_path)])
-    assert "multilingual" in args.combine["prompt_injection"]  # the default adds it
+    args = build_parser().parse_args(["--work", str(tmp_path), "--combine",
+                                      '{"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}}'])
+    assert "multilingual" not in str(build_parser().parse_args(["--work", str(tmp_path)]).combine)  # not by default
     (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")
     (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
     fills = {"prompt_injection": {"multilingual": 0.5}, "harmful_request": {"static": 0.8, "multilingual": 0.6}}

@@ -9,6 +9,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,10 +27,10 @@ def default_router():
     router.close()
 
 
-def test_default_is_heuristic_static_multilingual_fast_with_no_llm(default_router, caplog):
+def test_default_is_heuristic_static_fast_with_no_llm(default_router, caplog):
     from safecascade import Router
 
-    assert [t.type for t in default_router.config.tiers] == ["heuristic", "static", "multilingual", "fast"]
+    assert [t.type for t in default_router.config.tiers] == ["heuristic", "static", "fast"]
     with caplog.at_level(logging.INFO, logger="safecascade.router.cascade"):
         Router.load().close()
     assert any("no safeguard configured" in r.getMessage() for r in caplog.records)
@@ -56,12 +57,21 @@ def test_default_batch_and_bad_inputs(default_router):
     assert "nul_removed" in out[1].warnings and out[2].tier in ("static", "fast")
 
 
-def test_the_fast_tier_decides_injection_and_harm_on_its_and_the_multilingual_tiers_evidence(default_router):
-    """The multilingual tier decides nothing alone; the fast tier adds its logit to its own for
-    prompt_injection and harmful_request (router/combine.py), and the trace says so."""
+def test_a_fast_tier_adds_the_multilingual_tiers_evidence_where_a_config_combines_it():
+    """experiments/configs/multilingual_combined.yaml (not the default: docs/policies.md, "A second,
+    multilingual encoder"): the shipped multilingual tier decides nothing alone; the fast tier adds
+    its logit to its own for prompt_injection and harmful_request (router/combine.py), and the
+    trace says so."""
+    from safecascade import Router
+
+    router = Router.load(str(Path(__file__).resolve().parents[2] / "experiments" / "configs" / "multilingual_combined.yaml"))
     texts = ["Bitte fasse den folgenden Artikel in drei Sätzen zusammen.",  # not English: the static tier passes it on
              "¿Cuál es la mejor manera de aprender a tocar la guitarra?"]
-    for d in default_router.classify_batch(texts):
+    try:
+        decisions = router.classify_batch(texts)
+    finally:
+        router.close()
+    for d in decisions:
         tiers = [t.tier for t in d.path]
         assert "multilingual" in tiers, tiers
         ml = d.path[tiers.index("multilingual")]
@@ -169,5 +179,5 @@ def test_with_safeguard_preset_on_the_stand_in_runs_llama_cpp():
         d = router.classify("My neighbour's dog barks all night and I am furious with him.")
     finally:
         router.close()
-    assert d.tier == "safeguard" and [t.tier for t in d.path] == ["heuristic", "static", "multilingual", "fast", "safeguard"]
+    assert d.tier == "safeguard" and [t.tier for t in d.path] == ["heuristic", "static", "fast", "safeguard"]
     assert d.path[-1].outcome in ("allow", "block") and d.path[-1].scores
