@@ -28,6 +28,7 @@ from safecascade.training.heads import text_logits, train_heads
 from safecascade.training.int8_gate import int8_gate, int8_measure, record_int8
 from safecascade.training.lexical_train import train_lexical_block
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
+from safecascade.training.multilingual_train import train_multilingual
 from safecascade.training.policy_data import HEADS_ONLY, POLICIES, training_split
 from safecascade.training.static_train import train_static
 from safecascade.training.train_config import TrainConfig
@@ -161,8 +162,6 @@ def train_from_benchmark(cfg: TrainConfig, *, out_dir: str | Path, verdicts: str
     if not with_test:
         test = []
     if cfg.kind == "multilingual":
-        from safecascade.training.multilingual_train import train_multilingual  # not every install has its encoder
-
         return train_multilingual(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)
     fn = train_fast if cfg.kind == "fast" else train_static
     return fn(cfg, train=train, val=val, test=test, verdicts=verdicts, out_dir=out_dir, progress=progress, **kw)

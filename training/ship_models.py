@@ -30,6 +30,7 @@ import numpy as np
 from safecascade.hashing import file_sha
 from safecascade.shipped import PROVENANCE, SHIPPED_NAMES, verify_dir
 from safecascade.tiers.fast import FastTier
+from safecascade.tiers.multilingual import MultilingualTier
 from safecascade.tiers.static import StaticTier
 from safecascade.training.compact import compact_onnx_embeddings, compact_static_table
 from safecascade.training.datasets import load_benchmark
@@ -94,8 +95,6 @@ def tier_scores(kind: str, model_dir: Path, texts: Sequence[str]) -> dict[str, n
     if kind == "fast":
         tier: Any = FastTier(model_dir=model_dir, quantized=True)
     elif kind == "multilingual":
-        from safecascade.tiers.multilingual import MultilingualTier
-
         tier = MultilingualTier(model_dir=model_dir)
     else:
         tier = StaticTier(model_dir=model_dir)

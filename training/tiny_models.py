@@ -17,6 +17,7 @@ from safecascade.training.fast_train import train_fast
 from safecascade.training.heads import sklearn_logit
 from safecascade.training.lexical_train import stacked_scores
 from safecascade.training.model_card import TrainResult
+from safecascade.training.multilingual_train import train_multilingual
 from safecascade.training.static_train import train_static
 from safecascade.training.train_config import TrainConfig
 
@@ -71,8 +72,6 @@ def build_tiny_models(out_root: str | Path, *, n_train: int = 160, n_eval: int =
     for kind in kinds:
         cfg = TrainConfig(kind=kind, head=head, max_iter=200)
         if kind == "multilingual":
-            from safecascade.training.multilingual_train import train_multilingual  # its encoder package is optional
-
             out[kind] = train_multilingual(cfg, train=train, val=val, test=test, out_dir=root / kind, progress=progress)
             continue
         fn = train_fast if kind == "fast" else train_static
