@@ -354,7 +354,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "named_threshold": "{" + ", ".join(f"{p}: {v}" for p, v in args.named_threshold.items()) + "}",
         "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
         "combine": combine_text(args.combine, report.get("fills")),
-        "multilingual": multilingual_tier(getattr(args, "multilingual_options", {})) if uses_multilingual(args) else "",
+        "multilingual": multilingual_tier(multilingual_options(args)) if uses_multilingual(args) else "",
     }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
     safeguard = old[old.index("  - name: safeguard"):]
@@ -460,6 +460,11 @@ def models_to_tune(args: argparse.Namespace) -> dict[str, Path]:
     return {kind: args.models / f"{kind}-default" for kind in kinds}
 
 
+def multilingual_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--multilingual-options`` ({} for a Namespace built by hand without it, as exp_benign_cv's tests do)."""
+    return dict(getattr(args, "multilingual_options", {}) or {})
+
+
 def uses_multilingual(args: argparse.Namespace) -> bool:
     """Whether ``--combine`` adds the multilingual tier's evidence (then it is scored and written into the presets)."""
     return any("multilingual" in terms for terms in args.combine.values())
@@ -481,7 +486,7 @@ def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
     if "multilingual" in twins:
         tiers = {**{k: v for k, v in tiers.items() if k != "fast"},
-                 "multilingual": MultilingualTier(model_dir=twins["multilingual"], **getattr(args, "multilingual_options", {})),
+                 "multilingual": MultilingualTier(model_dir=twins["multilingual"], **multilingual_options(args)),
                  "fast": tiers["fast"]}
     sc = score_all(tiers, texts)
     np.savez(cache, key=np.array(key), **{f"{t}|{p}": v for t, d in sc.items() for p, v in d.items()})
@@ -495,7 +500,7 @@ def scores_key(args: argparse.Namespace, twins: dict[str, Path], texts: list[str
     rebuilt the models in place, and the presets were tuned on stale scores."""
     return short_hash({"models": {k: dir_sha(d) for k, d in sorted(twins.items())}, "rules": file_sha(default_rules_path()),
                        "static": [args.allow_max_windows, list(args.static_languages)], "texts": texts,
-                       **({"multilingual": args.multilingual_options} if getattr(args, "multilingual_options", {}) else {})})
+                       **({"multilingual": multilingual_options(args)} if multilingual_options(args) else {})})
 
 
 def main(argv: list[str] | None = None) -> int:
