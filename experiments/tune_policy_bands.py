@@ -26,8 +26,8 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
   against the fast tier deciding alone);
 * with ``--combine`` (default: ``harmful_request`` on the fast and the static tier's logits added,
   router/combine.py) the fast tier's scores above are the combined ones the router decides on, and
-  each term's ``fill`` is chosen so that a text no earlier tier judged whole is decided at the
-  threshold the fast tier alone would get (several terms share that shift equally). The
+  each term's ``fill`` is chosen so that a text that tier did not judge whole is decided as the
+  cascade without it decides it (with one term: at the threshold the fast tier alone would get). The
   multilingual tier (``DIR/multilingual-default``) is scored only when ``--combine`` names it, e.g.
   ``'{"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}}'``
   (how ``experiments/configs/multilingual_combined.yaml`` was tuned, with ``--multilingual-options
@@ -278,19 +278,25 @@ def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict
 def tune_fills(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str, float]],
                pick: Callable[[str, np.ndarray], float], rounds: int = 4) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
     """The combined scores and each combined tier's ``fill``: the score with which a text that tier
-    did not judge whole is decided at the fast tier's own threshold (``pick(policy, scores)``, the
-    tuned threshold on given fast scores), found by a few rounds of fixed-point iteration (the
-    combined threshold depends on the fills of the long texts among the val texts)."""
+    did not judge whole is decided as the same cascade without that tier decides it, at the
+    threshold tuned for it (``pick(policy, scores)``; with one earlier tier: the fast tier's own
+    threshold), found by a few rounds of fixed-point iteration (the combined threshold depends on
+    the fills of the texts among the val texts that the tier did not judge). With several earlier
+    tiers, a text none of them judged adds each one's fill (an approximation; such texts are rare:
+    a long document in a language the static tier does not read)."""
     fills: dict[str, dict[str, float]] = {}
-    own = {p: pick(p, sc["fast"][p]) for p in combine}
+    without: dict[str, dict[str, float]] = {}  # policy -> tier -> threshold of the cascade without it
+    for p, weights in combine.items():
+        used = {t: float(w) for t, w in weights.items() if float(w) > 0}
+        for t in used:
+            rest = {u: w for u, w in used.items() if u != t}
+            fewer = tune_fills(sc, {p: rest}, pick, rounds)[0][p] if rest else sc["fast"][p]
+            without.setdefault(p, {})[t] = pick(p, fewer)
     comb = combine_scores(sc, combine, fills)
     for _ in range(rounds):
         for p, weights in combine.items():
             thr = pick(p, comb[p])
-            # with several earlier tiers each term carries an equal share of the shift, so a text
-            # none of them judged whole is still decided at the fast tier's own threshold
-            n = sum(float(w) > 0 for w in weights.values())
-            fills[p] = {t: round(fill_for(own[p], thr, float(w) * n), 4) for t, w in weights.items() if float(w) > 0}
+            fills[p] = {t: round(fill_for(without[p][t], thr, float(w)), 4) for t, w in weights.items() if float(w) > 0}
         comb = combine_scores(sc, combine, fills)
     return comb, fills
 

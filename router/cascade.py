@@ -425,6 +425,10 @@ class Router:
               on_evidence: dict[str, dict[str, float]] | None = None) -> None:
         if tc.combine:  # the earlier tiers' evidence this tier decides with (router/combine.py)
             res = combined(res, p.path, tc.combine, on_evidence)
+        if res.error is None and not res.scores and res.info.get("not_read") and not last:
+            # the tier passes on a text it does not read (the multilingual tier's documents): no verdict here
+            p.path.append(self._trace(tc, res, "escalate", latency_ms))
+            return
         if res.error is not None or not res.scores:
             error = res.error or "tier returned no scores"
             p.path.append(self._trace(tc, res, "error", latency_ms, error=error))

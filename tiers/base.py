@@ -24,7 +24,9 @@ class TierResult:
 
     ``scores`` maps each policy the tier covers to a probability-like score in [0, 1]
     (higher = more likely a violation). ``error`` is set (and ``scores`` may be empty) when the
-    tier could not judge the text; the router then applies the tier's ``on_error`` action.
+    tier could not judge the text; the router then applies the tier's ``on_error`` action. A tier
+    that does not read a text by design returns no ``scores`` and says why in ``info["not_read"]``:
+    the router passes the text on (the last tier of a cascade may not).
     ``info`` carries tier-specific facts worth logging (windows, truncation, tokens, rationale).
     ``allow_scores`` (per policy, optional): the score the tier's allow band is tested on instead
     of ``scores``; never lower than the policy's score, and they never block. A tier that also
@@ -36,7 +38,7 @@ class TierResult:
     of ``scores``; never above the policy's score. A tier that cannot read a text well enough to
     block it (the static tier on a text mostly outside the Latin script) lowers it, so the text is
     passed on rather than blocked; the last tier of a cascade still decides on ``scores``.
-    ``evidence`` (per policy, optional): the piece of a long text the policy's score rests on (the
+    ``evidence`` (per policy, optional): the piece of a text the policy's score rests on (the
     window or line segment that scored highest), where the tier read the text in pieces. A later
     tier that adds an earlier tier's evidence (``combine``, router/combine.py) has the earlier
     tier score that piece when it could not judge the whole text. Kept in memory only: it is not

@@ -379,7 +379,7 @@ class FastTier:
                         scored: list[tuple[dict[str, float], dict[str, Any], dict[str, str]]]) -> None:
         """Score the best line segments of every multi-line text as texts of their own (``segments``
         of a text longer than one window, ``short_segments`` of a shorter one) and raise its
-        scores to theirs (fills ``segments_scored`` / ``segments_total``; a long text's
+        scores to theirs (fills ``segments_scored`` / ``segments_total``; the text's
         ``evidence`` becomes the segment that raised it). Every line of a long
         text is ranked, not only those of the windows :meth:`_select` kept: a short attack in the
         middle of a long document can be too diluted in its window for the window ranking to keep it."""
@@ -411,8 +411,7 @@ class FastTier:
                 if v > parent[pol]:
                     parent[pol] = v
                     scored[k][1]["segment_raised"] = True
-                    if len(wins[k].ids) > 1:
-                        scored[k][2][pol] = s
+                    scored[k][2][pol] = s  # the piece the score rests on, in a text of one window too
 
     def _text_scores(self, text: str, ws: Windows, p: np.ndarray,
                      seg: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:

@@ -35,9 +35,10 @@ import numpy as np
 
 from safecascade.tiers.base import TierResult, TierSpec, classify_strings
 from safecascade.tiers.fast import resolve_model_dir
+from safecascade.tiers.obfuscation import restore_case
 from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.retractions import model_readings
-from safecascade.tiers.segments import SEGMENT_TOKENS, line_segments, may_have_parts
+from safecascade.tiers.segments import SEGMENT_TOKENS, has_structure, line_segments, may_have_parts
 from safecascade.tiers.static import HEADS, load_numpy_heads
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ ENCODER_ID = "universal-sentence-encoder-multilingual-v3"
 DIM = 512
 CHARS_PER_TOKEN = 4  # a line's length in tokens, estimated for line_segments (SentencePiece pieces)
 MAX_CHARS = 4000  # what the tier reads of a text whole by default, and what training embeds of each text
+DOCUMENTS = ("whole", "evidence", "skip")  # MultilingualOptions.documents
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +66,15 @@ class MultilingualOptions:
     on val it cost prompt-injection F1 (0.917 -> 0.911 at 3% prevalence) and harmful-request F1
     (0.677 -> 0.650) against the whole text alone, and CPU (docs/policies.md, "A second, multilingual
     encoder"); the fast tier scores a document's parts itself."""
+    documents: str = "whole"
+    """How a document is read: a text laid out in several lines, markup or JSON
+    (:func:`safecascade.tiers.segments.has_structure`). ``whole``: like any text, up to ``max_chars``.
+    ``evidence``: only through the piece the fast tier's score rests on (``info["parts_skipped"]``,
+    as a text longer than ``max_chars``), so a short request inside an e-mail or a page is judged
+    on that piece, not diluted in the whole. ``skip``: neither a document nor a text longer than
+    ``max_chars`` is embedded: the tier returns no scores and ``info["not_read"]``, the router
+    passes the text on, and a tier that combines this one counts its ``fill`` (the fast tier's
+    own reading decides)."""
     deobfuscate: bool = True
     """Also score the decoded / normalised readings of a text that hides its content."""
     threads: int = 1
@@ -115,9 +126,12 @@ class MultilingualTier:
     kind = "multilingual"
 
     def __init__(self, *, model_dir: str | Path, name: str = "multilingual", policies: Sequence[str] | None = None,
-                 max_chars: int = MAX_CHARS, parts: bool = False, deobfuscate: bool = True, threads: int = 1) -> None:
+                 max_chars: int = MAX_CHARS, parts: bool = False, documents: str = "whole", deobfuscate: bool = True,
+                 threads: int = 1) -> None:
         if max_chars < 1:
             raise ValueError(f"multilingual tier {name!r}: max_chars must be >= 1, got {max_chars}")
+        if documents not in DOCUMENTS:
+            raise ValueError(f"multilingual tier {name!r}: documents must be one of {list(DOCUMENTS)}, got {documents!r}")
         d = Path(model_dir)
         self.model_dir = d
         self.card = card = read_card(d)
@@ -135,6 +149,7 @@ class MultilingualTier:
         self.name = name
         self.max_chars = int(max_chars)
         self.parts = bool(parts)
+        self.documents = documents
         self.deobfuscate = bool(deobfuscate)
         self.encoder = UseEncoder(threads=threads)
         self.encoder.version()  # a missing package fails at load, not on the first text
@@ -145,7 +160,7 @@ class MultilingualTier:
         o = spec.options_as(MultilingualOptions)
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_chars=o.max_chars,
-                   parts=o.parts, deobfuscate=o.deobfuscate, threads=o.threads)
+                   parts=o.parts, documents=o.documents, deobfuscate=o.deobfuscate, threads=o.threads)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (its readings' maximum; see the module doc); bad items get ``error`` set."""
@@ -160,15 +175,23 @@ class MultilingualTier:
         for i in idx:
             text = texts[i].encode("utf-8", errors="replace").decode("utf-8")
             read, views = model_readings(text, deobfuscate=self.deobfuscate)
+            views = [restore_case(read, v) for v in views]  # the encoder reads case; the readings are lower-cased
             long = len(read) > self.max_chars
-            parts = text_parts(read) if self.parts and not long else []
+            doc = self.documents != "whole" and has_structure(read)
+            if (long or doc) and self.documents == "skip":  # not read: nothing to embed
+                results[i] = TierResult(scores={}, latency_ms=0.0, info={
+                    "chars": len(read), "not_read": "document" if doc else f"longer than {self.max_chars} characters"})
+                continue
+            parts = text_parts(read) if self.parts and not (long or doc) else []
             start = len(pieces)
             pieces += [r[: self.max_chars] for r in (read, *views)] + parts
-            plan.append((i, start, 1 + len(views), len(parts), long, len(read)))
+            plan.append((i, start, 1 + len(views), len(parts), long, doc, len(read)))
+        if not plan:
+            return results
         emb = self.encoder.embed(pieces)
         probs = {p: np.clip(self.heads[p](emb), 0.0, 1.0) for p in self.policies}
-        per = (time.perf_counter() - t0) * 1000.0 / len(idx)
-        for i, start, n_read, n_parts, long, n_chars in plan:
+        per = (time.perf_counter() - t0) * 1000.0 / len(plan)
+        for i, start, n_read, n_parts, long, doc, n_chars in plan:
             scores = {p: float(probs[p][start:start + n_read].max()) for p in self.policies}
             info: dict[str, Any] = {"chars": n_chars}
             if n_read > 1:
@@ -180,8 +203,11 @@ class MultilingualTier:
                 info["parts"] = n_parts
                 info["part_scores"] = {p: round(float(probs[p][a:a + n_parts].max()), 4) for p in self.policies}
             if long:
-                info["parts_skipped"] = True  # read only its first max_chars characters (router/combine.py)
                 info["read_chars"] = self.max_chars
+            if doc:
+                info["document"] = True
+            if long or doc:
+                info["parts_skipped"] = True  # judged through the fast tier's evidence piece (router/combine.py)
             results[i] = TierResult(scores=scores, info=info, latency_ms=per,
                                     warnings=("truncated_text",) if long else (),
                                     cost={"pieces": float(n_read + n_parts), "chars": float(min(n_chars, self.max_chars))})

@@ -376,6 +376,21 @@ def scoring_views(text: str) -> list[str]:
     return out
 
 
+def restore_case(text: str, view: str) -> str:
+    """``view`` (a lower-cased re-reading of ``text``: folded look-alikes, leetspeak, zero-width
+    characters taken out) with the letter case of ``text`` put back, for a model that reads case (the
+    multilingual tier's encoder scores "how can i ..." lower than "How can I ..."): where the two
+    line up character for character (once ``text``'s invisible characters are out) and at least half
+    of the characters already agree; otherwise (a decoded payload, an excerpt) ``view`` unchanged."""
+    if len(text) != len(view):
+        text = _INVISIBLE_RE.sub("", text)
+        if len(text) != len(view):
+            return view
+    if 2 * sum(o.lower() == c for o, c in zip(text, view)) < len(view):
+        return view
+    return "".join(c.upper() if o.isupper() and c.isalpha() else c for o, c in zip(text, view))
+
+
 def changed_lines(text: str, view: str, *, context: int = 1, max_share: float = 0.5) -> str | None:
     """The lines of ``view`` (a line-for-line re-reading of ``text``: folded, leetspeak) that read
     differently from ``text`` in lower case, each with ``context`` lines either side, joined; None

@@ -63,6 +63,13 @@ def readable(text: str) -> str:
     return text
 
 
+def has_structure(text: str) -> bool:
+    """Whether ``text`` is laid out in parts: several lines, markup, or a JSON document (a document
+    rather than one paragraph; surrounding white space does not count)."""
+    body = text.strip()
+    return "\n" in body or "\r" in body or bool(_TAG.search(body)) or json_strings(body) is not None
+
+
 def may_have_parts(text: str) -> bool:
     """Whether :func:`line_segments` can find parts in ``text`` (a cheap test before tokenizing):
     several lines, markup, or one line long enough to hold more than one sentence worth cutting."""

@@ -161,6 +161,37 @@ def test_fills_decide_a_text_not_judged_whole_at_the_fast_tiers_own_threshold():
     assert np.array_equal(comb["jailbreak"], fast["jailbreak"])
 
 
+def test_with_two_earlier_tiers_a_text_one_did_not_read_is_decided_as_without_it():
+    """Two combined tiers: the fill of the one that did not read a text (the multilingual tier's
+    documents) makes it meet the combined threshold exactly when the fast and the other tier's
+    logits meet the threshold tuned for the cascade without it, not a share of the shift to the
+    fast tier alone (which decided such texts more strictly than either cascade)."""
+    from experiments.tune_policy_bands import combine_scores, tune_fills
+    from safecascade.router.combine import logit, sigmoid
+
+    rng = np.random.default_rng(1)
+    n = 600
+    sc = {"fast": {p: rng.uniform(0, 1, n) for p in POLICIES}, "static": {p: rng.uniform(0, 1, n) for p in POLICIES},
+          "multilingual": {p: rng.uniform(0, 1, n) for p in POLICIES},
+          "static_skipped": {p: np.zeros(n, dtype=bool) for p in POLICIES},
+          "multilingual_skipped": {p: np.arange(n) % 3 == 0 for p in POLICIES}}
+
+    def pick(p, s):
+        return float(np.quantile(s, 0.9))
+    both = {"harmful_request": {"static": 1.0, "multilingual": 1.0}}
+    comb, fills = tune_fills(sc, both, pick)
+    alone, _ = tune_fills(sc, {"harmful_request": {"static": 1.0}}, pick)
+    thr, thr_without = pick("harmful_request", comb["harmful_request"]), pick("harmful_request", alone["harmful_request"])
+    f = fills["harmful_request"]["multilingual"]
+    assert sigmoid(logit(thr_without) + logit(f)) == pytest.approx(thr, abs=2e-3)
+    unread = sc["multilingual_skipped"]["harmful_request"]
+    z = logit(thr)
+    decided = np.array([logit(v) >= z for v in comb["harmful_request"]])[unread]
+    as_without = np.array([logit(v) >= logit(thr_without) for v in alone["harmful_request"]])[unread]
+    assert (decided == as_without).mean() >= 0.98  # up to rounding of the fill at the threshold
+    assert np.array_equal(combine_scores(sc, both, fills)["harmful_request"], comb["harmful_request"])
+
+
 def test_a_smoothed_benign_budget_keeps_the_threshold_off_a_cluster_of_benign_scores():
     """Counted, a threshold inside a cluster of benign scores flags one of them (the budget); smoothed
     (Gaussian kernel on the logit scale, Silverman's bandwidth), prompts just under it count in

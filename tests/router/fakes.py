@@ -12,8 +12,10 @@ CALLS: dict[str, list[str]] = {}
 class TableTier:
     def __init__(self, name: str, policies: Sequence[str], table: Mapping[str, Mapping[str, float]], fail_on: Sequence[str] = (),
                  parts: Mapping[str, Mapping[str, float]] | None = None, blocks: Mapping[str, Mapping[str, float]] | None = None,
-                 windowed: Sequence[str] = (), evidence: Mapping[str, Mapping[str, str]] | None = None):
+                 windowed: Sequence[str] = (), evidence: Mapping[str, Mapping[str, str]] | None = None,
+                 unread: Sequence[str] = ()):
         self.name = name
+        self.unread = set(unread)  # texts it does not read by design (no scores, info["not_read"])
         self.windowed = set(windowed)  # texts "read only in windows" (info["parts_skipped"])
         self.evidence = evidence or {}  # text -> {policy: the piece its score rests on}
         self.parts = parts or {}  # text -> its parts' highest scores (raise its allow_scores)
@@ -30,6 +32,8 @@ class TableTier:
         for t in texts:
             if t in self.fail_on:
                 out.append(TierResult(scores={}, error="backend down"))
+            elif t in self.unread:
+                out.append(TierResult(scores={}, info={"not_read": "document"}))
             else:
                 scores = dict(self.table.get(t, {p: 0.5 for p in self.policies}))
                 allow = {p: max(v, scores.get(p, 0.0)) for p, v in self.parts.get(t, {}).items()}
@@ -43,4 +47,4 @@ class TableTier:
 def _make(spec: TierSpec) -> TableTier:
     return TableTier(spec.name, list(spec.options.get("policies", spec.policies)), spec.options.get("table", {}),
                      spec.options.get("fail_on", ()), spec.options.get("parts"), spec.options.get("blocks"),
-                     spec.options.get("windowed", ()), spec.options.get("evidence"))
+                     spec.options.get("windowed", ()), spec.options.get("evidence"), spec.options.get("unread", ()))

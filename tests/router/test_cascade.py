@@ -374,6 +374,28 @@ def test_combine_judges_a_long_text_on_the_piece_the_later_tier_found(make_confi
     assert "the request" not in json.dumps(long.to_dict(), default=json_default)  # the piece is never on the Decision
 
 
+def test_a_tier_passes_on_a_text_it_does_not_read(make_config):
+    """A tier that does not read a text by design (no scores, ``info["not_read"]``; the
+    multilingual tier's documents) passes it on without an error, and a later tier that combines it
+    counts its ``fill``; as the last tier it cannot pass anything on: its ``on_error`` applies."""
+    t1 = {"short": {"a": 0.95}}
+    t2 = {"doc": {"a": 0.8}, "short": {"a": 0.8}}
+    cfg = [_table("t1", t1, band=(None, None)), _last("t2", t2, threshold=0.9, combine={"a": {"t1": {"weight": 1.0, "fill": 0.7}}})]
+    cfg[0]["options"]["unread"] = ["doc"]
+    cfg[0]["on_error"] = "block"  # would show if the unread text were taken for a failure
+    router = Router.load(make_config(cfg, policies=("a",)))
+    doc, short = router.classify_batch(["doc", "short"])
+    first = doc.path[0]
+    assert (first.tier, first.outcome, first.error, first.scores) == ("t1", "escalate", None, {})
+    assert first.info["not_read"] == "document" and doc.tier == "t2"
+    assert doc.path[-1].info["combined"]["a"]["earlier"] == {"t1": pytest.approx(0.7)}  # the fill
+    assert short.path[-1].info["combined"]["a"]["earlier"] == {"t1": pytest.approx(0.95)}
+    last_only = [_last("t1", t1, threshold=0.9)]
+    last_only[0]["options"]["unread"], last_only[0]["on_error"] = ["doc"], "block"
+    alone = Router.load(make_config(last_only, policies=("a",))).classify("doc")
+    assert alone.path[-1].outcome == "error" and alone.action == "block" and alone.reason == "fallback:block"
+
+
 def test_a_verdict_lists_the_sub_categories_the_tiers_found(make_config, tmp_path):
     """A policy's verdict lists the policy's own rule ids that a heuristic rule detected on the way
     (here from the rule's description, "(A1.b)"), even when a later tier decides; an id the policy

@@ -329,8 +329,10 @@ def test_a_short_multi_line_text_has_its_lines_scored(shipped_fast):
     assert r.info["segments_scored"] == 2 and r.info["segments_total"] > 2
     for pol, s in r.scores.items():  # parts only ever raise a score
         assert s >= off.scores[pol]
+    # the piece the raised score rests on (what a combining tier has an earlier tier score): the line
+    assert r.evidence["harmful_request"].strip() == attack and "harmful_request" not in off.evidence
     one_line = shipped_fast.classify([attack])[0]
-    assert "segments_scored" not in one_line.info
+    assert "segments_scored" not in one_line.info and one_line.evidence == {}
 
 
 _PERSONA = ("[]\nVex's name: Vex.\nVex calls {{user}} by {{user}} or any name introduced by {{user}}.\n"
@@ -386,7 +388,9 @@ def test_a_short_request_in_the_middle_of_a_long_document_is_scored_alone(shippe
     assert r.scores["harmful_request"] >= alone - 0.02, r.info
     # the piece its score rests on (what a combining tier has the static tier score): the request
     assert attack in r.evidence["harmful_request"] and len(r.evidence["harmful_request"]) < 1_000
-    assert shipped_fast.classify([_FILLER * 3])[0].evidence == {}  # one window: nothing in pieces
+    one = shipped_fast.classify([_FILLER * 3])[0]  # one window: a piece only where a line raised the score
+    assert all(one.info.get("segment_raised") and piece in _FILLER * 3 and len(piece) < len(_FILLER * 3)
+               for piece in one.evidence.values())
 
 
 def test_a_request_written_into_a_long_paragraph_is_scored_alone(shipped_fast):
