@@ -261,7 +261,7 @@ def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict
     left out); other policies unchanged."""
     out = dict(sc["fast"])
     for p, weights in combine.items():
-        terms = {p: {t: Term(float(w), ((fills or {}).get(p) or {}).get(t)) for t, w in weights.items()}}
+        terms = {p: {t: as_term(float(w), ((fills or {}).get(p) or {}).get(t)) for t, w in weights.items()}}
         col = []
         for i, own in enumerate(sc["fast"][p]):
             skipped = {t for t in weights if f"{t}_skipped" in sc and sc[f"{t}_skipped"][p][i]}
@@ -275,6 +275,14 @@ def combine_scores(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict
     return out
 
 
+def as_term(weight: float, fill: "float | Term | None") -> Term:
+    """A ``combine`` term from a tuned fill (a :class:`Term` with ``fill`` and ``fill_none``, or a
+    bare fill score)."""
+    if isinstance(fill, Term):
+        return Term(weight, fill.fill, fill.fill_none)
+    return Term(weight, fill)
+
+
 def tune_fills(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str, float]],
                pick: Callable[[str, np.ndarray], float], rounds: int = 4) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
     """The combined scores and each combined tier's ``fill``: the score with which a text that tier
@@ -282,9 +290,11 @@ def tune_fills(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str
     threshold tuned for it (``pick(policy, scores)``; with one earlier tier: the fast tier's own
     threshold), found by a few rounds of fixed-point iteration (the combined threshold depends on
     the fills of the texts among the val texts that the tier did not judge). With several earlier
-    tiers, a text none of them judged adds each one's fill (an approximation; such texts are rare:
-    a long document in a language the static tier does not read)."""
-    fills: dict[str, dict[str, float]] = {}
+    tiers each also gets a ``fill_none``: an equal share of the shift that decides a text none of
+    them judged (a long document in a language the static tier does not read) at the fast tier's
+    own threshold. The fills are :class:`Term` objects (``fill``, ``fill_none``)."""
+    fills: dict[str, dict[str, Any]] = {}
+    own = {p: pick(p, sc["fast"][p]) for p in combine}
     without: dict[str, dict[str, float]] = {}  # policy -> tier -> threshold of the cascade without it
     for p, weights in combine.items():
         used = {t: float(w) for t, w in weights.items() if float(w) > 0}
@@ -296,17 +306,31 @@ def tune_fills(sc: dict[str, dict[str, np.ndarray]], combine: dict[str, dict[str
     for _ in range(rounds):
         for p, weights in combine.items():
             thr = pick(p, comb[p])
-            fills[p] = {t: round(fill_for(without[p][t], thr, float(w)), 4) for t, w in weights.items() if float(w) > 0}
+            n = sum(float(w) > 0 for w in weights.values())
+            fills[p] = {t: Term(float(w), round(fill_for(without[p][t], thr, float(w)), 4),
+                                round(fill_for(own[p], thr, float(w) * n), 4) if n > 1 else None)
+                        for t, w in weights.items() if float(w) > 0}
         comb = combine_scores(sc, combine, fills)
     return comb, fills
 
 
-def combine_text(combine: dict[str, dict[str, float]], fills: dict[str, dict[str, float]] | None = None) -> str:
+def fills_json(fills: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The tuned fills for the report: ``{policy: {tier: fill}}``, or ``{fill, fill_none}`` where both are set."""
+    def one(f: Any) -> Any:
+        if not isinstance(f, Term):
+            return f
+        return f.fill if f.fill_none is None else {"fill": f.fill, "fill_none": f.fill_none}
+    return {p: {t: one(f) for t, f in ts.items()} for p, ts in fills.items()}
+
+
+def combine_text(combine: dict[str, dict[str, float]], fills: dict[str, dict[str, Any]] | None = None) -> str:
     """The ``combine`` lines of the fast tier in the presets ("" for none)."""
     if not combine:
         return ""
     def term(p: str, t: str, w: float) -> str:
         f = ((fills or {}).get(p) or {}).get(t)
+        if isinstance(f, dict):  # fills_json's {fill, fill_none}
+            return f"{t}: {{weight: {w}, fill: {f['fill']}, fill_none: {f['fill_none']}}}"
         return f"{t}: {w}" if f is None else f"{t}: {{weight: {w}, fill: {f}}}"
     body = ", ".join(f"{p}: {{{', '.join(term(p, t, w) for t, w in ws.items())}}}" for p, ws in combine.items())
     return ("    # these policies are decided on the fast tier's logit plus weight x each earlier tier's named here\n"
@@ -396,7 +420,7 @@ def val_figures(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], flags: dic
 
 
 def tune(sc: dict[str, dict[str, np.ndarray]], nv: int, y: dict[str, np.ndarray], idx: dict[str, np.ndarray],
-         args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, np.ndarray]]:
+         args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """Each policy's operating point (:func:`choose`), the ``combine`` fills, and the fast tier's
     scores as the router decides on them (combined), from :func:`score_all`'s arrays ``sc``, whose
     first ``nv`` rows are the labelled val texts (``y``, ``idx``: :func:`val_labels`) and whose rest
@@ -524,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     y, idx = val_labels(val)
     chosen, fills, sc["fast"] = tune(sc, nv, y, idx, args)
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block, args.named_threshold)
-    report: dict[str, Any] = {"chosen": chosen, "fills": fills, "val": val_figures(y, idx, flags, nv, chosen)}
+    report: dict[str, Any] = {"chosen": chosen, "fills": fills_json(fills), "val": val_figures(y, idx, flags, nv, chosen)}
     report["val"]["benign_real_flag_rate"] = float(block[nv:].mean())
     report["val"]["benign_real_n"] = int(len(benign))
     report["val"]["reached_fast"] = float(reached[:nv].mean())

@@ -25,8 +25,10 @@ An earlier tier that did not judge the text or its evidence (it failed, it was n
 path, it read a long text only in windows and no evidence was scored, or it does not read the text's
 language, ``info["not_read"]``) counts as its ``fill``
 score when one is configured (``{static: {weight: 1.0, fill: 0.89}}``; the tuner sets it so that
-such a text is decided at the tier's own tuned threshold, as it would be without ``combine``), and
-is left out otherwise (a logit of 0, even odds). Probabilities are clipped to ``[1e-6, 1 - 1e-6]``
+such a text is decided as the cascade without that tier decides it, at the threshold tuned for that
+cascade), and is left out otherwise (a logit of 0, even odds). Where a policy combines several
+tiers and none of them judged the text, each counts as its ``fill_none`` if set (the tuner sets
+them so that such a text is decided at the fast tier's own tuned threshold). Probabilities are clipped to ``[1e-6, 1 - 1e-6]``
 before the logit.
 """
 
@@ -49,6 +51,10 @@ class Term:
 
     weight: float
     fill: float | None = None
+    fill_none: float | None = None
+    """The score it counts as where none of the policy's combined tiers judged the text (a long
+    document in a language the static tier does not read, which the multilingual tier does not read
+    either); None: ``fill``. With one combined tier the two are the same."""
 
 
 def logit(p: float) -> float:
@@ -111,7 +117,8 @@ def earlier_logits(path: Sequence[TierTrace], terms: Mapping[str, Term], policy:
     tier's evidence, ``on_evidence[tier][policy]``, or else the term's ``fill``; see the module doc),
     the scores used (tier -> score) and the tiers whose evidence score was used."""
     seen = {t.tier: t for t in path}
-    total, used, on = 0.0, {}, []
+    judged: dict[str, float | None] = {}
+    on: list[str] = []
     for tier, term in terms.items():
         if not term.weight:
             continue
@@ -121,8 +128,13 @@ def earlier_logits(path: Sequence[TierTrace], terms: Mapping[str, Term], policy:
             s = ((on_evidence or {}).get(tier) or {}).get(policy)
             if s is not None:
                 on.append(tier)
+        judged[tier] = s
+    none = all(s is None for s in judged.values())  # no combined tier judged the text: fill_none
+    total, used = 0.0, {}
+    for tier, s in judged.items():
+        term = terms[tier]
         if s is None:
-            s = term.fill
+            s = term.fill_none if none and term.fill_none is not None else term.fill
         if s is None:
             continue
         total += term.weight * logit(s)

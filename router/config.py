@@ -218,8 +218,8 @@ def _per_policy(v: Any, key: str, policies: Mapping[str, Any]) -> dict[str, floa
 
 
 def _parse_combine(v: Any, key: str, policies: Mapping[str, Any], *, earlier: set[str]) -> dict[str, dict[str, Term]]:
-    """``combine``: policy -> {an earlier tier's name: weight >= 0, or {weight: w, fill: score}}
-    (see router/combine.py)."""
+    """``combine``: policy -> {an earlier tier's name: weight >= 0, or {weight: w, fill: score,
+    fill_none: score}} (see router/combine.py)."""
     v = v or {}
     _expect(isinstance(v, Mapping), key, "expected a mapping policy -> {earlier tier: weight}")
     out: dict[str, dict[str, Term]] = {}
@@ -231,17 +231,19 @@ def _parse_combine(v: Any, key: str, policies: Mapping[str, Any], *, earlier: se
             _expect(tier in earlier, f"{key}.{pname}.{tier}",
                     f"not an earlier tier (a tier combines the scores of tiers before it: {', '.join(sorted(earlier)) or 'none'})")
             where = f"{key}.{pname}.{tier}"
-            fill = None
+            fill = fill_none = None
             if isinstance(w, Mapping):
-                _check_keys(w, {"weight", "fill"}, where)
+                _check_keys(w, {"weight", "fill", "fill_none"}, where)
                 _expect("weight" in w, where, "expected {weight: w, fill: score}")
                 if w.get("fill") is not None:
                     fill = _number(w["fill"], f"{where}.fill")
+                if w.get("fill_none") is not None:
+                    fill_none = _number(w["fill_none"], f"{where}.fill_none")
                 w = w["weight"]
             _expect(isinstance(w, (int, float)) and not isinstance(w, bool), where, f"expected a number, got {w!r}")
             x = float(w)
             _expect(math.isfinite(x) and x >= 0.0, where, f"expected a finite weight >= 0, got {w!r}")
-            out[str(pname)][str(tier)] = Term(weight=x, fill=fill)
+            out[str(pname)][str(tier)] = Term(weight=x, fill=fill, fill_none=fill_none)
     return out
 
 

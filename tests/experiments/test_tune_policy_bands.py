@@ -155,7 +155,7 @@ def test_fills_decide_a_text_not_judged_whole_at_the_fast_tiers_own_threshold():
     def pick(p, s):  # a stand-in for the tuned threshold: the 90th percentile of the scores
         return float(np.quantile(s, 0.9))
     comb, fills = tune_fills(sc, {"harmful_request": {"static": 1.0}}, pick)
-    f = fills["harmful_request"]["static"]
+    f = fills["harmful_request"]["static"].fill
     own, thr = pick("harmful_request", fast["harmful_request"]), pick("harmful_request", comb["harmful_request"])
     assert sigmoid(logit(own) + logit(f)) == pytest.approx(thr, abs=2e-3)
     assert np.array_equal(comb["jailbreak"], fast["jailbreak"])
@@ -182,7 +182,7 @@ def test_with_two_earlier_tiers_a_text_one_did_not_read_is_decided_as_without_it
     comb, fills = tune_fills(sc, both, pick)
     alone, _ = tune_fills(sc, {"harmful_request": {"static": 1.0}}, pick)
     thr, thr_without = pick("harmful_request", comb["harmful_request"]), pick("harmful_request", alone["harmful_request"])
-    f = fills["harmful_request"]["multilingual"]
+    f = fills["harmful_request"]["multilingual"].fill
     assert sigmoid(logit(thr_without) + logit(f)) == pytest.approx(thr, abs=2e-3)
     unread = sc["multilingual_skipped"]["harmful_request"]
     z = logit(thr)
@@ -190,6 +190,11 @@ def test_with_two_earlier_tiers_a_text_one_did_not_read_is_decided_as_without_it
     as_without = np.array([logit(v) >= logit(thr_without) for v in alone["harmful_request"]])[unread]
     assert (decided == as_without).mean() >= 0.98  # up to rounding of the fill at the threshold
     assert np.array_equal(combine_scores(sc, both, fills)["harmful_request"], comb["harmful_request"])
+    # a text neither tier judged: each counts as its fill_none, together the shift to the fast tier's own threshold
+    own = pick("harmful_request", sc["fast"]["harmful_request"])
+    fs, fm = fills["harmful_request"]["static"].fill_none, fills["harmful_request"]["multilingual"].fill_none
+    assert sigmoid(logit(own) + logit(fs) + logit(fm)) == pytest.approx(thr, abs=2e-3)
+    assert alone and fills["harmful_request"]["static"].fill is not None
 
 
 def test_a_smoothed_benign_budget_keeps_the_threshold_off_a_cluster_of_benign_scores():

@@ -74,6 +74,24 @@ def test_a_text_the_earlier_tier_did_not_judge_whole_counts_as_its_fill():
     assert whole.scores["a"] < comb_thr and whole.info["combined"]["a"]["earlier"] == {"s": 0.05}  # judged whole at 0.05: pulled down
 
 
+def test_a_text_no_combined_tier_judged_counts_their_fill_none():
+    """Two combined tiers: one not judging the text counts as its ``fill``; neither judging it, each
+    counts as its ``fill_none`` (``fill`` where that is unset); the not-read tier's trace may carry
+    no scores at all (the multilingual tier passing a document on)."""
+    terms = {"a": {"s": Term(1.0, fill=0.5, fill_none=0.8), "m": Term(1.0, fill=0.9, fill_none=0.7)}}
+    s_read, s_unread = _trace("s", {"a": 0.6}), TierTrace(tier="s", outcome="escalate", scores={"a": 0.6}, info={"not_read": "language vi"})
+    m_read, m_unread = _trace("m", {"a": 0.3}), TierTrace(tier="m", outcome="escalate", scores={}, info={"not_read": "document"})
+    def used(path):
+        return combined(TierResult(scores={"a": 0.9}), path, terms).info["combined"]["a"]["earlier"]
+    assert used([s_read, m_read]) == {"s": 0.6, "m": 0.3}
+    assert used([s_read, m_unread]) == {"s": 0.6, "m": 0.9}  # m's fill
+    assert used([s_unread, m_read]) == {"s": 0.5, "m": 0.3}  # s's fill
+    assert used([s_unread, m_unread]) == {"s": 0.8, "m": 0.7}  # neither: fill_none
+    assert used([]) == {"s": 0.8, "m": 0.7}
+    plain = {"a": {"s": Term(1.0, fill=0.5), "m": Term(1.0, fill=0.9)}}  # no fill_none: the fill
+    assert combined(TierResult(scores={"a": 0.9}), [s_unread, m_unread], plain).info["combined"]["a"]["earlier"] == {"s": 0.5, "m": 0.9}
+
+
 def test_a_long_text_is_combined_with_the_earlier_tiers_score_of_the_evidence():
     """A text the earlier tier read only in windows: its score of the later tier's evidence
     (``on_evidence``) counts instead of the fill, and the trace says so; the fill still counts

@@ -166,11 +166,14 @@ def test_combine_names_earlier_tiers_known_policies_and_finite_weights(make_conf
     ok = make_config([first, {"name": "last", "type": "table", "combine": {"a": {"first": 1.5}}}], policies=("a", "b"))
     cfg = load_config(ok)
     assert cfg.tiers[1].combine == {"a": {"first": Term(weight=1.5)}} and cfg.tiers[0].combine == {}
-    assert cfg.to_dict()["tiers"][1]["combine"] == {"a": {"first": {"weight": 1.5, "fill": None}}}
+    assert cfg.to_dict()["tiers"][1]["combine"] == {"a": {"first": {"weight": 1.5, "fill": None, "fill_none": None}}}
     assert "combine" not in cfg.to_dict()["tiers"][0]
     filled = make_config([first, {"name": "last", "type": "table", "combine": {"a": {"first": {"weight": 1, "fill": 0.9}}}}],
                          policies=("a", "b"), name="filled")
     assert load_config(filled).tiers[1].combine == {"a": {"first": Term(weight=1.0, fill=0.9)}}
+    both = make_config([first, {"name": "last", "type": "table", "combine": {"a": {"first": {"weight": 1, "fill": 0.9, "fill_none": 0.7}}}}],
+                       policies=("a", "b"), name="both")
+    assert load_config(both).tiers[1].combine == {"a": {"first": Term(weight=1.0, fill=0.9, fill_none=0.7)}}
     cases = [({"a": {"last": 1.0}}, r"tiers\[1\]\.combine\.a\.last: not an earlier tier"),
              ({"a": {"ghost": 1.0}}, r"combine\.a\.ghost: not an earlier tier"),
              ({"nope": {"first": 1.0}}, r"combine\.nope: unknown policy"),
@@ -179,6 +182,7 @@ def test_combine_names_earlier_tiers_known_policies_and_finite_weights(make_conf
              ({"a": {"first": "x"}}, r"combine\.a\.first: expected a number"),
              ({"a": {}}, r"combine\.a: expected a mapping earlier tier -> weight"),
              ({"a": {"first": {"weight": 1.0, "fill": 1.5}}}, r"combine\.a\.first\.fill: must be in \[0, 1\]"),
+             ({"a": {"first": {"weight": 1.0, "fill_none": -0.1}}}, r"combine\.a\.first\.fill_none: must be in \[0, 1\]"),
              ({"a": {"first": {"fill": 0.5}}}, r"combine\.a\.first: expected \{weight: w, fill: score\}"),
              ({"a": {"first": {"weight": 1.0, "fil": 0.5}}}, r"combine\.a\.first"),
              ([1], r"combine: expected a mapping")]
