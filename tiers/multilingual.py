@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -66,15 +66,16 @@ class MultilingualOptions:
     on val it cost prompt-injection F1 (0.917 -> 0.911 at 3% prevalence) and harmful-request F1
     (0.677 -> 0.650) against the whole text alone, and CPU (docs/policies.md, "A second, multilingual
     encoder"); the fast tier scores a document's parts itself."""
-    documents: str = "whole"
+    documents: str | dict[str, str] = "whole"
     """How a document is read: a text laid out in several lines, markup or JSON
-    (:func:`safecascade.tiers.segments.has_structure`). ``whole``: like any text, up to ``max_chars``.
-    ``evidence``: only through the piece the fast tier's score rests on (``info["parts_skipped"]``,
-    as a text longer than ``max_chars``), so a short request inside an e-mail or a page is judged
-    on that piece, not diluted in the whole. ``skip``: neither a document nor a text longer than
-    ``max_chars`` is embedded: the tier returns no scores and ``info["not_read"]``, the router
-    passes the text on, and a tier that combines this one counts its ``fill`` (the fast tier's
-    own reading decides)."""
+    (:func:`safecascade.tiers.segments.has_structure`); one mode, or a mapping policy -> mode (a
+    policy left out: ``whole``). ``whole``: like any text, up to ``max_chars``. ``evidence``: only
+    through the piece the fast tier's score rests on (``info["parts_skipped"]``, as a text longer
+    than ``max_chars``), so a short request inside an e-mail or a page is judged on that piece, not
+    diluted in the whole. ``skip``: neither a document nor a text longer than ``max_chars`` is read
+    for the policy: its score is left out (no policy read: no scores and ``info["not_read"]``, and
+    the router passes the text on), and a tier that combines this one counts its ``fill``. Where
+    one policy reads documents through ``evidence``, a ``whole`` policy does too."""
     deobfuscate: bool = True
     """Also score the decoded / normalised readings of a text that hides its content."""
     threads: int = 1
@@ -126,12 +127,11 @@ class MultilingualTier:
     kind = "multilingual"
 
     def __init__(self, *, model_dir: str | Path, name: str = "multilingual", policies: Sequence[str] | None = None,
-                 max_chars: int = MAX_CHARS, parts: bool = False, documents: str = "whole", deobfuscate: bool = True,
-                 threads: int = 1) -> None:
+                 max_chars: int = MAX_CHARS, parts: bool = False, documents: str | Mapping[str, str] = "whole",
+                 deobfuscate: bool = True, threads: int = 1) -> None:
         if max_chars < 1:
             raise ValueError(f"multilingual tier {name!r}: max_chars must be >= 1, got {max_chars}")
-        if documents not in DOCUMENTS:
-            raise ValueError(f"multilingual tier {name!r}: documents must be one of {list(DOCUMENTS)}, got {documents!r}")
+
         d = Path(model_dir)
         self.model_dir = d
         self.card = card = read_card(d)
@@ -149,7 +149,14 @@ class MultilingualTier:
         self.name = name
         self.max_chars = int(max_chars)
         self.parts = bool(parts)
-        self.documents = documents
+        modes = dict(documents) if isinstance(documents, Mapping) else {p: documents for p in self.policies}
+        bad = {p: m for p, m in modes.items() if m not in DOCUMENTS}
+        if bad:
+            raise ValueError(f"multilingual tier {name!r}: documents must be one of {list(DOCUMENTS)}, got {bad}")
+        unknown = sorted(set(modes) - set(self.policies))
+        if unknown:
+            raise ValueError(f"multilingual tier {name!r}: documents names policies it does not score: {unknown}")
+        self.documents = {p: modes.get(p, "whole") for p in self.policies}
         self.deobfuscate = bool(deobfuscate)
         self.encoder = UseEncoder(threads=threads)
         self.encoder.version()  # a missing package fails at load, not on the first text
@@ -177,36 +184,42 @@ class MultilingualTier:
             read, views = model_readings(text, deobfuscate=self.deobfuscate)
             views = [restore_case(read, v) for v in views]  # the encoder reads case; the readings are lower-cased
             long = len(read) > self.max_chars
-            doc = self.documents != "whole" and has_structure(read)
-            if (long or doc) and self.documents == "skip":  # not read: nothing to embed
+            doc = any(m != "whole" for m in self.documents.values()) and has_structure(read)
+            # the policies read here: a document or a long text is not read for a "skip" policy
+            pols = [p for p in self.policies if not ((long or doc) and self.documents[p] == "skip")]
+            if not pols:  # not read at all: nothing to embed
                 results[i] = TierResult(scores={}, latency_ms=0.0, info={
                     "chars": len(read), "not_read": "document" if doc else f"longer than {self.max_chars} characters"})
                 continue
+            # through the fast tier's evidence: a long text, or a document where a policy asks for it
+            through = long or (doc and any(self.documents[p] == "evidence" for p in pols))
             parts = text_parts(read) if self.parts and not (long or doc) else []
             start = len(pieces)
             pieces += [r[: self.max_chars] for r in (read, *views)] + parts
-            plan.append((i, start, 1 + len(views), len(parts), long, doc, len(read)))
+            plan.append((i, start, 1 + len(views), len(parts), long, doc, through, pols, len(read)))
         if not plan:
             return results
         emb = self.encoder.embed(pieces)
         probs = {p: np.clip(self.heads[p](emb), 0.0, 1.0) for p in self.policies}
         per = (time.perf_counter() - t0) * 1000.0 / len(plan)
-        for i, start, n_read, n_parts, long, doc, n_chars in plan:
-            scores = {p: float(probs[p][start:start + n_read].max()) for p in self.policies}
+        for i, start, n_read, n_parts, long, doc, through, pols, n_chars in plan:
+            scores = {p: float(probs[p][start:start + n_read].max()) for p in pols}
             info: dict[str, Any] = {"chars": n_chars}
             if n_read > 1:
                 info["views"] = n_read - 1
-                info["view_raised"] = any(float(probs[p][start + k]) > float(probs[p][start]) for p in self.policies
+                info["view_raised"] = any(float(probs[p][start + k]) > float(probs[p][start]) for p in pols
                                           for k in range(1, n_read))
             if n_parts:
                 a = start + n_read
                 info["parts"] = n_parts
-                info["part_scores"] = {p: round(float(probs[p][a:a + n_parts].max()), 4) for p in self.policies}
+                info["part_scores"] = {p: round(float(probs[p][a:a + n_parts].max()), 4) for p in pols}
             if long:
                 info["read_chars"] = self.max_chars
             if doc:
                 info["document"] = True
-            if long or doc:
+            if len(pols) < len(self.policies):
+                info["not_read_policies"] = [p for p in self.policies if p not in pols]
+            if through:
                 info["parts_skipped"] = True  # judged through the fast tier's evidence piece (router/combine.py)
             results[i] = TierResult(scores=scores, info=info, latency_ms=per,
                                     warnings=("truncated_text",) if long else (),
