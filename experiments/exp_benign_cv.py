@@ -84,12 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--combine", default=None, help="the tuner's --combine (JSON; default: the tuner's), e.g. "
                     "'{\"harmful_request\": {\"static\": 1.0}}' for a model set without the multilingual tier")
+    ap.add_argument("--multilingual-options", default=None, help="the tuner's --multilingual-options (JSON; default: the tuner's)")
     ap.add_argument("--quick", action="store_true", help="accepted for run_all; the scores are cached after the first run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = work_dir("benign_cv")
     targs = build_parser().parse_args(["--work", str(work), "--models", args.models,  # the tuner's defaults
-                                       *(["--combine", args.combine] if args.combine else [])])
+                                       *(["--combine", args.combine] if args.combine else []),
+                                       *(["--multilingual-options", args.multilingual_options] if args.multilingual_options else [])])
     twins = models_to_tune(targs)
     val = training_split("val")
     pool_val = [e.text for e in real_user_benign("val")]

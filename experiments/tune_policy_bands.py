@@ -24,14 +24,17 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
 * the static tier's allow band: the highest score below which at most ``--allow-miss`` (1%) of the
   positives that the fast tier blocks at its threshold fall (the recall the cheap path gives up
   against the fast tier deciding alone);
-* with ``--combine`` (default: ``harmful_request`` on the fast and the static tier's logits added,
-  router/combine.py) the fast tier's scores above are the combined ones the router decides on, and
-  each term's ``fill`` is chosen so that a text that tier did not judge whole is decided as the
-  cascade without it decides it (with one term: at the threshold the fast tier alone would get). The
-  multilingual tier (``DIR/multilingual-default``) is scored only when ``--combine`` names it, e.g.
-  ``'{"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}}'``
-  (how ``experiments/configs/multilingual_combined.yaml`` was tuned, with ``--multilingual-options
-  '{"parts": false}'``).
+* with ``--combine`` (default, the shipped default's since session 52: ``prompt_injection`` on the
+  fast and the multilingual tier's logits added, ``harmful_request`` on the fast, the static and the
+  multilingual tier's; router/combine.py) the fast tier's scores above are the combined ones the
+  router decides on, and each term's ``fill`` is chosen so that a text that tier did not judge whole
+  is decided as the cascade without it decides it (with one term: at the threshold the fast tier
+  alone would get; ``fill_none``: a text none of them judged, at that threshold). The multilingual
+  tier (``DIR/multilingual-default``) is scored only when ``--combine`` names it, with
+  ``--multilingual-options`` (default: the shipped default's, documents read per policy);
+  ``--combine '{"harmful_request": {"static": 1.0}}'`` tunes session 47's presets, and
+  ``--multilingual-options '{"parts": false}'`` session 51's whole-text reading
+  (``experiments/configs/multilingual_combined.yaml``).
 
 Prints the chosen numbers and the val figures of the resulting cascade; paste them into
 ``models/default.yaml``.
@@ -83,6 +86,12 @@ def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
     return out
 
 
+# the shipped default's combine and multilingual tier options (models/default.yaml; docs/policies.md,
+# "Documents through the fast tier's evidence", session 52)
+DEFAULT_COMBINE: dict[str, dict[str, float]] = {"prompt_injection": {"multilingual": 1.0},
+                                                "harmful_request": {"static": 1.0, "multilingual": 1.0}}
+DEFAULT_MULTILINGUAL_OPTIONS: dict[str, Any] = {"parts": False, "max_chars": 1000,
+                                                "documents": {"prompt_injection": "skip", "harmful_request": "evidence"}}
 EARLIER = ("static", "multilingual")  # the tiers before the fast tier whose evidence ``combine`` may add
 
 
@@ -344,7 +353,9 @@ def multilingual_tier(options: dict[str, Any]) -> str:
     return ("  - name: multilingual                  # USE-multilingual v3 + a head per policy (models/multilingual-default), 16 languages\n"
             "    type: multilingual\n"
             "    # decides nothing alone (null bands): the fast tier adds its evidence to its own (combine below;\n"
-            "    # docs/policies.md, \"A second, multilingual encoder\")\n"
+            "    # docs/policies.md, \"A second, multilingual encoder\"); documents: how a text in several lines,\n"
+            "    # markup or JSON (or one over max_chars) is read per policy: through the fast tier's evidence\n"
+            "    # piece, or not at all (\"Documents through the fast tier's evidence\", session 52)\n"
             f"    options: {{model: default{extra}}}\n"
             "    bands: {default: [null, null]}\n"
             "    on_error: next\n")
@@ -466,12 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "without deciding; written into the presets ({} for none). harmful_request 0.0: a harmful-request "
                          "rule's name blocks (every text those rules name without deciding, across the benchmark and the "
                          "probes, violates the policy; docs/policies.md, session 40)")
-    ap.add_argument("--combine", type=json.loads, default={"harmful_request": {"static": 1.0}},
+    ap.add_argument("--combine", type=json.loads, default=DEFAULT_COMBINE,
                     help="policy -> {earlier tier: weight} (JSON): the fast tier decides these policies on its logit plus "
                          "weight x the earlier tier's (router/combine.py); written into the presets ({} for none)")
-    ap.add_argument("--multilingual-options", type=json.loads, default={},
+    ap.add_argument("--multilingual-options", type=json.loads, default=DEFAULT_MULTILINGUAL_OPTIONS,
                     help="options of the multilingual tier (JSON, e.g. {\"max_chars\": 1000, \"parts\": false}): scored that way "
-                         "on val and written into the presets")
+                         "on val and written into the presets (default: the shipped default's)")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
     return ap

@@ -150,7 +150,7 @@ class Router:
     def load(cls, source: str | Path | RouterConfig | None = None, *, safeguard: str | None = None) -> "Router":
         """Load a router.
 
-        ``source``: ``None`` = the embedded default (heuristic -> static -> fast, the shipped
+        ``source``: ``None`` = the embedded default (heuristic -> static -> multilingual -> fast, the shipped
         models; or the ``with-safeguard`` preset when ``safeguard`` or ``$SAFECASCADE_SAFEGUARD``
         names a gpt-oss-safeguard GGUF path or an OpenAI-compatible URL), a YAML path,
         ``builtin:<name>``, a RouterConfig, or a ``models:/name@alias`` MLflow registry URI.

@@ -377,7 +377,7 @@ def load_config(source: str | Path | None = None, *, safeguard: str | None = Non
     """Load a YAML router config.
 
     ``source``: a YAML path, ``builtin:<name>`` (``models/<name>.yaml``), or ``None``: the
-    embedded default (``models/default.yaml``: heuristic -> static -> fast, no LLM) or, when a
+    embedded default (``models/default.yaml``: heuristic -> static -> multilingual -> fast, no LLM) or, when a
     safeguard target is given (``safeguard`` or ``$SAFECASCADE_SAFEGUARD``), the
     ``with-safeguard`` preset pointed at it. ``safeguard`` with a YAML source repoints that
     config's safeguard tier.

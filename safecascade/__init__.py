@@ -1,7 +1,7 @@
 """safecascade: a policy-following moderation router, cheapest tier first.
 
     from safecascade import Router
-    router = Router.load()                 # embedded default: heuristic -> static -> fast, shipped models
+    router = Router.load()                 # embedded default: heuristic -> static -> multilingual -> fast, shipped models
     d = router.classify("text")            # -> Decision: d.action, d.flagged, d.tier, d.score ...
 """
 

@@ -3,7 +3,7 @@
 This is the main job of ``make demo``. Nothing is built: the default router loads the models
 shipped in the package. It prints
 
-1. the embedded default cascade (heuristic -> static -> fast, no LLM) on the whole ``jailbreak``
+1. the embedded default cascade (heuristic -> static -> multilingual -> fast, no LLM) on the whole ``jailbreak``
    test split: per-tier reached / decided / latency, precision / recall / F1 / R@1%FPR, and the
    mean CPU milliseconds per text; the TF-IDF baseline on the same texts;
 2. the same decisions scored against the ``jailbreak-policy`` labels (the benchmark's texts read

@@ -273,7 +273,9 @@ def test_two_earlier_tiers_add_their_evidence_and_the_presets_carry_the_multilin
     val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
     args = build_parser().parse_args(["--work", str(tmp_path), "--combine",
                                       '{"prompt_injection": {"multilingual": 1.0}, "harmful_request": {"static": 1.0, "multilingual": 1.0}}'])
-    assert "multilingual" not in str(build_parser().parse_args(["--work", str(tmp_path)]).combine)  # not by default
+    defaults = build_parser().parse_args(["--work", str(tmp_path)])  # the shipped default's, since session 52
+    assert defaults.combine == args.combine and defaults.multilingual_options["documents"]["harmful_request"] == "evidence"
+    assert "multilingual" not in str(build_parser().parse_args(["--work", str(tmp_path), "--combine", '{"harmful_request": {"static": 1.0}}']).combine)
     (tmp_path / "static-default").symlink_to(REPO / "models" / "static-default")
     (tmp_path / "policies").symlink_to(REPO / "models" / "policies")
     fills = {"prompt_injection": {"multilingual": 0.5}, "harmful_request": {"static": 0.8, "multilingual": 0.6}}
