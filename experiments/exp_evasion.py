@@ -80,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="router config (default: the embedded default)")
     ap.add_argument("--seeds", type=int, default=60, help="attacks per policy")
     ap.add_argument("--transforms", nargs="*", default=None, help=f"subset of: {', '.join(TRANSFORMS)}")
+    ap.add_argument("--name", default="evasion", help="results page (experiments/results/NAME.md; a subset run may keep the full table)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = args.transforms or list(TRANSFORMS)
     if "plain" not in names:
         names = ["plain", *names]
     rows = run(args.config, args.seeds, names)
-    with ResultWriter("evasion", params={"seeds_per_policy": args.seeds, "config": args.config or "default"}) as rw:
+    with ResultWriter(args.name, title="Evasion", params={"seeds_per_policy": args.seeds, "config": args.config or "default"}) as rw:
         rw.text(__doc__.split("\n\n", 2)[2])
         rw.table(rows, columns=["transform", *POLICIES, "all", "gap_points", "filler_alone_blocked", "cpu_ms_per_text"])
         worst = min(rows, key=lambda r: float(r["gap_points"]))  # type: ignore[arg-type]

@@ -7,8 +7,7 @@ no download and no torch. It reads Arabic, Chinese, Dutch, English, French, Germ
 Japanese, Korean, Polish, Portuguese, Russian, Spanish, Thai and Turkish, and it is a second,
 independently trained encoder beside the fast tier's English MiniLM: the two err on different texts.
 
-In ``experiments/configs/multilingual_combined.yaml`` (not the default: docs/policies.md, "A second,
-multilingual encoder") this tier decides nothing alone (its bands are null): the fast tier adds its
+In the default router this tier decides nothing alone (its bands are null): the fast tier adds its
 evidence to its own (``combine``, :mod:`safecascade.router.combine`), as it adds the static tier's.
 A text is embedded whole (one 512-d vector); with ``parts`` (off by default) so are a multi-line
 text's paragraphs and lines (:func:`safecascade.tiers.segments.line_segments`;
@@ -16,7 +15,10 @@ text's paragraphs and lines (:func:`safecascade.tiers.segments.line_segments`;
 read only in part (``info["parts_skipped"]``): the router then has this tier score the piece the
 fast tier's score rests on (``TierResult.evidence``), so a short attack padded with benign text is
 judged on that piece, not diluted in one average. With ``deobfuscate`` the decoded or normalised
-readings of an obfuscated text are scored too, each policy taking the maximum.
+readings of an obfuscated text are scored too, each policy taking the maximum. The encoder reads
+letter case: a text typed in capitals (:func:`shouted`) is also read lower-cased (the shipped heads
+are trained on every text lower-cased too, ``TrainConfig.lowercase_copies``), so upper-casing an
+attack does not lower its score.
 
 Artifact dir: ``heads.npz`` (the static tier's format) and ``card.json`` (policies, calibration per
 policy, the encoder package and version it was trained with). Options: :class:`MultilingualOptions`.
@@ -49,6 +51,15 @@ DIM = 512
 CHARS_PER_TOKEN = 4  # a line's length in tokens, estimated for line_segments (SentencePiece pieces)
 MAX_CHARS = 4000  # what the tier reads of a text whole by default, and what training embeds of each text
 DOCUMENTS = ("whole", "evidence", "skip")  # MultilingualOptions.documents
+
+
+def shouted(text: str, *, min_letters: int = 8, share: float = 0.6) -> bool:
+    """Whether ``text`` is typed in capitals: at least ``min_letters`` capital letters, and at least
+    ``share`` of its cased letters (any script) capitals."""
+    upper = sum(c.isupper() for c in text)
+    if upper < min_letters:
+        return False
+    return upper >= share * (upper + sum(c.islower() for c in text))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,7 +193,10 @@ class MultilingualTier:
         for i in idx:
             text = texts[i].encode("utf-8", errors="replace").decode("utf-8")
             read, views = model_readings(text, deobfuscate=self.deobfuscate)
-            views = [restore_case(read, v) for v in views]  # the encoder reads case; the readings are lower-cased
+            shout = shouted(read[: self.max_chars])
+            # the encoder reads case; the readings are lower-cased: give them the text's case back,
+            # unless the text is in capitals, which is read lower-cased too (as the heads were trained)
+            views = [read.lower(), *views] if shout else [restore_case(read, v) for v in views]
             long = len(read) > self.max_chars
             doc = any(m != "whole" for m in self.documents.values()) and has_structure(read)
             # the policies read here: a document or a long text is not read for a "skip" policy
@@ -196,15 +210,17 @@ class MultilingualTier:
             parts = text_parts(read) if self.parts and not (long or doc) else []
             start = len(pieces)
             pieces += [r[: self.max_chars] for r in (read, *views)] + parts
-            plan.append((i, start, 1 + len(views), len(parts), long, doc, through, pols, len(read)))
+            plan.append((i, start, 1 + len(views), len(parts), long, doc, through, pols, len(read), shout))
         if not plan:
             return results
         emb = self.encoder.embed(pieces)
         probs = {p: np.clip(self.heads[p](emb), 0.0, 1.0) for p in self.policies}
         per = (time.perf_counter() - t0) * 1000.0 / len(plan)
-        for i, start, n_read, n_parts, long, doc, through, pols, n_chars in plan:
+        for i, start, n_read, n_parts, long, doc, through, pols, n_chars, shout in plan:
             scores = {p: float(probs[p][start:start + n_read].max()) for p in pols}
             info: dict[str, Any] = {"chars": n_chars}
+            if shout:
+                info["lower_cased"] = True  # in capitals: its first view is the text lower-cased
             if n_read > 1:
                 info["views"] = n_read - 1
                 info["view_raised"] = any(float(probs[p][start + k]) > float(probs[p][start]) for p in pols

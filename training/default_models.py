@@ -41,10 +41,10 @@ POLICIES_RECIPE: dict[str, dict[str, Any]] = {
              "finetune_max_seconds": 2100.0, "int8": True, "weak_label_weight": 0.3},
     "static": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
                "head": "mlp", "weak_label_weight": 0.3},
-    # USE-multilingual v3 (tiers/multilingual.py) with the same heads; not in the default presets
-    # (experiments/configs/multilingual_combined.yaml; docs/policies.md, "A second, multilingual encoder")
+    # USE-multilingual v3 (tiers/multilingual.py) with the same heads, each text also read lower-cased
+    # (the encoder reads case; docs/policies.md, "A second, multilingual encoder" and "Case")
     "multilingual": {"benchmark": "policies", "policies": ("jailbreak", "prompt_injection", "harmful_request"), "fit_on": "train",
-                     "head": "mlp", "weak_label_weight": 0.3},
+                     "head": "mlp", "weak_label_weight": 0.3, "lowercase_copies": True},
 }
 DEFAULT_RECIPE: dict[str, dict[str, Any]] = POLICIES_RECIPE
 # The jailbreak-only recipe the defaults shipped with before the three policies (kept to rebuild

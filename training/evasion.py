@@ -6,6 +6,8 @@ Transforms (each deterministic given the text; :data:`TRANSFORMS` names them):
 * encodings: ``base64`` (the attack base64-encoded, with a lead-in asking to decode and follow it);
 * look-alikes and invisible characters: ``homoglyph`` (Cyrillic look-alike letters),
   ``zero_width`` (U+200B inside words);
+* letter case, as real users type: ``lowercase`` (all of it lower-cased), ``uppercase`` (all of it
+  upper-cased);
 * ``leetspeak`` (a->4, e->3, i->1, o->0, s->5, t->7), ``spacing`` (letters of long words spaced
   apart), ``newline_split`` (one word per line);
 * benign padding: ``pad_<n>k_<pos>``: the attack at the start, middle or end of ``n`` thousand
@@ -141,6 +143,8 @@ def _transforms() -> dict[str, Transform]:
     t: dict[str, Transform] = {
         "plain": lambda s, f: s,
         "base64": lambda s, f: b64(s),
+        "lowercase": lambda s, f: s.lower(),
+        "uppercase": lambda s, f: s.upper(),
         "homoglyph": lambda s, f: homoglyph(s),
         "zero_width": lambda s, f: zero_width(s),
         "leetspeak": lambda s, f: leetspeak(s),

@@ -2,7 +2,8 @@
 numpy alone by :mod:`safecascade.tiers.multilingual`).
 
 The encoder is not fine-tuned: each training text is embedded once (its first ``max_chars``
-characters, as the tier reads it) and the heads, their calibration on val and the card are the
+characters, as the tier reads it; with ``lowercase_copies`` its lower-cased reading too, a second
+window of the row) and the heads, their calibration on val and the card are the
 static tier's (:func:`safecascade.training.heads.train_heads`, ``heads.npz``).
 """
 
@@ -25,9 +26,14 @@ from safecascade.training.train_rows import prepare_rows, split_labels
 log = logging.getLogger(__name__)
 
 
-def _embed(enc: UseEncoder, texts: Sequence[str], progress: bool) -> list[np.ndarray]:
-    m = enc.embed([t[:MAX_CHARS] for t in texts], progress=progress)
-    return [m[i:i + 1] for i in range(len(texts))]
+def window_embeddings(enc: UseEncoder, texts: Sequence[str], progress: bool, *, lowercase_copies: bool = False) -> list[np.ndarray]:
+    """One ``(1, DIM)`` window per text (its first ``MAX_CHARS`` characters); with
+    ``lowercase_copies`` a text whose lower-cased reading differs gets that reading as a second window."""
+    cut = [t[:MAX_CHARS] for t in texts]
+    extra = [i for i, t in enumerate(cut) if lowercase_copies and t.lower() != t]
+    m = enc.embed(cut + [cut[i].lower() for i in extra], progress=progress)
+    second = {i: len(cut) + k for k, i in enumerate(extra)}
+    return [m[[i, second[i]]] if i in second else m[i:i + 1] for i in range(len(cut))]
 
 
 def train_multilingual(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[Any] = (), test: Sequence[Any] = (),
@@ -41,9 +47,9 @@ def train_multilingual(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[
     rows = prepare_rows(cfg, train, verdicts)
     enc = UseEncoder(threads=cfg.threads)
     version = enc.version()
-    train_embs = _embed(enc, [r.text for r in rows], progress)
-    val_embs = _embed(enc, [e.text for e in val], progress) if val else []
-    test_embs = _embed(enc, [e.text for e in test], progress) if test else []
+    train_embs = window_embeddings(enc, [r.text for r in rows], progress, lowercase_copies=cfg.lowercase_copies)
+    val_embs = window_embeddings(enc, [e.text for e in val], progress) if val else []
+    test_embs = window_embeddings(enc, [e.text for e in test], progress) if test else []
     val_labels = split_labels(cfg, val)
     test_labels = split_labels(cfg, test)
     heads, ests, calinfo = train_heads(cfg, train_embs, rows, val_embs, val_labels, progress)

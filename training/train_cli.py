@@ -1,4 +1,4 @@
-"""``safecascade train fast|static`` and ``safecascade export`` (cheap to import: numpy and the
+"""``safecascade train fast|static|multilingual`` and ``safecascade export`` (cheap to import: numpy and the
 project's own modules; torch, sklearn and mlflow load inside ``run_*``)."""
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lexical-c", type=float, default=30.0, help="inverse regularisation of the lexical block's LR")
     parser.add_argument("--stack-weighted", default="", metavar="POLICY[,POLICY...]",
                         help="fit these policies' stacks on val at the texts' training weights (real user prompts 16x)")
+    parser.add_argument("--lowercase-copies", dest="lowercase_copies", action=argparse.BooleanOptionalAction, default=None,
+                        help="multilingual tier: also train on each text lower-cased (on in the shipped recipe)")
     parser.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                         help="SetFit-style contrastive fine-tuning of the encoder on the train split before export "
                              "(fast tier; on by default there: about 3 s a step on 2 cores)")
@@ -72,6 +74,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         recipe["finetune"] = args.finetune
     if args.int8 is not None:
         recipe["int8"] = args.int8
+    if getattr(args, "lowercase_copies", None) is not None:
+        recipe["lowercase_copies"] = args.lowercase_copies
     for key in ("finetune_pairs", "finetune_max_seconds"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)

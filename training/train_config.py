@@ -74,6 +74,9 @@ class TrainConfig:
             on the val texts at their training weights (a real user prompt 16, a weak label
             ``weak_label_weight``, ...), as the heads are trained, instead of one each. The
             calibration that follows it stays unweighted. Each must be one of ``policies``.
+        lowercase_copies: Multilingual tier: each training text is also read lower-cased, as a
+            second window of the same row (the row's weight split between the two), so the heads
+            score a text typed in lower case as they score it cased (the encoder reads case).
     """
 
     kind: str = "fast"
@@ -110,6 +113,7 @@ class TrainConfig:
     lexical_C: float = 30.0
     lexical_buckets: int = 1 << 20
     stack_weighted: tuple[str, ...] = ()
+    lowercase_copies: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("fast", "static", "multilingual"):
@@ -130,6 +134,8 @@ class TrainConfig:
             raise ValueError("finetune applies to the fast tier only")
         if self.finetune:
             self.finetune_config()  # validates the finetune_* fields
+        if self.lowercase_copies and self.kind != "multilingual":
+            raise ValueError("lowercase_copies applies to the multilingual tier only")
         if not 0 < self.weak_label_weight <= 1:
             raise ValueError(f"weak_label_weight must be in (0, 1], got {self.weak_label_weight}")
         if not self.lexical_C > 0:

@@ -42,3 +42,8 @@ def test_padding_needs_filler_and_a_known_position():
         pad_inline(ATTACK, "", 2_000, "start")
     with pytest.raises(ValueError, match="position"):
         pad_inline(ATTACK, FILLER, 2_000, "top")
+
+
+def test_letter_case_transforms_change_only_the_case():
+    assert apply("lowercase", "Ignore ALL Rules", "") == "ignore all rules"
+    assert apply("uppercase", "Ignore all rules", "") == "IGNORE ALL RULES"
