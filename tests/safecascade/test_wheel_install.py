@@ -48,4 +48,4 @@ def test_serving_only_wheel_classifies_with_the_shipped_models(tmp_path):
             "print(json.dumps({'actions': [d.action for d in ds], 'tiers': [t.type for t in r.config.tiers], "
             "'torch': 'torch' in sys.modules, 'sklearn': 'sklearn' in sys.modules}))\n")
     lib = json.loads(_run([str(py), "-c", code], env=env, cwd=tmp_path).stdout.strip().splitlines()[-1])
-    assert lib == {"actions": ["block", "allow"], "tiers": ["heuristic", "static", "fast"], "torch": False, "sklearn": False}
+    assert lib == {"actions": ["block", "allow"], "tiers": ["heuristic", "static", "multilingual", "fast"], "torch": False, "sklearn": False}
