@@ -193,10 +193,6 @@ class MultilingualTier:
         for i in idx:
             text = texts[i].encode("utf-8", errors="replace").decode("utf-8")
             read, views = model_readings(text, deobfuscate=self.deobfuscate)
-            shout = shouted(read[: self.max_chars])
-            # the encoder reads case; the readings are lower-cased: give them the text's case back,
-            # unless the text is in capitals, which is read lower-cased too (as the heads were trained)
-            views = [read.lower(), *views] if shout else [restore_case(read, v) for v in views]
             long = len(read) > self.max_chars
             doc = any(m != "whole" for m in self.documents.values()) and has_structure(read)
             # the policies read here: a document or a long text is not read for a "skip" policy
@@ -205,6 +201,10 @@ class MultilingualTier:
                 results[i] = TierResult(scores={}, latency_ms=0.0, info={
                     "chars": len(read), "not_read": "document" if doc else f"longer than {self.max_chars} characters"})
                 continue
+            shout = shouted(read[: self.max_chars])
+            # the encoder reads case; the readings are lower-cased: give them the text's case back,
+            # unless the text is in capitals, which is read lower-cased too (as the heads were trained)
+            views = [read.lower(), *views] if shout else [restore_case(read, v) for v in views]
             # through the fast tier's evidence: a long text, or a document where a policy asks for it
             through = long or (doc and any(self.documents[p] == "evidence" for p in pols))
             parts = text_parts(read) if self.parts and not (long or doc) else []

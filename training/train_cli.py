@@ -74,7 +74,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         recipe["finetune"] = args.finetune
     if args.int8 is not None:
         recipe["int8"] = args.int8
-    if getattr(args, "lowercase_copies", None) is not None:
+    if args.lowercase_copies is not None:
         recipe["lowercase_copies"] = args.lowercase_copies
     for key in ("finetune_pairs", "finetune_max_seconds"):
         if getattr(args, key) is not None:
