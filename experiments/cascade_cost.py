@@ -13,8 +13,11 @@ only ever adds time; every pass is listed too), the share of texts that reached 
 the blocks, and the ratio of each router's best pass to the baseline's.
 
 ``--baseline REV``: ``models/default.yaml`` and the shipped ``models/{fast,static}-default`` of git
-revision REV (``git archive``), the models pointed at by path, with the hardening off (it came
-later; ``e7c42a0`` is the last commit before it and before the three policies).
+revision REV (``git archive``; its ``models/multilingual-default`` too where it has one), the models
+pointed at by path, with the hardening off (it came later; ``e7c42a0`` is the last commit before it
+and before the three policies) unless ``--baseline-as-is``. The baseline runs with today's code, so
+an option it leaves at its default gets today's default (the fast tier's ``threads``: 1 since
+session 54, 2 before; ``--baseline-fast-threads 2`` runs it as it shipped).
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ def unhardened(config: RouterConfig) -> RouterConfig:
 def baseline_config(rev: str, work: Path) -> RouterConfig:
     """The default router of git revision ``rev``, its shipped models extracted under ``work``."""
     root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip())
-    blob = subprocess.run(["git", "-C", str(root), "archive", rev, "models/default.yaml", "models/fast-default",
-                           "models/static-default"], capture_output=True, check=True).stdout
+    paths = ["models/default.yaml", "models/fast-default", "models/static-default"]
+    has_ml = subprocess.run(["git", "-C", str(root), "ls-tree", "-d", rev, "models/multilingual-default"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    paths += ["models/multilingual-default"] if has_ml else []  # the multilingual tier joined in session 52
+    blob = subprocess.run(["git", "-C", str(root), "archive", rev, *paths], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(work, filter="data")
     cfg = load_config(work / "models" / "default.yaml")
@@ -71,6 +77,10 @@ def measure(cfg: RouterConfig, texts: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default=None, help="git revision whose default router and shipped models are the baseline")
+    ap.add_argument("--baseline-as-is", action="store_true",
+                    help="run the baseline with its hardening options as configured (a revision that has them)")
+    ap.add_argument("--baseline-fast-threads", type=int, default=None,
+                    help="the baseline's fast tier intra-op threads (2: as it shipped before session 54)")
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="at most N texts per stream (quick runs)")
     args = ap.parse_args(argv)
@@ -83,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         routers = {"default": base, "default, hardening off": unhardened(base)}
         if args.baseline:
             # the tiers' obfuscation and length hardening came after the baseline: off, as it ran then
-            routers = {f"baseline {args.baseline}": unhardened(baseline_config(args.baseline, Path(td))), **routers}
+            old = baseline_config(args.baseline, Path(td))
+            if args.baseline_fast_threads:
+                old = replace(old, name=f"{old.name}, fast threads {args.baseline_fast_threads}",
+                              tiers=tuple(replace(t, options={**t.options, "threads": args.baseline_fast_threads})
+                                          if t.type == "fast" else t for t in old.tiers))
+            label = f"baseline {args.baseline}" + (f" (fast threads {args.baseline_fast_threads})" if args.baseline_fast_threads else "")
+            routers = {label: old if args.baseline_as_is else unhardened(old), **routers}
         cost: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for _ in range(args.passes):
             for stream, texts in streams.items():

@@ -111,8 +111,13 @@ class FastOptions(EncoderOptions):
     """Options of a ``type: fast`` tier: the encoder options (``model``, ``max_windows``,
     ``window_tokens``, ``stride``) and these."""
 
-    threads: int = 2
-    """onnxruntime intra-op threads."""
+    threads: int = 1
+    """onnxruntime intra-op threads. One (since session 54): the int8 graph runs one window per call,
+    too little work to split, so a second thread bought 10% of wall time for 30% more CPU (931 real
+    user prompts in one batch: 12.2 against 9.3 CPU ms a text, wall 8.0 against 8.9 ms; Intel Xeon,
+    2 cores), and ``safecascade serve``'s worker threads already run calls side by side (the load test
+    at concurrency 8: 98 / 87 against 76 / 72 requests a second, two runs each). Raise it for a
+    process that classifies one text at a time and has cores to spare."""
     batch_size: int = 32
     """Windows per ONNX call for the fp32 graph (the int8 graph always runs one: its dynamic
     quantisation would let batch-mates change a text's score)."""
@@ -160,7 +165,7 @@ class FastTier:
     kind = "fast"
 
     def __init__(self, *, model_dir: str | Path, name: str = "fast", policies: Sequence[str] | None = None,
-                 threads: int = 2, max_windows: int | None = None, window_tokens: int | None = None,
+                 threads: int = 1, max_windows: int | None = None, window_tokens: int | None = None,
                  stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
                  segments: int = 4, segment_tokens: int = SEGMENT_TOKENS, short_segments: int = 2, block_other_scripts: bool = False,
                  window_lexical: bool = True, lexical_runs: bool = True):

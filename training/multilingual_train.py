@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safecascade.tiers.multilingual import DIM, ENCODER_ID, ENCODER_PACKAGE, MAX_CHARS, UseEncoder
+from safecascade.tiers.multilingual import DIM, ENCODER_ID, ENCODER_PACKAGE, MAX_CHARS, TOKENIZER_PACKAGE, UseEncoder
 from safecascade.training.export_onnx import heads_to_npz
 from safecascade.training.heads import train_heads
 from safecascade.training.model_card import TrainResult, evaluate_and_card, write_card
@@ -56,7 +56,8 @@ def train_multilingual(cfg: TrainConfig, *, train: Sequence[Any], val: Sequence[
     heads_to_npz(heads, out / "heads.npz")
     card, metrics, _, test_scores = evaluate_and_card(
         cfg, heads, calinfo, rows, verdicts, cfg.window, val_embs, val_labels, test_embs, test_labels,
-        kind="multilingual", encoder={"id": ENCODER_ID, "package": f"{ENCODER_PACKAGE}=={version}", "dim": DIM},
+        kind="multilingual", encoder={"id": ENCODER_ID, "package": f"{ENCODER_PACKAGE}=={version}", "dim": DIM,
+                                     "tokenizer": f"{TOKENIZER_PACKAGE}=={enc.tokenizer_version()}"},
         extra={"max_chars": MAX_CHARS, "n_layers": {h.policy: len(h.layers) for h in heads}})
     write_card(out, card)
     secs = time.perf_counter() - t_start

