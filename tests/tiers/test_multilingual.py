@@ -162,6 +162,22 @@ def test_the_c_library_cuts_text_as_the_pure_python_port_does_but_reads_unknown_
     assert len(c_ids) < len(p_ids) and c_ids.count(0) < p_ids.count(0)  # 0: the unknown piece
 
 
+def test_heads_fit_on_the_pure_python_tokenizer_load_with_a_warning(tiny: TrainResult, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(tiny.out_dir, old)
+    card = json.loads((old / "card.json").read_text())
+    del card["encoder"]["tokenizer"]  # a card written before session 54
+    (old / "card.json").write_text(json.dumps(card))
+    with caplog.at_level("WARNING", logger="safecascade.tiers.multilingual"):
+        MultilingualTier(model_dir=tiny.out_dir)
+    assert not [r for r in caplog.records if "pure-Python" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="safecascade.tiers.multilingual"):
+        tier = MultilingualTier(model_dir=old)
+    assert [r for r in caplog.records if "pure-Python" in r.getMessage() and str(old) in r.getMessage()]
+    assert tier.classify(["hello"])[0].error is None  # it still serves
+
+
 def test_missing_encoder_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib import metadata
 
