@@ -37,11 +37,16 @@ from safecascade.router.config import RouterConfig, load_config
 from safecascade.training.datasets import load_benchmark
 
 
+def with_options(config: RouterConfig, per_type: dict[str, dict[str, Any]], name: str) -> RouterConfig:
+    """``config`` named ``name``, each tier's options updated with ``per_type[its type]``."""
+    tiers = tuple(replace(t, options={**t.options, **per_type.get(t.type, {})}) for t in config.tiers)
+    return replace(config, name=name, tiers=tiers)
+
+
 def unhardened(config: RouterConfig) -> RouterConfig:
     """``config`` with the obfuscation readings, the line segments and the every-window static scan off."""
     off = {"static": {"deobfuscate": False, "max_windows": 8, "allow_max_windows": 0}, "fast": {"deobfuscate": False, "segments": 0}}
-    tiers = tuple(replace(t, options={**t.options, **off.get(t.type, {})}) for t in config.tiers)
-    return replace(config, name=f"{config.name}-unhardened", tiers=tiers)
+    return with_options(config, off, f"{config.name}-unhardened")
 
 
 def baseline_config(rev: str, work: Path) -> RouterConfig:
@@ -94,11 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             # the tiers' obfuscation and length hardening came after the baseline: off, as it ran then
             old = baseline_config(args.baseline, Path(td))
+            label = f"baseline {args.baseline}"
             if args.baseline_fast_threads:
-                old = replace(old, name=f"{old.name}, fast threads {args.baseline_fast_threads}",
-                              tiers=tuple(replace(t, options={**t.options, "threads": args.baseline_fast_threads})
-                                          if t.type == "fast" else t for t in old.tiers))
-            label = f"baseline {args.baseline}" + (f" (fast threads {args.baseline_fast_threads})" if args.baseline_fast_threads else "")
+                label += f" (fast threads {args.baseline_fast_threads})"
+                old = with_options(old, {"fast": {"threads": args.baseline_fast_threads}}, label)
             routers = {label: old if args.baseline_as_is else unhardened(old), **routers}
         cost: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for _ in range(args.passes):
