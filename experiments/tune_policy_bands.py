@@ -387,6 +387,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "allow_max_windows": str(args.allow_max_windows),
         "allow_tokens": str(win["window_tokens"] + (args.allow_max_windows - 1) * win["stride"]),
         "static_languages": "[" + ", ".join(args.static_languages) + "]",
+        "static_block_parts": "true" if args.static_block_parts else "false",
         "static_languages_text": ", ".join(args.static_languages) or "every language",
         "rules": ", ".join(f"{p} >= {b}" for p, b in h.items()),
         "heuristic_bands": "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {b}]" for p, b in h.items()]) + "}",
@@ -467,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-max-windows", type=int, default=2,
                     help="the static tier's allow_max_windows: the longest text (in windows) its allow band may allow; written "
                          "into the presets (2: on real user prompts 1.0 ms a text cheaper than 1, block rates of padded attacks unchanged)")
+    ap.add_argument("--static-block-parts", action=argparse.BooleanOptionalAction, default=True,
+                    help="the static tier's block_parts: its block band is also tested on a text's parts in the Latin "
+                         "script (a request planted in a document blocks as it does alone); scored that way on val and "
+                         "written into the presets")
     ap.add_argument("--static-languages", type=lambda v: tuple(x for x in v.split(",") if x), default=("en",),
                     help="comma-separated languages the static tier decides on (py3langid codes; '' for every language): a "
                          "text in another language goes on to the fast tier; scored that way on val and written into the presets")
@@ -523,7 +528,8 @@ def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[
         return {t: {p: z[f"{t}|{p}"] for p in POLICIES} for t in keys}
     # no cache, one written before a key was added, or one of other texts, models, rules or options
     tiers = {"heuristic": HeuristicTier.default(policies=POLICIES),
-             "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages),
+             "static": StaticTier(model_dir=twins["static"], allow_max_windows=args.allow_max_windows, languages=args.static_languages,
+                                  block_parts=args.static_block_parts),
              "fast": FastTier(model_dir=twins["fast"], quantized=True)}
     if "multilingual" in twins:
         tiers = {**{k: v for k, v in tiers.items() if k != "fast"},
@@ -540,7 +546,8 @@ def scores_key(args: argparse.Namespace, twins: dict[str, Path], texts: list[str
     on the number of texts alone, the previous build's scores were read back after `make models`
     rebuilt the models in place, and the presets were tuned on stale scores."""
     return short_hash({"models": {k: dir_sha(d) for k, d in sorted(twins.items())}, "rules": file_sha(default_rules_path()),
-                       "static": [args.allow_max_windows, list(args.static_languages)], "texts": texts,
+                       "static": [args.allow_max_windows, list(args.static_languages), *(["block_parts"] if args.static_block_parts else [])],
+                       "texts": texts,
                        **({"multilingual": multilingual_options(args)} if multilingual_options(args) else {})})
 
 
@@ -554,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     val = training_split("val")
     benign = [e.text for e in real_user_benign("val")]
     texts = [e.text for e in val] + benign
-    sc = cached_scores(args, twins, texts, args.work / f"val_scores_amw{args.allow_max_windows}_{'-'.join(args.static_languages) or 'all'}.npz")
+    sc = cached_scores(args, twins, texts, args.work / f"val_scores_amw{args.allow_max_windows}_{'-'.join(args.static_languages) or 'all'}"
+                                                      f"{'_bp' if args.static_block_parts else ''}.npz")
     nv = len(val)
     y, idx = val_labels(val)
     chosen, fills, sc["fast"] = tune(sc, nv, y, idx, args)

@@ -23,6 +23,19 @@ _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]\u201d\u2019]))\s+")
 _SOFT_END = re.compile(r"(?<=[a-z0-9])\s+(?=[A-Z][a-z])")
 # a clause shorter than this (in words) is joined to the one before it ("to Paris with John")
 MIN_CLAUSE_WORDS = 3
+# letters of scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK)
+_UNSPACED = re.compile(r"[\u0E00-\u0EFF\u1000-\u109F\u1780-\u17FF\u3040-\u30FF\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF]")
+UNSPACED_CHARS_PER_WORD = 2  # about two characters a word in Chinese and Japanese
+
+
+def words(text: str) -> int:
+    """The number of words in ``text``: its whitespace-separated tokens, and in scripts written
+    without spaces (Chinese, Japanese, Thai) one word per :data:`UNSPACED_CHARS_PER_WORD` of their
+    letters, so a Chinese request is not counted as one word and dropped as a heading would be."""
+    n = len(text.split())
+    if text.isascii():
+        return n
+    return n + len(_UNSPACED.findall(text)) // UNSPACED_CHARS_PER_WORD
 
 
 def _strings(v: Any) -> Iterator[str]:
@@ -99,7 +112,7 @@ def clauses(sentence: str) -> list[str]:
     piece of its own."""
     out: list[str] = []
     for p in _SOFT_END.split(sentence):
-        if out and (len(p.split()) < MIN_CLAUSE_WORDS or len(out[-1].split()) < MIN_CLAUSE_WORDS):
+        if out and (words(p) < MIN_CLAUSE_WORDS or words(out[-1]) < MIN_CLAUSE_WORDS):
             out[-1] = f"{out[-1]} {p}"
         else:
             out.append(p)
@@ -117,7 +130,7 @@ def _headed(lines: Sequence[str]) -> list[str]:
     for ln in lines:
         cand = f"{head} {ln.strip()}" if head else ln
         head = ""
-        if len(cand.split()) >= MIN_CLAUSE_WORDS:
+        if words(cand) >= MIN_CLAUSE_WORDS:
             out.append(cand)
         elif cand.rstrip().endswith(":"):
             head = cand.strip()
@@ -204,7 +217,7 @@ def line_segments(text: str, token_lengths: Callable[[Sequence[str]], Sequence[i
     out = _pack(units, unit_k, max_tokens, "\n", unit_starts)
     if len(out) < 2:
         out = []  # the one segment is the text itself
-    out = [x for x in out if len(x.split()) >= MIN_CLAUSE_WORDS]  # a lone heading or sign-off (see _headed)
+    out = [x for x in out if words(x) >= MIN_CLAUSE_WORDS]  # a lone heading or sign-off (see _headed)
     # every line is a candidate too (a one-line attack among lines with no blank between them
     # is otherwise packed with its neighbours); identical candidates are kept once
     return list(dict.fromkeys(out + candidates))

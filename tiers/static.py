@@ -30,7 +30,7 @@ from safecascade.tiers.fast import resolve_model_dir
 from safecascade.tiers.lexical import apply_calibration
 from safecascade.tiers.retractions import model_readings
 from safecascade.tiers.languages import unread_language
-from safecascade.tiers.scripts import tier_block_scores
+from safecascade.tiers.scripts import mostly_latin, tier_block_scores
 from safecascade.tiers.segments import SEGMENT_TOKENS, may_have_parts, tokenizer_parts
 from safecascade.tiers.onnx_encoder import TOKENIZER_NAME, EncoderOptions, WindowConfig, Windower, Windows, read_card
 
@@ -63,7 +63,8 @@ class StaticOptions(EncoderOptions):
     """Also score a multi-line text's paragraphs and lines (:func:`safecascade.tiers.segments.line_segments`)
     on their own; the allow band is then tested on the highest of those scores and the text's
     (``TierResult.allow_scores``), so an instruction planted in an email, a web page or a tool's
-    result is passed on rather than allowed for the benign text around it. They never block."""
+    result is passed on rather than allowed for the benign text around it. They block only with
+    ``block_parts``."""
 
     languages: tuple[str, ...] = ()
     """The languages this tier decides on (py3langid codes, e.g. ``[en]``); a text identified as
@@ -71,6 +72,12 @@ class StaticOptions(EncoderOptions):
     readings) is passed on, neither allowed nor blocked here (``info["not_read"]``), and a tier that
     combines this tier's evidence counts it at its ``fill``. Empty (the default): every language. The
     shipped static model is distilled from an English encoder: the presets set ``[en]``."""
+
+    block_parts: bool = False
+    """Also test the block band on the text's parts (those written mostly in the Latin script): a part
+    that this tier would block on its own blocks the text it is in, and the policy's score is raised
+    to it (``info["part_raised"]``). A short request planted in a benign document is then blocked
+    here as it is blocked alone, not passed on diluted in the document's windows."""
 
     block_other_scripts: bool = False
     """Block a text written mostly outside the Latin script (:func:`safecascade.tiers.scripts.mostly_latin`)
@@ -205,12 +212,14 @@ class StaticTier:
 
     def __init__(self, *, model_dir: str | Path, name: str = "static", policies: Sequence[str] | None = None,
                  max_windows: int | None = None, window_tokens: int | None = None, stride: int | None = None, deobfuscate: bool = True,
-                 allow_max_windows: int = 1, parts: bool = True, block_other_scripts: bool = False, languages: Sequence[str] = ()):
+                 allow_max_windows: int = 1, parts: bool = True, block_other_scripts: bool = False, languages: Sequence[str] = (),
+                 block_parts: bool = False):
         if allow_max_windows < 0:
             raise ValueError(f"static tier {name!r}: allow_max_windows must be >= 0, got {allow_max_windows}")
         self.allow_max_windows = int(allow_max_windows)
         self.parts = bool(parts)
         self.block_other_scripts = bool(block_other_scripts)
+        self.block_parts = bool(block_parts)
         self.languages = tuple(str(x) for x in languages)
         d = Path(model_dir)
         self.model_dir = d
@@ -268,7 +277,8 @@ class StaticTier:
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_windows=o.max_windows,
                    window_tokens=o.window_tokens, stride=o.stride, deobfuscate=o.deobfuscate, allow_max_windows=o.allow_max_windows,
-                   parts=o.parts, block_other_scripts=o.block_other_scripts, languages=o.languages)
+                   parts=o.parts, block_other_scripts=o.block_other_scripts, languages=o.languages,
+                   block_parts=o.block_parts)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (max over windows); bad items get ``error`` set."""
@@ -283,8 +293,9 @@ class StaticTier:
         good, views = [r for r, _ in read], [vs for _, vs in read]
         good = good + [v for vs in views for v in vs]
         wins = self.encoder.windower.windows(good, with_ids=False)
-        # the parts of the texts that may be allowed here (a longer one never is)
-        parts = [self._parts(t) if not self.allow_max_windows or len(ws.starts) <= self.allow_max_windows else []
+        # the parts of the texts that may be allowed here (a longer one never is), and with block_parts
+        # of every text (its block band is tested on them too)
+        parts = [self._parts(t) if self.block_parts or not self.allow_max_windows or len(ws.starts) <= self.allow_max_windows else []
                  for t, ws in zip(good[: len(idx)], wins)]
         flat_parts = [q for ps in parts for q in ps]
         if flat_parts:
@@ -323,6 +334,15 @@ class StaticTier:
                 info["parts"] = len(parts[j])
                 info["part_scores"] = {p: round(v, 4) for p, v in part_scores.items()}
                 allow_scores = {p: max(scores[p], v) for p, v in part_scores.items()}
+                if self.block_parts:  # a part blocks as it would alone (one in the Latin script: see block_other_scripts)
+                    latin = np.array([mostly_latin(q) for q in parts[j]])
+                    if latin.any():
+                        for p in self.policies:
+                            v = float(top[p][k_part : k_part + len(parts[j])][latin].max())
+                            if v > block_scores.get(p, scores[p]):
+                                scores[p] = max(scores[p], v)
+                                block_scores[p] = v
+                                info["part_raised"] = True
                 k_part += len(parts[j])
             if self.allow_max_windows and n > self.allow_max_windows:
                 info["allow_band_skipped"] = f"{n} windows > allow_max_windows {self.allow_max_windows}"
