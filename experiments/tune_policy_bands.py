@@ -387,7 +387,7 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "allow_max_windows": str(args.allow_max_windows),
         "allow_tokens": str(win["window_tokens"] + (args.allow_max_windows - 1) * win["stride"]),
         "static_languages": "[" + ", ".join(args.static_languages) + "]",
-        "static_block_parts": "true" if args.static_block_parts else "false",
+        "static_block_parts": ", block_parts: true" if args.static_block_parts else "",
         "static_languages_text": ", ".join(args.static_languages) or "every language",
         "rules": ", ".join(f"{p} >= {b}" for p, b in h.items()),
         "heuristic_bands": "{" + ", ".join([f"default: [null, {max(h.values())}]"] + [f"{p}: [null, {b}]" for p, b in h.items()]) + "}",
@@ -468,10 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-max-windows", type=int, default=2,
                     help="the static tier's allow_max_windows: the longest text (in windows) its allow band may allow; written "
                          "into the presets (2: on real user prompts 1.0 ms a text cheaper than 1, block rates of padded attacks unchanged)")
-    ap.add_argument("--static-block-parts", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--static-block-parts", action=argparse.BooleanOptionalAction, default=False,
                     help="the static tier's block_parts: its block band is also tested on a text's parts in the Latin "
                          "script (a request planted in a document blocks as it does alone); scored that way on val and "
-                         "written into the presets")
+                         "written into the presets (tried in session 55, not shipped: docs/policies.md)")
     ap.add_argument("--static-languages", type=lambda v: tuple(x for x in v.split(",") if x), default=("en",),
                     help="comma-separated languages the static tier decides on (py3langid codes; '' for every language): a "
                          "text in another language goes on to the fast tier; scored that way on val and written into the presets")

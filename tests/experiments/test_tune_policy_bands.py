@@ -88,7 +88,7 @@ def test_written_presets_load_with_the_chosen_numbers(tmp_path: Path):
             assert tiers["heuristic"].band_for("prompt_injection").block_above == 0.99
             assert tiers["heuristic"].band_for("harmful_request").block_above == 0.99
         assert tiers["static"].options["allow_max_windows"] == 3 and tiers["static"].options["languages"] == ["en", "fr"]
-        assert tiers["static"].options["block_parts"] is False
+        assert "block_parts" not in tiers["static"].options
         assert tiers["fast"].combine == {"harmful_request": {"static": Term(weight=1.0, fill=0.89)}}
         if name == "default.yaml":
             assert [tiers["fast"].threshold_for(p) for p in POLICIES] == [chosen[p]["fast_threshold"] for p in POLICIES]
@@ -248,10 +248,10 @@ def test_the_score_cache_is_keyed_on_the_models_not_the_number_of_texts(tmp_path
     assert scores_key(args, twins, ["a textanother"]) != scores_key(args, twins, ["a text", "another"])
     args.allow_max_windows += 1
     assert scores_key(args, twins, texts) != rebuilt
-    assert args.static_block_parts  # the default: scored with the static tier's block_parts
-    with_parts = scores_key(args, twins, texts)
-    args.static_block_parts = False
-    assert scores_key(args, twins, texts) != with_parts
+    assert not args.static_block_parts  # the default: scored without the static tier's block_parts
+    without = scores_key(args, twins, texts)
+    args.static_block_parts = True
+    assert scores_key(args, twins, texts) != without
 
 
 def test_two_earlier_tiers_add_their_evidence_and_the_presets_carry_the_multilingual_tier(tmp_path: Path):
