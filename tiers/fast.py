@@ -129,6 +129,11 @@ class FastOptions(EncoderOptions):
     module docstring); costs nothing on ordinary text."""
     segments: int = 4
     """Line-break segments of a long text scored as texts of their own (0: off)."""
+    long_segments: int = 8
+    """Segments scored for a text of more windows than ``max_windows`` (a long document, whose
+    windows the lexical block picks too, and whose thousands of lines it ranks), if more than
+    ``segments``: a request among 1,700 benign lines ranked third for its policy, below the four
+    kept (session 55)."""
     short_segments: int = 2
     """Parts (paragraphs, lines) of a multi-line text that fits in one window scored as texts of
     their own (0: off): an instruction planted in an email, a web page or a tool's result."""
@@ -168,7 +173,7 @@ class FastTier:
                  threads: int = 1, max_windows: int | None = None, window_tokens: int | None = None,
                  stride: int | None = None, batch_size: int = 32, quantized: bool | str = False, deobfuscate: bool = True,
                  segments: int = 4, segment_tokens: int = SEGMENT_TOKENS, short_segments: int = 2, block_other_scripts: bool = False,
-                 window_lexical: bool = True, lexical_runs: bool = True):
+                 window_lexical: bool = True, lexical_runs: bool = True, long_segments: int = 8):
         self.lexical_runs = bool(lexical_runs)
         self.block_other_scripts = bool(block_other_scripts)
         d = Path(model_dir)
@@ -198,6 +203,7 @@ class FastTier:
             raise ValueError(f"fast tier {name!r}: segments and short_segments must be >= 0 and segment_tokens >= 8, "
                              f"got {segments}, {short_segments}, {segment_tokens}")
         self.segments, self.segment_tokens, self.short_segments = int(segments), int(segment_tokens), int(short_segments)
+        self.long_segments = int(long_segments)
         self.window_lexical = bool(window_lexical)
         self.session = make_session(onnx_path, threads=threads)
         outs = [o.name for o in self.session.get_outputs()]
@@ -257,7 +263,7 @@ class FastTier:
                    max_windows=o.max_windows, window_tokens=o.window_tokens, stride=o.stride,
                    batch_size=o.batch_size, quantized=o.quantized, deobfuscate=o.deobfuscate,
                    segments=o.segments, segment_tokens=o.segment_tokens, short_segments=o.short_segments, lexical_runs=o.lexical_runs,
-                   window_lexical=o.window_lexical,
+                   window_lexical=o.window_lexical, long_segments=o.long_segments,
                    block_other_scripts=o.block_other_scripts)
 
     def _segments(self, text: str, ws: Windows, lexical: bool = True) -> tuple[list[tuple[int, int]], np.ndarray | None]:
@@ -394,6 +400,8 @@ class FastTier:
         for k, (t, ws) in enumerate(zip(batch, wins)):
             long = ws.tokens > body  # a long text is cut at sentence ends too, line breaks or not
             keep = self.segments if long else self.short_segments
+            if self.segments and ws.n_windows_total > self.max_windows:  # a long document: more of its lines
+                keep = max(keep, self.long_segments)
             if not keep or not (long or may_have_parts(t)):
                 continue
             segs = self._line_segments(t)

@@ -105,7 +105,7 @@ def test_router_load_reports_a_typo_in_a_config(tmp_path):
                         "tiers": [{"name": "fast", "type": "fast", "options": {"model": "default", "quantised": True},
                                    "threshold": 0.5}]}, base_dir=tmp_path)
     with pytest.raises(ValueError, match=r"fast tier 'fast': unknown option 'quantised' \(valid keys: batch_size, block_other_scripts, deobfuscate, lexical_runs, "
-                                         r"max_windows, model, quantized, segment_tokens, segments, short_segments, stride, threads, window_lexical, window_tokens\)"):
+                                         r"long_segments, max_windows, model, quantized, segment_tokens, segments, short_segments, stride, threads, window_lexical, window_tokens\)"):
         Router.load(cfg)
 
 
