@@ -199,9 +199,9 @@ class FastTier:
         cfg = WindowConfig(window_tokens=wt, stride=int(stride or min(win.get("stride", wt - 32), wt - 2)), max_windows=1 << 30)
         self.windower = Windower(tok_path, cfg)
         self.deobfuscate = bool(deobfuscate)
-        if segments < 0 or short_segments < 0 or segment_tokens < 8:
-            raise ValueError(f"fast tier {name!r}: segments and short_segments must be >= 0 and segment_tokens >= 8, "
-                             f"got {segments}, {short_segments}, {segment_tokens}")
+        if segments < 0 or short_segments < 0 or long_segments < 0 or segment_tokens < 8:
+            raise ValueError(f"fast tier {name!r}: segments, short_segments and long_segments must be >= 0 and segment_tokens >= 8, "
+                             f"got {segments}, {short_segments}, {long_segments}, {segment_tokens}")
         self.segments, self.segment_tokens, self.short_segments = int(segments), int(segment_tokens), int(short_segments)
         self.long_segments = int(long_segments)
         self.window_lexical = bool(window_lexical)

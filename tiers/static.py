@@ -77,7 +77,9 @@ class StaticOptions(EncoderOptions):
     """Also test the block band on the text's parts (those written mostly in the Latin script): a part
     that this tier would block on its own blocks the text it is in, and the policy's score is raised
     to it (``info["part_raised"]``). A short request planted in a benign document is then blocked
-    here as it is blocked alone, not passed on diluted in the document's windows."""
+    here as it is blocked alone, not passed on diluted in the document's windows. Off in the shipped
+    presets: retuned to keep the band's precision on val, the block bands rose and the plain block
+    rate fell as much as the padded one rose (docs/policies.md, session 55)."""
 
     block_other_scripts: bool = False
     """Block a text written mostly outside the Latin script (:func:`safecascade.tiers.scripts.mostly_latin`)

@@ -424,3 +424,11 @@ def test_fast_passes_on_texts_outside_the_latin_script(fast_dir: Path, fast_tier
         {"name": "last", "type": "fast", "options": {"model": str(fast_dir), "threads": 1}, "threshold": 1.0}, [hindi, english])
     assert (d_en.tier, d_en.action) == ("fast", "block")
     assert d_hi.tier == "last" and [t.outcome for t in d_hi.path][0] == "escalate"
+
+
+def test_negative_segment_counts_fail_at_load():
+    from safecascade.shipped import shipped_dir
+
+    for kw in ({"segments": -1}, {"short_segments": -1}, {"long_segments": -1}, {"segment_tokens": 4}):
+        with pytest.raises(ValueError, match=r"segments, short_segments and long_segments must be >= 0 and segment_tokens >= 8"):
+            FastTier(model_dir=shipped_dir("fast"), quantized=True, **kw)
