@@ -332,7 +332,8 @@ class StaticTier:
                                              block_other_scripts=self.block_other_scripts)
             allow_scores: dict[str, float] = {}
             if parts[j]:  # the allow band is tested on the highest of the text's and its parts' scores
-                part_scores = {p: float(top[p][k_part : k_part + len(parts[j])].max()) for p in self.policies}
+                rows = slice(k_part, k_part + len(parts[j]))  # the parts' rows of ``top``
+                part_scores = {p: float(top[p][rows].max()) for p in self.policies}
                 info["parts"] = len(parts[j])
                 info["part_scores"] = {p: round(v, 4) for p, v in part_scores.items()}
                 allow_scores = {p: max(scores[p], v) for p, v in part_scores.items()}
@@ -340,7 +341,7 @@ class StaticTier:
                     latin = np.array([mostly_latin(q) for q in parts[j]])
                     if latin.any():
                         for p in self.policies:
-                            v = float(top[p][k_part : k_part + len(parts[j])][latin].max())
+                            v = float(top[p][rows][latin].max())
                             if v > block_scores.get(p, scores[p]):
                                 scores[p] = max(scores[p], v)
                                 block_scores[p] = v
