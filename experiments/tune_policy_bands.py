@@ -91,7 +91,8 @@ def build_twins(work: Path, bits: int = 8) -> dict[str, Path]:
 DEFAULT_COMBINE: dict[str, dict[str, float]] = {"prompt_injection": {"multilingual": 1.0},
                                                 "harmful_request": {"static": 1.0, "multilingual": 1.0}}
 DEFAULT_MULTILINGUAL_OPTIONS: dict[str, Any] = {"parts": False, "max_chars": 1000,
-                                                "documents": {"prompt_injection": "skip", "harmful_request": "evidence"}}
+                                                "documents": {"prompt_injection": "skip", "harmful_request": "evidence"},
+                                                "block_except_languages": ["en"]}
 EARLIER = ("static", "multilingual")  # the tiers before the fast tier whose evidence ``combine`` may add
 
 
@@ -122,7 +123,8 @@ def score_all(tiers: dict[str, Any], texts: list[str]) -> dict[str, dict[str, np
                                       for p in POLICIES}
         if name == "static":
             out["static_allow"] = {p: np.array([r.allow_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
-            out["static_block"] = {p: np.array([r.block_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
+        if name in EARLIER:  # the score each tier's block band is tested on
+            out[f"{name}_block"] = {p: np.array([r.block_score(p) if p in r.scores else 0.0 for r in res]) for p in POLICIES}
         log.info("scored %d texts with %s", len(texts), name)
     for name in (t for t in EARLIER if t in tiers and "fast" in tiers):
         out[f"{name}_evidence"] = {p: np.full(len(texts), np.nan) for p in POLICIES}
@@ -176,6 +178,24 @@ def benign_rate(benign: np.ndarray, t: float, bandwidth: float = 0.0) -> float:
     return float(norm.sf((_logit(np.array([t]))[0] - _logit(benign)) / bandwidth).mean())
 
 
+def block_band(y: np.ndarray, s_block: np.ndarray, benign_block: np.ndarray, *, w_pos: float, block_precision: float,
+               budget: float) -> float:
+    """The lowest score at which a tier's block band (tested on ``s_block``, ``TierResult.block_score``)
+    keeps its precision, positives weighted by ``w_pos``, at least ``block_precision`` and flags at
+    most ``budget`` of the benign real prompts (``benign_block``, counted); 1.0 where no score does."""
+    block = 1.0
+    for t in np.unique(s_block)[::-1]:  # descending: keep lowering while the conditions hold
+        if t <= 0.0:  # a text the band may not block (a language it does not act in)
+            break
+        pred = s_block >= t
+        tp = w_pos * float((pred & (y == 1)).sum())
+        fp = float((pred & (y == 0)).sum())
+        if (tp and tp / (tp + fp) < block_precision) or (benign_block >= t).mean() > budget:
+            break
+        block = float(t)
+    return block
+
+
 def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast: np.ndarray, benign_static: np.ndarray,
            s_static_allow: np.ndarray | None = None, *, prevalence: float, budget: float, block_precision: float, allow_miss: float,
            smooth_benign: bool = False) -> dict[str, float]:
@@ -192,14 +212,7 @@ def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast:
         within = [float(cands[-1])]
     best = max(((t, weighted_f1(y, s_fast >= t, w_pos)) for t in within), key=lambda tf: tf[1])
     thr = best[0]
-    block = 1.0
-    for t in np.unique(s_static)[::-1]:  # descending: keep lowering while the conditions hold
-        pred = s_static >= t
-        tp = w_pos * float((pred & (y == 1)).sum())
-        fp = float((pred & (y == 0)).sum())
-        if (tp and tp / (tp + fp) < block_precision) or (benign_static >= t).mean() > budget:
-            break
-        block = float(t)
+    block = block_band(y, s_static, benign_static, w_pos=w_pos, block_precision=block_precision, budget=budget)
     # allow below the score under which allow_miss of the violations the fast tier would block fall:
     # the recall the static tier's allow band costs, against the fast tier deciding alone
     caught = (y == 1) & (s_fast >= thr)
@@ -224,7 +237,9 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
     every scored text (a policy is flagged by the tier that decided). A text a heuristic rule
     matched without deciding (its heuristic score is above 0) is never allowed by the static tier,
     and the fast tier decides that policy at ``named_threshold`` (``default`` or per policy; at
-    most the policy's threshold), as the router does."""
+    most the policy's threshold), as the router does. A policy with a ``multilingual_block_above``
+    in ``chosen`` is blocked by the multilingual tier (after the static tier, before the fast one)
+    where its block score (``multilingual_block``) reaches it."""
     h_pol = {p: sc["heuristic"][p] >= heuristic_block.get(p, 1.01) for p in POLICIES}
     named = {p: sc["heuristic"][p] > 0 for p in POLICIES}
     nt = named_threshold or {}
@@ -233,12 +248,17 @@ def cascade_eval(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], sc: dict[
     for p in POLICIES:
         thr, low = chosen[p]["fast_threshold"], nt.get(p, nt.get("default"))
         f_pol[p] = sc["fast"][p] >= (thr if low is None else np.where(named[p], min(thr, low), thr))
+    n = len(sc["fast"][POLICIES[0]])
+    m_pol = {p: (sc["multilingual_block"][p] >= chosen[p]["multilingual_block_above"]) if "multilingual_block_above" in chosen[p]
+             else np.zeros(n, dtype=bool) for p in POLICIES}
     h_block = np.any(list(h_pol.values()), axis=0)
     s_block = np.any(list(s_pol.values()), axis=0)
     s_allow = np.all([sc.get("static_allow", sc["static"])[p] <= chosen[p]["static_allow_below"] for p in POLICIES], axis=0)
     s_allow &= ~np.any(list(named.values()), axis=0)
-    reached = ~h_block & ~s_block & ~s_allow
-    flags = {p: np.where(h_block, h_pol[p], np.where(s_block, s_pol[p], reached & f_pol[p])) for p in POLICIES}
+    m_block = ~h_block & ~s_block & ~s_allow & np.any(list(m_pol.values()), axis=0)
+    reached = ~h_block & ~s_block & ~s_allow & ~m_block
+    flags = {p: np.where(h_block, h_pol[p], np.where(s_block, s_pol[p], np.where(m_block, m_pol[p], reached & f_pol[p])))
+             for p in POLICIES}
     block = np.any(list(flags.values()), axis=0)
     return block, reached, flags
 
@@ -347,17 +367,25 @@ def combine_text(combine: dict[str, dict[str, float]], fills: dict[str, dict[str
             f"    combine: {{{body}}}\n")
 
 
-def multilingual_tier(options: dict[str, Any]) -> str:
-    """The multilingual tier's entry in the presets (``options``: besides ``model: default``)."""
+def multilingual_tier(options: dict[str, Any], blocks: dict[str, float] | None = None) -> str:
+    """The multilingual tier's entry in the presets (``options``: besides ``model: default``;
+    ``blocks``: the policies it blocks from a band of its own, and where)."""
     extra = "".join(f", {k}: {json.dumps(v)}" for k, v in options.items())
+    langs = ", ".join(options.get("block_except_languages") or []) or "no language"
+    bands = "{" + ", ".join(["default: [null, null]"] + [f"{p}: [null, {b}]" for p, b in (blocks or {}).items()]) + "}"
+    own = (f"    # and blocks {', '.join(blocks)} from a band of its own, tuned as the static tier's (precision >= the target\n"
+           f"    # on val), on text identified as another language than {langs} only (block_except_languages;\n"
+           "    # docs/policies.md, \"Jailbreaks in other languages\", session 56)\n"
+           if blocks else "")
     return ("  - name: multilingual                  # USE-multilingual v3 + a head per policy (models/multilingual-default), 16 languages\n"
             "    type: multilingual\n"
-            "    # decides nothing alone (null bands): the fast tier adds its evidence to its own (combine below;\n"
+            f"    # decides {'nothing else' if blocks else 'nothing'} alone (null bands{' elsewhere' if blocks else ''}): the fast tier adds its evidence to its own (combine below;\n"
             "    # docs/policies.md, \"A second, multilingual encoder\"); documents: how a text in several lines,\n"
             "    # markup or JSON (or one over max_chars) is read per policy: through the fast tier's evidence\n"
             "    # piece, or not at all (\"Documents through the fast tier's evidence\", session 52)\n"
+            f"{own}"
             f"    options: {{model: default{extra}}}\n"
-            "    bands: {default: [null, null]}\n"
+            f"    bands: {bands}\n"
             "    on_error: next\n")
 
 
@@ -396,7 +424,8 @@ def write_presets(report: dict[str, Any], d: Path, args: argparse.Namespace) -> 
         "named_threshold": "{" + ", ".join(f"{p}: {v}" for p, v in args.named_threshold.items()) + "}",
         "fast_bands": "".join(f"      {p}: [{c[p]['fast_allow_below']}, {c[p]['fast_threshold']}]\n" for p in POLICIES),
         "combine": combine_text(args.combine, report.get("fills")),
-        "multilingual": multilingual_tier(multilingual_options(args)) if uses_multilingual(args) else "",
+        "multilingual": (multilingual_tier(multilingual_options(args), {p: c[p]["multilingual_block_above"] for p in multilingual_block(args)})
+                         if uses_multilingual(args) else ""),
     }
     old = (d / "with-safeguard.yaml").read_text(encoding="utf-8")
     safeguard = old[old.index("  - name: safeguard"):]
@@ -445,6 +474,10 @@ def tune(sc: dict[str, dict[str, np.ndarray]], nv: int, y: dict[str, np.ndarray]
 
     comb, fills = tune_fills(sc, args.combine, lambda p, fast: one(p, fast)["fast_threshold"])
     chosen = {p: one(p, comb[p], with_allow=True) for p in POLICIES}
+    for p in multilingual_block(args) if uses_multilingual(args) else ():  # the multilingual tier's block band, where it has one
+        chosen[p]["multilingual_block_above"] = round(block_band(
+            y[p], sc["multilingual_block"][p][idx[p]], sc["multilingual_block"][p][nv:], w_pos=chosen[p]["w_pos"],
+            block_precision=args.block_precision, budget=args.benign_budget[p]), 4)
     return chosen, fills, comb
 
 
@@ -488,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--multilingual-options", type=json.loads, default=DEFAULT_MULTILINGUAL_OPTIONS,
                     help="options of the multilingual tier (JSON, e.g. {\"max_chars\": 1000, \"parts\": false}): scored that way "
                          "on val and written into the presets (default: the shipped default's)")
+    ap.add_argument("--multilingual-block", type=lambda v: tuple(x for x in v.split(",") if x), default=("jailbreak",),
+                    help="comma-separated policies the multilingual tier blocks from a band of its own (tuned as the static "
+                         "tier's: precision >= --block-precision, within the benign budget), tested on its block score: with "
+                         "the default options' block_except_languages [en], text identified as another language only; '' for "
+                         "none (null bands; session 56: docs/policies.md, \"Jailbreaks in other languages\")")
     ap.add_argument("--heuristic-block", type=json.loads, default={"jailbreak": 0.992, "prompt_injection": 0.99, "harmful_request": 0.99},
                     help="the heuristic tier's block_above per policy (JSON)")
     return ap
@@ -511,6 +549,12 @@ def multilingual_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(getattr(args, "multilingual_options", {}) or {})
 
 
+def multilingual_block(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--multilingual-block`` (none for a Namespace built by hand without it; the tier is in the
+    presets, and scored, only where ``--combine`` names it)."""
+    return tuple(getattr(args, "multilingual_block", ()) or ())
+
+
 def uses_multilingual(args: argparse.Namespace) -> bool:
     """Whether ``--combine`` adds the multilingual tier's evidence (then it is scored and written into the presets)."""
     return any("multilingual" in terms for terms in args.combine.values())
@@ -521,7 +565,7 @@ def cached_scores(args: argparse.Namespace, twins: dict[str, Path], texts: list[
     ``twins`` as ``args`` configure them, kept in (and read back from) the ``cache`` .npz."""
     keys = ["heuristic", "static", "fast", "static_allow", "static_block", "static_parts", "static_skipped", "static_evidence"]
     if "multilingual" in twins:
-        keys += ["multilingual", "multilingual_parts", "multilingual_skipped", "multilingual_evidence"]
+        keys += ["multilingual", "multilingual_parts", "multilingual_skipped", "multilingual_evidence", "multilingual_block"]
     key = scores_key(args, twins, texts)
     z = np.load(cache) if cache.is_file() else None
     if z is not None and all(f"{t}|{POLICIES[0]}" in z for t in keys) and "key" in z and str(z["key"]) == key:

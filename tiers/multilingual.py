@@ -43,6 +43,7 @@ import numpy as np
 
 from safecascade.tiers.base import TierResult, TierSpec, classify_strings
 from safecascade.tiers.fast import resolve_model_dir
+from safecascade.tiers.languages import unread_language
 from safecascade.tiers.obfuscation import restore_case
 from safecascade.tiers.onnx_encoder import read_card
 from safecascade.tiers.retractions import model_readings
@@ -99,6 +100,15 @@ class MultilingualOptions:
     threads: int = 1
     """BLAS threads of the numpy forward pass. One: on 2 cores, 400 real user prompts one at a time
     took 4.2 CPU ms a text with one thread and 6.1 with two (wall 4.0 and 3.1 ms)."""
+    block_except_languages: tuple[str, ...] = ()
+    """Languages (py3langid codes, e.g. ``[en]``) whose text this tier's block band never blocks: its
+    block score (``TierResult.block_scores``) is 0 unless the text is identified as another language
+    (:func:`safecascade.tiers.languages.unread_language`, on the text and its decoded readings, as
+    the static tier's ``languages``); text in those languages, or unidentified (short or mixed), is
+    passed on to the fast tier. Its ``scores``, which ``combine`` adds, are unchanged. The default
+    router sets ``[en]`` with a jailbreak block band: the fast tier's English encoder reads a
+    translated jailbreak badly, this tier's multilingual one well (docs/policies.md, "Jailbreaks in
+    other languages", session 56). Empty: the band is tested on every text."""
 
 
 def _installed(package: str, what: str) -> str:
@@ -163,7 +173,7 @@ class MultilingualTier:
 
     def __init__(self, *, model_dir: str | Path, name: str = "multilingual", policies: Sequence[str] | None = None,
                  max_chars: int = MAX_CHARS, parts: bool = False, documents: str | Mapping[str, str] = "whole",
-                 deobfuscate: bool = True, threads: int = 1) -> None:
+                 deobfuscate: bool = True, threads: int = 1, block_except_languages: Sequence[str] = ()) -> None:
         if max_chars < 1:
             raise ValueError(f"multilingual tier {name!r}: max_chars must be >= 1, got {max_chars}")
 
@@ -193,6 +203,10 @@ class MultilingualTier:
             raise ValueError(f"multilingual tier {name!r}: documents names policies it does not score: {unknown}")
         self.documents = {p: modes.get(p, "whole") for p in self.policies}
         self.deobfuscate = bool(deobfuscate)
+        if isinstance(block_except_languages, str):
+            raise ValueError(f"multilingual tier {name!r}: block_except_languages must be a list of language codes, "
+                             f"got {block_except_languages!r}")
+        self.block_except_languages = tuple(str(x) for x in block_except_languages)
         self.encoder = UseEncoder(threads=threads)
         self.encoder.version()  # a missing package fails at load, not on the first text
         self.encoder.tokenizer_version()
@@ -207,7 +221,8 @@ class MultilingualTier:
         o = spec.options_as(MultilingualOptions)
         d = resolve_model_dir(o.model, base_dir=spec.base_dir, kind=cls.kind, tier_name=spec.name)
         return cls(model_dir=d, name=spec.name, policies=list(spec.policies) or None, max_chars=o.max_chars,
-                   parts=o.parts, documents=o.documents, deobfuscate=o.deobfuscate, threads=o.threads)
+                   parts=o.parts, documents=o.documents, deobfuscate=o.deobfuscate, threads=o.threads,
+                   block_except_languages=o.block_except_languages)
 
     def classify(self, texts: Sequence[str]) -> list[TierResult]:
         """Score each text (its readings' maximum; see the module doc); bad items get ``error`` set."""
@@ -239,13 +254,15 @@ class MultilingualTier:
             parts = text_parts(read) if self.parts and not (long or doc) else []
             start = len(pieces)
             pieces += [r[: self.max_chars] for r in (read, *views)] + parts
-            plan.append((i, start, 1 + len(views), len(parts), long, doc, through, pols, len(read), shout))
+            # the language its block band may act in (None: passed on; see MultilingualOptions.block_except_languages)
+            lang = unread_language([read, *views], self.block_except_languages) if self.block_except_languages else ""
+            plan.append((i, start, 1 + len(views), len(parts), long, doc, through, pols, len(read), shout, lang))
         if not plan:
             return results
         emb = self.encoder.embed(pieces)
         probs = {p: np.clip(self.heads[p](emb), 0.0, 1.0) for p in self.policies}
         per = (time.perf_counter() - t0) * 1000.0 / len(plan)
-        for i, start, n_read, n_parts, long, doc, through, pols, n_chars, shout in plan:
+        for i, start, n_read, n_parts, long, doc, through, pols, n_chars, shout, lang in plan:
             scores = {p: float(probs[p][start:start + n_read].max()) for p in pols}
             info: dict[str, Any] = {"chars": n_chars}
             if shout:
@@ -266,7 +283,12 @@ class MultilingualTier:
                 info["not_read_policies"] = [p for p in self.policies if p not in pols]
             if through:
                 info["parts_skipped"] = True  # judged through the fast tier's evidence piece (router/combine.py)
-            results[i] = TierResult(scores=scores, info=info, latency_ms=per,
+            block_scores: dict[str, float] = {}
+            if lang is None:  # a language its block band does not act in, or unidentified: passed on
+                block_scores = {p: 0.0 for p in pols}
+            elif lang:
+                info["language"] = lang
+            results[i] = TierResult(scores=scores, info=info, latency_ms=per, block_scores=block_scores,
                                     warnings=("truncated_text",) if long else (),
                                     cost={"pieces": float(n_read + n_parts), "chars": float(min(n_chars, self.max_chars))})
         return results

@@ -33,7 +33,8 @@ def _scores(benign_fast: list[float]) -> tuple[dict, int, dict, dict]:
           # the multilingual tier (read where a --combine names it): even odds, no evidence either way
           "multilingual": {p: flat for p in POLICIES}, "multilingual_parts": {p: flat for p in POLICIES},
           "multilingual_skipped": {p: np.zeros(n, dtype=bool) for p in POLICIES},
-          "multilingual_evidence": {p: np.full(n, np.nan) for p in POLICIES}}
+          "multilingual_evidence": {p: np.full(n, np.nan) for p in POLICIES},
+          "multilingual_block": {p: np.zeros(n) for p in POLICIES}}  # every text English: its block band never acts
     y = {p: np.r_[np.ones(100, dtype=int), np.zeros(100, dtype=int)] for p in POLICIES}
     idx = {p: np.arange(nv) for p in POLICIES}
     return sc, nv, y, idx

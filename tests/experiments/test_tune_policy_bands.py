@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.tune_policy_bands import (POLICIES, allow_miss, build_parser, cascade_eval, choose, combine_scores, miss_text, scores_key,
+from experiments.tune_policy_bands import (POLICIES, allow_miss, block_band, build_parser, cascade_eval, choose, combine_scores, miss_text, scores_key,
                                           write_presets)
 from safecascade.router.combine import Term
 from safecascade.router.config import load_config
@@ -274,6 +274,7 @@ def test_two_earlier_tiers_add_their_evidence_and_the_presets_carry_the_multilin
 
     shutil.copy(REPO / "models" / "with-safeguard.yaml", tmp_path / "with-safeguard.yaml")
     chosen = {p: {"fast_threshold": 0.9, "fast_allow_below": 0.01, "static_block_above": 0.95, "static_allow_below": 0.2} for p in POLICIES}
+    chosen["jailbreak"]["multilingual_block_above"] = 0.97
     val = {p: {"precision_at_prevalence": 0.9, "recall": 0.8, "f1_at_prevalence": 0.85} for p in POLICIES}
     val.update(benign_real_flag_rate=0.005, benign_real_n=388, reached_fast_benign_real=0.2)
     args = build_parser().parse_args(["--work", str(tmp_path), "--combine",
@@ -289,5 +290,35 @@ def test_two_earlier_tiers_add_their_evidence_and_the_presets_carry_the_multilin
         cfg = load_config(tmp_path / name)
         assert [t.name for t in cfg.tiers][:4] == ["heuristic", "static", "multilingual", "fast"]
         ml = cfg.tiers[2]
-        assert ml.type == "multilingual" and all(ml.band_for(p).allow_below is None and ml.band_for(p).block_above is None for p in POLICIES)
+        # it blocks jailbreaks from its own band (the default --multilingual-block), on text in another language than English
+        assert ml.type == "multilingual" and all(ml.band_for(p).allow_below is None for p in POLICIES)
+        assert [ml.band_for(p).block_above for p in POLICIES] == [0.97, None, None]
+        assert ml.options["block_except_languages"] == ["en"]
         assert cfg.tiers[3].combine["harmful_request"] == {"static": Term(1.0, fill=0.8), "multilingual": Term(1.0, fill=0.6)}
+
+
+def test_the_multilingual_block_band_is_tuned_as_the_static_one_and_acts_after_it():
+    """``block_band``: the lowest score with precision (positives weighted) >= the target and no more
+    benign real prompts than the budget; a block score of 0 (a language the band does not act in) is
+    never a band. In the cascade the tuner evaluates, the multilingual tier blocks after the static
+    tier (which may allow first) and before the fast tier, on its block score."""
+    y = np.array([1, 1, 1, 0, 0, 0])
+    s = np.array([0.99, 0.95, 0.0, 0.9, 0.5, 0.0])
+    assert block_band(y, s, np.array([0.1]), w_pos=1.0, block_precision=0.99, budget=0.0) == 0.95
+    assert block_band(y, s, np.array([0.96]), w_pos=1.0, block_precision=0.99, budget=0.0) == 0.99  # a benign prompt at 0.96
+    assert block_band(y, np.zeros(6), np.zeros(1), w_pos=1.0, block_precision=0.99, budget=0.0) == 1.0
+    # with positives weighted 20 times, one false positive at 0.9 keeps precision 40/41 < 0.99: still 0.95
+    assert block_band(y, s, np.zeros(1), w_pos=20.0, block_precision=0.99, budget=0.0) == 0.95
+    assert block_band(y, s, np.zeros(1), w_pos=60.0, block_precision=0.99, budget=0.0) == 0.9  # 120 / 121; at 0.5 120 / 122
+
+    n = 4
+    sc = {"heuristic": {p: np.zeros(n) for p in POLICIES}, "fast": {p: np.full(n, 0.2) for p in POLICIES},
+          "static": {p: np.array([0.5, 0.5, 0.01, 0.5]) for p in POLICIES},
+          "multilingual_block": {p: np.array([0.98, 0.0, 0.99, 0.5]) if p == "jailbreak" else np.zeros(n) for p in POLICIES}}
+    chosen = {p: {"static_block_above": 0.99, "static_allow_below": 0.05, "fast_threshold": 0.5} for p in POLICIES}
+    assert not cascade_eval({}, {}, sc, chosen, {})[0].any()  # no multilingual band: nothing blocks
+    chosen["jailbreak"]["multilingual_block_above"] = 0.97
+    block, reached, flags = cascade_eval({}, {}, sc, chosen, {})
+    # the third text is allowed by the static tier before the multilingual one reads it
+    assert block.tolist() == [True, False, False, False] and reached.tolist() == [False, True, False, True]
+    assert flags["jailbreak"].tolist() == [True, False, False, False] and not flags["harmful_request"].any()
