@@ -137,7 +137,7 @@ def _benchmark_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def _load_split(cfg: TrainConfig, split: str) -> list[Any]:
-    return list(training_split(split) if cfg.benchmark == POLICY_BENCHMARK else load_benchmark(cfg.benchmark, split))
+    return list(training_split(split, cfg.kind) if cfg.benchmark == POLICY_BENCHMARK else load_benchmark(cfg.benchmark, split))
 
 
 def training_data_hash(cfg: TrainConfig) -> str:

@@ -351,6 +351,23 @@ def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
 # other policies too, the retrained harmful-request head's tuned threshold rose and its test F1 fell
 # 0.678 -> 0.657, against 0.666 so; session 44). Train and val only (80/20 by a hash of the original's
 # id); the encoder's fine-tune does not see them (:data:`HEADS_ONLY`).
+# More translated jailbreaks and benign persona prompts (session 56, ``jailbreak_translated_ml.csv.gz``:
+# 200 + 200 of other train-split originals, in French, German, Chinese, Spanish, Italian, Russian,
+# Portuguese and Japanese) that train the **multilingual tier only** (:func:`training_split` leaves
+# them out for the other kinds), in the train split only. The English encoder's heads gained little
+# from session 46's 399 more translations and lost a padding property (docs/policies.md); the
+# multilingual tier, which blocks jailbreaks in other languages from a band of its own, is what reads
+# them. Train only: val (the tuner's and the heads' calibration split) keeps session 44's translations.
+MULTILINGUAL_ONLY = "translation-ml:"
+
+
+def _translated_jailbreaks_multilingual() -> Iterable[tuple[str, PolicyExample]]:
+    for i, r in enumerate(read_vendored("jailbreak_translated_ml.csv.gz")):
+        yield "train", PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=MULTILINGUAL_ONLY + r["source"],
+                                     id=f"jb-translated-ml-{i}", category=r["kind"],
+                                     meta={"language": r["language"], "source_id": r["source_id"]})
+
+
 def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
     for i, r in enumerate(read_vendored("jailbreak_translated.csv.gz")):
         split = _train_or_val(r["source_id"], "jb-translated")
@@ -428,6 +445,7 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
     add(_extra_alpaca(taken))
     add(list(_paraphrases(out["train"])))
     add(list(_document_parts(out["train"])))
+    add(_translated_jailbreaks_multilingual())  # last: the rows before them are as without them
     ordered = {s: tuple(sorted(v, key=lambda e: (split_hash(e.text, salt="order"), e.id))) for s, v in out.items()}
     return ordered, dict(drops)
 
@@ -440,10 +458,12 @@ def _build() -> tuple[dict[str, tuple[PolicyExample, ...]], dict[str, int]]:
 MEASURE_ONLY = frozenset({"exfil_planted"})
 
 
-def training_split(split: str) -> list[PolicyExample]:
+def training_split(split: str, kind: str | None = None) -> list[PolicyExample]:
     """:func:`load_policy_benchmark` without the :data:`MEASURE_ONLY` sources: what the learned
-    tiers are trained, calibrated and gated on."""
-    return [e for e in load_policy_benchmark(split) if e.source not in MEASURE_ONLY]
+    tiers are trained, calibrated and gated on; the rows that train the multilingual tier only
+    (:data:`MULTILINGUAL_ONLY`) are left out unless ``kind`` is ``multilingual``."""
+    return [e for e in load_policy_benchmark(split)
+            if e.source not in MEASURE_ONLY and (kind == "multilingual" or not e.source.startswith(MULTILINGUAL_ONLY))]
 
 
 def load_policy_benchmark(split: str) -> list[PolicyExample]:

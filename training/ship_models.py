@@ -75,6 +75,10 @@ POLICIES_SOURCES = {  # every vendored source the multi-policy benchmark reads
     "ailuminate_spc_labels.csv.gz": "ours, same terms as the project (a reading of AILuminate's advice prompts against the policy)",
     "jailbreak_translated.csv.gz": "translations made for the project of JailbreakHub (MIT) and awesome-chatgpt-prompts (CC0 1.0) rows",
 }
+# sources that train one kind of model only (training/policy_data.py: MULTILINGUAL_ONLY)
+KIND_ONLY_SOURCES = {
+    "jailbreak_translated_ml.csv.gz": ("multilingual", "translations made for the project of JailbreakHub (MIT) and awesome-chatgpt-prompts (CC0 1.0) rows"),
+}
 TRAINING_SOURCES = POLICIES_SOURCES if BENCHMARK == "policies" else JAILBREAK_SOURCES
 
 
@@ -146,6 +150,12 @@ def stage_served(kind: str, built: Path, stage: Path, bits: int = 8) -> dict[str
     return compact_static_table(stage / "static.npy")
 
 
+def sources_of(kind: str) -> dict[str, str]:
+    """The vendored sources (file -> licence) that train ``kind``'s shipped model."""
+    own = {f: lic for f, (k, lic) in KIND_ONLY_SOURCES.items() if k == kind} if BENCHMARK == "policies" else {}
+    return {**TRAINING_SOURCES, **own}
+
+
 def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str] = ("val", "test"),
          kinds: Sequence[str] = tuple(SHIPPED_NAMES)) -> dict[str, Any]:
     """Build (or reuse), compact, measure and write the shipped set (``kinds``: all by default) into ``out_root``."""
@@ -168,7 +178,7 @@ def ship(out_root: Path, *, bits: int = 8, note: str = "", splits: Sequence[str]
             prov = {
                 "model": name, "kind": kind, "benchmark": BENCHMARK,
                 "recipe": card.get("config"), "training_data": card.get("training_data"),
-                "training_sources": {f: {"licence": lic, "sha256": file_sha(data_dir / f)} for f, lic in TRAINING_SOURCES.items()},
+                "training_sources": {f: {"licence": lic, "sha256": file_sha(data_dir / f)} for f, lic in sources_of(kind).items()},
                 "code_commit": commit, "built": card.get("created"),
                 "shipped": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "compaction": compaction, "metrics_as_served": metrics,

@@ -256,8 +256,8 @@ def test_the_score_cache_is_keyed_on_the_models_not_the_number_of_texts(tmp_path
 
 def test_two_earlier_tiers_add_their_evidence_and_the_presets_carry_the_multilingual_tier(tmp_path: Path):
     """With ``combine`` naming the static and the multilingual tier, each adds its logit (its own
-    parts, skip flag and evidence score); the presets then hold the multilingual tier, deciding
-    nothing alone, before the fast tier."""
+    parts, skip flag and evidence score); the presets then hold the multilingual tier before the
+    fast tier, deciding nothing alone but jailbreaks in another language than English."""
     from safecascade.router.combine import logit, sigmoid
 
     fast = {p: np.array([0.6, 0.6]) for p in POLICIES}

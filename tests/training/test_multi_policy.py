@@ -75,13 +75,15 @@ def test_planted_exfiltration_keeps_test_lines_in_test(splits) -> None:
 
 def test_planted_exfiltration_measures_but_does_not_train(splits) -> None:
     """The learned tiers train, calibrate and gate on training_split: every source but the
-    measure-only ones, which stay in the benchmark for rule precision and evaluation."""
-    from safecascade.training.policy_data import MEASURE_ONLY, training_split
+    measure-only ones, which stay in the benchmark for rule precision and evaluation (and but the
+    rows that train the multilingual tier alone, for the other kinds)."""
+    from safecascade.training.policy_data import MEASURE_ONLY, MULTILINGUAL_ONLY, training_split
 
     for split, ex in splits.items():
         kept = training_split(split)
         assert not any(e.source in MEASURE_ONLY for e in kept)
-        assert [e.id for e in kept] == [e.id for e in ex if e.source not in MEASURE_ONLY]
+        assert [e.id for e in kept] == [e.id for e in ex if e.source not in MEASURE_ONLY and not e.source.startswith(MULTILINGUAL_ONLY)]
+        assert [e.id for e in training_split(split, "multilingual")] == [e.id for e in ex if e.source not in MEASURE_ONLY]
         assert len(kept) < len(ex)
 
 
@@ -135,6 +137,29 @@ def test_the_edgy_benign_prompts_train_and_validate_but_never_test(splits) -> No
     for e in got["train"] + got["val"]:
         assert dict(e.labels) == {p: 0 for p in POLICIES} and e.weight == EDGY_BENIGN_WEIGHT
     assert {e.meta["theme"] for e in got["train"]} == {"creative", "tasks", "questions"}
+
+
+def test_the_multilingual_only_translations_train_that_tier_alone_in_train(splits) -> None:
+    """Session 56's translations (``jailbreak_translated_ml.csv.gz``) are train rows labelled for the
+    jailbreak policy only, made from train-split originals that session 44's file did not translate,
+    in eight languages; :func:`training_split` gives them to the multilingual tier and to no other."""
+    from safecascade.training.datasets import load_benchmark, read_vendored
+    from safecascade.training.policy_data import MULTILINGUAL_ONLY, language, training_split
+
+    rows = read_vendored("jailbreak_translated_ml.csv.gz")
+    got = {s: [e for e in ex if e.source.startswith(MULTILINGUAL_ONLY)] for s, ex in splits.items()}
+    assert len(got["train"]) == len(rows) >= 300 and not got["val"] and not got["test"]
+    originals = {e.id: e for e in load_benchmark("jailbreak", "train")}
+    before = {r["source_id"] for r in read_vendored("jailbreak_translated.csv.gz")}
+    for e in got["train"]:
+        orig = originals[e.meta["source_id"]]
+        assert e.meta["source_id"] not in before and e.source == MULTILINGUAL_ONLY + orig.source
+        assert dict(e.labels) == {"jailbreak": orig.label}
+    assert {language(e) for e in got["train"]} == {"fr", "de", "zh", "es", "it", "ru", "pt", "ja"}
+    assert Counter(e.labels["jailbreak"] for e in got["train"])[0] > 100
+    ids = {e.id for e in got["train"]}
+    assert not ids & {e.id for e in training_split("train")} and not ids & {e.id for e in training_split("train", "fast")}
+    assert ids <= {e.id for e in training_split("train", "multilingual")}
 
 
 def test_the_translated_jailbreaks_train_and_validate_the_heads_only(splits) -> None:
