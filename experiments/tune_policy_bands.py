@@ -35,6 +35,11 @@ labelled for it, with positives re-weighted to a real-traffic prevalence (``--pr
   ``--combine '{"harmful_request": {"static": 1.0}}'`` tunes session 47's presets, and
   ``--multilingual-options '{"parts": false}'`` session 51's whole-text reading
   (``experiments/configs/multilingual_combined.yaml``).
+* the multilingual tier's block band, for the policies ``--multilingual-block`` names (default
+  ``jailbreak``; session 56), tuned as the static tier's (:func:`block_band`) on its block score:
+  with the default options' ``block_except_languages: [en]``, text identified as another language
+  only (a jailbreak the English encoder cannot read); the cascade scored blocks there after the
+  static tier and before the fast one.
 
 Prints the chosen numbers and the val figures of the resulting cascade; paste them into
 ``models/default.yaml``.
