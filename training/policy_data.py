@@ -358,6 +358,7 @@ def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
 # from session 46's 399 more translations and lost a padding property (docs/policies.md); the
 # multilingual tier, which blocks jailbreaks in other languages from a band of its own, is what reads
 # them. Train only: val (the tuner's and the heads' calibration split) keeps session 44's translations.
+# The shipped multilingual heads predate them (rebuilt with them, harmful requests fell: docs/policies.md).
 MULTILINGUAL_ONLY = "translation-ml:"
 
 
