@@ -351,6 +351,13 @@ def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
 # other policies too, the retrained harmful-request head's tuned threshold rose and its test F1 fell
 # 0.678 -> 0.657, against 0.666 so; session 44). Train and val only (80/20 by a hash of the original's
 # id); the encoder's fine-tune does not see them (:data:`HEADS_ONLY`).
+def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
+    for i, r in enumerate(read_vendored("jailbreak_translated.csv.gz")):
+        split = _train_or_val(r["source_id"], "jb-translated")
+        yield split, PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=TRANSLATION + r["source"], id=f"jb-translated-{i}",
+                                   category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
+
+
 # More translated jailbreaks and benign persona prompts (session 56, ``jailbreak_translated_ml.csv.gz``:
 # 200 + 200 of other train-split originals, in French, German, Chinese, Spanish, Italian, Russian,
 # Portuguese and Japanese) that train the **multilingual tier only** (:func:`training_split` leaves
@@ -367,13 +374,6 @@ def _translated_jailbreaks_multilingual() -> Iterable[tuple[str, PolicyExample]]
         yield "train", PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=MULTILINGUAL_ONLY + r["source"],
                                      id=f"jb-translated-ml-{i}", category=r["kind"],
                                      meta={"language": r["language"], "source_id": r["source_id"]})
-
-
-def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
-    for i, r in enumerate(read_vendored("jailbreak_translated.csv.gz")):
-        split = _train_or_val(r["source_id"], "jb-translated")
-        yield split, PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=TRANSLATION + r["source"], id=f"jb-translated-{i}",
-                                   category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
 
 
 # A benign document's own lines as negatives (heads, lexical block and static tier; not the encoder's
