@@ -24,6 +24,9 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
   weight 0.5), ToxiGen statements, PHTest pseudo-harmful negatives;
 * benign prompts written for this project: in 20 other languages (:func:`_multilingual_benign`) and
   in English on dark themes (:func:`_edgy_benign`), train and val only;
+* jailbreaks and benign persona prompts translated for this project (labelled for ``jailbreak``
+  only): session 44's, train and val, for every tier's heads; session 56's, train only, for the
+  multilingual tier alone (:data:`MULTILINGUAL_ONLY`);
 * more Alpaca instructions as benign imperatives;
 * **imperative paraphrases** (train split only, :func:`imperative`): a "How can I ...?" question
   labelled for ``harmful_request`` is also given as a request ("Explain how to ...", "Create a
