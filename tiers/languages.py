@@ -34,11 +34,18 @@ def _identifier() -> Any:
 def text_language(text: str, *, min_confidence: float = MIN_CONFIDENCE) -> str | None:
     """The ISO 639-1 code (py3langid's) of the language ``text`` is written in, or None when the
     identifier is not at least ``min_confidence`` sure or the text has no letter."""
-    head = text[:PREFIX_CHARS]
+    lang, prob = _classify_head(text[:PREFIX_CHARS])
+    return lang if lang is not None and prob >= min_confidence else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _classify_head(head: str) -> tuple[str | None, float]:
+    """The identifier's language and probability for a text's first characters (None: no letter).
+    Cached: the static and the multilingual tier both ask about the same text, one after the other."""
     if not any(c.isalpha() for c in head):
-        return None
+        return None, 0.0
     lang, prob = _identifier().classify(head)
-    return str(lang) if float(prob) >= min_confidence else None
+    return str(lang), float(prob)
 
 
 def unread_language(readings: Sequence[str], languages: Sequence[str]) -> str | None:

@@ -24,3 +24,18 @@ def test_unread_language_passes_on_only_what_no_reading_makes_readable() -> None
     assert unread_language([FR, "ok"], ("en",)) is None  # an unidentified reading is read
     assert unread_language([FR], ("en", "fr")) is None
     assert unread_language([FR], ()) is None  # no languages: every text is read
+
+
+def test_a_texts_language_is_identified_once_for_both_tiers() -> None:
+    """The static and the multilingual tier both ask about the same text: the identifier runs once
+    per distinct first ``PREFIX_CHARS`` characters, and the answer does not depend on the cache."""
+    from safecascade.tiers import languages
+
+    text = "Quels sont les horaires d'ouverture du musée du Louvre le dimanche ? " * 20  # over PREFIX_CHARS
+    languages._classify_head.cache_clear()
+    first = text_language(text)
+    misses = languages._classify_head.cache_info().misses
+    assert first == "fr" and text_language(text) == first and text_language(text + "Also, what about Monday?") == first
+    assert languages._classify_head.cache_info().misses == misses  # the same first characters: no second run
+    assert text_language(text, min_confidence=1.01) is None  # the threshold is applied after the cache
+    assert text_language("1234 !!") is None
