@@ -19,7 +19,8 @@ Sources (vendored in ``training/data``; origins, licences and caveats in its SOU
 * harmful requests: HarmfulQA/CatQA (grouped by subtopic, so translations stay together),
   AILuminate (the ``spc_*`` advice hazards each read against the policy: 1, 0 or unlabelled,
   :func:`_ailuminate_advice_labels`), BeaverTails and Safety-Tuned LLaMAs'
-  weak rows (weight 0.5: their labels follow a model's answer, not the prompt), CoCoNot (copyright
+  weak rows (weight 0.5: their labels follow a model's answer, not the prompt; BeaverTails' opinion
+  questions that the policy does not cover are unlabelled: :mod:`.opinion_questions`), CoCoNot (copyright
   and misinformation rows unlabelled: not this policy), CyberSecEval interpreter/FRR (templated:
   weight 0.5), ToxiGen statements, PHTest pseudo-harmful negatives;
 * benign prompts written for this project: in 20 other languages (:func:`_multilingual_benign`) and
@@ -52,6 +53,7 @@ from typing import Iterable, Mapping
 
 from safecascade.tiers.segments import SEGMENT_TOKENS, line_segments
 from safecascade.training.datasets import SPLITS, Example, load_benchmark, normalise, read_vendored, split_hash
+from safecascade.training.opinion_questions import is_policy_neutral_opinion
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +275,11 @@ def _harm() -> Iterable[tuple[str, PolicyExample]]:
                PolicyExample(text=r["text"], labels=_labels(None, 0, harm), source="ailuminate", id=f"ailuminate-{i}",
                              weight=0.7 if harm == 1 else 0.5, category=r["hazard"], meta={"language": r["locale"][:2]}))
     for i, r in enumerate(read_vendored("harm_beavertails.csv.gz")):
+        # a weakly labelled opinion question that the policy does not cover is unlabelled for harm
+        harm_label = None if is_policy_neutral_opinion(r["text"]) else 1
         yield (_group_split(r["text"], "beavertails"),
-               PolicyExample(text=r["text"], labels=_labels(0, 0, 1), source="beavertails", id=f"beavertails-{i}", weight=BEAVERTAILS_WEIGHT,
-                             category=r["harm_categories"].split(";")[0], weak=(_H,)))
+               PolicyExample(text=r["text"], labels=_labels(0, 0, harm_label), source="beavertails", id=f"beavertails-{i}", weight=BEAVERTAILS_WEIGHT,
+                             category=r["harm_categories"].split(";")[0], weak=(_H,) if harm_label else ()))
     for i, r in enumerate(read_vendored("harm_safety_tuned_llamas.csv.gz")):
         labels = _labels(0, 0, 1) if r["label"] == "1" else _labels(0, 0, 0)
         yield (_group_split(r["text"], "stl"),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from safecascade.training.datasets import normalise
+from safecascade.training.opinion_questions import is_policy_neutral_opinion
 from safecascade.training.heads import evaluate_heads, train_heads
 from safecascade.training.policy_data import POLICIES, POLICY_RELABELS, load_policy_benchmark, policy_view, real_user_benign
 from safecascade.training.train_config import TrainConfig
@@ -222,6 +223,11 @@ def test_labels_follow_the_cross_policy_rules(splits) -> None:
     assert gandalf and all("jailbreak" not in e.labels and e.labels["prompt_injection"] == 1 for e in gandalf)
     beaver = [e for e in ex if e.source == "beavertails"]
     assert beaver and all(e.weight < 0.5 for e in beaver)  # weak labels: a model's answer, not the prompt
+    # its opinion questions that the policy does not cover are unlabelled for harm, not taught as harmful
+    opinion = [e for e in beaver if is_policy_neutral_opinion(e.text)]
+    assert 30 < len(opinion) < 0.1 * len(beaver)
+    assert all("harmful_request" not in e.labels and not e.weak and e.labels["jailbreak"] == 0 for e in opinion)
+    assert all(e.labels["harmful_request"] == 1 and e.weak for e in beaver if not is_policy_neutral_opinion(e.text))
     real = [e for e in ex if e.source == "toxicchat" and e.labels.get("harmful_request") == 0]
     assert real and all(e.weight > 1.0 for e in real)  # benign real user prompts weigh more than other negatives
     toxic = [e for e in ex if e.source == "toxicchat" and "harmful_request" not in e.labels]
