@@ -49,7 +49,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from safecascade.tiers.segments import SEGMENT_TOKENS, line_segments
 from safecascade.training.datasets import SPLITS, Example, load_benchmark, normalise, read_vendored, split_hash
@@ -359,10 +359,17 @@ def _edgy_benign() -> Iterable[tuple[str, PolicyExample]]:
 # 0.678 -> 0.657, against 0.666 so; session 44). Train and val only (80/20 by a hash of the original's
 # id); the encoder's fine-tune does not see them (:data:`HEADS_ONLY`).
 def _translated_jailbreaks() -> Iterable[tuple[str, PolicyExample]]:
-    for i, r in enumerate(read_vendored("jailbreak_translated.csv.gz")):
-        split = _train_or_val(r["source_id"], "jb-translated")
-        yield split, PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=TRANSLATION + r["source"], id=f"jb-translated-{i}",
-                                   category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
+    return _translated("jailbreak_translated.csv.gz", "jb-translated", TRANSLATION,
+                       lambda source_id: _train_or_val(source_id, "jb-translated"))
+
+
+def _translated(fname: str, tag: str, source_prefix: str, split_of: Callable[[str], str]) -> Iterable[tuple[str, PolicyExample]]:
+    """A file of translated jailbreaks and benign personas, labelled for ``jailbreak`` only; the
+    split from the original's id (``split_of``)."""
+    for i, r in enumerate(read_vendored(fname)):
+        yield split_of(r["source_id"]), PolicyExample(
+            text=r["text"], labels=_labels(int(r["label"]), None, None), source=source_prefix + r["source"], id=f"{tag}-{i}",
+            category=r["kind"], meta={"language": r["language"], "source_id": r["source_id"]})
 
 
 # More translated jailbreaks and benign persona prompts (session 56, ``jailbreak_translated_ml.csv.gz``:
@@ -377,10 +384,7 @@ MULTILINGUAL_ONLY = "translation-ml:"
 
 
 def _translated_jailbreaks_multilingual() -> Iterable[tuple[str, PolicyExample]]:
-    for i, r in enumerate(read_vendored("jailbreak_translated_ml.csv.gz")):
-        yield "train", PolicyExample(text=r["text"], labels=_labels(int(r["label"]), None, None), source=MULTILINGUAL_ONLY + r["source"],
-                                     id=f"jb-translated-ml-{i}", category=r["kind"],
-                                     meta={"language": r["language"], "source_id": r["source_id"]})
+    return _translated("jailbreak_translated_ml.csv.gz", "jb-translated-ml", MULTILINGUAL_ONLY, lambda _: "train")
 
 
 # A benign document's own lines as negatives (heads, lexical block and static tier; not the encoder's
