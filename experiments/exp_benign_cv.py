@@ -29,8 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.common import ResultWriter, wilson, work_dir
-from experiments.tune_policy_bands import (POLICIES, build_parser, cascade_eval, cached_scores, combine_scores, models_to_tune, tune,
-                                           val_figures, val_labels)
+from experiments.tune_policy_bands import (POLICIES, build_parser, cascade_eval, cached_scores, combine_scores, models_to_tune, out_of_sample,
+                                           tune, val_figures, val_labels)
 from safecascade.training.datasets import split_hash
 from safecascade.training.policy_data import real_user_benign, training_split
 
@@ -48,14 +48,15 @@ def take(sc: dict[str, dict[str, np.ndarray]], rows: np.ndarray) -> dict[str, di
 
 
 def tune_and_measure(sc: dict[str, dict[str, np.ndarray]], nv: int, y: dict[str, np.ndarray], idx: dict[str, np.ndarray],
-                     tune_rows: np.ndarray, held_rows: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+                     tune_rows: np.ndarray, held_rows: np.ndarray, args: argparse.Namespace,
+                     threshold_rows: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Tune on the labelled val texts (rows ``0..nv``) and the benign prompts at ``tune_rows``;
     decide the benign prompts at ``held_rows`` with that cascade. Returns the chosen operating
     points, the val figures, and the held-out prompts blocked (overall, per policy flag, reaching
-    the fast tier)."""
+    the fast tier). ``threshold_rows``: as :func:`~experiments.tune_policy_bands.tune`'s."""
     val_rows = np.arange(nv)
     sub = take(sc, np.r_[val_rows, tune_rows])
-    chosen, fills, sub["fast"] = tune(sub, nv, y, idx, args)
+    chosen, fills, sub["fast"] = tune(sub, nv, y, idx, args, threshold_rows)
     _, _, flags = cascade_eval(y, idx, sub, chosen, args.heuristic_block, args.named_threshold)
     held = take(sc, held_rows)
     held["fast"] = combine_scores(held, args.combine, fills)
@@ -100,13 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc = cached_scores(targs, twins, [e.text for e in val] + pool, work / "scores.npz")
     nv = len(val)
     y, idx = val_labels(val)
+    keep = out_of_sample(val, y, idx)  # the tuner's rows for the fast threshold
     rows_pool = nv + np.arange(len(pool))
     folds = folds_of(pool, args.folds)
     rows: list[dict[str, Any]] = []
     total_blocked = 0
     per_policy = {p: 0 for p in POLICIES}
     for f in range(args.folds):
-        r = tune_and_measure(sc, nv, y, idx, rows_pool[folds != f], rows_pool[folds == f], targs)
+        r = tune_and_measure(sc, nv, y, idx, rows_pool[folds != f], rows_pool[folds == f], targs, keep)
         rows.append(row(f"fold {f + 1} of {args.folds}", r))
         total_blocked += r["blocked"]
         for p in POLICIES:
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           "blocked": total_blocked, "benign_flag_rate": total_blocked / len(pool),
           **{f"flagged_{p}": per_policy[p] for p in POLICIES}}
     rows.append(cv)
-    shipped = tune_and_measure(sc, nv, y, idx, rows_pool[:len(pool_val)], rows_pool[len(pool_val):], targs)
+    shipped = tune_and_measure(sc, nv, y, idx, rows_pool[:len(pool_val)], rows_pool[len(pool_val):], targs, keep)
     rows.append(row("as shipped: tuned on val prompts, measured on test prompts", shipped))
     cols = ["run", "benign_tune", "benign_held_out", "blocked", "benign_flag_rate", "reach_fast",
             *[f"flagged_{p}" for p in POLICIES], *[f"threshold_{p}" for p in POLICIES], *[f"val_F1@3%_{p}" for p in POLICIES]]

@@ -201,21 +201,29 @@ def block_band(y: np.ndarray, s_block: np.ndarray, benign_block: np.ndarray, *, 
     return block
 
 
+def _w_pos(y: np.ndarray, prevalence: float) -> float:
+    """The weight that re-weights ``y``'s positives to ``prevalence`` against its negatives."""
+    return prevalence / (1 - prevalence) * int((y == 0).sum()) / max(1, int((y == 1).sum()))
+
+
 def choose(y: np.ndarray, s_fast: np.ndarray, s_static: np.ndarray, benign_fast: np.ndarray, benign_static: np.ndarray,
            s_static_allow: np.ndarray | None = None, *, prevalence: float, budget: float, block_precision: float, allow_miss: float,
-           smooth_benign: bool = False) -> dict[str, float]:
+           smooth_benign: bool = False, threshold_rows: np.ndarray | None = None) -> dict[str, float]:
     """One policy's fast threshold and static band (see the module docstring). ``smooth_benign``: the
     fast threshold's benign-flag rate is the kernel-smoothed estimate (:func:`benign_rate`, Silverman's
-    bandwidth of the benign scores) instead of the count."""
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    w_pos = prevalence / (1 - prevalence) * n_neg / max(1, n_pos)  # positives re-weighted to the prevalence
+    bandwidth of the benign scores) instead of the count. ``threshold_rows`` (a mask over ``y``): the
+    rows the fast threshold's F1 is measured on (default all), positives re-weighted to the prevalence
+    among them; the bands are chosen on all rows."""
+    w_pos = _w_pos(y, prevalence)
+    keep = np.ones(len(y), bool) if threshold_rows is None else threshold_rows
+    w_thr = _w_pos(y[keep], prevalence)
     cands = np.unique(np.r_[s_fast, 0.5])
     bw = silverman_bandwidth(benign_fast) if smooth_benign else 0.0
     within = [float(t) for t in cands if benign_rate(benign_fast, float(t), bw) <= budget]
     if not within:  # no threshold within the budget: the strictest one (it flags fewest)
         log.warning("no threshold flags at most %.2f%% of the benign prompts: the strictest, %.6f", 100 * budget, cands[-1])
         within = [float(cands[-1])]
-    best = max(((t, weighted_f1(y, s_fast >= t, w_pos)) for t in within), key=lambda tf: tf[1])
+    best = max(((t, weighted_f1(y[keep], s_fast[keep] >= t, w_thr)) for t in within), key=lambda tf: tf[1])
     thr = best[0]
     block = block_band(y, s_static, benign_static, w_pos=w_pos, block_precision=block_precision, budget=budget)
     # allow below the score under which allow_miss of the violations the fast tier would block fall:
@@ -450,6 +458,16 @@ def val_labels(val: list[Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
     return y, idx
 
 
+def out_of_sample(val: list[Any], y: dict[str, np.ndarray], idx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per policy, the mask over its labelled val texts (``y``, ``idx``: :func:`val_labels`) that
+    leaves out its violations whose attack train holds (``meta["attack_in_train"]``: BIPIA's train
+    file is split by context, so its val rows plant train's attack strings, and the learned tiers
+    score them as they score train; as negatives of another policy they stay). A threshold chosen on
+    them reads indirect injection as solved (session 57: 0.931 -> 0.988 for a rebuild)."""
+    return {p: np.array([not (yy == 1 and val[i].meta.get("attack_in_train") == "1") for i, yy in zip(idx[p], y[p])], bool)
+            for p in idx}
+
+
 def val_figures(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], flags: dict[str, np.ndarray], nv: int,
                 chosen: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per policy, the val figures of its own flag (:func:`cascade_eval`'s ``flags``, first ``nv``
@@ -466,16 +484,19 @@ def val_figures(y: dict[str, np.ndarray], idx: dict[str, np.ndarray], flags: dic
 
 
 def tune(sc: dict[str, dict[str, np.ndarray]], nv: int, y: dict[str, np.ndarray], idx: dict[str, np.ndarray],
-         args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+         args: argparse.Namespace, threshold_rows: dict[str, np.ndarray] | None = None,
+         ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """Each policy's operating point (:func:`choose`), the ``combine`` fills, and the fast tier's
     scores as the router decides on them (combined), from :func:`score_all`'s arrays ``sc``, whose
     first ``nv`` rows are the labelled val texts (``y``, ``idx``: :func:`val_labels`) and whose rest
-    are the benign real user prompts the benign budget is spent on."""
+    are the benign real user prompts the benign budget is spent on. ``threshold_rows``: per policy,
+    the mask over ``y[p]`` its fast threshold is chosen on (:func:`out_of_sample`; default all)."""
     def one(p: str, fast: np.ndarray, with_allow: bool = False) -> dict[str, float]:
         s_allow = sc["static_allow"][p][idx[p]] if with_allow and "static_allow" in sc else None
         return choose(y[p], fast[idx[p]], sc["static_block"][p][idx[p]], fast[nv:], sc["static_block"][p][nv:], s_allow,
                       prevalence=args.prevalence, budget=args.benign_budget[p], block_precision=args.block_precision,
-                      allow_miss=allow_miss(args.allow_miss, p), smooth_benign=args.benign_smoothing == "silverman")
+                      allow_miss=allow_miss(args.allow_miss, p), smooth_benign=args.benign_smoothing == "silverman",
+                      threshold_rows=None if threshold_rows is None else threshold_rows[p])
 
     comb, fills = tune_fills(sc, args.combine, lambda p, fast: one(p, fast)["fast_threshold"])
     chosen = {p: one(p, comb[p], with_allow=True) for p in POLICIES}
@@ -614,7 +635,11 @@ def main(argv: list[str] | None = None) -> int:
                                                       f"{'_bp' if args.static_block_parts else ''}.npz")
     nv = len(val)
     y, idx = val_labels(val)
-    chosen, fills, sc["fast"] = tune(sc, nv, y, idx, args)
+    keep = out_of_sample(val, y, idx)
+    for p in POLICIES:
+        if not keep[p].all():
+            log.info("%s: the fast threshold is chosen without %d val attacks that train holds", p, int((~keep[p]).sum()))
+    chosen, fills, sc["fast"] = tune(sc, nv, y, idx, args, keep)
     block, reached, flags = cascade_eval(y, idx, sc, chosen, args.heuristic_block, args.named_threshold)
     report: dict[str, Any] = {"chosen": chosen, "fills": fills_json(fills), "val": val_figures(y, idx, flags, nv, chosen)}
     report["val"]["benign_real_flag_rate"] = float(block[nv:].mean())

@@ -212,14 +212,20 @@ def _injection() -> Iterable[tuple[str, PolicyExample]]:
         yield (_group_split(r["text"], "notinject"),
                PolicyExample(text=r["text"], labels=_labels(0, 0, 0), source="notinject", id=f"notinject-{i}", category="hard_negative"))
     for fname, tag in (("bipia_indirect_train.csv.gz", "train"), ("bipia_indirect_test.csv.gz", "test")):
-        for i, r in enumerate(read_vendored(fname)):
+        rows = read_vendored(fname)
+        # BIPIA's train file is split by context, so its val rows plant the attacks train holds:
+        # ``meta["attack_in_train"]`` marks them (the tuner does not choose a threshold on them)
+        in_train = {r["attack_name"] for r in rows if r["label"] == "1" and _bipia_split(r["context_id"], tag) == "train"}
+        for i, r in enumerate(rows):
             split = _bipia_split(r["context_id"], tag)
+            meta = {"task": r["task"], "position": r["position"]}
             if r["label"] == "1":
                 labels = _labels(None, 1, None if r["attack_group"] == "code-malicious" else 0)
+                meta.update(attack=r["attack_name"], attack_in_train="1" if split != "train" and r["attack_name"] in in_train else "0")
             else:
                 labels = _labels(0, 0, 0)
             yield split, PolicyExample(text=r["text"], labels=labels, source="bipia", id=f"bipia-{tag}-{i}",
-                                       category=r["attack_group"] or "clean", meta={"task": r["task"], "position": r["position"]})
+                                       category=r["attack_group"] or "clean", meta=meta)
     yield from _planted_exfiltration()
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.tune_policy_bands import (POLICIES, allow_miss, block_band, build_parser, cascade_eval, choose, combine_scores, miss_text, scores_key,
-                                          write_presets)
+from experiments.tune_policy_bands import (POLICIES, allow_miss, block_band, build_parser, cascade_eval, choose, combine_scores, miss_text, out_of_sample,
+                                          scores_key, write_presets)
 from safecascade.router.combine import Term
 from safecascade.router.config import load_config
 
@@ -227,6 +227,41 @@ def test_with_no_threshold_inside_the_benign_budget_the_strictest_is_chosen():
     benign = np.r_[np.full(5, 1.0), np.full(95, 0.01)]
     got = choose(y, fast, np.zeros(100), benign, np.zeros(100), prevalence=0.03, budget=0.001, block_precision=0.99, allow_miss=0.01)
     assert got["fast_threshold"] == 1.0 and got["val_weighted_f1_fast"] > 0
+
+
+def test_the_threshold_is_chosen_without_the_rows_left_out_and_the_bands_on_all():
+    """Violations scored near 1 because train holds them pull the F1-best threshold up past the
+    ones it has not seen; left out of ``threshold_rows`` they no longer do, and the static bands,
+    chosen on every row, stay where they were."""
+    rng = np.random.default_rng(1)
+    seen, unseen, neg = np.full(300, 0.999), np.linspace(0.5, 0.99, 100), np.r_[rng.uniform(0.0, 0.3, 1960), np.linspace(0.6, 0.95, 40)]
+    y = np.r_[np.ones(400, int), np.zeros(2000, int)]
+    fast = np.r_[seen, unseen, neg]
+    static = np.r_[np.linspace(0.5, 1.0, 400), np.linspace(0.0, 0.6, 2000)]
+    benign = np.full(100, 0.01)
+    kw = dict(prevalence=0.03, budget=0.01, block_precision=0.99, allow_miss=0.01)
+    every = choose(y, fast, static, benign, benign, **kw)
+    keep = np.r_[np.zeros(300, bool), np.ones(2100, bool)]
+    apart = choose(y, fast, static, benign, benign, threshold_rows=keep, **kw)
+    assert apart["fast_threshold"] < every["fast_threshold"]
+    assert apart["fast_threshold"] <= 0.6 < every["fast_threshold"]
+    assert apart["static_block_above"] == every["static_block_above"]
+
+
+def test_out_of_sample_leaves_out_only_a_policys_violations_that_train_holds():
+    """A val attack train holds is left out of the threshold of the policy it violates, and kept as a
+    negative of another policy; every other row is kept."""
+    from safecascade.training.policy_data import PolicyExample
+
+    ex = [PolicyExample(text="a", labels={"prompt_injection": 1, "harmful_request": 0}, source="bipia", id="1", meta={"attack_in_train": "1"}),
+          PolicyExample(text="b", labels={"prompt_injection": 1, "harmful_request": 0}, source="bipia", id="2", meta={"attack_in_train": "0"}),
+          PolicyExample(text="c", labels={"prompt_injection": 0, "harmful_request": 0}, source="bipia", id="3"),
+          PolicyExample(text="d", labels={"harmful_request": 1}, source="other", id="4")]
+    y = {"prompt_injection": np.array([1, 1, 0]), "harmful_request": np.array([0, 0, 0, 1])}
+    idx = {"prompt_injection": np.array([0, 1, 2]), "harmful_request": np.array([0, 1, 2, 3])}
+    got = out_of_sample(ex, y, idx)
+    assert got["prompt_injection"].tolist() == [False, True, True]
+    assert got["harmful_request"].tolist() == [True, True, True, True]
 
 
 def test_the_score_cache_is_keyed_on_the_models_not_the_number_of_texts(tmp_path: Path):

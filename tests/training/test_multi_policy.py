@@ -55,6 +55,19 @@ def test_grouped_sources_keep_groups_together(splits) -> None:
     assert len(missing) < 10 and all(fold(e.text) in kept for e in missing)
 
 
+def test_val_attacks_that_train_holds_are_marked(splits) -> None:
+    """BIPIA's train file is split by context, so a val attack plants an attack string train holds:
+    it is marked ``attack_in_train`` (the tuner chooses no threshold on it); the test file's attacks
+    are apart from train's and never marked; clean contexts carry no mark."""
+    train_attacks = {e.meta["attack"] for e in splits["train"] if e.source == "bipia" and e.labels.get("prompt_injection") == 1}
+    val = [e for e in splits["val"] if e.source == "bipia" and e.labels.get("prompt_injection") == 1]
+    assert val and all(e.meta["attack_in_train"] == ("1" if e.meta["attack"] in train_attacks else "0") for e in val)
+    assert sum(e.meta["attack_in_train"] == "1" for e in val) > 300
+    test = [e for e in splits["test"] if e.source == "bipia"]
+    assert test and not any(e.meta.get("attack_in_train") == "1" for e in test)
+    assert not any("attack" in e.meta for s in splits.values() for e in s if e.source == "bipia" and e.category == "clean")
+
+
 def test_planted_exfiltration_keeps_test_lines_in_test(splits) -> None:
     """Every planted line sits in one clean BIPIA context of the file its split reads: the test
     lines only in test texts, the train lines only in train/val texts; an attack line is an
